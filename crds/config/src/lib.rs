@@ -1,0 +1,525 @@
+//! The sidecar configuration: one schema for the `monasca-sidecar --config` YAML file and for
+//! `MetricsSidecar.spec.config`. Every field has a default, so an empty document is a valid
+//! configuration. This crate deliberately depends on neither `kube` nor `k8s-openapi`, so the
+//! sidecar binary stays small.
+
+mod duration;
+
+pub use duration::{Duration, DurationError};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Labels that identify a worker rather than a series, removed before aggregation.
+pub const DEFAULT_WORKER_LABELS: [&str; 4] = ["instance", "pid", "worker", "_id"];
+
+/// Errors found while loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot parse configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole sidecar configuration (camelCase in YAML/JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Listener addresses.
+    pub listen: Listen,
+    /// Labels that name a worker, removed from series identity before aggregation.
+    pub worker_labels: Vec<String>,
+    /// A worker not seen for this long stops contributing live gauge values.
+    pub stale_after: Duration,
+    /// A stale worker is forgotten after this long: its counters are folded into the retired
+    /// totals (so they never go backwards) and its memory is released.
+    pub forget_after: Duration,
+    /// Directory of prometheus_client multiprocess `*.db` files; off when absent (unless the
+    /// `PROMETHEUS_MULTIPROC_DIR` environment variable is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiprocess_dir: Option<String>,
+    /// Delete dead workers' `*.db` files after folding their values into the sidecar's own
+    /// persisted totals, keeping the directory bounded.
+    pub multiprocess_compact: bool,
+    /// Pull `/metrics` from worker ports or unix sockets.
+    pub scrape: Scrape,
+    /// The Pushgateway-compatible and JSON ingest APIs on the ingest listener.
+    pub push: Push,
+    /// StatsD ingest.
+    pub statsd: Statsd,
+    /// How series of different workers are combined.
+    pub aggregation: Aggregation,
+    /// Per-request and per-worker limits that protect the other workers' data.
+    pub limits: Limits,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        SidecarConfig {
+            listen: Listen::default(),
+            worker_labels: DEFAULT_WORKER_LABELS.iter().map(|s| s.to_string()).collect(),
+            stale_after: Duration::from_secs(60),
+            forget_after: Duration::from_secs(600),
+            multiprocess_dir: None,
+            multiprocess_compact: true,
+            scrape: Scrape::default(),
+            push: Push::default(),
+            statsd: Statsd::default(),
+            aggregation: Aggregation::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Listener addresses (`host:port`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Listen {
+    /// `/metrics`, `/healthz`, `/readyz`, `/v1/workers`.
+    pub metrics: String,
+    /// Pushgateway API and `POST /v1/ingest`.
+    pub ingest: String,
+    /// StatsD, UDP and TCP.
+    pub statsd: String,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            metrics: "0.0.0.0:9102".into(),
+            ingest: "127.0.0.1:9091".into(),
+            statsd: "127.0.0.1:8125".into(),
+        }
+    }
+}
+
+/// Scrape mode: each target is one worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Scrape {
+    /// `host:port`, `host:8001-8008` ranges, or `unix:/path/*.sock` globs. Empty: scrape off.
+    pub targets: Vec<String>,
+    /// HTTP path scraped on every target.
+    pub path: String,
+    /// Time between scrapes.
+    pub interval: Duration,
+    /// Per-target scrape timeout.
+    pub timeout: Duration,
+}
+
+impl Default for Scrape {
+    fn default() -> Self {
+        Scrape {
+            targets: Vec::new(),
+            path: "/metrics".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Push ingest (Pushgateway API and the JSON API).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Push {
+    /// Serve the Pushgateway API (`/metrics/job/...`).
+    pub enabled: bool,
+    /// Serve the original monasca-sidecar JSON API (`POST /v1/ingest`, `POST /v1/clear`).
+    pub json: bool,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Push {
+            enabled: true,
+            json: true,
+        }
+    }
+}
+
+/// StatsD ingest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Statsd {
+    /// Listen for StatsD on UDP (and TCP when `tcp` is true).
+    pub enabled: bool,
+    /// Also accept newline-separated StatsD over TCP on the same address.
+    pub tcp: bool,
+    /// Histogram bucket bounds (seconds) for timers and histograms.
+    pub buckets: Vec<f64>,
+    /// Mapping rules, first match wins.
+    pub mappings: Vec<StatsdMapping>,
+}
+
+impl Default for Statsd {
+    fn default() -> Self {
+        Statsd {
+            enabled: true,
+            tcp: true,
+            buckets: vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+            mappings: Vec::new(),
+        }
+    }
+}
+
+/// One StatsD mapping rule (like statsd_exporter's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatsdMapping {
+    /// The StatsD name to match: a glob (`*` matches one dot-separated component) unless
+    /// `matchType` is `regex`.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// `glob` (default) or `regex`.
+    #[serde(default)]
+    pub match_type: MatchType,
+    /// The Prometheus name; `$1`/`${1}` refer to captures. Required unless `action` is `drop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Extra labels; values may refer to captures.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Override the metric type: `counter`, `gauge` or `histogram`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_type: Option<StatsdMetricType>,
+    /// `map` (default) or `drop`.
+    #[serde(default)]
+    pub action: MappingAction,
+}
+
+/// How a StatsD mapping's `match` is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchType {
+    #[default]
+    Glob,
+    Regex,
+}
+
+/// What a StatsD mapping does with a matching line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MappingAction {
+    #[default]
+    Map,
+    Drop,
+}
+
+/// A metric type a StatsD mapping can force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsdMetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// How gauges of several workers combine into one value. The `live*` variants forget workers
+/// that are dead or stale; the others keep their last value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GaugeMode {
+    #[default]
+    Sum,
+    Min,
+    Max,
+    Mean,
+    Mostrecent,
+    All,
+    Livesum,
+    Livemin,
+    Livemax,
+    Livemean,
+    Livemostrecent,
+    Liveall,
+}
+
+impl GaugeMode {
+    /// All modes, for error messages and tests.
+    pub const ALL: [GaugeMode; 12] = [
+        GaugeMode::Sum,
+        GaugeMode::Min,
+        GaugeMode::Max,
+        GaugeMode::Mean,
+        GaugeMode::Mostrecent,
+        GaugeMode::All,
+        GaugeMode::Livesum,
+        GaugeMode::Livemin,
+        GaugeMode::Livemax,
+        GaugeMode::Livemean,
+        GaugeMode::Livemostrecent,
+        GaugeMode::Liveall,
+    ];
+
+    /// The name used in config, `_aggregate` labels and multiprocess file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GaugeMode::Sum => "sum",
+            GaugeMode::Min => "min",
+            GaugeMode::Max => "max",
+            GaugeMode::Mean => "mean",
+            GaugeMode::Mostrecent => "mostrecent",
+            GaugeMode::All => "all",
+            GaugeMode::Livesum => "livesum",
+            GaugeMode::Livemin => "livemin",
+            GaugeMode::Livemax => "livemax",
+            GaugeMode::Livemean => "livemean",
+            GaugeMode::Livemostrecent => "livemostrecent",
+            GaugeMode::Liveall => "liveall",
+        }
+    }
+
+    /// Parses a mode name (case-insensitive).
+    pub fn parse(s: &str) -> Option<GaugeMode> {
+        GaugeMode::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// True for the variants that forget dead or stale workers.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            GaugeMode::Livesum
+                | GaugeMode::Livemin
+                | GaugeMode::Livemax
+                | GaugeMode::Livemean
+                | GaugeMode::Livemostrecent
+                | GaugeMode::Liveall
+        )
+    }
+
+    /// The combining function without the live/non-live distinction.
+    pub fn base(self) -> GaugeMode {
+        match self {
+            GaugeMode::Livesum => GaugeMode::Sum,
+            GaugeMode::Livemin => GaugeMode::Min,
+            GaugeMode::Livemax => GaugeMode::Max,
+            GaugeMode::Livemean => GaugeMode::Mean,
+            GaugeMode::Livemostrecent => GaugeMode::Mostrecent,
+            GaugeMode::Liveall => GaugeMode::All,
+            other => other,
+        }
+    }
+}
+
+/// Aggregation settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Aggregation {
+    /// Gauge mode when neither the multiprocess file name, an `_aggregate` label nor a rule
+    /// decides.
+    pub default_gauge_mode: GaugeMode,
+    /// Rules by family name; the first matching rule wins.
+    pub rules: Vec<AggregationRule>,
+}
+
+/// A gauge mode for the families whose name matches a regular expression.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AggregationRule {
+    /// Regular expression matched against the family name (unanchored unless it uses `^`/`$`).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The gauge mode for matching families.
+    pub mode: GaugeMode,
+}
+
+/// Limits that keep one misbehaving worker from hurting the others.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted request body, after decompression (413 beyond).
+    pub max_body_bytes: u64,
+    /// Most series one worker may hold (400 beyond).
+    pub max_series_per_worker: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_series_per_worker: 50_000,
+        }
+    }
+}
+
+impl SidecarConfig {
+    /// Parses a YAML (or JSON) document and validates it.
+    pub fn from_yaml(text: &str) -> Result<SidecarConfig, ConfigError> {
+        let config: SidecarConfig = if text.trim().is_empty() {
+            SidecarConfig::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(one_line(&e.to_string())))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Renders the configuration as YAML (what the operator writes into the ConfigMap).
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_saphyr::to_string(self).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Checks what the type system cannot: addresses, regexes, durations, target syntax.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, addr) in [
+            ("listen.metrics", &self.listen.metrics),
+            ("listen.ingest", &self.listen.ingest),
+            ("listen.statsd", &self.listen.statsd),
+        ] {
+            addr.parse::<SocketAddr>()
+                .map_err(|e| ConfigError::invalid(field, format!("{addr:?}: {e}")))?;
+        }
+        for (field, d) in [
+            ("staleAfter", self.stale_after),
+            ("forgetAfter", self.forget_after),
+            ("scrape.interval", self.scrape.interval),
+            ("scrape.timeout", self.scrape.timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(field, "must be greater than zero"));
+            }
+        }
+        for (i, label) in self.worker_labels.iter().enumerate() {
+            if !is_label_name(label) {
+                return Err(ConfigError::invalid(
+                    format!("workerLabels[{i}]"),
+                    format!("{label:?} is not a valid label name"),
+                ));
+            }
+        }
+        for (i, rule) in self.aggregation.rules.iter().enumerate() {
+            regex::Regex::new(&rule.pattern).map_err(|e| {
+                ConfigError::invalid(
+                    format!("aggregation.rules[{i}].match"),
+                    one_line(&e.to_string()),
+                )
+            })?;
+        }
+        for (i, target) in self.scrape.targets.iter().enumerate() {
+            ScrapeTarget::parse(target)
+                .map_err(|reason| ConfigError::invalid(format!("scrape.targets[{i}]"), reason))?;
+        }
+        if !self.scrape.path.starts_with('/') {
+            return Err(ConfigError::invalid("scrape.path", "must start with '/'"));
+        }
+        let mut previous = f64::NEG_INFINITY;
+        for b in &self.statsd.buckets {
+            if !b.is_finite() || *b <= previous {
+                return Err(ConfigError::invalid(
+                    "statsd.buckets",
+                    "must be finite and strictly increasing",
+                ));
+            }
+            previous = *b;
+        }
+        for (i, m) in self.statsd.mappings.iter().enumerate() {
+            if m.action == MappingAction::Map && m.name.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("statsd.mappings[{i}].name"),
+                    "required unless action is drop",
+                ));
+            }
+            if m.match_type == MatchType::Regex {
+                regex::Regex::new(&m.pattern).map_err(|e| {
+                    ConfigError::invalid(
+                        format!("statsd.mappings[{i}].match"),
+                        one_line(&e.to_string()),
+                    )
+                })?;
+            }
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.max_series_per_worker == 0 {
+            return Err(ConfigError::invalid("limits", "limits must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+/// A parsed scrape target specification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScrapeTarget {
+    /// `host:first-last`, inclusive (a single port has `first == last`).
+    Tcp { host: String, first: u16, last: u16 },
+    /// `unix:/path` where the path may contain `*` glob characters.
+    Unix { pattern: String },
+}
+
+impl ScrapeTarget {
+    /// Parses `host:port`, `host:8001-8008`, `[::1]:9000` or `unix:/run/app/*.sock`.
+    pub fn parse(spec: &str) -> Result<ScrapeTarget, String> {
+        if let Some(path) = spec.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("{spec:?}: unix socket path must be absolute"));
+            }
+            return Ok(ScrapeTarget::Unix {
+                pattern: path.to_string(),
+            });
+        }
+        let (host, ports) = spec
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{spec:?}: expected host:port or unix:/path"))?;
+        if host.is_empty() {
+            return Err(format!("{spec:?}: missing host"));
+        }
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{spec:?}: {p:?} is not a port"))
+        };
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(ports)?;
+                (p, p)
+            }
+        };
+        if first > last {
+            return Err(format!("{spec:?}: port range is reversed"));
+        }
+        if usize::from(last - first) >= 1024 {
+            return Err(format!("{spec:?}: port range wider than 1024"));
+        }
+        Ok(ScrapeTarget::Tcp {
+            host: host.to_string(),
+            first,
+            last,
+        })
+    }
+}
+
+/// True for a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub fn is_label_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// True for a valid Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+pub fn is_metric_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_' | b':'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+use super::*;
+
+#[test]
+fn empty_document_is_the_default_config() {
+    assert_eq!(SidecarConfig::from_yaml("").unwrap(), SidecarConfig::default());
+    assert_eq!(SidecarConfig::from_yaml("{}").unwrap(), SidecarConfig::default());
+}
+
+#[test]
+fn design_example_parses() {
+    let yaml = r#"
+listen: {metrics: "0.0.0.0:9102", ingest: "127.0.0.1:9091", statsd: "127.0.0.1:8125"}
+workerLabels: [instance, pid, worker, _id]
+staleAfter: 60s
+multiprocessDir: /path
+scrape: {targets: ["127.0.0.1:8001-8004", "unix:/run/app/*.sock"], path: /metrics, interval: 10s}
+aggregation: {defaultGaugeMode: sum, rules: [{match: "^app_inflight.*", mode: livesum}]}
+limits: {maxBodyBytes: 8388608, maxSeriesPerWorker: 50000}
+"#;
+    let c = SidecarConfig::from_yaml(yaml).unwrap();
+    assert_eq!(c.multiprocess_dir.as_deref(), Some("/path"));
+    assert_eq!(c.stale_after, Duration::from_secs(60));
+    assert_eq!(c.scrape.targets.len(), 2);
+    assert_eq!(c.aggregation.rules[0].mode, GaugeMode::Livesum);
+    assert_eq!(c.limits.max_series_per_worker, 50_000);
+}
+
+#[test]
+fn yaml_round_trips() {
+    let mut c = SidecarConfig::default();
+    c.multiprocess_dir = Some("/tmp/x".into());
+    c.aggregation.rules.push(AggregationRule {
+        pattern: "^a".into(),
+        mode: GaugeMode::Max,
+    });
+    let text = c.to_yaml().unwrap();
+    assert_eq!(SidecarConfig::from_yaml(&text).unwrap(), c);
+}
+
+#[test]
+fn unknown_field_is_a_clear_error() {
+    let err = SidecarConfig::from_yaml("staleAftr: 10s").unwrap_err().to_string();
+    assert!(err.contains("staleAftr"), "{err}");
+}
+
+#[test]
+fn invalid_values_name_the_field() {
+    for (yaml, field) in [
+        ("listen: {metrics: 'nope'}", "listen.metrics"),
+        ("staleAfter: 0s", "staleAfter"),
+        ("aggregation: {rules: [{match: '(', mode: sum}]}", "aggregation.rules[0].match"),
+        ("scrape: {targets: ['127.0.0.1:9-1']}", "scrape.targets[0]"),
+        ("workerLabels: ['a-b']", "workerLabels[0]"),
+        ("statsd: {buckets: [1, 0.5]}", "statsd.buckets"),
+    ] {
+        let err = SidecarConfig::from_yaml(yaml).unwrap_err().to_string();
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+    let err = SidecarConfig::from_yaml("staleAfter: soon").unwrap_err().to_string();
+    assert!(err.contains("soon"), "{err}");
+}
+
+#[test]
+fn durations_parse_like_prometheus() {
+    for (text, ms) in [
+        ("60s", 60_000),
+        ("1m30s", 90_000),
+        ("500ms", 500),
+        ("2h", 7_200_000),
+        ("1.5s", 1_500),
+        ("45", 45_000),
+    ] {
+        assert_eq!(Duration::parse(text).unwrap().as_std().as_millis(), ms, "{text}");
+    }
+    for bad in ["", "s", "10x", "-1s", "1e400s"] {
+        assert!(Duration::parse(bad).is_err(), "{bad}");
+    }
+    assert_eq!(Duration::from_secs(90).to_string(), "90s");
+    assert_eq!(Duration::from_secs(600).to_string(), "10m");
+    assert_eq!(Duration::from_millis(250).to_string(), "250ms");
+}
+
+#[test]
+fn scrape_targets() {
+    assert_eq!(
+        ScrapeTarget::parse("127.0.0.1:8001-8004").unwrap(),
+        ScrapeTarget::Tcp { host: "127.0.0.1".into(), first: 8001, last: 8004 }
+    );
+    assert_eq!(
+        ScrapeTarget::parse("[::1]:9000").unwrap(),
+        ScrapeTarget::Tcp { host: "[::1]".into(), first: 9000, last: 9000 }
+    );
+    assert!(matches!(ScrapeTarget::parse("unix:/run/*.sock"), Ok(ScrapeTarget::Unix { .. })));
+    for bad in ["unix:rel.sock", "nohost", ":80", "h:0", "h:70000", "h:1-5000"] {
+        assert!(ScrapeTarget::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn gauge_modes_parse_and_classify() {
+    for m in GaugeMode::ALL {
+        assert_eq!(GaugeMode::parse(m.as_str()), Some(m));
+        assert_eq!(m.is_live(), m.as_str().starts_with("live"));
+        assert!(!m.base().is_live());
+    }
+    assert_eq!(GaugeMode::parse("LiveSum"), Some(GaugeMode::Livesum));
+    assert_eq!(GaugeMode::parse("median"), None);
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_yaml_never_panics(s in "\\PC{0,200}") {
+        let _ = SidecarConfig::from_yaml(&s);
+    }
+}

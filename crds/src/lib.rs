@@ -1,0 +1,287 @@
+//! `MetricsSidecar` custom resource types and the annotation/label keys of the product contract.
+//!
+//! Everything the webhook and the controller must agree on lives here: the CRD types (from which
+//! the committed YAML in `manifests/crds/` is generated), the annotation and label keys users
+//! write, the names of generated objects, and [`MetricsSidecarSpec::config_hash`], which both
+//! the webhook (stamping pods) and the controller (status, restarts) compute and must compute
+//! identically.
+
+pub use monasca_config as config;
+
+mod keys;
+mod schema;
+
+pub use keys::*;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use monasca_config::SidecarConfig;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The embedded sidecar configuration could not be rendered.
+    #[error("sidecar configuration: {0}")]
+    Config(#[from] monasca_config::ConfigError),
+    /// A value could not be serialized to JSON.
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The CRD could not be rendered as YAML.
+    #[error("rendering YAML: {0}")]
+    Yaml(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How many hex digits of the SHA-256 digest make a config hash. 64 bits are plenty to detect a
+/// change and keep the annotation short enough to read in `kubectl describe`.
+const CONFIG_HASH_HEX_LEN: usize = 16;
+
+/// A sidecar setup that pods opt into with the `monasca.openstack.org/inject` annotation.
+///
+/// The name is used as a label value (`monasca.openstack.org/sidecar`) and in the ConfigMap name
+/// `<name>-monasca-sidecar`, hence the 63-character limit enforced by the apiserver.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "monasca.openstack.org",
+    version = "v1alpha1",
+    kind = "MetricsSidecar",
+    plural = "metricssidecars",
+    shortname = "msc",
+    category = "monasca",
+    namespaced,
+    status = "MetricsSidecarStatus",
+    derive = "PartialEq",
+    doc = "A monasca-sidecar setup: pods annotated monasca.openstack.org/inject get the sidecar.",
+    printcolumn(
+        name = "Injected",
+        type_ = "integer",
+        json_path = ".status.injectedPods",
+        description = "Running pods that carry this sidecar"
+    ),
+    printcolumn(
+        name = "Uninjected",
+        type_ = "integer",
+        json_path = ".status.uninjectedPods",
+        description = "Pods that ask for this sidecar but do not carry it"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 63")
+        .message("the name is used as a label value and must be at most 63 characters")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSidecarSpec {
+    /// Sidecar image. When absent, the operator's `--sidecar-image` is used, so upgrading the
+    /// operator upgrades the sidecars of newly created pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Image pull policy of the sidecar container; Kubernetes' default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Compute resources of the sidecar container. The default fits a sidecar aggregating a few
+    /// thousand series; set `{}` to run without requests or limits.
+    #[serde(default = "default_resources")]
+    pub resources: ResourceRequirements,
+
+    /// Run the sidecar as a Kubernetes native sidecar (an init container with
+    /// `restartPolicy: Always`, started before and stopped after the application).
+    #[serde(default)]
+    pub native_sidecar: NativeSidecar,
+
+    /// Share an emptyDir between the sidecar and the application containers and set
+    /// `PROMETHEUS_MULTIPROC_DIR` in the application containers (a value the user already set is
+    /// kept), so prometheus_client multiprocess files are aggregated by the sidecar.
+    #[serde(default)]
+    pub multiprocess: bool,
+
+    /// Point the pod's `prometheus.io/scrape|port|path` annotations at the sidecar. Annotations
+    /// that pointed at the application become the sidecar's scrape targets.
+    #[serde(default = "default_true")]
+    pub prometheus_annotations: bool,
+
+    /// Restart the pods of this sidecar when its configuration hash changes.
+    #[serde(default)]
+    pub restart_on_change: bool,
+
+    /// The sidecar configuration, written to ConfigMap `<name>-monasca-sidecar`. Same schema as
+    /// the `monasca-sidecar --config` file.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::sidecar_config")]
+    pub config: SidecarConfig,
+}
+
+/// Observed state, written by the controller.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSidecarStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` and friends, keyed by type.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Pods in the namespace that carry this sidecar.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub injected_pods: i32,
+
+    /// Pods that ask for this sidecar but do not carry it (created while the webhook was
+    /// unavailable, or before this resource existed).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub uninjected_pods: i32,
+
+    /// [`MetricsSidecarSpec::config_hash`] of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}
+
+/// Image pull policy, as in a Pod's container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Whether the sidecar runs as a native sidecar (init container with `restartPolicy: Always`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NativeSidecar {
+    /// Native when the apiserver is 1.29 or newer (sidecar containers on by default), else a
+    /// regular container.
+    #[default]
+    Auto,
+    /// Always native (the cluster must support sidecar containers).
+    Always,
+    /// Always a regular container.
+    Never,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The default sidecar resources: small requests, a memory limit that protects the node from a
+/// runaway cardinality explosion, and no CPU limit (throttling a scrape target causes gaps).
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("10m".into())),
+            ("memory".to_string(), Quantity("32Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("128Mi".into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+impl Default for MetricsSidecarSpec {
+    fn default() -> Self {
+        MetricsSidecarSpec {
+            image: None,
+            image_pull_policy: None,
+            resources: default_resources(),
+            native_sidecar: NativeSidecar::Auto,
+            multiprocess: false,
+            prometheus_annotations: true,
+            restart_on_change: false,
+            config: SidecarConfig::default(),
+        }
+    }
+}
+
+/// The spec fields that change the injected pod, in a fixed order for hashing. `image` is the
+/// spec's own value: a change of the operator's default image does not restart pods.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodAffecting<'a> {
+    image: &'a Option<String>,
+    image_pull_policy: &'a Option<ImagePullPolicy>,
+    resources: &'a ResourceRequirements,
+    native_sidecar: NativeSidecar,
+    multiprocess: bool,
+    prometheus_annotations: bool,
+}
+
+impl MetricsSidecarSpec {
+    /// The sidecar configuration file as the controller writes it into the ConfigMap (YAML).
+    pub fn rendered_config(&self) -> Result<String> {
+        Ok(self.config.to_yaml()?)
+    }
+
+    /// A stable hash of the rendered sidecar configuration and of the spec fields that shape the
+    /// injected pod. The webhook stamps it on pods (`monasca.openstack.org/config-hash`) and the
+    /// controller compares it with the current spec to find pods running an old setup.
+    ///
+    /// Stable means: the same on every build and architecture (SHA-256 over a canonical text, not
+    /// `std`'s hasher), and independent of map ordering (the config renders fields in declaration
+    /// order and maps are `BTreeMap`s).
+    pub fn config_hash(&self) -> Result<String> {
+        let rendered = self.rendered_config()?;
+        let affecting = serde_json::to_vec(&PodAffecting {
+            image: &self.image,
+            image_pull_policy: &self.image_pull_policy,
+            resources: &self.resources,
+            native_sidecar: self.native_sidecar,
+            multiprocess: self.multiprocess,
+            prometheus_annotations: self.prometheus_annotations,
+        })?;
+        let mut digest = Sha256::new();
+        digest.update(b"monasca-sidecar config-hash v1\0");
+        digest.update(rendered.as_bytes());
+        digest.update(b"\0");
+        digest.update(&affecting);
+        let hex: String = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(hex[..CONFIG_HASH_HEX_LEN].to_string())
+    }
+}
+
+/// The header of the generated CRD file, so that nobody edits it by hand.
+const CRD_HEADER: &str = "# Generated by `cargo run -p monasca-crds --bin crdgen -- --write`. Do not edit:\n\
+# the drift test in crds/tests/crd_drift.rs fails when this file differs from the Rust types.\n";
+
+/// The `MetricsSidecar` CustomResourceDefinition as YAML, exactly as committed in
+/// `manifests/crds/metricssidecars.yaml`.
+pub fn crd_yaml() -> Result<String> {
+    let body = serde_saphyr::to_string(&MetricsSidecar::crd()).map_err(|e| Error::Yaml(e.to_string()))?;
+    Ok(format!("{CRD_HEADER}{body}"))
+}
+
+#[cfg(test)]
+mod tests;

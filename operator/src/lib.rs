@@ -1,0 +1,1 @@
+//! The monasca operator: admission webhook and controller (built in later issues).

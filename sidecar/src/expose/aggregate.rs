@@ -1,0 +1,156 @@
+//! How gauges of several workers combine. Pure functions over the stored entries.
+
+use crate::store::{RetiredGauge, ScalarEntry};
+use monasca_config::{Aggregation, GaugeMode};
+use regex::Regex;
+
+/// Gauge modes from config: rules by family name, then the default.
+#[derive(Clone, Debug, Default)]
+pub struct GaugeRules {
+    default: GaugeMode,
+    rules: Vec<(Regex, GaugeMode)>,
+}
+
+impl GaugeRules {
+    /// Compiles the rules. Invalid patterns are rejected by config validation; any that slip
+    /// through are skipped.
+    pub fn from_config(aggregation: &Aggregation) -> Self {
+        GaugeRules {
+            default: aggregation.default_gauge_mode,
+            rules: aggregation
+                .rules
+                .iter()
+                .filter_map(|r| Some((Regex::new(&r.pattern).ok()?, r.mode)))
+                .collect(),
+        }
+    }
+}
+
+/// The mode for a family with no per-series mode: the first matching rule, else the default.
+pub fn resolve_mode(rules: &GaugeRules, family: &str) -> GaugeMode {
+    rules
+        .rules
+        .iter()
+        .find(|(re, _)| re.is_match(family))
+        .map_or(rules.default, |(_, m)| *m)
+}
+
+/// Which worker a per-worker (`all`) value belongs to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WorkerRef<'a> {
+    /// Index of a known worker.
+    Live(u32),
+    /// Label text of a departed worker.
+    Retired(&'a str),
+}
+
+/// The combined value(s) of one gauge series.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GaugeOutput<'a> {
+    /// Nothing to show (a live mode whose workers are all stale or gone).
+    None,
+    One(f64),
+    /// `all`/`liveall`: one value per worker, labelled with the worker's labels.
+    PerWorker(Vec<(WorkerRef<'a>, f64)>),
+}
+
+/// Combines the gauge entries of one series. `stale[i]` tells whether worker `i` is stale; live
+/// modes skip stale workers and departed ones, the others include both.
+pub fn gauge_output<'a>(
+    mode: GaugeMode,
+    entries: &[ScalarEntry],
+    retired: Option<&'a RetiredGauge>,
+    stale: &[bool],
+) -> GaugeOutput<'a> {
+    let live = mode.is_live();
+    let retired = if live { None } else { retired };
+    let current = entries
+        .iter()
+        .filter(|e| !live || !stale.get(e.worker as usize).copied().unwrap_or(true));
+    match mode.base() {
+        GaugeMode::All => {
+            let mut values: Vec<(WorkerRef<'a>, f64)> =
+                current.map(|e| (WorkerRef::Live(e.worker), e.value)).collect();
+            if let Some(r) = retired {
+                values.extend(r.by_worker.iter().map(|(w, v)| (WorkerRef::Retired(&**w), *v)));
+            }
+            if values.is_empty() {
+                GaugeOutput::None
+            } else {
+                GaugeOutput::PerWorker(values)
+            }
+        }
+        base => {
+            let mut acc = Acc::default();
+            for e in current {
+                acc.add(e.value, e.ts);
+            }
+            if let Some(r) = retired
+                && r.count > 0
+            {
+                acc.n += u64::from(r.count);
+                acc.sum += r.sum;
+                acc.min = acc.min.min(r.min);
+                acc.max = acc.max.max(r.max);
+                if acc.n == u64::from(r.count) || r.latest_ts >= acc.latest_ts {
+                    acc.latest_ts = r.latest_ts;
+                    acc.latest = r.latest;
+                }
+            }
+            let Acc {
+                n,
+                sum,
+                min,
+                max,
+                latest,
+                ..
+            } = acc;
+            if n == 0 {
+                return GaugeOutput::None;
+            }
+            GaugeOutput::One(match base {
+                GaugeMode::Min => min,
+                GaugeMode::Max => max,
+                GaugeMode::Mean => sum / n as f64,
+                GaugeMode::Mostrecent => latest,
+                _ => sum,
+            })
+        }
+    }
+}
+
+/// Running sum, count, extremes and latest value of gauge values.
+struct Acc {
+    n: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    latest_ts: f64,
+    latest: f64,
+}
+
+impl Default for Acc {
+    fn default() -> Self {
+        Acc {
+            n: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            latest_ts: f64::NEG_INFINITY,
+            latest: f64::NAN,
+        }
+    }
+}
+
+impl Acc {
+    fn add(&mut self, v: f64, ts: f64) {
+        self.n += 1;
+        self.sum += v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        if ts >= self.latest_ts {
+            self.latest_ts = ts;
+            self.latest = v;
+        }
+    }
+}

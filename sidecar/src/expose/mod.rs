@@ -1,0 +1,162 @@
+//! Aggregation across workers and exposition as Prometheus text 0.0.4 or OpenMetrics 1.0.
+//!
+//! Families come out sorted by name and never interleaved; each family's series are combined
+//! from every worker's latest value plus what departed workers left (see [`crate::store`]).
+
+mod aggregate;
+mod format;
+#[cfg(test)]
+mod tests;
+
+pub use aggregate::{GaugeRules, resolve_mode};
+pub use format::{Format, negotiate};
+
+use crate::model::MetricKind;
+use crate::store::{SeriesData, Store};
+use aggregate::{GaugeOutput, gauge_output};
+use format::Writer;
+use std::time::Instant;
+
+/// One of the sidecar's own metric families (`monasca_sidecar_*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelfFamily {
+    /// Full name; counters end in `_total`.
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub help: &'static str,
+    /// (canonical label text, value), see [`crate::store::escape_label_value`].
+    pub samples: Vec<(String, f64)>,
+}
+
+impl SelfFamily {
+    pub fn new(name: &'static str, kind: MetricKind, help: &'static str) -> Self {
+        SelfFamily {
+            name,
+            kind,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Adds a sample with no labels.
+    pub fn value(mut self, v: f64) -> Self {
+        self.samples.push((String::new(), v));
+        self
+    }
+
+    /// Adds a sample with one label.
+    pub fn labelled(mut self, name: &str, value: &str, v: f64) -> Self {
+        let mut labels = String::with_capacity(name.len() + value.len() + 3);
+        labels.push_str(name);
+        labels.push_str("=\"");
+        crate::store::escape_label_value(value, &mut labels);
+        labels.push('"');
+        self.samples.push((labels, v));
+        self
+    }
+}
+
+/// Renders every aggregated family of `store` plus `self_families` into `out`.
+pub fn render(
+    store: &Store,
+    format: Format,
+    now: Instant,
+    self_families: &[SelfFamily],
+    out: &mut Vec<u8>,
+) {
+    let rules = store.rules();
+    let mut w = Writer::new(format, out);
+    let mut own = self_families.iter().peekable();
+    let mut stale_workers: Vec<bool> = Vec::new();
+    for i in 0..store.workers.len() {
+        stale_workers.push(store.is_stale(i as u32, now));
+    }
+    let worker_labels: Vec<&str> = store
+        .workers
+        .iter()
+        .map(|w| w.as_ref().map_or("", |w| &*w.label_text))
+        .collect();
+    for (name, family) in &store.families {
+        while let Some(s) = own.next_if(|s| s.name < &**name) {
+            w.self_family(s);
+        }
+        let family_mode = resolve_mode(rules, name);
+        w.family_header(name, family.kind, family.help.as_deref(), family.unit.as_deref());
+        for (labels, series) in &family.series {
+            match &series.data {
+                SeriesData::Scalar {
+                    entries,
+                    retired,
+                    retired_gauge,
+                } => match family.kind {
+                    MetricKind::Counter => {
+                        let total = *retired + entries.iter().map(|e| e.value).sum::<f64>();
+                        w.sample(name, "", labels, "", total);
+                    }
+                    _ => {
+                        let mode = series.mode.unwrap_or(family_mode);
+                        match gauge_output(
+                            mode,
+                            entries,
+                            retired_gauge.as_deref(),
+                            &stale_workers,
+                        ) {
+                            GaugeOutput::None => {}
+                            GaugeOutput::One(v) => w.sample(name, "", labels, "", v),
+                            GaugeOutput::PerWorker(values) => {
+                                for (worker, v) in values {
+                                    let worker_text = match worker {
+                                        aggregate::WorkerRef::Live(i) => {
+                                            worker_labels.get(i as usize).copied().unwrap_or("")
+                                        }
+                                        aggregate::WorkerRef::Retired(text) => text,
+                                    };
+                                    w.sample(name, "", labels, worker_text, v);
+                                }
+                            }
+                        }
+                    }
+                },
+                SeriesData::Dist {
+                    bounds,
+                    entries,
+                    retired,
+                } => {
+                    let width = entries
+                        .first()
+                        .map(|e| e.values.len())
+                        .or(retired.as_ref().map(|r| r.len()))
+                        .unwrap_or(0);
+                    let mut totals = vec![0.0; width];
+                    if let Some(r) = retired {
+                        add(&mut totals, r);
+                    }
+                    for e in entries {
+                        add(&mut totals, &e.values);
+                    }
+                    if width < 2 {
+                        continue;
+                    }
+                    let (sum, count) = (totals[width - 2], totals[width - 1]);
+                    if family.kind == MetricKind::Histogram {
+                        for (bound, value) in bounds.iter().zip(&totals) {
+                            w.bucket(name, labels, *bound, *value);
+                        }
+                    }
+                    w.sample(name, "_count", labels, "", count);
+                    w.sample(name, "_sum", labels, "", sum);
+                }
+            }
+        }
+    }
+    for s in own {
+        w.self_family(s);
+    }
+    w.finish();
+}
+
+fn add(totals: &mut [f64], values: &[f64]) {
+    for (t, v) in totals.iter_mut().zip(values) {
+        *t += v;
+    }
+}

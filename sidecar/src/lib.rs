@@ -1,0 +1,10 @@
+//! monasca-sidecar: makes every worker of a pod one clean Prometheus target.
+//!
+//! The pipeline is visible in the module tree: sources ([`ingest`], [`parse`]) produce
+//! [`model::Family`] values for one worker; the [`store`] keeps each worker's latest cumulative
+//! values and retires what disappears; [`expose`] aggregates and renders `/metrics`.
+
+pub mod model;
+pub mod parse;
+pub mod store;
+pub mod expose;

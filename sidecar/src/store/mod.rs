@@ -1,0 +1,1030 @@
+//! The store: each worker's latest cumulative value of each series, plus what departed
+//! workers left behind.
+//!
+//! State is "latest cumulative value per worker, then combine", never "add each push". A
+//! counter (and every histogram bucket, `_count` and `_sum`) never goes backwards while the
+//! sidecar lives: when a worker's value drops (restart) or the worker goes away, its last value
+//! is *retired* into a per-series total that is never subtracted. The output of a counter is
+//! `retired + sum(current values)`.
+//!
+//! Everything here is pure: time comes in as [`Now`], nothing does I/O, so the semantics are
+//! tested by feeding values in (see `tests.rs`).
+
+mod key;
+#[cfg(test)]
+mod tests;
+
+pub use key::{SeriesKeyBuilder, escape_label_value};
+
+use crate::expose::{GaugeRules, resolve_mode};
+use crate::model::{Family, MetricKind, Value};
+use indexmap::IndexMap;
+use monasca_config::GaugeMode;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Label carrying a per-series gauge mode (`_aggregate`); never part of series identity.
+pub const AGGREGATE_LABEL: &str = "_aggregate";
+/// Prefix reserved for the sidecar's own metrics.
+pub const SELF_PREFIX: &str = "monasca_sidecar_";
+
+/// The moment an operation happens: a monotonic instant for staleness and wall-clock seconds
+/// since the epoch for `mostrecent` gauges.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: f64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn now() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        }
+    }
+
+    /// This moment plus `d` (for tests and simulated time).
+    pub fn after(self, d: Duration) -> Now {
+        Now {
+            mono: self.mono + d,
+            wall: self.wall + d.as_secs_f64(),
+        }
+    }
+}
+
+/// Where a worker's values come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    Push,
+    Json,
+    Statsd,
+    Multiprocess,
+    Scrape,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Push => "push",
+            Source::Json => "json",
+            Source::Statsd => "statsd",
+            Source::Multiprocess => "multiprocess",
+            Source::Scrape => "scrape",
+        }
+    }
+}
+
+/// Who is sending: one source identity (a grouping key, a pid, a scrape target, an `_id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerKey {
+    /// Unique identity, e.g. `push:job=api,instance=w1` or `multiprocess:pid=42`.
+    pub id: String,
+    pub source: Source,
+    /// The worker's identifying labels, shown only by `all`/`liveall` gauges.
+    pub labels: Vec<(String, String)>,
+    /// Labels added to every series of this worker, overriding labels of the same name in the
+    /// series (Pushgateway's grouping-key labels such as `job`).
+    pub common_labels: Vec<(String, String)>,
+}
+
+impl WorkerKey {
+    /// A worker with no common labels.
+    pub fn new(source: Source, id: impl Into<String>, labels: Vec<(String, String)>) -> Self {
+        WorkerKey {
+            id: id.into(),
+            source,
+            labels,
+            common_labels: Vec::new(),
+        }
+    }
+}
+
+/// What an update replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything the worker had (Pushgateway `PUT`, a scrape, a multiprocess file).
+    Worker,
+    /// Only the families in the update (Pushgateway `POST`).
+    Families,
+    /// Only the series in the update (StatsD, JSON ingest).
+    Series,
+}
+
+/// Settings the store needs; derived from the sidecar config and updated on reload.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    pub worker_labels: Vec<String>,
+    pub stale_after: Duration,
+    pub forget_after: Duration,
+    pub max_series_per_worker: usize,
+    pub aggregation: monasca_config::Aggregation,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings::from_config(&monasca_config::SidecarConfig::default())
+    }
+}
+
+impl StoreSettings {
+    pub fn from_config(c: &monasca_config::SidecarConfig) -> Self {
+        StoreSettings {
+            worker_labels: c.worker_labels.clone(),
+            stale_after: c.stale_after.as_std(),
+            forget_after: c.forget_after.as_std().max(c.stale_after.as_std()),
+            max_series_per_worker: usize::try_from(c.limits.max_series_per_worker)
+                .unwrap_or(usize::MAX),
+            aggregation: c.aggregation.clone(),
+        }
+    }
+}
+
+/// Why an update was rejected. Nothing of a rejected update is applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("type conflict: {family} is a {existing}, not a {pushed}")]
+    TypeConflict {
+        family: String,
+        existing: &'static str,
+        pushed: &'static str,
+    },
+    #[error("family {0} appears twice in one update")]
+    DuplicateFamily(String),
+    #[error("duplicate series {0} (after removing worker labels)")]
+    DuplicateSeries(String),
+    #[error("histogram {series} has bucket bounds {pushed} but this series is aggregated with {existing}")]
+    HistogramLayoutMismatch {
+        series: String,
+        existing: String,
+        pushed: String,
+    },
+    #[error("invalid {AGGREGATE_LABEL} value {0:?}: expected one of sum, min, max, mean, mostrecent, all or a live variant")]
+    InvalidAggregate(String),
+    #[error("worker would hold {count} series, more than the limit of {limit}")]
+    TooManySeries { count: usize, limit: usize },
+    #[error("metric name {0} uses the prefix reserved for the sidecar's own metrics")]
+    ReservedName(String),
+}
+
+impl StoreError {
+    /// A fixed label for self-metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::TypeConflict { .. } => "type_conflict",
+            StoreError::DuplicateFamily(_) => "duplicate_family",
+            StoreError::DuplicateSeries(_) => "duplicate_series",
+            StoreError::HistogramLayoutMismatch { .. } => "histogram_layout_mismatch",
+            StoreError::InvalidAggregate(_) => "invalid_aggregate",
+            StoreError::TooManySeries { .. } => "too_many_series",
+            StoreError::ReservedName(_) => "reserved_name",
+        }
+    }
+}
+
+/// What an accepted update did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub samples: usize,
+    pub new_series: usize,
+    /// Series whose value went down and whose old value was retired (worker restarts).
+    pub resets: usize,
+    /// Series the worker no longer has (retired or forgotten).
+    pub removed: usize,
+}
+
+/// How many of a worker's values a family holds.
+#[derive(Clone, Debug)]
+struct WorkerFamily {
+    name: Box<str>,
+    series: u32,
+}
+
+/// One worker's bookkeeping.
+#[derive(Debug)]
+pub(crate) struct WorkerState {
+    pub(crate) key: WorkerKey,
+    /// Canonical rendering of `key.labels` (`pid="42"`), used by `all` gauges.
+    pub(crate) label_text: Box<str>,
+    pub(crate) last_seen: Instant,
+    pub(crate) last_seen_wall: f64,
+    families: Vec<WorkerFamily>,
+    pub(crate) series: usize,
+}
+
+/// A departed worker's gauge value, kept for the non-live modes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct RetiredGauge {
+    pub(crate) count: u32,
+    pub(crate) sum: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) latest_ts: f64,
+    pub(crate) latest: f64,
+    /// For `all`: (worker label text, value).
+    pub(crate) by_worker: Vec<(Box<str>, f64)>,
+}
+
+impl RetiredGauge {
+    /// Adds a departed worker's last value; `per_worker` keeps it under the worker's labels
+    /// (for `all`), replacing an earlier value of the same worker.
+    fn add(&mut self, worker_labels: &str, value: f64, ts: f64, per_worker: bool) {
+        if self.count == 0 {
+            self.min = value;
+            self.max = value;
+        } else {
+            self.min = self.min.min(value);
+            self.max = self.max.max(value);
+        }
+        self.count += 1;
+        self.sum += value;
+        if self.count == 1 || ts >= self.latest_ts {
+            self.latest_ts = ts;
+            self.latest = value;
+        }
+        if !per_worker {
+            return;
+        }
+        match self
+            .by_worker
+            .iter_mut()
+            .find(|(w, _)| &**w == worker_labels)
+        {
+            Some(slot) => slot.1 = value,
+            None => self.by_worker.push((worker_labels.into(), value)),
+        }
+    }
+}
+
+/// One worker's current value of a scalar series.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScalarEntry {
+    pub(crate) worker: u32,
+    generation: u32,
+    pub(crate) ts: f64,
+    pub(crate) value: f64,
+}
+
+/// One worker's current value of a histogram or summary: buckets, then sum, then count.
+#[derive(Clone, Debug)]
+pub(crate) struct DistEntry {
+    pub(crate) worker: u32,
+    generation: u32,
+    pub(crate) values: Box<[f64]>,
+}
+
+/// The values of one series across workers.
+#[derive(Debug)]
+pub(crate) enum SeriesData {
+    Scalar {
+        entries: Vec<ScalarEntry>,
+        /// Counters: the sum of departed or reset workers' values.
+        retired: f64,
+        /// Gauges: departed workers' last values.
+        retired_gauge: Option<Box<RetiredGauge>>,
+    },
+    Dist {
+        /// Histogram upper bounds (empty for summaries).
+        bounds: Arc<[f64]>,
+        entries: Vec<DistEntry>,
+        /// Element-wise sum of departed or reset workers' values.
+        retired: Option<Box<[f64]>>,
+    },
+}
+
+impl SeriesData {
+    /// An empty series shaped for `value`.
+    fn empty_for(value: &Value) -> SeriesData {
+        match value {
+            Value::Scalar(_) => SeriesData::Scalar {
+                entries: Vec::new(),
+                retired: 0.0,
+                retired_gauge: None,
+            },
+            Value::Histogram(h) => SeriesData::Dist {
+                bounds: h.bounds.as_slice().into(),
+                entries: Vec::new(),
+                retired: None,
+            },
+            Value::Summary { .. } => SeriesData::Dist {
+                bounds: Arc::from([]),
+                entries: Vec::new(),
+                retired: None,
+            },
+        }
+    }
+}
+
+/// One series of a family.
+#[derive(Debug)]
+pub(crate) struct SeriesState {
+    /// Gauge mode fixed by the source or an `_aggregate` label.
+    pub(crate) mode: Option<GaugeMode>,
+    pub(crate) data: SeriesData,
+}
+
+impl SeriesState {
+    /// The generation in which the worker last set this series, if it holds it.
+    fn entry_generation(&self, worker: u32) -> Option<u32> {
+        match &self.data {
+            SeriesData::Scalar { entries, .. } => entries
+                .iter()
+                .find(|e| e.worker == worker)
+                .map(|e| e.generation),
+            SeriesData::Dist { entries, .. } => entries
+                .iter()
+                .find(|e| e.worker == worker)
+                .map(|e| e.generation),
+        }
+    }
+
+    /// True when the series can be dropped without changing any output.
+    fn is_empty(&self, kind: MetricKind) -> bool {
+        match &self.data {
+            SeriesData::Scalar {
+                entries,
+                retired,
+                retired_gauge,
+            } => {
+                entries.is_empty()
+                    && match kind {
+                        MetricKind::Counter => *retired == 0.0,
+                        _ => retired_gauge.is_none(),
+                    }
+            }
+            SeriesData::Dist {
+                entries, retired, ..
+            } => entries.is_empty() && retired.is_none(),
+        }
+    }
+}
+
+/// One metric family: metadata and series by canonical label text.
+#[derive(Debug)]
+pub(crate) struct FamilyState {
+    pub(crate) kind: MetricKind,
+    pub(crate) help: Option<Box<str>>,
+    pub(crate) unit: Option<Box<str>>,
+    /// Series by canonical label text (`a="1",b="2"`, sorted, escaped).
+    pub(crate) series: IndexMap<Box<str>, SeriesState>,
+}
+
+/// The store of all workers' values.
+#[derive(Debug)]
+pub struct Store {
+    settings: StoreSettings,
+    pub(crate) families: BTreeMap<Box<str>, FamilyState>,
+    pub(crate) workers: Vec<Option<WorkerState>>,
+    worker_index: HashMap<String, u32>,
+    free_workers: Vec<u32>,
+    generation: u32,
+    key_builder: SeriesKeyBuilder,
+    rules: GaugeRules,
+    /// Histogram/summary updates rejected because of a bucket layout mismatch.
+    pub layout_mismatches: u64,
+    /// Counter-like series whose value went down (a worker restart), over the store's life.
+    pub resets: u64,
+}
+
+/// An update after validation: canonical keys computed, nothing applied yet.
+struct Prepared<'a> {
+    family_index: usize,
+    key: String,
+    mode: Option<GaugeMode>,
+    value: &'a Value,
+    ts: Option<f64>,
+}
+
+impl Store {
+    pub fn new(settings: StoreSettings) -> Self {
+        Store {
+            key_builder: SeriesKeyBuilder::new(&settings.worker_labels),
+            rules: GaugeRules::from_config(&settings.aggregation),
+            settings,
+            families: BTreeMap::new(),
+            workers: Vec::new(),
+            worker_index: HashMap::new(),
+            free_workers: Vec::new(),
+            generation: 0,
+            layout_mismatches: 0,
+            resets: 0,
+        }
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// Applies new settings (config reload). Worker labels apply to later updates.
+    pub fn set_settings(&mut self, settings: StoreSettings) {
+        self.key_builder = SeriesKeyBuilder::new(&settings.worker_labels);
+        self.rules = GaugeRules::from_config(&settings.aggregation);
+        self.settings = settings;
+    }
+
+    /// The gauge rules in force (config `aggregation`).
+    pub fn rules(&self) -> &GaugeRules {
+        &self.rules
+    }
+
+    /// Number of live (known) workers.
+    pub fn worker_count(&self) -> usize {
+        self.worker_index.len()
+    }
+
+    /// Number of aggregated series (before gauge `all` expansion).
+    pub fn series_count(&self) -> usize {
+        self.families.values().map(|f| f.series.len()).sum()
+    }
+
+    /// Number of (worker, series) values held.
+    pub fn worker_series_count(&self) -> usize {
+        self.workers.iter().flatten().map(|w| w.series).sum()
+    }
+
+    /// True if `id` is a known worker.
+    pub fn has_worker(&self, id: &str) -> bool {
+        self.worker_index.contains_key(id)
+    }
+
+    /// Iterates known workers.
+    pub(crate) fn worker_states(&self) -> impl Iterator<Item = &WorkerState> {
+        self.workers.iter().flatten()
+    }
+
+    /// True when the worker has not been seen for `staleAfter`.
+    pub(crate) fn is_stale(&self, worker: u32, now: Instant) -> bool {
+        match self.workers.get(worker as usize) {
+            Some(Some(w)) => now.saturating_duration_since(w.last_seen) > self.settings.stale_after,
+            _ => true,
+        }
+    }
+
+    /// Marks a worker as seen without changing its values (a multiprocess file that did not
+    /// change while its process lives).
+    pub fn touch(&mut self, id: &str, now: Now) {
+        if let Some(&w) = self.worker_index.get(id)
+            && let Some(Some(state)) = self.workers.get_mut(w as usize)
+        {
+            state.last_seen = now.mono;
+            state.last_seen_wall = now.wall;
+        }
+    }
+
+    /// Replaces what `scope` covers of the worker's values with `families`.
+    ///
+    /// The update is validated as a whole first (type conflicts, duplicates, histogram
+    /// layouts, the series limit); a rejected update changes nothing.
+    pub fn apply(
+        &mut self,
+        worker: &WorkerKey,
+        families: &[Family<'_>],
+        scope: Scope,
+        now: Now,
+    ) -> Result<ApplyStats, StoreError> {
+        let existing_worker = self.worker_index.get(&worker.id).copied();
+        let prepared = self.prepare(worker, existing_worker, families, scope)?;
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let worker_id = match existing_worker {
+            Some(w) => w,
+            None => self.add_worker(worker, now),
+        };
+        let mut stats = ApplyStats {
+            samples: prepared.len(),
+            ..ApplyStats::default()
+        };
+        // Per family of the update: entries of this worker updated, and entries inserted.
+        let mut touched: Vec<(u32, u32)> = vec![(0, 0); families.len()];
+        for p in &prepared {
+            let family = &families[p.family_index];
+            let ts = p.ts.unwrap_or(now.wall);
+            let state = match self.families.get_mut(&*family.name) {
+                Some(f) => {
+                    if f.help.is_none() {
+                        f.help = family.help.as_deref().map(Into::into);
+                    }
+                    f
+                }
+                None => self
+                    .families
+                    .entry(family.name.as_ref().into())
+                    .or_insert(FamilyState {
+                        kind: family.kind,
+                        help: family.help.as_deref().map(Into::into),
+                        unit: family.unit.as_deref().map(Into::into),
+                        series: IndexMap::new(),
+                    }),
+            };
+            let kind = state.kind;
+            let series = match state.series.get_mut(p.key.as_str()) {
+                Some(s) => s,
+                None => {
+                    stats.new_series += 1;
+                    let key: Box<str> = p.key.as_str().into();
+                    state.series.entry(key).or_insert(SeriesState {
+                        mode: None,
+                        data: SeriesData::empty_for(p.value),
+                    })
+                }
+            };
+            if p.mode.is_some() {
+                series.mode = p.mode;
+            }
+            let counts = &mut touched[p.family_index];
+            match update_entry(series, kind, worker_id, generation, p.value, ts) {
+                Update::Inserted => counts.1 += 1,
+                Update::Updated => counts.0 += 1,
+                Update::Reset => {
+                    counts.0 += 1;
+                    stats.resets += 1;
+                }
+            }
+        }
+        self.resets += stats.resets as u64;
+
+        // Work out, per family, how many series the worker now holds, sweeping out the
+        // entries the update replaced but did not mention.
+        let previous: Vec<WorkerFamily> = match self.workers.get_mut(worker_id as usize) {
+            Some(Some(w)) => std::mem::take(&mut w.families),
+            _ => Vec::new(),
+        };
+        let mut held: BTreeMap<Box<str>, u32> = BTreeMap::new();
+        for (family, &(updated, inserted)) in families.iter().zip(&touched) {
+            let before = previous
+                .iter()
+                .find(|f| *f.name == *family.name)
+                .map_or(0, |f| f.series);
+            let mut now_held = before + inserted;
+            if scope != Scope::Series && updated < before {
+                let removed = self.sweep_family(&family.name, worker_id, generation);
+                stats.removed += removed;
+                now_held -= removed as u32;
+            }
+            if now_held > 0 {
+                held.insert(family.name.as_ref().into(), now_held);
+            }
+        }
+        for wf in previous {
+            if held.contains_key(&wf.name) || families.iter().any(|f| *f.name == *wf.name) {
+                continue;
+            }
+            if scope == Scope::Worker {
+                stats.removed += self.sweep_family(&wf.name, worker_id, generation);
+            } else {
+                held.insert(wf.name, wf.series);
+            }
+        }
+        if let Some(Some(w)) = self.workers.get_mut(worker_id as usize) {
+            w.series = held.values().map(|&n| n as usize).sum();
+            w.families = held
+                .into_iter()
+                .map(|(name, series)| WorkerFamily { name, series })
+                .collect();
+            w.last_seen = now.mono;
+            w.last_seen_wall = now.wall;
+        }
+        Ok(stats)
+    }
+
+    /// Removes the worker's entries of `family` that the current update did not set, retiring
+    /// counter-like values. Returns how many were removed.
+    fn sweep_family(&mut self, name: &str, worker: u32, generation: u32) -> usize {
+        let Some(family) = self.families.get_mut(name) else {
+            return 0;
+        };
+        let kind = family.kind;
+        let mut removed = 0;
+        family.series.retain(|_, s| {
+            if s.entry_generation(worker).is_some_and(|g| g != generation) {
+                take_entry(s, kind, worker, Departure::Dropped);
+                removed += 1;
+            }
+            !s.is_empty(kind)
+        });
+        if family.series.is_empty() {
+            self.families.remove(name);
+        }
+        removed
+    }
+
+    /// Validates an update and computes canonical keys.
+    fn prepare<'f>(
+        &mut self,
+        worker: &WorkerKey,
+        existing_worker: Option<u32>,
+        families: &'f [Family<'_>],
+        scope: Scope,
+    ) -> Result<Vec<Prepared<'f>>, StoreError> {
+        let mut prepared = Vec::with_capacity(families.iter().map(|f| f.series.len()).sum());
+        let mut seen_families: HashSet<&str> = HashSet::with_capacity(families.len());
+        let worker_state = existing_worker.and_then(|w| self.workers.get(w as usize)?.as_ref());
+        // Series this worker would hold afterwards.
+        let mut resulting = match (scope, worker_state) {
+            (_, None) | (Scope::Worker, _) => 0,
+            (_, Some(w)) => w.series,
+        };
+        for (family_index, family) in families.iter().enumerate() {
+            if family.name.starts_with(SELF_PREFIX) {
+                return Err(StoreError::ReservedName(family.name.to_string()));
+            }
+            if !seen_families.insert(&family.name) {
+                return Err(StoreError::DuplicateFamily(family.name.to_string()));
+            }
+            let existing = self.families.get(&*family.name);
+            if let Some(existing) = existing
+                && existing.kind != family.kind
+            {
+                return Err(StoreError::TypeConflict {
+                    family: family.name.to_string(),
+                    existing: existing.kind.text_name(),
+                    pushed: family.kind.text_name(),
+                });
+            }
+            if scope == Scope::Families
+                && let Some(w) = worker_state
+                && let Some(f) = w.families.iter().find(|f| *f.name == *family.name)
+            {
+                resulting -= f.series as usize;
+            }
+            let first = prepared.len();
+            for series in &family.series {
+                let (key, mode) = self
+                    .key_builder
+                    .build(&series.labels, &worker.common_labels)
+                    .map_err(StoreError::InvalidAggregate)?;
+                let held = existing.and_then(|f| f.series.get(key.as_str()));
+                if let (Some(held), Value::Histogram(h)) = (held, &series.value)
+                    && let SeriesData::Dist { bounds, .. } = &held.data
+                    && !same_bounds(bounds, &h.bounds)
+                {
+                    self.layout_mismatches += 1;
+                    return Err(StoreError::HistogramLayoutMismatch {
+                        series: format!("{}{{{}}}", family.name, key),
+                        existing: format_bounds(bounds),
+                        pushed: format_bounds(&h.bounds),
+                    });
+                }
+                let already_held = match (scope, held, existing_worker) {
+                    (Scope::Series, Some(s), Some(w)) => has_entry(s, w),
+                    _ => false,
+                };
+                if !already_held {
+                    resulting += 1;
+                }
+                prepared.push(Prepared {
+                    family_index,
+                    key,
+                    mode: family.mode.or(mode),
+                    value: &series.value,
+                    ts: series.timestamp,
+                });
+            }
+            let mut keys_in_family: HashSet<&str> = HashSet::with_capacity(prepared.len() - first);
+            for p in &prepared[first..] {
+                if !keys_in_family.insert(p.key.as_str()) {
+                    return Err(StoreError::DuplicateSeries(format!(
+                        "{}{{{}}}",
+                        family.name, p.key
+                    )));
+                }
+            }
+        }
+        if resulting > self.settings.max_series_per_worker {
+            return Err(StoreError::TooManySeries {
+                count: resulting,
+                limit: self.settings.max_series_per_worker,
+            });
+        }
+        Ok(prepared)
+    }
+
+    fn add_worker(&mut self, worker: &WorkerKey, now: Now) -> u32 {
+        let mut label_text = String::new();
+        let mut labels = worker.labels.clone();
+        labels.sort();
+        for (i, (name, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                label_text.push(',');
+            }
+            label_text.push_str(name);
+            label_text.push_str("=\"");
+            escape_label_value(value, &mut label_text);
+            label_text.push('"');
+        }
+        let state = WorkerState {
+            key: worker.clone(),
+            label_text: label_text.into(),
+            last_seen: now.mono,
+            last_seen_wall: now.wall,
+            families: Vec::new(),
+            series: 0,
+        };
+        let id = match self.free_workers.pop() {
+            Some(id) => {
+                self.workers[id as usize] = Some(state);
+                id
+            }
+            None => {
+                self.workers.push(Some(state));
+                (self.workers.len() - 1) as u32
+            }
+        };
+        self.worker_index.insert(worker.id.clone(), id);
+        id
+    }
+
+    /// The worker is gone (deleted, dead or expired): its counters, histograms and summaries
+    /// are retired, its gauges kept for the non-live modes, and its memory released.
+    /// Returns false when the worker was unknown.
+    pub fn remove_worker(&mut self, id: &str) -> bool {
+        self.drop_worker(id, true)
+    }
+
+    /// Drops a worker *without* retiring its values: the caller has accounted for them
+    /// elsewhere (the multiprocess reader moves a dead pid's values into its persisted totals).
+    pub fn forget_worker(&mut self, id: &str) -> bool {
+        self.drop_worker(id, false)
+    }
+
+    fn drop_worker(&mut self, id: &str, retire: bool) -> bool {
+        let Some(worker_id) = self.worker_index.remove(id) else {
+            return false;
+        };
+        let Some(state) = self.workers.get_mut(worker_id as usize).and_then(Option::take) else {
+            return false;
+        };
+        for wf in &state.families {
+            let Some(family) = self.families.get_mut(&wf.name) else {
+                continue;
+            };
+            let kind = family.kind;
+            let family_mode = resolve_mode(&self.rules, &wf.name);
+            family.series.retain(|_, s| {
+                let departure = if retire {
+                    Departure::Departed {
+                        labels: &state.label_text,
+                        mode: s.mode.unwrap_or(family_mode),
+                    }
+                } else {
+                    Departure::Forgotten
+                };
+                take_entry(s, kind, worker_id, departure);
+                !s.is_empty(kind)
+            });
+            if family.series.is_empty() {
+                self.families.remove(&wf.name);
+            }
+        }
+        self.free_workers.push(worker_id);
+        true
+    }
+
+    /// Forgets workers not seen for `forgetAfter` (retiring their values). Returns their ids.
+    pub fn sweep(&mut self, now: Now) -> Vec<String> {
+        let forget_after = self.settings.forget_after;
+        let expired: Vec<String> = self
+            .worker_states()
+            .filter(|w| now.mono.saturating_duration_since(w.last_seen) > forget_after)
+            .map(|w| w.key.id.clone())
+            .collect();
+        for id in &expired {
+            self.remove_worker(id);
+        }
+        expired
+    }
+
+    /// Removes every worker and every retired value (the JSON API's `POST /v1/clear`).
+    pub fn clear(&mut self) {
+        self.families.clear();
+        self.workers.clear();
+        self.worker_index.clear();
+        self.free_workers.clear();
+    }
+
+    /// A snapshot of one worker for `/v1/workers`.
+    pub fn workers_info(&self, now: Now) -> Vec<WorkerInfo> {
+        let mut out: Vec<WorkerInfo> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let w = w.as_ref()?;
+                Some(WorkerInfo {
+                    id: w.key.id.clone(),
+                    source: w.key.source.as_str(),
+                    labels: w.key.labels.iter().cloned().collect(),
+                    last_seen: w.last_seen_wall,
+                    age_seconds: now.mono.saturating_duration_since(w.last_seen).as_secs_f64(),
+                    stale: self.is_stale(i as u32, now.mono),
+                    series: w.series,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+/// A worker as `/v1/workers` shows it.
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub source: &'static str,
+    pub labels: BTreeMap<String, String>,
+    /// Unix time of the last update, in seconds.
+    pub last_seen: f64,
+    pub age_seconds: f64,
+    pub stale: bool,
+    pub series: usize,
+}
+
+fn same_bounds(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+fn format_bounds(bounds: &[f64]) -> String {
+    let parts: Vec<String> = bounds
+        .iter()
+        .map(|b| {
+            if b.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                b.to_string()
+            }
+        })
+        .collect();
+    format!("[{}]", parts.join(","))
+}
+
+fn has_entry(s: &SeriesState, worker: u32) -> bool {
+    match &s.data {
+        SeriesData::Scalar { entries, .. } => entries.iter().any(|e| e.worker == worker),
+        SeriesData::Dist { entries, .. } => entries.iter().any(|e| e.worker == worker),
+    }
+}
+
+/// Flattens a histogram or summary value: buckets, then sum, then count.
+fn dist_values(value: &Value) -> Box<[f64]> {
+    match value {
+        Value::Histogram(h) => {
+            let mut v = Vec::with_capacity(h.buckets.len() + 2);
+            v.extend_from_slice(&h.buckets);
+            v.push(h.sum);
+            v.push(h.count);
+            v.into_boxed_slice()
+        }
+        Value::Summary { sum, count } => Box::new([*sum, *count]),
+        Value::Scalar(v) => Box::new([*v]),
+    }
+}
+
+/// True when a cumulative distribution went backwards: the worker restarted.
+fn dist_reset(old: &[f64], new: &[f64]) -> bool {
+    let n = old.len();
+    if n != new.len() || n < 2 {
+        return true;
+    }
+    // Count (last) or any bucket (all but sum) went down. `_sum` may legitimately fall with
+    // negative observations, so it alone does not signal a reset.
+    new[n - 1] < old[n - 1] || old[..n - 2].iter().zip(&new[..n - 2]).any(|(o, n)| n < o)
+}
+
+fn add_into(total: &mut Option<Box<[f64]>>, values: &[f64]) {
+    match total {
+        Some(t) if t.len() == values.len() => {
+            for (t, v) in t.iter_mut().zip(values) {
+                *t += v;
+            }
+        }
+        _ => *total = Some(values.into()),
+    }
+}
+
+/// What setting a worker's value did.
+enum Update {
+    Inserted,
+    Updated,
+    /// A counter-like value went down: the old value was retired (a worker restart).
+    Reset,
+}
+
+/// Sets the worker's value of one series.
+fn update_entry(
+    series: &mut SeriesState,
+    kind: MetricKind,
+    worker: u32,
+    generation: u32,
+    value: &Value,
+    ts: f64,
+) -> Update {
+    match (&mut series.data, value) {
+        (
+            SeriesData::Scalar {
+                entries, retired, ..
+            },
+            Value::Scalar(v),
+        ) => match entries.iter_mut().find(|e| e.worker == worker) {
+            Some(e) => {
+                let reset = kind == MetricKind::Counter && *v < e.value;
+                if reset {
+                    *retired += e.value;
+                }
+                e.value = *v;
+                e.ts = ts;
+                e.generation = generation;
+                if reset { Update::Reset } else { Update::Updated }
+            }
+            None => {
+                entries.push(ScalarEntry {
+                    worker,
+                    generation,
+                    ts,
+                    value: *v,
+                });
+                Update::Inserted
+            }
+        },
+        (SeriesData::Dist { entries, retired, .. }, v) => {
+            let values = dist_values(v);
+            match entries.iter_mut().find(|e| e.worker == worker) {
+                Some(e) => {
+                    let reset = dist_reset(&e.values, &values);
+                    if reset {
+                        add_into(retired, &e.values);
+                    }
+                    e.values = values;
+                    e.generation = generation;
+                    if reset { Update::Reset } else { Update::Updated }
+                }
+                None => {
+                    entries.push(DistEntry {
+                        worker,
+                        generation,
+                        values,
+                    });
+                    Update::Inserted
+                }
+            }
+        }
+        // Kinds are checked in `prepare`: a distribution never lands in a scalar series.
+        (SeriesData::Scalar { .. }, _) => Update::Updated,
+    }
+}
+
+/// Why a worker's entry leaves a series.
+#[derive(Clone, Copy)]
+enum Departure<'a> {
+    /// A living worker stopped reporting the series: counters are retired, gauges forgotten.
+    Dropped,
+    /// The worker is gone (deleted, dead, expired): counters are retired and gauges kept for
+    /// the non-live modes, under the worker's label text.
+    Departed { labels: &'a str, mode: GaugeMode },
+    /// The caller accounts for the values elsewhere: nothing is kept.
+    Forgotten,
+}
+
+/// Takes the worker's entry out of the series.
+fn take_entry(s: &mut SeriesState, kind: MetricKind, worker: u32, departure: Departure<'_>) {
+    let keep = !matches!(departure, Departure::Forgotten);
+    match &mut s.data {
+        SeriesData::Scalar {
+            entries,
+            retired,
+            retired_gauge,
+        } => {
+            if let Some(pos) = entries.iter().position(|e| e.worker == worker) {
+                let e = entries.swap_remove(pos);
+                if kind == MetricKind::Counter {
+                    if keep {
+                        *retired += e.value;
+                    }
+                } else if let Departure::Departed { labels, mode } = departure
+                    && !mode.is_live()
+                {
+                    retired_gauge.get_or_insert_with(Default::default).add(
+                        labels,
+                        e.value,
+                        e.ts,
+                        mode == GaugeMode::All,
+                    );
+                }
+            }
+        }
+        SeriesData::Dist {
+            entries, retired, ..
+        } => {
+            if let Some(pos) = entries.iter().position(|e| e.worker == worker) {
+                let e = entries.swap_remove(pos);
+                if keep {
+                    add_into(retired, &e.values);
+                }
+            }
+        }
+    }
+}
