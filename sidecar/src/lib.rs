@@ -4,7 +4,11 @@
 //! [`model::Family`] values for one worker; the [`store`] keeps each worker's latest cumulative
 //! values and retires what disappears; [`expose`] aggregates and renders `/metrics`.
 
+pub mod app;
+pub mod config_file;
 pub mod model;
 pub mod parse;
 pub mod store;
 pub mod expose;
+pub mod ingest;
+pub mod server;

@@ -1,1 +1,135 @@
-fn main() {}
+//! `monasca-sidecar`: the aggregating metrics server. Thin: flags, config, wiring.
+
+use anyhow::Context as _;
+use clap::Parser;
+use monasca_sidecar::app::App;
+use monasca_sidecar::config_file::{ConfigWatcher, load_config};
+use monasca_sidecar::server::{self, Role, ServerStats};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Aggregating metrics sidecar: every worker of a pod as one clean Prometheus target.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// YAML (or JSON) config file, same schema as MetricsSidecar.spec.config. Reloaded on
+    /// change. Without it, every setting has its default.
+    #[arg(long, env = "MONASCA_SIDECAR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "MONASCA_SIDECAR_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// How long to keep serving in-flight requests after SIGTERM.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    drain_seconds: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    let app = App::new(config.clone());
+    let stats = ServerStats::new(&app);
+    app.register(stats.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let drain = Duration::from_secs(args.drain_seconds);
+
+    let mut tasks = Vec::new();
+    for (role, addr) in [
+        (Role::Metrics, &config.listen.metrics),
+        (Role::Ingest, &config.listen.ingest),
+    ] {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({} listener)", role.as_str()))?;
+        let local = listener.local_addr()?;
+        tracing::info!(listener = %role.as_str(), addr = %local, "listening");
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            app.clone(),
+            stats.clone(),
+            role,
+            shutdown_rx.clone(),
+            drain,
+        )));
+    }
+
+    // Forget workers not seen for `forgetAfter`, retiring their counters.
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let now = app.now();
+                let gone = app.store.write().sweep(now);
+                for id in gone {
+                    tracing::info!(worker = %id, "worker expired; its counters are retired");
+                }
+            }
+        })
+    };
+
+    let watcher = args.config.clone().map(|path| {
+        let app = app.clone();
+        tokio::spawn(ConfigWatcher::new(path, config).run(app))
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    sweeper.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

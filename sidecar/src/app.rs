@@ -1,0 +1,84 @@
+//! Shared state of a running sidecar: the store, the config in force, and the self-metrics of
+//! every component.
+
+use crate::expose::SelfFamily;
+use crate::store::{Now, Store, StoreSettings};
+use monasca_config::SidecarConfig;
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+/// A component that reports its own `monasca_sidecar_*` metrics at render time.
+pub trait SelfMetrics: Send + Sync {
+    /// Appends this component's families (names must start with `monasca_sidecar_`).
+    fn families(&self, out: &mut Vec<SelfFamily>);
+}
+
+/// A source that can bring its values up to date on demand (the multiprocess reader), run
+/// right before `/metrics` is rendered so a scrape never sees values older than the files.
+pub trait Refresh: Send + Sync {
+    fn refresh(&self);
+}
+
+/// Everything the listeners and background tasks share.
+pub struct App {
+    /// Every worker's values. Writers hold the lock only to apply a parsed update.
+    pub store: RwLock<Store>,
+    config: RwLock<Arc<SidecarConfig>>,
+    reporters: RwLock<Vec<Arc<dyn SelfMetrics>>>,
+    refreshers: RwLock<Vec<Arc<dyn Refresh>>>,
+}
+
+impl App {
+    pub fn new(config: SidecarConfig) -> Arc<App> {
+        Arc::new(App {
+            store: RwLock::new(Store::new(StoreSettings::from_config(&config))),
+            config: RwLock::new(Arc::new(config)),
+            reporters: RwLock::new(Vec::new()),
+            refreshers: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<SidecarConfig> {
+        self.config.read().clone()
+    }
+
+    /// Installs a new configuration (after validation by the caller).
+    pub fn set_config(&self, config: SidecarConfig) {
+        self.store.write().set_settings(StoreSettings::from_config(&config));
+        *self.config.write() = Arc::new(config);
+    }
+
+    /// Registers a component's self-metrics.
+    pub fn register(&self, reporter: Arc<dyn SelfMetrics>) {
+        self.reporters.write().push(reporter);
+    }
+
+    /// Registers a source to refresh before each `/metrics` render.
+    pub fn register_refresh(&self, refresher: Arc<dyn Refresh>) {
+        self.refreshers.write().push(refresher);
+    }
+
+    /// Brings every refreshable source up to date.
+    pub fn refresh(&self) {
+        let refreshers: Vec<Arc<dyn Refresh>> = self.refreshers.read().clone();
+        for r in refreshers {
+            r.refresh();
+        }
+    }
+
+    /// All self-metric families, sorted by name.
+    pub fn self_families(&self) -> Vec<SelfFamily> {
+        let mut out = Vec::new();
+        for r in self.reporters.read().iter() {
+            r.families(&mut out);
+        }
+        out.sort_by(|a, b| a.name.cmp(b.name));
+        out
+    }
+
+    /// The current time (one place, so tests and tasks agree).
+    pub fn now(&self) -> Now {
+        Now::now()
+    }
+}

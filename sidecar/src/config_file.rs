@@ -1,0 +1,227 @@
+//! Loading the config file and reloading it when it changes.
+//!
+//! The file is polled (content compared, not only mtime) because Kubernetes updates mounted
+//! ConfigMaps by swapping a symlink, which inotify on the file itself does not see. A bad file
+//! is reported (log line and `monasca_sidecar_config_reload_errors_total`) and the last good
+//! configuration stays in force.
+
+use crate::app::{App, SelfMetrics};
+use crate::expose::SelfFamily;
+use crate::model::MetricKind;
+use monasca_config::{ConfigError, Duration, SidecarConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the sidecar cannot start with its config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Invalid { path: String, source: ConfigError },
+    #[error("environment variable {name}: {reason}")]
+    Env { name: &'static str, reason: String },
+}
+
+/// Reads and validates the config file (defaults when `path` is `None`), then applies the
+/// environment: `DECAY_SECONDS` (the original monasca-sidecar's setting) becomes `staleAfter`
+/// unless the file sets `staleAfter` itself.
+pub fn load_config(path: Option<&Path>) -> Result<SidecarConfig, ConfigFileError> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigFileError::Read {
+            path: p.display().to_string(),
+            source,
+        })?,
+        None => String::new(),
+    };
+    parse_with_env(&text, |name| std::env::var(name).ok()).map_err(|e| match e {
+        EnvOrConfig::Config(source) => ConfigFileError::Invalid {
+            path: path.map_or("<defaults>".into(), |p| p.display().to_string()),
+            source,
+        },
+        EnvOrConfig::Env(name, reason) => ConfigFileError::Env { name, reason },
+    })
+}
+
+enum EnvOrConfig {
+    Config(ConfigError),
+    Env(&'static str, String),
+}
+
+fn parse_with_env(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<SidecarConfig, EnvOrConfig> {
+    let mut config = SidecarConfig::from_yaml(text).map_err(EnvOrConfig::Config)?;
+    if let Some(decay) = env("DECAY_SECONDS")
+        && !text.contains("staleAfter")
+    {
+        let seconds: u64 = decay
+            .trim()
+            .parse()
+            .map_err(|_| EnvOrConfig::Env("DECAY_SECONDS", format!("{decay:?} is not a whole number of seconds")))?;
+        if seconds == 0 {
+            return Err(EnvOrConfig::Env("DECAY_SECONDS", "must be greater than zero".into()));
+        }
+        config.stale_after = Duration::from_secs(seconds);
+        if config.forget_after < config.stale_after {
+            config.forget_after = config.stale_after;
+        }
+    }
+    Ok(config)
+}
+
+/// Polls the config file and installs valid changes.
+pub struct ConfigWatcher {
+    path: PathBuf,
+    last_text: Option<String>,
+    current: SidecarConfig,
+    stats: Arc<ReloadStats>,
+}
+
+/// Reload outcomes, as self-metrics.
+#[derive(Default)]
+pub struct ReloadStats {
+    reloads: AtomicU64,
+    errors: AtomicU64,
+    last_ok: AtomicU64,
+}
+
+impl SelfMetrics for ReloadStats {
+    fn families(&self, out: &mut Vec<SelfFamily>) {
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_config_reloads_total",
+                MetricKind::Counter,
+                "Configuration changes applied.",
+            )
+            .value(self.reloads.load(Ordering::Relaxed) as f64),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_config_reload_errors_total",
+                MetricKind::Counter,
+                "Configuration changes refused (the last good configuration stays in force).",
+            )
+            .value(self.errors.load(Ordering::Relaxed) as f64),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_config_last_reload_successful",
+                MetricKind::Gauge,
+                "1 if the config file in place is the one in force.",
+            )
+            .value(self.last_ok.load(Ordering::Relaxed) as f64),
+        );
+    }
+}
+
+impl ConfigWatcher {
+    pub fn new(path: PathBuf, current: SidecarConfig) -> Self {
+        let last_text = std::fs::read_to_string(&path).ok();
+        let stats = Arc::new(ReloadStats::default());
+        stats.last_ok.store(1, Ordering::Relaxed);
+        ConfigWatcher {
+            path,
+            last_text,
+            current,
+            stats,
+        }
+    }
+
+    /// Checks the file every second until the task is dropped.
+    pub async fn run(mut self, app: Arc<App>) {
+        app.register(self.stats.clone());
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            self.check(&app);
+        }
+    }
+
+    /// One check: reload if the content changed.
+    pub fn check(&mut self, app: &App) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                if self.last_text.is_some() {
+                    tracing::warn!(path = %self.path.display(), error = %e, "config file unreadable; keeping the last good configuration");
+                    self.last_text = None;
+                }
+                return;
+            }
+        };
+        if self.last_text.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        self.last_text = Some(text.clone());
+        match parse_with_env(&text, |name| std::env::var(name).ok()) {
+            Ok(config) => {
+                if config.listen != self.current.listen {
+                    tracing::warn!("listen addresses changed: they take effect on restart");
+                }
+                tracing::info!(path = %self.path.display(), "configuration reloaded");
+                self.current = config.clone();
+                app.set_config(config);
+                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                self.stats.last_ok.store(1, Ordering::Relaxed);
+            }
+            Err(EnvOrConfig::Config(e)) => {
+                tracing::error!(path = %self.path.display(), error = %e, "config file rejected; keeping the last good configuration");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.last_ok.store(0, Ordering::Relaxed);
+            }
+            Err(EnvOrConfig::Env(name, reason)) => {
+                tracing::error!(variable = name, %reason, "environment rejected; keeping the last good configuration");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.last_ok.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn decay_seconds_sets_stale_after_unless_the_file_does() {
+        let c = parse_with_env("", env(&[("DECAY_SECONDS", "30")])).ok().unwrap();
+        assert_eq!(c.stale_after, Duration::from_secs(30));
+        let c = parse_with_env("staleAfter: 5s", env(&[("DECAY_SECONDS", "30")])).ok().unwrap();
+        assert_eq!(c.stale_after, Duration::from_secs(5));
+        let c = parse_with_env("", env(&[])).ok().unwrap();
+        assert_eq!(c.stale_after, Duration::from_secs(60));
+        assert!(parse_with_env("", env(&[("DECAY_SECONDS", "soon")])).is_err());
+    }
+
+    #[test]
+    fn reload_keeps_last_good_config() {
+        let dir = std::env::temp_dir().join(format!("msc-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, "staleAfter: 10s\n").unwrap();
+        let first = load_config(Some(&path)).unwrap();
+        let app = App::new(first.clone());
+        let mut w = ConfigWatcher::new(path.clone(), first);
+        std::fs::write(&path, "staleAfter: 20s\n").unwrap();
+        w.check(&app);
+        assert_eq!(app.config().stale_after, Duration::from_secs(20));
+        std::fs::write(&path, "staleAfter: [broken\n").unwrap();
+        w.check(&app);
+        assert_eq!(app.config().stale_after, Duration::from_secs(20));
+        assert_eq!(w.stats.errors.load(Ordering::Relaxed), 1);
+        std::fs::write(&path, "staleAfter: 30s\n").unwrap();
+        w.check(&app);
+        assert_eq!(app.config().stale_after, Duration::from_secs(30));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

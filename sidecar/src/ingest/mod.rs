@@ -1,0 +1,3 @@
+//! Ingest APIs on the ingest listener: the Pushgateway API and the original JSON API.
+
+pub mod push;
