@@ -27,7 +27,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -45,7 +48,9 @@ fn worker_body(series: usize, scale: u64) -> String {
     for f in 0..series.div_ceil(per_family) {
         let kind = if f % 4 == 3 { "gauge" } else { "counter" };
         let name = format!("app_family_{f}_total");
-        out.push_str(&format!("# HELP {name} Family {f}.\n# TYPE {name} {kind}\n"));
+        out.push_str(&format!(
+            "# HELP {name} Family {f}.\n# TYPE {name} {kind}\n"
+        ));
         for i in 0..per_family.min(series - f * per_family) {
             out.push_str(&format!(
                 "{name}{{method=\"GET\",endpoint=\"/v2.0/metrics/{i}\",status=\"{}\"}} {}\n",
@@ -58,15 +63,21 @@ fn worker_body(series: usize, scale: u64) -> String {
 }
 
 fn filled_store(bodies: &[String]) -> Store {
-    let mut settings = StoreSettings::default();
-    settings.max_series_per_worker = 1_000_000;
-    let mut store = Store::new(settings);
+    let mut store = Store::new(StoreSettings {
+        max_series_per_worker: 1_000_000,
+        ..StoreSettings::default()
+    });
     let now = Now::now();
     for (w, body) in bodies.iter().enumerate() {
         let families = parse_body(body.as_bytes(), BodyFormat::Text).expect("valid body");
         let key = GroupingKey::from_path(&format!("job/api/instance/w{w}")).unwrap();
         store
-            .apply(&key.worker(&store.settings().worker_labels), &families, Scope::Worker, now)
+            .apply(
+                &key.worker(&store.settings().worker_labels),
+                &families,
+                Scope::Worker,
+                now,
+            )
             .expect("apply");
     }
     store
@@ -74,7 +85,9 @@ fn filled_store(bodies: &[String]) -> Store {
 
 fn bench(c: &mut Criterion) {
     let per_worker = SERIES;
-    let bodies: Vec<String> = (0..WORKERS).map(|w| worker_body(per_worker, w as u64 + 1)).collect();
+    let bodies: Vec<String> = (0..WORKERS)
+        .map(|w| worker_body(per_worker, w as u64 + 1))
+        .collect();
 
     // Memory: live heap of the store per (worker, series) value.
     let before = LIVE.load(Ordering::Relaxed);
@@ -102,12 +115,22 @@ fn bench(c: &mut Criterion) {
     group.bench_function("parse_and_apply_100k_samples", |b| {
         b.iter(|| {
             let families = parse_body(body.as_bytes(), BodyFormat::Text).unwrap();
-            black_box(steady.apply(&worker, &families, Scope::Worker, Now::now()).unwrap());
+            black_box(
+                steady
+                    .apply(&worker, &families, Scope::Worker, Now::now())
+                    .unwrap(),
+            );
         })
     });
     let families = parse_body(body.as_bytes(), BodyFormat::Text).unwrap();
     group.bench_function("apply_100k_samples", |b| {
-        b.iter(|| black_box(steady.apply(&worker, &families, Scope::Worker, Now::now()).unwrap()))
+        b.iter(|| {
+            black_box(
+                steady
+                    .apply(&worker, &families, Scope::Worker, Now::now())
+                    .unwrap(),
+            )
+        })
     });
     group.finish();
 

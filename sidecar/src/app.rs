@@ -45,7 +45,9 @@ impl App {
 
     /// Installs a new configuration (after validation by the caller).
     pub fn set_config(&self, config: SidecarConfig) {
-        self.store.write().set_settings(StoreSettings::from_config(&config));
+        self.store
+            .write()
+            .set_settings(StoreSettings::from_config(&config));
         *self.config.write() = Arc::new(config);
     }
 

@@ -60,12 +60,17 @@ fn parse_with_env(
     if let Some(decay) = env("DECAY_SECONDS")
         && !text.contains("staleAfter")
     {
-        let seconds: u64 = decay
-            .trim()
-            .parse()
-            .map_err(|_| EnvOrConfig::Env("DECAY_SECONDS", format!("{decay:?} is not a whole number of seconds")))?;
+        let seconds: u64 = decay.trim().parse().map_err(|_| {
+            EnvOrConfig::Env(
+                "DECAY_SECONDS",
+                format!("{decay:?} is not a whole number of seconds"),
+            )
+        })?;
         if seconds == 0 {
-            return Err(EnvOrConfig::Env("DECAY_SECONDS", "must be greater than zero".into()));
+            return Err(EnvOrConfig::Env(
+                "DECAY_SECONDS",
+                "must be greater than zero".into(),
+            ));
         }
         config.stale_after = Duration::from_secs(seconds);
         if config.forget_after < config.stale_after {
@@ -189,14 +194,23 @@ mod tests {
     use super::*;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        move |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn decay_seconds_sets_stale_after_unless_the_file_does() {
-        let c = parse_with_env("", env(&[("DECAY_SECONDS", "30")])).ok().unwrap();
+        let c = parse_with_env("", env(&[("DECAY_SECONDS", "30")]))
+            .ok()
+            .unwrap();
         assert_eq!(c.stale_after, Duration::from_secs(30));
-        let c = parse_with_env("staleAfter: 5s", env(&[("DECAY_SECONDS", "30")])).ok().unwrap();
+        let c = parse_with_env("staleAfter: 5s", env(&[("DECAY_SECONDS", "30")]))
+            .ok()
+            .unwrap();
         assert_eq!(c.stale_after, Duration::from_secs(5));
         let c = parse_with_env("", env(&[])).ok().unwrap();
         assert_eq!(c.stale_after, Duration::from_secs(60));

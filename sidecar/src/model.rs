@@ -75,7 +75,10 @@ pub enum Value {
     Scalar(f64),
     Histogram(HistogramValue),
     /// Summary `_sum` and `_count` (quantiles cannot be aggregated and are not kept).
-    Summary { sum: f64, count: f64 },
+    Summary {
+        sum: f64,
+        count: f64,
+    },
 }
 
 /// One series of one worker.

@@ -6,7 +6,13 @@ use common::{Sidecar, fixtures, http, run_python, sample_value, wait_until};
 use std::time::Duration;
 
 fn push(s: &Sidecar, method: &str, path: &str, body: &str) -> common::Response {
-    http(s.ingest_addr(), method, path, &[("Content-Type", "text/plain; version=0.0.4")], body.as_bytes())
+    http(
+        s.ingest_addr(),
+        method,
+        path,
+        &[("Content-Type", "text/plain; version=0.0.4")],
+        body.as_bytes(),
+    )
 }
 
 const COUNTER: &str = "# TYPE requests_total counter\nrequests_total{path=\"/a\"} ";
@@ -14,15 +20,52 @@ const COUNTER: &str = "# TYPE requests_total counter\nrequests_total{path=\"/a\"
 #[test]
 fn two_workers_counter_sum_survives_deletion_and_restart() {
     let s = Sidecar::start("");
-    assert_eq!(push(&s, "PUT", "/metrics/job/api/instance/w1", &format!("{COUNTER}10\n")).status, 200);
-    assert_eq!(push(&s, "PUT", "/metrics/job/api/instance/w2", &format!("{COUNTER}5\n")).status, 200);
+    assert_eq!(
+        push(
+            &s,
+            "PUT",
+            "/metrics/job/api/instance/w1",
+            &format!("{COUNTER}10\n")
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        push(
+            &s,
+            "PUT",
+            "/metrics/job/api/instance/w2",
+            &format!("{COUNTER}5\n")
+        )
+        .status,
+        200
+    );
     let series = "requests_total{job=\"api\",path=\"/a\"}";
     assert_eq!(s.value(series), Some(15.0));
-    assert!(!s.metrics().contains("instance="), "worker label leaked:\n{}", s.metrics());
-    assert_eq!(http(s.ingest_addr(), "DELETE", "/metrics/job/api/instance/w2", &[], b"").status, 202);
+    assert!(
+        !s.metrics().contains("instance="),
+        "worker label leaked:\n{}",
+        s.metrics()
+    );
+    assert_eq!(
+        http(
+            s.ingest_addr(),
+            "DELETE",
+            "/metrics/job/api/instance/w2",
+            &[],
+            b""
+        )
+        .status,
+        202
+    );
     assert_eq!(s.value(series), Some(15.0));
     // w1 restarts and pushes 3.
-    push(&s, "PUT", "/metrics/job/api/instance/w1", &format!("{COUNTER}3\n"));
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/api/instance/w1",
+        &format!("{COUNTER}3\n"),
+    );
     assert_eq!(s.value(series), Some(18.0));
 }
 
@@ -41,7 +84,10 @@ fn stale_worker_keeps_counting_and_live_gauges_forget_it() {
         s.value("inflight{job=\"api\"}") == Some(2.0)
     });
     assert!(stale, "w2 never went stale:\n{}", s.metrics());
-    assert_eq!(s.value("requests_total{job=\"api\",path=\"/a\"}"), Some(15.0));
+    assert_eq!(
+        s.value("requests_total{job=\"api\",path=\"/a\"}"),
+        Some(15.0)
+    );
     let workers = http(s.metrics_addr(), "GET", "/v1/workers", &[], b"").text();
     let json: serde_json::Value = serde_json::from_str(&workers).unwrap();
     let w2 = json["workers"]
@@ -75,7 +121,10 @@ fn histogram_merges_bucket_by_bucket_and_mismatch_is_refused() {
                 "{m}"
             );
         }
-        assert_eq!(sample_value(&m, "lat_seconds_count{job=\"j\"}"), Some(7.0 + extra));
+        assert_eq!(
+            sample_value(&m, "lat_seconds_count{job=\"j\"}"),
+            Some(7.0 + extra)
+        );
     };
     check(&s, 0.0);
     let mismatched = "# TYPE lat_seconds histogram\nlat_seconds_bucket{le=\"0.5\"} 1\nlat_seconds_bucket{le=\"+Inf\"} 1\nlat_seconds_sum 1\nlat_seconds_count 1\n";
@@ -85,16 +134,28 @@ fn histogram_merges_bucket_by_bucket_and_mismatch_is_refused() {
     assert_eq!(r.text().lines().count(), 1);
     check(&s, 0.0);
     let m = s.metrics();
-    assert_eq!(sample_value(&m, "monasca_sidecar_histogram_layout_mismatches_total"), Some(1.0));
     assert_eq!(
-        sample_value(&m, "monasca_sidecar_ingest_errors_total{api=\"push\",reason=\"histogram_layout_mismatch\"}"),
+        sample_value(&m, "monasca_sidecar_histogram_layout_mismatches_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_value(
+            &m,
+            "monasca_sidecar_ingest_errors_total{api=\"push\",reason=\"histogram_layout_mismatch\"}"
+        ),
         Some(1.0)
     );
     // b restarts with one observation: buckets never go down.
     push(&s, "PUT", "/metrics/job/j/instance/b", &hist(0, 1, 1, 0.5));
     let m = s.metrics();
-    assert_eq!(sample_value(&m, "lat_seconds_bucket{job=\"j\",le=\"0.1\"}"), Some(3.0));
-    assert_eq!(sample_value(&m, "lat_seconds_bucket{job=\"j\",le=\"+Inf\"}"), Some(8.0));
+    assert_eq!(
+        sample_value(&m, "lat_seconds_bucket{job=\"j\",le=\"0.1\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample_value(&m, "lat_seconds_bucket{job=\"j\",le=\"+Inf\"}"),
+        Some(8.0)
+    );
 }
 
 #[test]
@@ -102,7 +163,20 @@ fn each_gauge_mode_over_http() {
     let s = Sidecar::start("");
     for (i, v) in [4, 10, 1].iter().enumerate() {
         let mut body = String::from("# TYPE g gauge\n");
-        for mode in ["sum", "min", "max", "mean", "mostrecent", "all", "livesum", "livemin", "livemax", "livemean", "livemostrecent", "liveall"] {
+        for mode in [
+            "sum",
+            "min",
+            "max",
+            "mean",
+            "mostrecent",
+            "all",
+            "livesum",
+            "livemin",
+            "livemax",
+            "livemean",
+            "livemostrecent",
+            "liveall",
+        ] {
             body.push_str(&format!("g{{m=\"{mode}\",_aggregate=\"{mode}\"}} {v}\n"));
         }
         let r = push(&s, "PUT", &format!("/metrics/job/j/instance/w{i}"), &body);
@@ -110,7 +184,13 @@ fn each_gauge_mode_over_http() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let m = s.metrics();
-    for (mode, expected) in [("sum", 15.0), ("min", 1.0), ("max", 10.0), ("mean", 5.0), ("mostrecent", 1.0)] {
+    for (mode, expected) in [
+        ("sum", 15.0),
+        ("min", 1.0),
+        ("max", 10.0),
+        ("mean", 5.0),
+        ("mostrecent", 1.0),
+    ] {
         for prefix in ["", "live"] {
             let series = format!("g{{job=\"j\",m=\"{prefix}{mode}\"}}");
             assert_eq!(sample_value(&m, &series), Some(expected), "{series}\n{m}");
@@ -123,10 +203,27 @@ fn each_gauge_mode_over_http() {
         }
     }
     // w1 (the max, 10) leaves: live variants forget it, the others keep it.
-    http(s.ingest_addr(), "DELETE", "/metrics/job/j/instance/w1", &[], b"");
+    http(
+        s.ingest_addr(),
+        "DELETE",
+        "/metrics/job/j/instance/w1",
+        &[],
+        b"",
+    );
     let m = s.metrics();
-    for (series, expected) in [("sum", 15.0), ("livesum", 5.0), ("max", 10.0), ("livemax", 4.0), ("mean", 5.0), ("livemean", 2.5)] {
-        assert_eq!(sample_value(&m, &format!("g{{job=\"j\",m=\"{series}\"}}")), Some(expected), "{series}\n{m}");
+    for (series, expected) in [
+        ("sum", 15.0),
+        ("livesum", 5.0),
+        ("max", 10.0),
+        ("livemax", 4.0),
+        ("mean", 5.0),
+        ("livemean", 2.5),
+    ] {
+        assert_eq!(
+            sample_value(&m, &format!("g{{job=\"j\",m=\"{series}\"}}")),
+            Some(expected),
+            "{series}\n{m}"
+        );
     }
     assert!(!m.contains("m=\"liveall\",instance=\"w1\""));
     assert!(m.contains("m=\"all\",instance=\"w1\""));
@@ -135,12 +232,27 @@ fn each_gauge_mode_over_http() {
 #[test]
 fn post_replaces_only_families_in_the_body() {
     let s = Sidecar::start("");
-    push(&s, "PUT", "/metrics/job/j/instance/a", "# TYPE a gauge\na 1\n# TYPE b gauge\nb 2\n");
-    push(&s, "POST", "/metrics/job/j/instance/a", "# TYPE a gauge\na 5\n");
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/a",
+        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 2\n",
+    );
+    push(
+        &s,
+        "POST",
+        "/metrics/job/j/instance/a",
+        "# TYPE a gauge\na 5\n",
+    );
     let m = s.metrics();
     assert_eq!(sample_value(&m, "a{job=\"j\"}"), Some(5.0));
     assert_eq!(sample_value(&m, "b{job=\"j\"}"), Some(2.0));
-    push(&s, "PUT", "/metrics/job/j/instance/a", "# TYPE a gauge\na 6\n");
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/a",
+        "# TYPE a gauge\na 6\n",
+    );
     let m = s.metrics();
     assert_eq!(sample_value(&m, "b{job=\"j\"}"), None, "{m}");
 }
@@ -149,26 +261,89 @@ fn post_replaces_only_families_in_the_body() {
 fn path_labels_override_body_labels_and_base64_works() {
     let s = Sidecar::start("");
     // job "a/b" in URL-safe base64 without padding; body tries to set job itself.
-    let r = push(&s, "PUT", "/metrics/job@base64/YS9i/zone/eu", "x{job=\"body\",zone=\"us\",k=\"v\"} 1\n");
+    let r = push(
+        &s,
+        "PUT",
+        "/metrics/job@base64/YS9i/zone/eu",
+        "x{job=\"body\",zone=\"us\",k=\"v\"} 1\n",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(s.value("x{job=\"a/b\",k=\"v\",zone=\"eu\"}"), Some(1.0), "{}", s.metrics());
+    assert_eq!(
+        s.value("x{job=\"a/b\",k=\"v\",zone=\"eu\"}"),
+        Some(1.0),
+        "{}",
+        s.metrics()
+    );
 }
 
 #[test]
 fn bad_pushes_get_one_line_reasons_and_change_nothing() {
     let s = Sidecar::start("limits: {maxBodyBytes: 4096, maxSeriesPerWorker: 3}\n");
-    push(&s, "PUT", "/metrics/job/j/instance/good", &format!("{COUNTER}7\n"));
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/good",
+        &format!("{COUNTER}7\n"),
+    );
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
-        ("PUT", "/metrics/job/j/instance/bad", "requests_total{path=\"/a\"} 1\nrequests_total{path=\"/a\"} 2\n".into(), 400, "duplicate"),
-        ("PUT", "/metrics/job/j/instance/bad", "# TYPE requests_total gauge\nrequests_total{path=\"/a\"} 1\n".into(), 400, "type conflict"),
-        ("PUT", "/metrics/job/j/instance/bad", "a 1 1700000000000\n".into(), 400, "timestamp"),
-        ("PUT", "/metrics/job/j/instance/bad", "a{b=\"unterminated} 1\n".into(), 400, "line 1"),
-        ("PUT", "/metrics/job/j/instance/bad", "x{k=\"1\"} 1\nx{k=\"2\"} 1\nx{k=\"3\"} 1\nx{k=\"4\"} 1\n".into(), 400, "limit"),
-        ("PUT", "/metrics/job/j/instance/bad", format!("# {}\n", "x".repeat(5000)), 413, "limit"),
+        (
+            "PUT",
+            "/metrics/job/j/instance/bad",
+            "requests_total{path=\"/a\"} 1\nrequests_total{path=\"/a\"} 2\n".into(),
+            400,
+            "duplicate",
+        ),
+        (
+            "PUT",
+            "/metrics/job/j/instance/bad",
+            "# TYPE requests_total gauge\nrequests_total{path=\"/a\"} 1\n".into(),
+            400,
+            "type conflict",
+        ),
+        (
+            "PUT",
+            "/metrics/job/j/instance/bad",
+            "a 1 1700000000000\n".into(),
+            400,
+            "timestamp",
+        ),
+        (
+            "PUT",
+            "/metrics/job/j/instance/bad",
+            "a{b=\"unterminated} 1\n".into(),
+            400,
+            "line 1",
+        ),
+        (
+            "PUT",
+            "/metrics/job/j/instance/bad",
+            "x{k=\"1\"} 1\nx{k=\"2\"} 1\nx{k=\"3\"} 1\nx{k=\"4\"} 1\n".into(),
+            400,
+            "limit",
+        ),
+        (
+            "PUT",
+            "/metrics/job/j/instance/bad",
+            format!("# {}\n", "x".repeat(5000)),
+            413,
+            "limit",
+        ),
         ("PUT", "/metrics/instance/bad", "a 1\n".into(), 400, "job"),
         ("GET", "/metrics/job/j", String::new(), 405, "PUT"),
-        ("PUT", "/metrics/job/j/instance/bad", "monasca_sidecar_workers 1\n".into(), 400, "reserved"),
-        ("PUT", "/metrics/job/j/instance/bad", "g{_aggregate=\"median\"} 1\n".into(), 400, "_aggregate"),
+        (
+            "PUT",
+            "/metrics/job/j/instance/bad",
+            "monasca_sidecar_workers 1\n".into(),
+            400,
+            "reserved",
+        ),
+        (
+            "PUT",
+            "/metrics/job/j/instance/bad",
+            "g{_aggregate=\"median\"} 1\n".into(),
+            400,
+            "_aggregate",
+        ),
     ];
     for (method, path, body, status, needle) in cases {
         let r = push(&s, method, path, &body);
@@ -193,8 +368,18 @@ fn bad_pushes_get_one_line_reasons_and_change_nothing() {
                 alphabet[(seed % alphabet.len() as u64) as usize]
             })
             .collect();
-        let ct = if i % 2 == 0 { "text/plain" } else { "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited" };
-        let r = http(s.ingest_addr(), "PUT", &format!("/metrics/job/fuzz/instance/f{i}"), &[("Content-Type", ct)], &body);
+        let ct = if i % 2 == 0 {
+            "text/plain"
+        } else {
+            "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+        };
+        let r = http(
+            s.ingest_addr(),
+            "PUT",
+            &format!("/metrics/job/fuzz/instance/f{i}"),
+            &[("Content-Type", ct)],
+            &body,
+        );
         assert!(r.status == 200 || r.status == 400, "{}", r.status);
     }
     assert_eq!(s.value("requests_total{job=\"j\",path=\"/a\"}"), Some(7.0));
@@ -207,16 +392,44 @@ fn gzip_push_and_gzip_metrics() {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(format!("{COUNTER}42\n").as_bytes()).unwrap();
     let body = enc.finish().unwrap();
-    let r = http(s.ingest_addr(), "PUT", "/metrics/job/z", &[("Content-Encoding", "gzip")], &body);
+    let r = http(
+        s.ingest_addr(),
+        "PUT",
+        "/metrics/job/z",
+        &[("Content-Encoding", "gzip")],
+        &body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = http(s.metrics_addr(), "GET", "/metrics", &[("Accept-Encoding", "gzip")], b"");
+    let r = http(
+        s.metrics_addr(),
+        "GET",
+        "/metrics",
+        &[("Accept-Encoding", "gzip")],
+        b"",
+    );
     assert_eq!(r.header("Content-Encoding"), Some("gzip"));
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut text).unwrap();
-    assert_eq!(sample_value(&text, "requests_total{job=\"z\",path=\"/a\"}"), Some(42.0));
-    let r = http(s.ingest_addr(), "PUT", "/metrics/job/z", &[("Content-Encoding", "gzip")], b"not gzip at all");
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut text)
+        .unwrap();
+    assert_eq!(
+        sample_value(&text, "requests_total{job=\"z\",path=\"/a\"}"),
+        Some(42.0)
+    );
+    let r = http(
+        s.ingest_addr(),
+        "PUT",
+        "/metrics/job/z",
+        &[("Content-Encoding", "gzip")],
+        b"not gzip at all",
+    );
     assert_eq!(r.status, 400);
-    let r = http(s.ingest_addr(), "PUT", "/metrics/job/z", &[("Content-Encoding", "br")], b"x 1\n");
+    let r = http(
+        s.ingest_addr(),
+        "PUT",
+        "/metrics/job/z",
+        &[("Content-Encoding", "br")],
+        b"x 1\n",
+    );
     assert_eq!(r.status, 400);
 }
 
@@ -231,22 +444,58 @@ fn go_client_protobuf_push_fixture() {
         .unwrap()
         .trim()
         .to_string();
-    let r = http(s.ingest_addr(), "PUT", "/metrics/job/gojob/instance/w1", &[("Content-Type", &ct)], &body);
+    let r = http(
+        s.ingest_addr(),
+        "PUT",
+        "/metrics/job/gojob/instance/w1",
+        &[("Content-Type", &ct)],
+        &body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = http(s.ingest_addr(), "PUT", "/metrics/job/gojob/instance/w2", &[("Content-Type", &ct)], &body);
+    let r = http(
+        s.ingest_addr(),
+        "PUT",
+        "/metrics/job/gojob/instance/w2",
+        &[("Content-Type", &ct)],
+        &body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let m = s.metrics();
-    assert_eq!(sample_value(&m, "go_jobs_processed_total{job=\"gojob\",queue=\"a\"}"), Some(20.0), "{m}");
-    assert_eq!(sample_value(&m, "go_job_seconds_bucket{job=\"gojob\",le=\"0.01\"}"), Some(4.0), "{m}");
-    assert_eq!(sample_value(&m, "go_job_seconds_bucket{job=\"gojob\",le=\"+Inf\"}"), Some(20.0), "{m}");
-    assert_eq!(sample_value(&m, "go_job_seconds_count{job=\"gojob\"}"), Some(20.0), "{m}");
-    assert!(m.contains("# HELP go_job_seconds Job duration in seconds.\n"), "{m}");
+    assert_eq!(
+        sample_value(&m, "go_jobs_processed_total{job=\"gojob\",queue=\"a\"}"),
+        Some(20.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample_value(&m, "go_job_seconds_bucket{job=\"gojob\",le=\"0.01\"}"),
+        Some(4.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample_value(&m, "go_job_seconds_bucket{job=\"gojob\",le=\"+Inf\"}"),
+        Some(20.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample_value(&m, "go_job_seconds_count{job=\"gojob\"}"),
+        Some(20.0),
+        "{m}"
+    );
+    assert!(
+        m.contains("# HELP go_job_seconds Job duration in seconds.\n"),
+        "{m}"
+    );
 }
 
 #[test]
 fn negotiates_openmetrics_for_prometheus_and_text_by_default() {
     let s = Sidecar::start("");
-    push(&s, "PUT", "/metrics/job/j", "# HELP requests_total Requests \"quoted\" \\ done.\n# TYPE requests_total counter\nrequests_total{path=\"a\\\"b\\\\c\\nd,e{f}\"} 3\n");
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/j",
+        "# HELP requests_total Requests \"quoted\" \\ done.\n# TYPE requests_total counter\nrequests_total{path=\"a\\\"b\\\\c\\nd,e{f}\"} 3\n",
+    );
     let prometheus_accepts = [
         // Prometheus 2.x before scrape_protocols
         "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
@@ -256,21 +505,47 @@ fn negotiates_openmetrics_for_prometheus_and_text_by_default() {
         "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
     ];
     for accept in prometheus_accepts {
-        let r = http(s.metrics_addr(), "GET", "/metrics", &[("Accept", accept)], b"");
-        assert_eq!(r.header("Content-Type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+        let r = http(
+            s.metrics_addr(),
+            "GET",
+            "/metrics",
+            &[("Accept", accept)],
+            b"",
+        );
+        assert_eq!(
+            r.header("Content-Type"),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        );
         let text = r.text();
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("# TYPE requests counter\n"), "{text}");
-        assert!(text.contains("# HELP requests Requests \\\"quoted\\\" \\\\ done.\n"), "{text}");
-        assert!(text.contains("requests_total{job=\"j\",path=\"a\\\"b\\\\c\\nd,e{f}\"} 3\n"), "{text}");
+        assert!(
+            text.contains("# HELP requests Requests \\\"quoted\\\" \\\\ done.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("requests_total{job=\"j\",path=\"a\\\"b\\\\c\\nd,e{f}\"} 3\n"),
+            "{text}"
+        );
     }
-    for accept in [None, Some("text/plain;version=0.0.4"), Some("application/json"), Some("*/*")] {
+    for accept in [
+        None,
+        Some("text/plain;version=0.0.4"),
+        Some("application/json"),
+        Some("*/*"),
+    ] {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
         let r = http(s.metrics_addr(), "GET", "/metrics", &headers, b"");
-        assert_eq!(r.header("Content-Type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+        assert_eq!(
+            r.header("Content-Type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
         let text = r.text();
         assert!(!text.contains("# EOF"));
-        assert!(text.contains("# HELP requests_total Requests \"quoted\" \\\\ done.\n"), "{text}");
+        assert!(
+            text.contains("# HELP requests_total Requests \"quoted\" \\\\ done.\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE requests_total counter\n"), "{text}");
     }
 }
@@ -278,8 +553,18 @@ fn negotiates_openmetrics_for_prometheus_and_text_by_default() {
 #[test]
 fn families_are_sorted_and_never_interleaved() {
     let s = Sidecar::start("");
-    push(&s, "PUT", "/metrics/job/j/instance/a", "zeta 1\nalpha{k=\"1\"} 1\nmid 1\n");
-    push(&s, "PUT", "/metrics/job/j/instance/b", "alpha{k=\"2\"} 1\nzeta 2\n");
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/a",
+        "zeta 1\nalpha{k=\"1\"} 1\nmid 1\n",
+    );
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/b",
+        "alpha{k=\"2\"} 1\nzeta 2\n",
+    );
     let m = s.metrics();
     let names: Vec<&str> = m
         .lines()
@@ -337,21 +622,49 @@ push_to_gateway(gateway, job='api', registry=reg, grouping_key={'instance': 'wor
     }
     let m = s.metrics();
     // GET: 10+20+30+40, POST: 0+1+2+3
-    assert_eq!(sample_value(&m, "app_requests_total{job=\"api\",method=\"GET\"}"), Some(100.0), "{m}");
-    assert_eq!(sample_value(&m, "app_requests_total{job=\"api\",method=\"POST\"}"), Some(6.0), "{m}");
+    assert_eq!(
+        sample_value(&m, "app_requests_total{job=\"api\",method=\"GET\"}"),
+        Some(100.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample_value(&m, "app_requests_total{job=\"api\",method=\"POST\"}"),
+        Some(6.0),
+        "{m}"
+    );
     assert_eq!(sample_value(&m, "app_queue_depth{job=\"api\"}"), Some(10.0));
     // observations: worker w makes w+1 of 0.05 and w+1 of 0.5*(i%2) -> 20 in total
-    assert_eq!(sample_value(&m, "app_latency_seconds_count{job=\"api\"}"), Some(20.0));
-    assert_eq!(sample_value(&m, "app_latency_seconds_bucket{job=\"api\",le=\"+Inf\"}"), Some(20.0));
+    assert_eq!(
+        sample_value(&m, "app_latency_seconds_count{job=\"api\"}"),
+        Some(20.0)
+    );
+    assert_eq!(
+        sample_value(&m, "app_latency_seconds_bucket{job=\"api\",le=\"+Inf\"}"),
+        Some(20.0)
+    );
     // 0.05s: 10, zeros: (1+1+2+2)=6 -> le=0.1 has 16; 0.5s: 4 -> le=1.0 has 20
-    assert_eq!(sample_value(&m, "app_latency_seconds_bucket{job=\"api\",le=\"0.1\"}"), Some(16.0), "{m}");
-    assert_eq!(sample_value(&m, "app_latency_seconds_bucket{job=\"api\",le=\"1.0\"}"), Some(20.0));
-    assert_eq!(sample_value(&m, "app_payload_bytes_count{job=\"api\"}"), Some(10.0));
-    assert_eq!(sample_value(&m, "app_payload_bytes_sum{job=\"api\"}"), Some(1000.0));
+    assert_eq!(
+        sample_value(&m, "app_latency_seconds_bucket{job=\"api\",le=\"0.1\"}"),
+        Some(16.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample_value(&m, "app_latency_seconds_bucket{job=\"api\",le=\"1.0\"}"),
+        Some(20.0)
+    );
+    assert_eq!(
+        sample_value(&m, "app_payload_bytes_count{job=\"api\"}"),
+        Some(10.0)
+    );
+    assert_eq!(
+        sample_value(&m, "app_payload_bytes_sum{job=\"api\"}"),
+        Some(1000.0)
+    );
     assert!(!m.contains("worker-"), "{m}");
     assert!(!m.contains("_created"), "{m}");
     let workers: serde_json::Value =
-        serde_json::from_str(&http(s.metrics_addr(), "GET", "/v1/workers", &[], b"").text()).unwrap();
+        serde_json::from_str(&http(s.metrics_addr(), "GET", "/v1/workers", &[], b"").text())
+            .unwrap();
     assert_eq!(workers["workers"].as_array().unwrap().len(), 4);
     let _ = run_python;
 }
@@ -359,12 +672,24 @@ push_to_gateway(gateway, job='api', registry=reg, grouping_key={'instance': 'wor
 #[test]
 fn health_endpoints_and_unknown_paths() {
     let s = Sidecar::start("");
-    assert_eq!(http(s.metrics_addr(), "GET", "/healthz", &[], b"").status, 200);
-    assert_eq!(http(s.metrics_addr(), "GET", "/readyz", &[], b"").status, 200);
+    assert_eq!(
+        http(s.metrics_addr(), "GET", "/healthz", &[], b"").status,
+        200
+    );
+    assert_eq!(
+        http(s.metrics_addr(), "GET", "/readyz", &[], b"").status,
+        200
+    );
     assert_eq!(http(s.metrics_addr(), "GET", "/nope", &[], b"").status, 404);
-    assert_eq!(http(s.metrics_addr(), "POST", "/metrics", &[], b"").status, 405);
+    assert_eq!(
+        http(s.metrics_addr(), "POST", "/metrics", &[], b"").status,
+        405
+    );
     // The metrics listener does not accept pushes.
-    assert_eq!(http(s.metrics_addr(), "PUT", "/metrics/job/x", &[], b"a 1\n").status, 404);
+    assert_eq!(
+        http(s.metrics_addr(), "PUT", "/metrics/job/x", &[], b"a 1\n").status,
+        404
+    );
 }
 
 #[test]
@@ -377,14 +702,44 @@ fn sigterm_exits_cleanly() {
 #[test]
 fn config_reload_applies_rules_and_survives_a_bad_file() {
     let s = Sidecar::start("");
-    push(&s, "PUT", "/metrics/job/j/instance/a", "# TYPE inflight gauge\ninflight 3\n");
-    push(&s, "PUT", "/metrics/job/j/instance/b", "# TYPE inflight gauge\ninflight 5\n");
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/a",
+        "# TYPE inflight gauge\ninflight 3\n",
+    );
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/b",
+        "# TYPE inflight gauge\ninflight 5\n",
+    );
     assert_eq!(s.value("inflight{job=\"j\"}"), Some(8.0));
-    let listen = "listen: {metrics: \"127.0.0.1:0\", ingest: \"127.0.0.1:0\", statsd: \"127.0.0.1:0\"}\n";
-    std::fs::write(&s.config_path, format!("{listen}aggregation: {{rules: [{{match: '^inflight$', mode: max}}]}}\n")).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || s.value("inflight{job=\"j\"}") == Some(5.0)), "{}", s.metrics());
-    std::fs::write(&s.config_path, format!("{listen}aggregation: {{rules: [{{match: '(', mode: max}}]}}\n")).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || s.value("monasca_sidecar_config_reload_errors_total") == Some(1.0)));
+    let listen =
+        "listen: {metrics: \"127.0.0.1:0\", ingest: \"127.0.0.1:0\", statsd: \"127.0.0.1:0\"}\n";
+    std::fs::write(
+        &s.config_path,
+        format!("{listen}aggregation: {{rules: [{{match: '^inflight$', mode: max}}]}}\n"),
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || s.value("inflight{job=\"j\"}")
+            == Some(5.0)),
+        "{}",
+        s.metrics()
+    );
+    std::fs::write(
+        &s.config_path,
+        format!("{listen}aggregation: {{rules: [{{match: '(', mode: max}}]}}\n"),
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || s
+        .value("monasca_sidecar_config_reload_errors_total")
+        == Some(1.0)));
     assert_eq!(s.value("inflight{job=\"j\"}"), Some(5.0));
-    assert!(s.log().contains("keeping the last good configuration"), "{}", s.log());
+    assert!(
+        s.log().contains("keeping the last good configuration"),
+        "{}",
+        s.log()
+    );
 }

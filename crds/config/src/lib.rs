@@ -68,7 +68,10 @@ impl Default for SidecarConfig {
     fn default() -> Self {
         SidecarConfig {
             listen: Listen::default(),
-            worker_labels: DEFAULT_WORKER_LABELS.iter().map(|s| s.to_string()).collect(),
+            worker_labels: DEFAULT_WORKER_LABELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             stale_after: Duration::from_secs(60),
             forget_after: Duration::from_secs(600),
             multiprocess_dir: None,
@@ -363,7 +366,8 @@ impl SidecarConfig {
         let config: SidecarConfig = if text.trim().is_empty() {
             SidecarConfig::default()
         } else {
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(one_line(&e.to_string())))?
+            serde_saphyr::from_str(text)
+                .map_err(|e| ConfigError::Parse(one_line(&e.to_string())))?
         };
         config.validate()?;
         Ok(config)
@@ -444,7 +448,10 @@ impl SidecarConfig {
             }
         }
         if self.limits.max_body_bytes == 0 || self.limits.max_series_per_worker == 0 {
-            return Err(ConfigError::invalid("limits", "limits must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "limits",
+                "limits must be greater than zero",
+            ));
         }
         Ok(())
     }

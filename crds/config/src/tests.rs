@@ -2,8 +2,14 @@ use super::*;
 
 #[test]
 fn empty_document_is_the_default_config() {
-    assert_eq!(SidecarConfig::from_yaml("").unwrap(), SidecarConfig::default());
-    assert_eq!(SidecarConfig::from_yaml("{}").unwrap(), SidecarConfig::default());
+    assert_eq!(
+        SidecarConfig::from_yaml("").unwrap(),
+        SidecarConfig::default()
+    );
+    assert_eq!(
+        SidecarConfig::from_yaml("{}").unwrap(),
+        SidecarConfig::default()
+    );
 }
 
 #[test]
@@ -27,8 +33,10 @@ limits: {maxBodyBytes: 8388608, maxSeriesPerWorker: 50000}
 
 #[test]
 fn yaml_round_trips() {
-    let mut c = SidecarConfig::default();
-    c.multiprocess_dir = Some("/tmp/x".into());
+    let mut c = SidecarConfig {
+        multiprocess_dir: Some("/tmp/x".into()),
+        ..Default::default()
+    };
     c.aggregation.rules.push(AggregationRule {
         pattern: "^a".into(),
         mode: GaugeMode::Max,
@@ -39,7 +47,9 @@ fn yaml_round_trips() {
 
 #[test]
 fn unknown_field_is_a_clear_error() {
-    let err = SidecarConfig::from_yaml("staleAftr: 10s").unwrap_err().to_string();
+    let err = SidecarConfig::from_yaml("staleAftr: 10s")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("staleAftr"), "{err}");
 }
 
@@ -48,7 +58,10 @@ fn invalid_values_name_the_field() {
     for (yaml, field) in [
         ("listen: {metrics: 'nope'}", "listen.metrics"),
         ("staleAfter: 0s", "staleAfter"),
-        ("aggregation: {rules: [{match: '(', mode: sum}]}", "aggregation.rules[0].match"),
+        (
+            "aggregation: {rules: [{match: '(', mode: sum}]}",
+            "aggregation.rules[0].match",
+        ),
         ("scrape: {targets: ['127.0.0.1:9-1']}", "scrape.targets[0]"),
         ("workerLabels: ['a-b']", "workerLabels[0]"),
         ("statsd: {buckets: [1, 0.5]}", "statsd.buckets"),
@@ -56,7 +69,9 @@ fn invalid_values_name_the_field() {
         let err = SidecarConfig::from_yaml(yaml).unwrap_err().to_string();
         assert!(err.contains(field), "{yaml}: {err}");
     }
-    let err = SidecarConfig::from_yaml("staleAfter: soon").unwrap_err().to_string();
+    let err = SidecarConfig::from_yaml("staleAfter: soon")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("soon"), "{err}");
 }
 
@@ -70,7 +85,11 @@ fn durations_parse_like_prometheus() {
         ("1.5s", 1_500),
         ("45", 45_000),
     ] {
-        assert_eq!(Duration::parse(text).unwrap().as_std().as_millis(), ms, "{text}");
+        assert_eq!(
+            Duration::parse(text).unwrap().as_std().as_millis(),
+            ms,
+            "{text}"
+        );
     }
     for bad in ["", "s", "10x", "-1s", "1e400s"] {
         assert!(Duration::parse(bad).is_err(), "{bad}");
@@ -84,14 +103,32 @@ fn durations_parse_like_prometheus() {
 fn scrape_targets() {
     assert_eq!(
         ScrapeTarget::parse("127.0.0.1:8001-8004").unwrap(),
-        ScrapeTarget::Tcp { host: "127.0.0.1".into(), first: 8001, last: 8004 }
+        ScrapeTarget::Tcp {
+            host: "127.0.0.1".into(),
+            first: 8001,
+            last: 8004
+        }
     );
     assert_eq!(
         ScrapeTarget::parse("[::1]:9000").unwrap(),
-        ScrapeTarget::Tcp { host: "[::1]".into(), first: 9000, last: 9000 }
+        ScrapeTarget::Tcp {
+            host: "[::1]".into(),
+            first: 9000,
+            last: 9000
+        }
     );
-    assert!(matches!(ScrapeTarget::parse("unix:/run/*.sock"), Ok(ScrapeTarget::Unix { .. })));
-    for bad in ["unix:rel.sock", "nohost", ":80", "h:0", "h:70000", "h:1-5000"] {
+    assert!(matches!(
+        ScrapeTarget::parse("unix:/run/*.sock"),
+        Ok(ScrapeTarget::Unix { .. })
+    ));
+    for bad in [
+        "unix:rel.sock",
+        "nohost",
+        ":80",
+        "h:0",
+        "h:70000",
+        "h:1-5000",
+    ] {
         assert!(ScrapeTarget::parse(bad).is_err(), "{bad}");
     }
 }

@@ -69,10 +69,11 @@ pub fn gauge_output<'a>(
         .filter(|e| !live || !stale.get(e.worker as usize).copied().unwrap_or(true));
     match mode.base() {
         GaugeMode::All => {
-            let mut values: Vec<(WorkerRef<'a>, f64)> =
-                current.map(|e| (WorkerRef::Live(e.worker), e.value)).collect();
+            let mut values: Vec<(WorkerRef<'a>, f64)> = current
+                .map(|e| (WorkerRef::Live(e.worker), e.value))
+                .collect();
             if let Some(r) = retired {
-                values.extend(r.by_worker.iter().map(|(w, v)| (WorkerRef::Retired(&**w), *v)));
+                values.extend(r.by_worker.iter().map(|(w, v)| (WorkerRef::Retired(w), *v)));
             }
             if values.is_empty() {
                 GaugeOutput::None

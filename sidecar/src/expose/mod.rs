@@ -81,7 +81,12 @@ pub fn render(
             w.self_family(s);
         }
         let family_mode = resolve_mode(rules, name);
-        w.family_header(name, family.kind, family.help.as_deref(), family.unit.as_deref());
+        w.family_header(
+            name,
+            family.kind,
+            family.help.as_deref(),
+            family.unit.as_deref(),
+        );
         for (labels, series) in &family.series {
             match &series.data {
                 SeriesData::Scalar {
@@ -95,12 +100,8 @@ pub fn render(
                     }
                     _ => {
                         let mode = series.mode.unwrap_or(family_mode);
-                        match gauge_output(
-                            mode,
-                            entries,
-                            retired_gauge.as_deref(),
-                            &stale_workers,
-                        ) {
+                        match gauge_output(mode, entries, retired_gauge.as_deref(), &stale_workers)
+                        {
                             GaugeOutput::None => {}
                             GaugeOutput::One(v) => w.sample(name, "", labels, "", v),
                             GaugeOutput::PerWorker(values) => {

@@ -54,7 +54,7 @@ impl GroupingKey {
     /// Parses the part of the path after `/metrics/`: `job/<job>{/<label>/<value>}`.
     pub fn from_path(rest: &str) -> Result<GroupingKey, PushError> {
         let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
-        if segments.len() < 2 || segments.len() % 2 != 0 {
+        if segments.len() < 2 || !segments.len().is_multiple_of(2) {
             return Err(PushError::Path(
                 "expected /metrics/job/<job>{/<label>/<value>}".into(),
             ));
@@ -198,10 +198,22 @@ mod tests {
     #[test]
     fn grouping_key_from_plain_and_base64_paths() {
         let k = GroupingKey::from_path("job/api/instance/w1").unwrap();
-        assert_eq!(k.labels, [("job".into(), "api".into()), ("instance".into(), "w1".into())]);
+        assert_eq!(
+            k.labels,
+            [
+                ("job".into(), "api".into()),
+                ("instance".into(), "w1".into())
+            ]
+        );
         // URL-safe base64 with and without padding; "/" inside a value.
         let k = GroupingKey::from_path("job@base64/YS9i/path@base64/L3Zhci90bXA=").unwrap();
-        assert_eq!(k.labels, [("job".into(), "a/b".into()), ("path".into(), "/var/tmp".into())]);
+        assert_eq!(
+            k.labels,
+            [
+                ("job".into(), "a/b".into()),
+                ("path".into(), "/var/tmp".into())
+            ]
+        );
         let k = GroupingKey::from_path("job/x/instance@base64/=").unwrap();
         assert_eq!(k.labels[1], ("instance".into(), String::new()));
         let k = GroupingKey::from_path("job/my%20job/").unwrap();
@@ -232,7 +244,9 @@ mod tests {
         assert_eq!(w.id, "push:instance=w1,job=api");
         assert_eq!(w.labels, [("instance".into(), "w1".into())]);
         assert_eq!(w.common_labels.len(), 2);
-        let w = GroupingKey::from_path("job/api").unwrap().worker(&["instance".into()]);
+        let w = GroupingKey::from_path("job/api")
+            .unwrap()
+            .worker(&["instance".into()]);
         assert_eq!(w.labels, [("job".into(), "api".into())]);
     }
 

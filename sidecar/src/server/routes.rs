@@ -16,7 +16,12 @@ use std::time::Instant;
 type Resp = Response<Full<Bytes>>;
 
 /// Dispatches one request.
-pub(super) async fn handle(req: Request<Incoming>, app: &App, stats: &ServerStats, role: Role) -> Resp {
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    app: &App,
+    stats: &ServerStats,
+    role: Role,
+) -> Resp {
     let path = req.uri().path().to_string();
     match (role, req.method(), path.as_str()) {
         (_, &Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -51,7 +56,7 @@ fn error(status: StatusCode, reason: &str) -> Resp {
     text(status, line)
 }
 
-fn header<'a, B>(req: &'a Request<B>, name: http::header::HeaderName) -> Option<&'a str> {
+fn header<B>(req: &Request<B>, name: http::header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -97,8 +102,14 @@ fn metrics<B>(req: &Request<B>, app: &App, stats: &ServerStats) -> Resp {
     stats.rendered(started.elapsed());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, http::HeaderValue::from_static(format.content_type()));
-    headers.insert(VARY, http::HeaderValue::from_static("Accept, Accept-Encoding"));
+    headers.insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static(format.content_type()),
+    );
+    headers.insert(
+        VARY,
+        http::HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
     if gzip {
         headers.insert(CONTENT_ENCODING, http::HeaderValue::from_static("gzip"));
     }
@@ -109,8 +120,10 @@ fn workers(app: &App) -> Resp {
     let info = app.store.read().workers_info(app.now());
     let body = serde_json::json!({ "workers": info });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -121,7 +134,8 @@ async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, PushErro
         Some(e) if e.eq_ignore_ascii_case("gzip") => true,
         Some(other) => return Err(PushError::Encoding(other.to_string())),
     };
-    if let Some(len) = header(&req, http::header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
+    if let Some(len) =
+        header(&req, http::header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
         && len > limit
     {
         return Err(PushError::TooLarge(limit));
@@ -141,7 +155,10 @@ async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, PushErro
 async fn push_route(req: Request<Incoming>, rest: &str, app: &App, stats: &ServerStats) -> Resp {
     let config = app.config();
     if !config.push.enabled {
-        return error(StatusCode::NOT_FOUND, "the Pushgateway API is disabled (push.enabled)");
+        return error(
+            StatusCode::NOT_FOUND,
+            "the Pushgateway API is disabled (push.enabled)",
+        );
     }
     let method = req.method().clone();
     let scope = match method {

@@ -31,7 +31,8 @@ impl ServerStats {
 
     pub fn push_accepted(&self, samples: usize) {
         self.pushes_accepted.fetch_add(1, Ordering::Relaxed);
-        self.push_samples.fetch_add(samples as u64, Ordering::Relaxed);
+        self.push_samples
+            .fetch_add(samples as u64, Ordering::Relaxed);
     }
 
     /// Counts a rejected request of an API by fixed reason.

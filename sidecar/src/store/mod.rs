@@ -37,6 +37,7 @@ pub struct Now {
     pub wall: f64,
 }
 
+#[allow(clippy::new_ret_no_self, clippy::self_named_constructors)]
 impl Now {
     /// The current time.
     pub fn now() -> Now {
@@ -158,13 +159,17 @@ pub enum StoreError {
     DuplicateFamily(String),
     #[error("duplicate series {0} (after removing worker labels)")]
     DuplicateSeries(String),
-    #[error("histogram {series} has bucket bounds {pushed} but this series is aggregated with {existing}")]
+    #[error(
+        "histogram {series} has bucket bounds {pushed} but this series is aggregated with {existing}"
+    )]
     HistogramLayoutMismatch {
         series: String,
         existing: String,
         pushed: String,
     },
-    #[error("invalid {AGGREGATE_LABEL} value {0:?}: expected one of sum, min, max, mean, mostrecent, all or a live variant")]
+    #[error(
+        "invalid {AGGREGATE_LABEL} value {0:?}: expected one of sum, min, max, mean, mostrecent, all or a live variant"
+    )]
     InvalidAggregate(String),
     #[error("worker would hold {count} series, more than the limit of {limit}")]
     TooManySeries { count: usize, limit: usize },
@@ -756,7 +761,11 @@ impl Store {
         let Some(worker_id) = self.worker_index.remove(id) else {
             return false;
         };
-        let Some(state) = self.workers.get_mut(worker_id as usize).and_then(Option::take) else {
+        let Some(state) = self
+            .workers
+            .get_mut(worker_id as usize)
+            .and_then(Option::take)
+        else {
             return false;
         };
         for wf in &state.families {
@@ -820,7 +829,10 @@ impl Store {
                     source: w.key.source.as_str(),
                     labels: w.key.labels.iter().cloned().collect(),
                     last_seen: w.last_seen_wall,
-                    age_seconds: now.mono.saturating_duration_since(w.last_seen).as_secs_f64(),
+                    age_seconds: now
+                        .mono
+                        .saturating_duration_since(w.last_seen)
+                        .as_secs_f64(),
                     stale: self.is_stale(i as u32, now.mono),
                     series: w.series,
                 })
@@ -828,6 +840,22 @@ impl Store {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// [`Store::apply`] without the `maxSeriesPerWorker` limit, for the sidecar's own
+    /// bookkeeping workers (the multiprocess reader's persisted retired totals, which hold the
+    /// union of every dead worker's series): rejecting them would make counters go backwards.
+    pub fn apply_unbounded(
+        &mut self,
+        worker: &WorkerKey,
+        families: &[Family<'_>],
+        scope: Scope,
+        now: Now,
+    ) -> Result<ApplyStats, StoreError> {
+        let limit = std::mem::replace(&mut self.settings.max_series_per_worker, usize::MAX);
+        let result = self.apply(worker, families, scope, now);
+        self.settings.max_series_per_worker = limit;
+        result
     }
 }
 
@@ -938,7 +966,11 @@ fn update_entry(
                 e.value = *v;
                 e.ts = ts;
                 e.generation = generation;
-                if reset { Update::Reset } else { Update::Updated }
+                if reset {
+                    Update::Reset
+                } else {
+                    Update::Updated
+                }
             }
             None => {
                 entries.push(ScalarEntry {
@@ -950,7 +982,12 @@ fn update_entry(
                 Update::Inserted
             }
         },
-        (SeriesData::Dist { entries, retired, .. }, v) => {
+        (
+            SeriesData::Dist {
+                entries, retired, ..
+            },
+            v,
+        ) => {
             let values = dist_values(v);
             match entries.iter_mut().find(|e| e.worker == worker) {
                 Some(e) => {
@@ -960,7 +997,11 @@ fn update_entry(
                     }
                     e.values = values;
                     e.generation = generation;
-                    if reset { Update::Reset } else { Update::Updated }
+                    if reset {
+                        Update::Reset
+                    } else {
+                        Update::Updated
+                    }
                 }
                 None => {
                     entries.push(DistEntry {

@@ -21,7 +21,12 @@ fn labels(pairs: &[(&'static str, &'static str)]) -> Labels<'static> {
     pairs.iter().map(|(n, v)| Label::new(*n, *v)).collect()
 }
 
-fn scalar(name: &'static str, kind: MetricKind, pairs: &[(&'static str, &'static str)], v: f64) -> Family<'static> {
+fn scalar(
+    name: &'static str,
+    kind: MetricKind,
+    pairs: &[(&'static str, &'static str)],
+    v: f64,
+) -> Family<'static> {
     let mut f = Family::new(name, kind);
     f.series.push(Series {
         labels: labels(pairs),
@@ -72,8 +77,10 @@ fn store() -> Store {
 fn counters_sum_across_workers_without_worker_label() {
     let mut s = store();
     let now = t0();
-    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, now).unwrap();
-    s.apply(&worker("w2"), &[counter(5.0)], Scope::Worker, now).unwrap();
+    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, now)
+        .unwrap();
+    s.apply(&worker("w2"), &[counter(5.0)], Scope::Worker, now)
+        .unwrap();
     assert_eq!(samples(&s, now), ["requests_total{path=\"/a\"} 15"]);
 }
 
@@ -81,12 +88,16 @@ fn counters_sum_across_workers_without_worker_label() {
 fn counter_survives_worker_deletion_and_restart() {
     let mut s = store();
     let now = t0();
-    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, now).unwrap();
-    s.apply(&worker("w2"), &[counter(5.0)], Scope::Worker, now).unwrap();
+    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, now)
+        .unwrap();
+    s.apply(&worker("w2"), &[counter(5.0)], Scope::Worker, now)
+        .unwrap();
     assert!(s.remove_worker("push:instance=w2"));
     assert_eq!(samples(&s, now), ["requests_total{path=\"/a\"} 15"]);
     // w1 restarts: its value drops from 10 to 3; the 10 is retired.
-    let stats = s.apply(&worker("w1"), &[counter(3.0)], Scope::Worker, now).unwrap();
+    let stats = s
+        .apply(&worker("w1"), &[counter(3.0)], Scope::Worker, now)
+        .unwrap();
     assert_eq!(stats.resets, 1);
     assert_eq!(samples(&s, now), ["requests_total{path=\"/a\"} 18"]);
     assert_eq!(s.worker_count(), 1);
@@ -96,17 +107,22 @@ fn counter_survives_worker_deletion_and_restart() {
 fn counter_survives_staleness_and_forgetting() {
     let mut s = store();
     let now = t0();
-    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, now).unwrap();
-    s.apply(&worker("w2"), &[counter(5.0)], Scope::Worker, now).unwrap();
+    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, now)
+        .unwrap();
+    s.apply(&worker("w2"), &[counter(5.0)], Scope::Worker, now)
+        .unwrap();
     let later = now.after(Duration::from_secs(120));
-    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, later).unwrap();
+    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, later)
+        .unwrap();
     assert!(s.is_stale(1, later.mono));
     assert_eq!(samples(&s, later), ["requests_total{path=\"/a\"} 15"]);
     let much_later = now.after(Duration::from_secs(3600 * 2));
-    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, much_later).unwrap();
+    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, much_later)
+        .unwrap();
     assert_eq!(s.sweep(much_later), ["push:instance=w2"]);
     assert_eq!(samples(&s, much_later), ["requests_total{path=\"/a\"} 15"]);
-    s.apply(&worker("w1"), &[counter(3.0)], Scope::Worker, much_later).unwrap();
+    s.apply(&worker("w1"), &[counter(3.0)], Scope::Worker, much_later)
+        .unwrap();
     assert_eq!(samples(&s, much_later), ["requests_total{path=\"/a\"} 18"]);
 }
 
@@ -114,9 +130,14 @@ fn counter_survives_staleness_and_forgetting() {
 fn put_without_a_series_retires_its_counter() {
     let mut s = store();
     let now = t0();
-    let both = [counter(7.0), scalar("other_total", MetricKind::Counter, &[], 2.0)];
+    let both = [
+        counter(7.0),
+        scalar("other_total", MetricKind::Counter, &[], 2.0),
+    ];
     s.apply(&worker("w1"), &both, Scope::Worker, now).unwrap();
-    let stats = s.apply(&worker("w1"), &[counter(8.0)], Scope::Worker, now).unwrap();
+    let stats = s
+        .apply(&worker("w1"), &[counter(8.0)], Scope::Worker, now)
+        .unwrap();
     assert_eq!(stats.removed, 1);
     assert_eq!(
         samples(&s, now),
@@ -130,9 +151,14 @@ fn post_replaces_only_the_families_in_the_update() {
     let mut s = store();
     let now = t0();
     let gauge = scalar("queue", MetricKind::Gauge, &[], 4.0);
-    s.apply(&worker("w1"), &[counter(7.0), gauge], Scope::Worker, now).unwrap();
-    s.apply(&worker("w1"), &[counter(9.0)], Scope::Families, now).unwrap();
-    assert_eq!(samples(&s, now), ["queue 4", "requests_total{path=\"/a\"} 9"]);
+    s.apply(&worker("w1"), &[counter(7.0), gauge], Scope::Worker, now)
+        .unwrap();
+    s.apply(&worker("w1"), &[counter(9.0)], Scope::Families, now)
+        .unwrap();
+    assert_eq!(
+        samples(&s, now),
+        ["queue 4", "requests_total{path=\"/a\"} 9"]
+    );
     assert_eq!(s.worker_series_count(), 2);
 }
 
@@ -144,7 +170,10 @@ fn series_scope_upserts() {
     let b = scalar("hits_total", MetricKind::Counter, &[("k", "b")], 2.0);
     s.apply(&worker("w1"), &[a], Scope::Series, now).unwrap();
     s.apply(&worker("w1"), &[b], Scope::Series, now).unwrap();
-    assert_eq!(samples(&s, now), ["hits_total{k=\"a\"} 1", "hits_total{k=\"b\"} 2"]);
+    assert_eq!(
+        samples(&s, now),
+        ["hits_total{k=\"a\"} 1", "hits_total{k=\"b\"} 2"]
+    );
     assert_eq!(s.worker_series_count(), 2);
 }
 
@@ -153,8 +182,20 @@ fn histogram_merges_bucket_by_bucket_and_survives_restart() {
     let mut s = store();
     let now = t0();
     let bounds = [0.1, 1.0, f64::INFINITY];
-    s.apply(&worker("w1"), &[histogram(&bounds, &[1.0, 3.0, 4.0], 2.5)], Scope::Worker, now).unwrap();
-    s.apply(&worker("w2"), &[histogram(&bounds, &[2.0, 2.0, 3.0], 4.0)], Scope::Worker, now).unwrap();
+    s.apply(
+        &worker("w1"),
+        &[histogram(&bounds, &[1.0, 3.0, 4.0], 2.5)],
+        Scope::Worker,
+        now,
+    )
+    .unwrap();
+    s.apply(
+        &worker("w2"),
+        &[histogram(&bounds, &[2.0, 2.0, 3.0], 4.0)],
+        Scope::Worker,
+        now,
+    )
+    .unwrap();
     let expected = [
         "latency_seconds_bucket{le=\"0.1\"} 3",
         "latency_seconds_bucket{le=\"1.0\"} 5",
@@ -166,7 +207,13 @@ fn histogram_merges_bucket_by_bucket_and_survives_restart() {
     s.remove_worker("push:instance=w2");
     assert_eq!(samples(&s, now), expected);
     // w1 restarts with one observation.
-    s.apply(&worker("w1"), &[histogram(&bounds, &[0.0, 1.0, 1.0], 0.5)], Scope::Worker, now).unwrap();
+    s.apply(
+        &worker("w1"),
+        &[histogram(&bounds, &[0.0, 1.0, 1.0], 0.5)],
+        Scope::Worker,
+        now,
+    )
+    .unwrap();
     assert_eq!(
         samples(&s, now),
         [
@@ -184,7 +231,13 @@ fn mismatched_histogram_is_rejected_and_does_not_corrupt_the_merged_one() {
     let mut s = store();
     let now = t0();
     let bounds = [0.1, 1.0, f64::INFINITY];
-    s.apply(&worker("w1"), &[histogram(&bounds, &[1.0, 3.0, 4.0], 2.5)], Scope::Worker, now).unwrap();
+    s.apply(
+        &worker("w1"),
+        &[histogram(&bounds, &[1.0, 3.0, 4.0], 2.5)],
+        Scope::Worker,
+        now,
+    )
+    .unwrap();
     let before = samples(&s, now);
     let err = s
         .apply(
@@ -198,7 +251,10 @@ fn mismatched_histogram_is_rejected_and_does_not_corrupt_the_merged_one() {
     assert!(err.to_string().contains("[0.5,+Inf]"), "{err}");
     assert_eq!(s.layout_mismatches, 1);
     assert_eq!(samples(&s, now), before);
-    assert!(!s.has_worker("push:instance=w2"), "a rejected update must not register the worker");
+    assert!(
+        !s.has_worker("push:instance=w2"),
+        "a rejected update must not register the worker"
+    );
 }
 
 #[test]
@@ -214,7 +270,10 @@ fn summary_keeps_count_and_sum() {
         });
         s.apply(&worker(w), &[f], Scope::Worker, now).unwrap();
     }
-    assert_eq!(samples(&s, now), ["rpc_seconds_count 4", "rpc_seconds_sum 2"]);
+    assert_eq!(
+        samples(&s, now),
+        ["rpc_seconds_count 4", "rpc_seconds_sum 2"]
+    );
 }
 
 fn gauge_store(mode: GaugeMode) -> (Store, Now) {
@@ -228,7 +287,6 @@ fn gauge_store(mode: GaugeMode) -> (Store, Now) {
     f("w1", 4.0, now);
     f("w2", 10.0, now.after(Duration::from_secs(1)));
     f("w3", 1.0, now.after(Duration::from_secs(2)));
-    drop(f);
     (s, now.after(Duration::from_secs(2)))
 }
 
@@ -294,10 +352,14 @@ fn live_gauges_skip_stale_workers() {
     let later = now.after(Duration::from_secs(61));
     let mut fam = scalar("inflight", MetricKind::Gauge, &[], 2.0);
     fam.mode = Some(GaugeMode::Livesum);
-    s.apply(&worker("w1"), &[fam], Scope::Worker, later).unwrap();
+    s.apply(&worker("w1"), &[fam], Scope::Worker, later)
+        .unwrap();
     assert_eq!(samples(&s, later), ["inflight 2"]);
     let (s, now) = gauge_store(GaugeMode::Sum);
-    assert_eq!(samples(&s, now.after(Duration::from_secs(61))), ["inflight 15"]);
+    assert_eq!(
+        samples(&s, now.after(Duration::from_secs(61))),
+        ["inflight 15"]
+    );
 }
 
 #[test]
@@ -318,7 +380,10 @@ fn gauge_mode_precedence_label_then_rule_then_default() {
         ];
         s.apply(&worker(id), &fams, Scope::Worker, now).unwrap();
     }
-    assert_eq!(samples(&s, now), ["app_inflight 3", "queue 8", "temperature 5"]);
+    assert_eq!(
+        samples(&s, now),
+        ["app_inflight 3", "queue 8", "temperature 5"]
+    );
 }
 
 #[test]
@@ -327,7 +392,12 @@ fn invalid_aggregate_label_is_rejected() {
     let err = s
         .apply(
             &worker("w1"),
-            &[scalar("g", MetricKind::Gauge, &[("_aggregate", "median")], 1.0)],
+            &[scalar(
+                "g",
+                MetricKind::Gauge,
+                &[("_aggregate", "median")],
+                1.0,
+            )],
             Scope::Worker,
             t0(),
         )
@@ -339,7 +409,8 @@ fn invalid_aggregate_label_is_rejected() {
 fn type_conflict_is_rejected_without_touching_data() {
     let mut s = store();
     let now = t0();
-    s.apply(&worker("w1"), &[counter(1.0)], Scope::Worker, now).unwrap();
+    s.apply(&worker("w1"), &[counter(1.0)], Scope::Worker, now)
+        .unwrap();
     let err = s
         .apply(
             &worker("w2"),
@@ -363,7 +434,9 @@ fn worker_labels_collapse_into_duplicates_are_rejected() {
             timestamp: None,
         });
     }
-    let err = s.apply(&worker("w1"), &[f], Scope::Worker, t0()).unwrap_err();
+    let err = s
+        .apply(&worker("w1"), &[f], Scope::Worker, t0())
+        .unwrap_err();
     assert_eq!(err.reason(), "duplicate_series");
 }
 
@@ -373,7 +446,8 @@ fn series_limit_protects_other_workers() {
     config.limits.max_series_per_worker = 2;
     let mut s = Store::new(StoreSettings::from_config(&config));
     let now = t0();
-    s.apply(&worker("good"), &[counter(1.0)], Scope::Worker, now).unwrap();
+    s.apply(&worker("good"), &[counter(1.0)], Scope::Worker, now)
+        .unwrap();
     let mut big = Family::new("big_total", MetricKind::Counter);
     for v in ["a", "b", "c"] {
         big.series.push(Series {
@@ -382,7 +456,9 @@ fn series_limit_protects_other_workers() {
             timestamp: None,
         });
     }
-    let err = s.apply(&worker("bad"), &[big], Scope::Worker, now).unwrap_err();
+    let err = s
+        .apply(&worker("bad"), &[big], Scope::Worker, now)
+        .unwrap_err();
     assert_eq!(err.reason(), "too_many_series");
     // Series scope counts what the worker already holds.
     for k in ["a", "b"] {
@@ -408,7 +484,12 @@ fn common_labels_override_series_labels_and_worker_labels_vanish() {
     let mut s = store();
     let mut w = worker("w1");
     w.common_labels = vec![("job".into(), "api".into())];
-    let f = scalar("up_total", MetricKind::Counter, &[("job", "body"), ("instance", "x"), ("a", "b\"c")], 1.0);
+    let f = scalar(
+        "up_total",
+        MetricKind::Counter,
+        &[("job", "body"), ("instance", "x"), ("a", "b\"c")],
+        1.0,
+    );
     s.apply(&w, &[f], Scope::Worker, t0()).unwrap();
     assert_eq!(samples(&s, t0()), ["up_total{a=\"b\\\"c\",job=\"api\"} 1"]);
 }
@@ -419,7 +500,12 @@ fn reserved_prefix_is_rejected() {
     let err = s
         .apply(
             &worker("w1"),
-            &[scalar("monasca_sidecar_workers", MetricKind::Gauge, &[], 1.0)],
+            &[scalar(
+                "monasca_sidecar_workers",
+                MetricKind::Gauge,
+                &[],
+                1.0,
+            )],
             Scope::Worker,
             t0(),
         )
@@ -431,8 +517,10 @@ fn reserved_prefix_is_rejected() {
 fn forget_worker_drops_values_without_retiring() {
     let mut s = store();
     let now = t0();
-    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, now).unwrap();
-    s.apply(&worker("w2"), &[counter(5.0)], Scope::Worker, now).unwrap();
+    s.apply(&worker("w1"), &[counter(10.0)], Scope::Worker, now)
+        .unwrap();
+    s.apply(&worker("w2"), &[counter(5.0)], Scope::Worker, now)
+        .unwrap();
     assert!(s.forget_worker("push:instance=w2"));
     assert_eq!(samples(&s, now), ["requests_total{path=\"/a\"} 10"]);
     assert!(!s.forget_worker("push:instance=w2"));
@@ -442,7 +530,13 @@ fn forget_worker_drops_values_without_retiring() {
 fn empty_families_disappear() {
     let mut s = store();
     let now = t0();
-    s.apply(&worker("w1"), &[scalar("g", MetricKind::Gauge, &[], 1.0)], Scope::Worker, now).unwrap();
+    s.apply(
+        &worker("w1"),
+        &[scalar("g", MetricKind::Gauge, &[], 1.0)],
+        Scope::Worker,
+        now,
+    )
+    .unwrap();
     s.apply(&worker("w1"), &[], Scope::Worker, now).unwrap();
     assert_eq!(text(&s, now), "");
     assert_eq!(s.series_count(), 0);

@@ -93,10 +93,10 @@ impl Sidecar {
                                 .find_map(|w| w.strip_prefix(name))
                                 .map(|v| v.trim_matches('"').to_string())
                         };
-                        if let (Some(l), Some(a)) = (field("listener="), field("addr=")) {
-                            if let Ok(addr) = a.parse() {
-                                let _ = tx.send((l, addr));
-                            }
+                        if let (Some(l), Some(a)) = (field("listener="), field("addr="))
+                            && let Ok(addr) = a.parse()
+                        {
+                            let _ = tx.send((l, addr));
                         }
                     }
                     let mut log = log.lock().unwrap();
