@@ -73,7 +73,7 @@ impl Default for SidecarConfig {
                 .map(|s| s.to_string())
                 .collect(),
             stale_after: Duration::from_secs(60),
-            forget_after: Duration::from_secs(600),
+            forget_after: Duration::from_secs(3600),
             multiprocess_dir: None,
             multiprocess_compact: true,
             scrape: Scrape::default(),
