@@ -1,1 +1,64 @@
-//! Helpers for the end-to-end tests in `tests/`.
+//! Helpers for the end-to-end tests in `tests/`: locating the project's binaries, running a
+//! real Prometheus server (Debian package `prometheus`) on loopback, and asking it PromQL.
+
+pub mod http;
+pub mod prometheus;
+pub mod sidecar;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Path of a binary of this workspace, building it first if needed (`cargo test --workspace`
+/// has already built it; `cargo test -p monasca-e2e` alone has not).
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!(
+        "{}_BIN",
+        name.to_ascii_uppercase().replace('-', "_")
+    )) {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let candidate = profile_dir.join(name);
+    if candidate.exists() {
+        return candidate;
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "-p", package, "--bin", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {name} failed"
+    );
+    assert!(
+        candidate.exists(),
+        "{} not found after building",
+        candidate.display()
+    );
+    candidate
+}
+
+/// A fresh scratch directory.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("monasca-e2e-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A free loopback TCP port (bound then released: good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

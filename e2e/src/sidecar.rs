@@ -1,0 +1,284 @@
+//! Runs the real `monasca-sidecar` binary on loopback ports chosen by the OS, for tests that
+//! talk to it over real sockets.
+
+pub use crate::http::Response;
+pub use crate::scratch_dir;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running sidecar; killed on drop.
+pub struct Sidecar {
+    child: Child,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Sidecar {
+    /// Starts the sidecar with `config` (YAML) on ephemeral loopback ports, unless the config
+    /// sets `listen` itself.
+    pub fn start(config: &str) -> Sidecar {
+        Sidecar::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sidecar {
+        let dir = scratch_dir("sidecar");
+        let config_path = dir.join("config.yaml");
+        let mut text = String::new();
+        if !config.contains("listen:") {
+            text.push_str(
+                "listen: {metrics: \"127.0.0.1:0\", ingest: \"127.0.0.1:0\", statsd: \"127.0.0.1:0\"}\n",
+            );
+        }
+        text.push_str(config);
+        std::fs::write(&config_path, text).expect("write config");
+        Sidecar::spawn(dir, config_path, env)
+    }
+
+    /// Starts another sidecar process over the same directory and config (a restart).
+    pub fn restart(mut self) -> Sidecar {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self.dir.clone();
+        let config_path = self.config_path.clone();
+        std::mem::forget(self);
+        Sidecar::spawn(dir, config_path, &[])
+    }
+
+    fn spawn(dir: PathBuf, config_path: PathBuf, env: &[(&str, &str)]) -> Sidecar {
+        let mut cmd = Command::new(crate::workspace_binary(
+            "monasca-sidecar",
+            "monasca-sidecar",
+        ));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env_remove("PROMETHEUS_MULTIPROC_DIR")
+            .env_remove("DECAY_SECONDS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start monasca-sidecar");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<(String, SocketAddr)>();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("listening") {
+                        let field = |name: &str| {
+                            line.split_whitespace()
+                                .find_map(|w| w.strip_prefix(name))
+                                .map(|v| v.trim_matches('"').to_string())
+                        };
+                        if let (Some(l), Some(a)) = (field("listener="), field("addr="))
+                            && let Ok(addr) = a.parse()
+                        {
+                            let _ = tx.send((l, addr));
+                        }
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(addrs.contains_key("metrics") && addrs.contains_key("ingest")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((l, a)) => {
+                    addrs.insert(l, a);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("sidecar did not start; log:\n{}", log.lock().unwrap());
+                }
+            }
+        }
+        // Other listeners (statsd) announce right after; give them a moment.
+        while let Ok((l, a)) = rx.recv_timeout(Duration::from_millis(300)) {
+            addrs.insert(l, a);
+        }
+        std::thread::spawn(move || for (_l, _a) in rx {});
+        Sidecar {
+            child,
+            dir,
+            config_path,
+            addrs,
+            log,
+        }
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.addrs["metrics"]
+    }
+
+    pub fn ingest_addr(&self) -> SocketAddr {
+        self.addrs["ingest"]
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!("http://{}", self.ingest_addr())
+    }
+
+    /// `GET /metrics` (text 0.0.4) as a string; panics on non-200.
+    pub fn metrics(&self) -> String {
+        let r = http(self.metrics_addr(), "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+
+    /// The value of the sample `name{labels}` as printed (labels exactly as rendered, sorted).
+    pub fn value(&self, series: &str) -> Option<f64> {
+        sample_value(&self.metrics(), series)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sidecar did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Finds `series` (e.g. `requests_total{path="/a"}` or `up`) in an exposition and parses its
+/// value.
+pub fn sample_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        let value = rest.strip_prefix(' ')?;
+        let value = value.split_whitespace().next()?;
+        Some(match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().ok()?,
+        })
+    })
+}
+
+/// One request over a fresh connection; panics when the sidecar does not answer.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    crate::http::request(addr, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// Waits until `check` returns true, polling every 50 ms, for at most `timeout`.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+/// `python3`, after checking that the given modules import; panics with the pip command that
+/// installs them otherwise (the tests need the real clients, never a stand-in).
+pub fn python(modules: &[&str]) -> Command {
+    let check = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&check)
+        .output()
+        .expect("python3 must be installed");
+    assert!(
+        out.status.success(),
+        "python modules {modules:?} are missing ({}); run .ci/run or `pip install -r sidecar/tests/requirements.txt`",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Command::new("python3")
+}
+
+/// Runs a python script with arguments; panics with its stderr on failure.
+pub fn run_python(modules: &[&str], script: &str, args: &[&str]) -> String {
+    run_python_env(modules, script, args, &[])
+}
+
+/// [`run_python`] with extra environment variables.
+pub fn run_python_env(
+    modules: &[&str],
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let out = python(modules)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The shared fixtures directory (`../shared/fixtures` beside the repository).
+pub fn fixtures() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e lives in the workspace");
+    for candidate in [
+        repo.join("../shared/fixtures"),
+        repo.join("shared/fixtures"),
+    ] {
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    panic!("shared fixtures not found beside {}", repo.display());
+}
