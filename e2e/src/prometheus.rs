@@ -53,7 +53,15 @@ impl Prometheus {
 
     /// Runs an instant query; returns the result vector (`[{metric, value}]`).
     pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let path = format!("/api/v1/query?query={}", encode(promql));
+        self.query_at(promql, None)
+    }
+
+    /// Runs an instant query evaluated at `time` (Unix seconds), or now.
+    pub fn query_at(&self, promql: &str, time: Option<f64>) -> Vec<serde_json::Value> {
+        let mut path = format!("/api/v1/query?query={}", encode(promql));
+        if let Some(t) = time {
+            path.push_str(&format!("&time={t:.3}"));
+        }
         let r = request(self.addr, "GET", &path, &[], b"").expect("query prometheus");
         let json: serde_json::Value = serde_json::from_slice(&r.body).expect("prometheus JSON");
         assert_eq!(json["status"], "success", "{promql}: {json}");
@@ -65,7 +73,12 @@ impl Prometheus {
 
     /// The single value of a query that must return one series (None when it returns none).
     pub fn value(&self, promql: &str) -> Option<f64> {
-        let result = self.query(promql);
+        self.value_at(promql, None)
+    }
+
+    /// [`Prometheus::value`] evaluated at `time` (Unix seconds).
+    pub fn value_at(&self, promql: &str, time: Option<f64>) -> Option<f64> {
+        let result = self.query_at(promql, time);
         assert!(
             result.len() <= 1,
             "{promql} returned {} series: {result:?}",
@@ -124,4 +137,12 @@ pub fn wait(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

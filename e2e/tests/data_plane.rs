@@ -1,0 +1,168 @@
+//! Data-plane end-to-end tests: real applications and clients feed a real sidecar, and a real
+//! Prometheus server (Debian `prometheus`) scrapes it every second. Every check is PromQL
+//! through Prometheus's HTTP API, printed with expected and actual values.
+
+use monasca_e2e::prometheus::{Prometheus, unix_now};
+use monasca_e2e::sidecar::{Sidecar, python};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+const PUSH_WORKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/push_worker.py");
+
+/// A python worker process whose "pushed N" lines are tracked.
+struct Worker {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<u64>,
+    last: u64,
+}
+
+impl Worker {
+    fn start(gateway: &str, instance: &str, pushes: u32, interval: f64) -> Worker {
+        let mut child = python(&["prometheus_client"])
+            .arg(PUSH_WORKER)
+            .args([
+                gateway,
+                instance,
+                &pushes.to_string(),
+                &interval.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start push worker");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(n) = line.strip_prefix("pushed ").and_then(|n| n.parse().ok()) {
+                    let _ = tx.send(n);
+                }
+            }
+        });
+        Worker {
+            child,
+            lines,
+            last: 0,
+        }
+    }
+
+    /// Waits for the next push to complete.
+    fn next_push(&mut self) -> Option<u64> {
+        let n = self.lines.recv_timeout(Duration::from_secs(30)).ok()?;
+        self.last = n;
+        Some(n)
+    }
+
+    /// Waits for the process to finish and returns what it last pushed.
+    fn finish(mut self) -> u64 {
+        while self.next_push().is_some() {}
+        let _ = self.child.wait();
+        self.last
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn push_mode_totals_survive_a_killed_worker_in_prometheus() {
+    let sidecar = Sidecar::start("");
+    let prom = Prometheus::start(&[sidecar.metrics_addr()]);
+    let gateway = sidecar.ingest_url();
+    let mut workers: Vec<Worker> = (0..4)
+        .map(|i| Worker::start(&gateway, &format!("w{i}"), 40, 0.3))
+        .collect();
+    // Every worker has pushed once; wait for Prometheus to see the series, then mark t0.
+    for w in &mut workers {
+        w.next_push().expect("first push");
+    }
+    prom.wait_for_scrapes(2);
+    let series = "sum(app_jobs_total)";
+    let t0 = unix_now();
+    let at_t0 = prom.value_at(series, Some(t0)).expect("series scraped");
+    println!("at t0 Prometheus has {series} = {at_t0}");
+    // SIGKILL worker w1 right after a push and restart it: its counter starts again at 0.
+    let mut killed = workers.remove(1);
+    for _ in 0..5 {
+        killed.next_push();
+    }
+    let _ = killed.child.kill();
+    let killed_total = killed.finish();
+    let restarted = Worker::start(&gateway, "w1", 25, 0.3);
+    workers.push(restarted);
+    let total: u64 = killed_total + workers.into_iter().map(Worker::finish).sum::<u64>();
+    assert_eq!(total, 3 * 40 + killed_total + 25);
+
+    prom.check(series, total as f64, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let t1 = unix_now();
+    let window = (t1 - t0).ceil() as u64;
+    let at = Some(t1);
+    // The counter never went down, although a worker restarted from 0.
+    prom.check(
+        &format!("sum(resets(app_jobs_total[{window}s]))"),
+        0.0,
+        Duration::from_secs(1),
+    );
+    prom.check(
+        &format!("sum(resets(app_job_seconds_count[{window}s]))"),
+        0.0,
+        Duration::from_secs(1),
+    );
+    // The work done in the window, exactly, from the samples Prometheus stored.
+    let delta = prom.value_at(
+        &format!("{series} - sum(app_jobs_total offset {window}s)"),
+        at,
+    );
+    let expected_delta = total as f64
+        - prom
+            .value_at(series, Some(t1 - window as f64))
+            .unwrap_or(at_t0);
+    println!(
+        "PromQL check: work in the last {window}s  expected={expected_delta}  actual={delta:?}"
+    );
+    assert_eq!(delta, Some(expected_delta));
+    assert!(
+        expected_delta > 100.0,
+        "the window must cover the kill and most of the work"
+    );
+    // increase() over the same window: the same work, up to Prometheus's extrapolation to the
+    // window edges (at most one scrape interval's worth of the window).
+    let increase = prom
+        .value_at(&format!("sum(increase(app_jobs_total[{window}s]))"), at)
+        .unwrap();
+    let tolerance = expected_delta * 1.5 / window as f64;
+    println!(
+        "PromQL check: sum(increase(app_jobs_total[{window}s]))  expected={expected_delta} (±{tolerance:.2} extrapolation)  actual={increase}"
+    );
+    assert!(
+        (increase - expected_delta).abs() <= tolerance,
+        "increase {increase} vs {expected_delta}"
+    );
+    // One series per label set, no worker label reached Prometheus.
+    prom.check("count(app_jobs_total)", 1.0, Duration::from_secs(1));
+    prom.check("count(app_job_seconds_bucket)", 3.0, Duration::from_secs(1));
+    for s in prom.query("{__name__=~\"app_.+\"}") {
+        let labels = s["metric"].as_object().unwrap();
+        for worker_label in ["pid", "worker", "_id"] {
+            assert!(!labels.contains_key(worker_label), "{s}");
+        }
+        assert_eq!(
+            labels["instance"],
+            sidecar.metrics_addr().to_string(),
+            "{s}"
+        );
+    }
+    prom.check(
+        &format!(
+            "app_job_seconds_count{{instance=\"{}\"}}",
+            sidecar.metrics_addr()
+        ),
+        total as f64,
+        Duration::from_secs(1),
+    );
+}
