@@ -8,7 +8,7 @@
 use crate::app::{App, SelfMetrics};
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
-use monasca_config::{ConfigError, Duration, SidecarConfig};
+use monasca_config::{ConfigError, SidecarConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,19 +60,9 @@ fn parse_with_env(
     if let Some(decay) = env("DECAY_SECONDS")
         && !text.contains("staleAfter")
     {
-        let seconds: u64 = decay.trim().parse().map_err(|_| {
-            EnvOrConfig::Env(
-                "DECAY_SECONDS",
-                format!("{decay:?} is not a whole number of seconds"),
-            )
-        })?;
-        if seconds == 0 {
-            return Err(EnvOrConfig::Env(
-                "DECAY_SECONDS",
-                "must be greater than zero".into(),
-            ));
-        }
-        config.stale_after = Duration::from_secs(seconds);
+        // Python float() syntax, as the original read it: "60", "90.5", "1e2".
+        config.stale_after = crate::ingest::json::parse_decay_seconds(&decay)
+            .map_err(|reason| EnvOrConfig::Env("DECAY_SECONDS", reason))?;
         if config.forget_after < config.stale_after {
             config.forget_after = config.stale_after;
         }
@@ -192,6 +182,7 @@ impl ConfigWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monasca_config::Duration;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
@@ -215,6 +206,11 @@ mod tests {
         let c = parse_with_env("", env(&[])).ok().unwrap();
         assert_eq!(c.stale_after, Duration::from_secs(60));
         assert!(parse_with_env("", env(&[("DECAY_SECONDS", "soon")])).is_err());
+        assert!(parse_with_env("", env(&[("DECAY_SECONDS", "0")])).is_err());
+        let c = parse_with_env("", env(&[("DECAY_SECONDS", "1.5")]))
+            .ok()
+            .unwrap();
+        assert_eq!(c.stale_after, Duration::from_millis(1500));
     }
 
     #[test]

@@ -12,3 +12,4 @@ pub mod store;
 pub mod expose;
 pub mod ingest;
 pub mod server;
+pub mod statsd;

@@ -79,6 +79,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )));
     }
 
+    let statsd = monasca_sidecar::statsd::spawn(app.clone())
+        .await
+        .context("cannot start the StatsD listener")?;
+
     // Forget workers not seen for `forgetAfter`, retiring their counters.
     let sweeper = {
         let app = app.clone();
@@ -106,6 +110,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
+    statsd.flush();
+    drop(statsd);
     sweeper.abort();
     if let Some(w) = watcher {
         w.abort();

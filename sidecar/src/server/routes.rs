@@ -28,6 +28,11 @@ pub(super) async fn handle(
         (_, &Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
         (_, &Method::GET | &Method::HEAD, "/metrics") => metrics(&req, app, stats),
         (Role::Metrics, &Method::GET, "/v1/workers") => workers(app),
+        (Role::Ingest, &Method::POST, "/v1/ingest") => json_ingest(req, app, stats).await,
+        (Role::Ingest, &Method::POST, "/v1/clear") => json_clear(app),
+        (Role::Ingest, _, "/v1/ingest" | "/v1/clear") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+        }
         (Role::Ingest, _, p) if p.starts_with("/metrics/") => {
             let rest = p.trim_start_matches("/metrics/").to_string();
             push_route(req, &rest, app, stats).await
@@ -212,4 +217,56 @@ async fn push_route(req: Request<Incoming>, rest: &str, app: &App, stats: &Serve
             error(StatusCode::BAD_REQUEST, &e.to_string())
         }
     }
+}
+
+fn json_true() -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"true")));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `POST /v1/ingest`: the original monasca-sidecar JSON API.
+async fn json_ingest(req: Request<Incoming>, app: &App, stats: &ServerStats) -> Resp {
+    let config = app.config();
+    if !config.push.json {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the JSON API is disabled (push.json)",
+        );
+    }
+    let body = match read_body(req, config.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            stats.rejected("json", e.reason());
+            let status = match e {
+                PushError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error(status, &e.to_string());
+        }
+    };
+    let now = app.now();
+    let result = crate::ingest::json::ingest(&mut app.store.write(), &body, now);
+    match result {
+        Ok(_) => json_true(),
+        Err(e) => {
+            stats.rejected("json", e.reason());
+            error(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+    }
+}
+
+/// `POST /v1/clear`: forget every worker and every retired value.
+fn json_clear(app: &App) -> Resp {
+    if !app.config().push.json {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the JSON API is disabled (push.json)",
+        );
+    }
+    crate::ingest::json::clear(&mut app.store.write());
+    json_true()
 }

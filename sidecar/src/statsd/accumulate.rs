@@ -1,0 +1,563 @@
+//! Accumulation: StatsD is a delta stream, Prometheus wants cumulative values. Like
+//! statsd_exporter, counters add, gauges set (or adjust), timers and histograms observe into
+//! Prometheus histograms with the configured `statsd.buckets`. The accumulated values are
+//! handed to the store in batches (see [`Accumulator::take_changes`]) as ONE worker's latest
+//! cumulative values, so the store lock is taken per flush, never per line.
+//!
+//! How each StatsD type lands, by the mapping rule's `metricType` override (none = the
+//! StatsD type decides):
+//!
+//! | line type | none | `counter` | `gauge` | `histogram` |
+//! | --- | --- | --- | --- | --- |
+//! | `c` | counter += v/rate | counter += v/rate | gauge += v/rate | observe v (weight 1/rate) |
+//! | `g` | gauge = v, or += v when signed | counter += v/rate | gauge = v / += v | observe v |
+//! | `ms` `h` `d` | observe (`ms` / 1000, weight 1/rate) | counter += obs/rate | gauge = obs | observe |
+//!
+//! Deliberate choices:
+//! - **Negative counter deltas** (monasca-statsd's `decrement()` sends `name:-1|c`): a
+//!   Prometheus counter must never go backwards, so a negative delta into a counter is dropped
+//!   and counted in `monasca_sidecar_statsd_dropped_total{reason="negative_counter"}`. To keep
+//!   an up-down count, map the name with `metricType: gauge`: then increments and decrements
+//!   both adjust a gauge.
+//! - **monasca-statsd timers** arrive as `g` seconds (`db.query_seconds:0.25|g`). They stay
+//!   gauges (the last duration), because nothing in the line says they are timers; a mapping
+//!   rule with `metricType: histogram` turns them into real histograms (values already in
+//!   seconds, so no unit conversion).
+//! - **Counters get `_total`** appended (unless the name already ends with it), so text 0.0.4
+//!   and OpenMetrics expose the same sample name (`demo.requests` -> `demo_requests_total`).
+//! - **Signed gauge values are relative** (`+3|g`, `-3|g`), the etsy/statsd_exporter rule; a
+//!   negative absolute gauge needs `0|g` then `-N|g`.
+//! - **Worker labels and `_aggregate`** in tags (`pid`, `instance`, ...) are removed: all
+//!   StatsD traffic is one delta stream and one store worker, and keeping them would make
+//!   series collide once the store strips them. `le` tags are removed too (they would clash
+//!   with histogram buckets); both count as tag errors.
+//! - **Type conflicts** (the same family name as counter and then gauge, not forced by a
+//!   mapping) keep the first type; the later samples are dropped and counted.
+
+use super::line::{self, Line, LineError, SampleType};
+use super::mapping::{Mapped, MappedName, Mapper, MappingError};
+use crate::model::{Family, HistogramValue, Label, MetricKind, Series, Value};
+use crate::store::{AGGREGATE_LABEL, escape_label_value};
+use monasca_config::{SidecarConfig, StatsdMetricType, is_label_name};
+use smallvec::SmallVec;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Why a well-formed sample was not applied (label of `monasca_sidecar_statsd_dropped_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A mapping rule with `action: drop` matched.
+    Mapping,
+    /// A negative delta for a counter (counters never go backwards).
+    NegativeCounter,
+    /// The family already exists with another type.
+    TypeConflict,
+    /// The accumulator holds `limits.maxSeriesPerWorker` series already.
+    SeriesLimit,
+    /// The name starts with `monasca_sidecar_`.
+    ReservedName,
+    /// The store refused the family at flush (e.g. another source owns the name with another
+    /// type); counted per series.
+    StoreRejected,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Mapping,
+        DropReason::NegativeCounter,
+        DropReason::TypeConflict,
+        DropReason::SeriesLimit,
+        DropReason::ReservedName,
+        DropReason::StoreRejected,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            DropReason::Mapping => "mapping",
+            DropReason::NegativeCounter => "negative_counter",
+            DropReason::TypeConflict => "type_conflict",
+            DropReason::SeriesLimit => "series_limit",
+            DropReason::ReservedName => "reserved_name",
+            DropReason::StoreRejected => "store_rejected",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counts since the last [`Accumulator::take_counts`]; added to the atomics once per batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Non-blank lines seen.
+    pub lines: u64,
+    /// Samples applied to the accumulated state.
+    pub samples: u64,
+    /// Rejected lines by [`LineError`].
+    pub errors: [u64; LineError::ALL.len()],
+    /// Dropped samples by [`DropReason`].
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Tags skipped (no value, reserved or worker label names, `le`) on lines that were applied.
+    pub tag_errors: u64,
+}
+
+impl Counts {
+    /// Rejected lines for one reason.
+    pub fn error(&self, e: LineError) -> u64 {
+        self.errors[e.index()]
+    }
+
+    /// Dropped samples for one reason.
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.dropped[r.index()]
+    }
+}
+
+/// The labels of one accumulated series, shared with flush snapshots.
+pub type SeriesLabels = Arc<[(Box<str>, Box<str>)]>;
+
+#[derive(Clone, Debug)]
+enum AccValue {
+    Scalar(f64),
+    Histogram {
+        /// Upper bounds, the last is `+Inf`.
+        bounds: Arc<[f64]>,
+        /// Per-bucket (not cumulative) counts.
+        counts: Box<[f64]>,
+        sum: f64,
+        count: f64,
+    },
+}
+
+#[derive(Debug)]
+struct SeriesAcc {
+    labels: SeriesLabels,
+    value: AccValue,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct FamilyAcc {
+    kind: MetricKind,
+    series: HashMap<Box<str>, SeriesAcc>,
+    dirty: bool,
+}
+
+/// Mapping results are cached per distinct StatsD name; the cache is emptied when it grows
+/// past this (a client that puts ids in names must not grow memory without bound).
+const MAPPING_CACHE_LIMIT: usize = 100_000;
+
+/// The accumulated state of every StatsD series.
+#[derive(Debug)]
+pub struct Accumulator {
+    mapper: Mapper,
+    name_index: HashMap<Box<str>, u32>,
+    mapped: Vec<Mapped>,
+    families: HashMap<Box<str>, FamilyAcc>,
+    /// Histogram bounds for new series: `statsd.buckets` plus `+Inf`.
+    bounds: Arc<[f64]>,
+    worker_labels: Vec<String>,
+    max_series: usize,
+    series: usize,
+    /// Scratch buffer for canonical series keys (reused: no per-line allocation).
+    key: String,
+    counts: Counts,
+}
+
+/// One family's changed series, owned, so the store can be updated without holding the
+/// accumulator's lock.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FamilyChange {
+    pub name: Box<str>,
+    pub kind: MetricKind,
+    pub series: Vec<(SeriesLabels, Value)>,
+}
+
+impl FamilyChange {
+    /// The change as the store's ingest model (borrowing from `self`).
+    pub fn family(&self) -> Family<'_> {
+        let mut family = Family::new(&*self.name, self.kind);
+        family.series = self
+            .series
+            .iter()
+            .map(|(labels, value)| Series {
+                labels: labels.iter().map(|(n, v)| Label::new(&**n, &**v)).collect(),
+                value: value.clone(),
+                timestamp: None,
+            })
+            .collect();
+        family
+    }
+}
+
+/// An accumulator for the default configuration (no mapping rules).
+impl Default for Accumulator {
+    fn default() -> Accumulator {
+        let mut acc = Accumulator::empty();
+        acc.configure(&SidecarConfig::default(), Mapper::default());
+        acc
+    }
+}
+
+impl Accumulator {
+    /// An empty accumulator for `config` (mapping rules, buckets, worker labels, series limit).
+    pub fn new(config: &SidecarConfig) -> Result<Accumulator, MappingError> {
+        let mut acc = Accumulator::empty();
+        acc.reconfigure(config)?;
+        Ok(acc)
+    }
+
+    fn empty() -> Accumulator {
+        Accumulator {
+            mapper: Mapper::default(),
+            name_index: HashMap::new(),
+            mapped: Vec::new(),
+            families: HashMap::new(),
+            bounds: Arc::from([f64::INFINITY]),
+            worker_labels: Vec::new(),
+            max_series: usize::MAX,
+            series: 0,
+            key: String::with_capacity(256),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Applies a new configuration. Existing series keep their histogram bounds and names;
+    /// new mapping rules apply to lines from now on.
+    pub fn reconfigure(&mut self, config: &SidecarConfig) -> Result<(), MappingError> {
+        let mapper = Mapper::new(&config.statsd)?;
+        self.configure(config, mapper);
+        Ok(())
+    }
+
+    fn configure(&mut self, config: &SidecarConfig, mapper: Mapper) {
+        self.mapper = mapper;
+        self.name_index.clear();
+        self.mapped.clear();
+        let mut bounds: Vec<f64> = config.statsd.buckets.clone();
+        bounds.push(f64::INFINITY);
+        self.bounds = bounds.into();
+        self.worker_labels = config.worker_labels.clone();
+        self.max_series =
+            usize::try_from(config.limits.max_series_per_worker).unwrap_or(usize::MAX);
+    }
+
+    /// Series currently held.
+    pub fn series_count(&self) -> usize {
+        self.series
+    }
+
+    /// Counts since the last call (and resets them).
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
+    }
+
+    /// Counts since the last [`Accumulator::take_counts`], without resetting.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Forgets every series (the store lost the StatsD worker: `POST /v1/clear`).
+    pub fn reset(&mut self) {
+        self.families.clear();
+        self.series = 0;
+    }
+
+    /// Forgets one family (the store refused it); returns how many series it held.
+    pub fn forget_family(&mut self, name: &str) -> usize {
+        let n = self.families.remove(name).map_or(0, |f| f.series.len());
+        self.series -= n;
+        n
+    }
+
+    /// Accumulates every line of a datagram. Malformed lines are counted and skipped; they
+    /// never affect the other lines.
+    pub fn ingest_datagram(&mut self, datagram: &[u8]) {
+        for l in line::lines(datagram) {
+            self.ingest_line(l);
+        }
+    }
+
+    /// Accumulates one line (already split and trimmed), counting the outcome.
+    pub fn ingest_line(&mut self, raw: &[u8]) {
+        self.counts.lines += 1;
+        match line::parse_line(raw) {
+            Ok(parsed) => self.apply_line(&parsed),
+            Err(e) => self.count_error(e),
+        }
+    }
+
+    /// Counts a line rejected before parsing (too long, cut by truncation).
+    pub fn reject_line(&mut self, e: LineError) {
+        self.counts.lines += 1;
+        self.count_error(e);
+    }
+
+    fn count_error(&mut self, e: LineError) {
+        self.counts.errors[e.index()] += 1;
+    }
+
+    fn drop_samples(&mut self, reason: DropReason, n: usize) {
+        self.counts.dropped[reason.index()] += n as u64;
+    }
+
+    /// Index of the cached mapping of a StatsD name.
+    fn mapping(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.name_index.get(name) {
+            return i as usize;
+        }
+        if self.mapped.len() >= MAPPING_CACHE_LIMIT {
+            self.name_index.clear();
+            self.mapped.clear();
+        }
+        self.mapped.push(self.mapper.map(name));
+        let i = self.mapped.len() - 1;
+        self.name_index.insert(name.into(), i as u32);
+        i
+    }
+
+    /// Applies a parsed line.
+    pub fn apply_line(&mut self, line: &Line<'_>) {
+        let index = self.mapping(&line.name);
+        let mapped: &MappedName = match &self.mapped[index] {
+            Mapped::Drop => {
+                self.drop_samples(DropReason::Mapping, line.samples.len());
+                return;
+            }
+            Mapped::Map(m) if m.reserved => {
+                self.drop_samples(DropReason::ReservedName, line.samples.len());
+                return;
+            }
+            Mapped::Map(m) => m,
+        };
+
+        // Labels: tags (sanitized) then rule labels (which win), minus worker/control labels.
+        let mut labels: SmallVec<[(Cow<'_, str>, &str); 8]> = SmallVec::new();
+        let mut tag_errors = line.bad_tags as u64;
+        for tag in &line.tags {
+            let name: Cow<'_, str> = if is_label_name(&tag.name) {
+                Cow::Borrowed(&*tag.name)
+            } else {
+                let mut s = String::with_capacity(tag.name.len() + 1);
+                crate::statsd::mapping::sanitize_label_name(&tag.name, &mut s);
+                Cow::Owned(s)
+            };
+            if name.starts_with("__")
+                || name == "le"
+                || name == AGGREGATE_LABEL
+                || self.worker_labels.iter().any(|w| *w == *name)
+            {
+                tag_errors += 1;
+                continue;
+            }
+            if tag.value.is_empty() {
+                continue;
+            }
+            labels.push((name, &*tag.value));
+        }
+        for (name, value) in &mapped.labels {
+            labels.retain(|(n, _)| **n != **name);
+            if !value.is_empty() && !self.worker_labels.iter().any(|w| **w == **name) {
+                labels.push((Cow::Borrowed(&**name), &**value));
+            }
+        }
+        // Stable sort, then keep the last of each name (later tags win).
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut i = 0;
+        while i + 1 < labels.len() {
+            if labels[i].0 == labels[i + 1].0 {
+                labels.remove(i);
+                tag_errors += 1;
+            } else {
+                i += 1;
+            }
+        }
+        self.counts.tag_errors += tag_errors;
+        self.key.clear();
+        for (i, (name, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.key.push(',');
+            }
+            self.key.push_str(name);
+            self.key.push_str("=\"");
+            escape_label_value(value, &mut self.key);
+            self.key.push('"');
+        }
+
+        for sample in &line.samples {
+            let kind = target_kind(sample.kind, mapped.kind);
+            let family_name: &str = if kind == MetricKind::Counter {
+                &mapped.counter_name
+            } else {
+                &mapped.name
+            };
+            let delta = sample.observation() / sample.rate;
+            if kind == MetricKind::Counter && delta < 0.0 {
+                self.counts.dropped[DropReason::NegativeCounter.index()] += 1;
+                continue;
+            }
+            let family = match self.families.get_mut(family_name) {
+                Some(f) => f,
+                None => self
+                    .families
+                    .entry(family_name.into())
+                    .or_insert_with(|| FamilyAcc {
+                        kind,
+                        series: HashMap::new(),
+                        dirty: false,
+                    }),
+            };
+            if family.kind != kind {
+                self.counts.dropped[DropReason::TypeConflict.index()] += 1;
+                continue;
+            }
+            let series = match family.series.get_mut(self.key.as_str()) {
+                Some(s) => s,
+                None => {
+                    if self.series >= self.max_series {
+                        self.counts.dropped[DropReason::SeriesLimit.index()] += 1;
+                        if family.series.is_empty() {
+                            self.families.remove(family_name);
+                        }
+                        continue;
+                    }
+                    self.series += 1;
+                    let owned: SeriesLabels = labels
+                        .iter()
+                        .map(|(n, v)| (Box::from(&**n), Box::from(*v)))
+                        .collect();
+                    let value = match kind {
+                        MetricKind::Histogram => AccValue::Histogram {
+                            bounds: self.bounds.clone(),
+                            counts: vec![0.0; self.bounds.len()].into_boxed_slice(),
+                            sum: 0.0,
+                            count: 0.0,
+                        },
+                        _ => AccValue::Scalar(0.0),
+                    };
+                    family
+                        .series
+                        .entry(self.key.as_str().into())
+                        .or_insert(SeriesAcc {
+                            labels: owned,
+                            value,
+                            dirty: false,
+                        })
+                }
+            };
+            match (&mut series.value, kind) {
+                (AccValue::Scalar(v), MetricKind::Counter) => *v += delta,
+                (AccValue::Scalar(v), _) => {
+                    let adjust = match sample.kind {
+                        SampleType::Counter => true,
+                        SampleType::Gauge => sample.signed,
+                        _ => false,
+                    };
+                    if adjust {
+                        *v += delta;
+                    } else {
+                        *v = sample.observation();
+                    }
+                }
+                (
+                    AccValue::Histogram {
+                        bounds,
+                        counts,
+                        sum,
+                        count,
+                    },
+                    _,
+                ) => {
+                    let x = sample.observation();
+                    let weight = 1.0 / sample.rate;
+                    let bucket = bounds.partition_point(|b| *b < x).min(counts.len() - 1);
+                    counts[bucket] += weight;
+                    *sum += x * weight;
+                    *count += weight;
+                }
+            }
+            series.dirty = true;
+            family.dirty = true;
+            self.counts.samples += 1;
+        }
+    }
+
+    /// Takes every series changed since the last call, as cumulative values.
+    pub fn take_changes(&mut self) -> Vec<FamilyChange> {
+        let mut out = Vec::new();
+        for (name, family) in &mut self.families {
+            if !family.dirty {
+                continue;
+            }
+            family.dirty = false;
+            let mut series = Vec::new();
+            for s in family.series.values_mut() {
+                if !s.dirty {
+                    continue;
+                }
+                s.dirty = false;
+                series.push((s.labels.clone(), value_of(&s.value)));
+            }
+            if !series.is_empty() {
+                out.push(FamilyChange {
+                    name: name.clone(),
+                    kind: family.kind,
+                    series,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Every series, as if all had changed (after a reset of the store side).
+    pub fn mark_all_dirty(&mut self) {
+        for family in self.families.values_mut() {
+            family.dirty = true;
+            for s in family.series.values_mut() {
+                s.dirty = true;
+            }
+        }
+    }
+}
+
+/// The Prometheus type a sample lands in.
+fn target_kind(sample: SampleType, forced: Option<StatsdMetricType>) -> MetricKind {
+    match (forced, sample) {
+        (Some(StatsdMetricType::Counter), _) => MetricKind::Counter,
+        (Some(StatsdMetricType::Gauge), _) => MetricKind::Gauge,
+        (Some(StatsdMetricType::Histogram), _) => MetricKind::Histogram,
+        (None, SampleType::Counter) => MetricKind::Counter,
+        (None, SampleType::Gauge) => MetricKind::Gauge,
+        (None, SampleType::Timer | SampleType::Histogram | SampleType::Distribution) => {
+            MetricKind::Histogram
+        }
+    }
+}
+
+fn value_of(v: &AccValue) -> Value {
+    match v {
+        AccValue::Scalar(x) => Value::Scalar(*x),
+        AccValue::Histogram {
+            bounds,
+            counts,
+            sum,
+            count,
+        } => {
+            let mut cumulative = Vec::with_capacity(counts.len());
+            let mut running = 0.0;
+            for c in counts.iter() {
+                running += c;
+                cumulative.push(running);
+            }
+            Value::Histogram(HistogramValue {
+                bounds: bounds.to_vec(),
+                buckets: cumulative,
+                sum: *sum,
+                count: *count,
+            })
+        }
+    }
+}

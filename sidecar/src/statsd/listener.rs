@@ -1,0 +1,337 @@
+//! Sockets: UDP with batched receives on a dedicated thread, and newline-separated TCP.
+//!
+//! The UDP receiver runs on its own OS thread with a blocking socket: under a flood it never
+//! waits for a busy async runtime (the HTTP server shares it), and on Linux one `recvmmsg`
+//! call returns up to [`BATCH`] datagrams, which are parsed under a single lock of the
+//! accumulator. A short receive timeout lets the thread notice shutdown.
+
+use super::Shared;
+use super::line::{self, LineError};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Datagrams per `recvmmsg` call.
+pub(crate) const BATCH: usize = 64;
+/// Receive buffer per datagram. Larger datagrams are truncated and counted
+/// (`errors_total{reason="truncated"}`); StatsD clients keep datagrams under the path MTU or
+/// at most 8 KiB (DogStatsD), so 16 KiB is ample.
+pub(crate) const DATAGRAM_BUFFER: usize = 16 * 1024;
+/// Socket receive buffer asked for; the kernel caps it at `net.core.rmem_max` (the effective
+/// size is a self-metric).
+pub(crate) const RECV_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// Longest TCP line accepted.
+pub(crate) const MAX_TCP_LINE: usize = 64 * 1024;
+/// Concurrent TCP connections accepted; more are closed at once.
+pub(crate) const MAX_TCP_CONNECTIONS: usize = 256;
+/// How often the UDP thread wakes up without traffic to check for shutdown.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Binds the UDP socket (with a large receive buffer and a receive timeout).
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<(UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(RECV_BUFFER_BYTES) {
+        tracing::warn!(error = %e, "cannot enlarge the StatsD UDP receive buffer");
+    }
+    force_recv_buffer(&socket);
+    socket.set_read_timeout(Some(POLL))?;
+    socket.bind(&addr.into())?;
+    let effective = socket.recv_buffer_size().unwrap_or(0);
+    Ok((socket.into(), effective))
+}
+
+/// Past `net.core.rmem_max` only with CAP_NET_ADMIN (`SO_RCVBUFFORCE`, as journald and
+/// syslog daemons do); without the capability this quietly keeps the capped size. A larger
+/// buffer absorbs longer scheduling stalls of the receiver thread without loss.
+#[cfg(target_os = "linux")]
+fn force_recv_buffer(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    if socket.recv_buffer_size().unwrap_or(0) >= RECV_BUFFER_BYTES {
+        return;
+    }
+    let size = RECV_BUFFER_BYTES as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "SO_RCVBUFFORCE not permitted");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn force_recv_buffer(_socket: &socket2::Socket) {}
+
+/// Binds the TCP listener.
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The UDP receive loop; returns when `shared.stop` is set.
+pub(crate) fn udp_loop(socket: UdpSocket, shared: Arc<Shared>) {
+    let mut receiver = Receiver::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match receiver.recv(&socket) {
+            Ok(0) => {}
+            Ok(n) => {
+                shared
+                    .metrics
+                    .datagrams
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                let mut acc = shared.acc.lock();
+                for i in 0..n {
+                    let (data, truncated) = receiver.datagram(i);
+                    if truncated {
+                        // The last line is cut: keep the complete ones, count the datagram.
+                        acc.reject_line(LineError::Truncated);
+                        let complete = data
+                            .iter()
+                            .rposition(|&b| b == b'\n')
+                            .map_or(&data[..0], |p| &data[..p]);
+                        acc.ingest_datagram(complete);
+                    } else {
+                        acc.ingest_datagram(data);
+                    }
+                }
+                shared.absorb(&mut acc);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "StatsD UDP receive failed");
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+    tracing::debug!("StatsD UDP receiver stopped");
+}
+
+#[cfg(target_os = "linux")]
+mod batch {
+    //! `recvmmsg(2)`: many datagrams per system call.
+    use super::{BATCH, DATAGRAM_BUFFER};
+    use std::io;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    /// Buffers for one `recvmmsg` call. The iovecs and headers point into `data`, which is
+    /// allocated once and never resized, so the pointers stay valid for the receiver's life.
+    pub(crate) struct Receiver {
+        data: Box<[u8]>,
+        iovecs: Box<[libc::iovec]>,
+        headers: Box<[libc::mmsghdr]>,
+    }
+
+    // SAFETY: the raw pointers only point into the receiver's own heap buffers.
+    unsafe impl Send for Receiver {}
+
+    impl Receiver {
+        pub(crate) fn new() -> Receiver {
+            let mut data = vec![0u8; BATCH * DATAGRAM_BUFFER].into_boxed_slice();
+            let base = data.as_mut_ptr();
+            let mut iovecs: Box<[libc::iovec]> = (0..BATCH)
+                .map(|i| libc::iovec {
+                    // SAFETY: `i * DATAGRAM_BUFFER` is within `data` (BATCH buffers).
+                    iov_base: unsafe { base.add(i * DATAGRAM_BUFFER) }.cast(),
+                    iov_len: DATAGRAM_BUFFER,
+                })
+                .collect();
+            let iov_base = iovecs.as_mut_ptr();
+            let headers: Box<[libc::mmsghdr]> = (0..BATCH)
+                .map(|i| {
+                    // SAFETY: an all-zero msghdr is valid (null name, no control data).
+                    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                    // SAFETY: `i < BATCH`, the length of `iovecs`.
+                    hdr.msg_iov = unsafe { iov_base.add(i) };
+                    hdr.msg_iovlen = 1;
+                    libc::mmsghdr {
+                        msg_hdr: hdr,
+                        msg_len: 0,
+                    }
+                })
+                .collect();
+            Receiver {
+                data,
+                iovecs,
+                headers,
+            }
+        }
+
+        /// Receives up to `BATCH` datagrams: blocks for the first (up to the socket's read
+        /// timeout), then takes whatever else is queued without waiting.
+        pub(crate) fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+            for h in self.headers.iter_mut() {
+                h.msg_len = 0;
+                h.msg_hdr.msg_flags = 0;
+            }
+            debug_assert_eq!(self.iovecs.len(), BATCH);
+            // SAFETY: `headers` holds BATCH initialized mmsghdr whose iovecs point into
+            // `data` with the right lengths; the kernel writes at most `iov_len` bytes each.
+            let n = unsafe {
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    self.headers.as_mut_ptr(),
+                    BATCH as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(n as usize)
+        }
+
+        /// Datagram `i` of the last batch and whether it was truncated.
+        pub(crate) fn datagram(&self, i: usize) -> (&[u8], bool) {
+            let h = &self.headers[i];
+            let len = (h.msg_len as usize).min(DATAGRAM_BUFFER);
+            let start = i * DATAGRAM_BUFFER;
+            (
+                &self.data[start..start + len],
+                h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            )
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod batch {
+    //! Portable fallback: one datagram per call.
+    use super::DATAGRAM_BUFFER;
+    use std::io;
+    use std::net::UdpSocket;
+
+    pub(crate) struct Receiver {
+        data: Box<[u8]>,
+        len: usize,
+    }
+
+    impl Receiver {
+        pub(crate) fn new() -> Receiver {
+            Receiver {
+                data: vec![0u8; DATAGRAM_BUFFER + 1].into_boxed_slice(),
+                len: 0,
+            }
+        }
+
+        pub(crate) fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+            self.len = socket.recv(&mut self.data)?;
+            Ok(1)
+        }
+
+        pub(crate) fn datagram(&self, _i: usize) -> (&[u8], bool) {
+            let len = self.len.min(DATAGRAM_BUFFER);
+            (&self.data[..len], self.len > DATAGRAM_BUFFER)
+        }
+    }
+}
+
+use batch::Receiver;
+
+/// Accepts TCP connections until the task is aborted.
+pub(crate) async fn tcp_accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let open = shared.metrics.tcp_open.fetch_add(1, Ordering::Relaxed);
+                if open >= MAX_TCP_CONNECTIONS as u64 {
+                    shared.metrics.tcp_open.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, "too many StatsD TCP connections; closing");
+                    continue;
+                }
+                shared
+                    .metrics
+                    .tcp_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = tcp_connection(stream, &shared).await {
+                        tracing::debug!(%peer, error = %e, "StatsD TCP connection ended");
+                    }
+                    shared.metrics.tcp_open.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "StatsD TCP accept failed");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// Reads newline-separated lines; every read's complete lines are parsed under one lock.
+async fn tcp_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // True while skipping the rest of an over-long line.
+    let mut discarding = false;
+    loop {
+        let start = buf.len();
+        buf.resize(start + 16 * 1024, 0);
+        let n = stream.read(&mut buf[start..]).await?;
+        buf.truncate(start + n);
+        if n == 0 {
+            if !discarding && !buf.is_empty() {
+                let mut acc = shared.acc.lock();
+                acc.ingest_datagram(&buf);
+                shared.absorb(&mut acc);
+            }
+            return Ok(());
+        }
+        let mut consumed = 0;
+        if let Some(last) = buf.iter().rposition(|&b| b == b'\n') {
+            let mut acc = shared.acc.lock();
+            let mut chunk = &buf[..last];
+            if discarding {
+                // Skip up to the first newline: the tail of the over-long line.
+                let first = chunk
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(chunk.len());
+                chunk = chunk.get(first + 1..).unwrap_or(&[]);
+                discarding = false;
+            }
+            for l in line::lines(chunk) {
+                if l.len() > MAX_TCP_LINE {
+                    acc.reject_line(LineError::LineTooLong);
+                } else {
+                    acc.ingest_line(l);
+                }
+            }
+            shared.absorb(&mut acc);
+            consumed = last + 1;
+        }
+        buf.drain(..consumed);
+        if buf.len() > MAX_TCP_LINE {
+            if !discarding {
+                let mut acc = shared.acc.lock();
+                acc.reject_line(LineError::LineTooLong);
+                shared.absorb(&mut acc);
+            }
+            discarding = true;
+            buf.clear();
+        }
+    }
+}

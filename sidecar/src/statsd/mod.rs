@@ -1,0 +1,440 @@
+//! StatsD ingest: plain StatsD, DogStatsD, monasca-statsd, InfluxDB, Librato and SignalFX tag
+//! dialects over UDP and TCP, turned into clean Prometheus families.
+//!
+//! Pipeline: the listener receives datagrams (batched `recvmmsg` on a dedicated thread) and
+//! TCP lines; [`mod@line`] parses each line without allocating; [`mapping`] maps StatsD names to
+//! Prometheus names and labels (`statsd.mappings`); [`accumulate`] turns the delta stream
+//! into cumulative values; every [`FLUSH_INTERVAL`] the changed series are applied to the
+//! store as the single worker [`WORKER_ID`] with [`Scope::Series`]. The semantic choices
+//! (negative counter deltas, monasca timers sent as gauges, sets, `_total`) are documented on
+//! [`accumulate`]; sets (`|s`) are not supported and are counted as
+//! `monasca_sidecar_statsd_errors_total{reason="unsupported_set"}`.
+//!
+//! Start it with [`spawn`]; keep the returned [`StatsdHandle`] alive (dropping it stops the
+//! listener).
+
+pub mod accumulate;
+pub mod line;
+mod listener;
+pub mod mapping;
+#[cfg(test)]
+mod tests;
+
+pub use accumulate::{Accumulator, Counts, DropReason, FamilyChange};
+pub use line::{Line, LineError, Sample, SampleType, Tag, TagStyle, parse_line, parse_str};
+pub use mapping::{Mapped, MappedName, Mapper, MappingError, sanitize_metric_name};
+
+use crate::app::{App, SelfMetrics};
+use crate::expose::SelfFamily;
+use crate::model::{Family, MetricKind};
+use crate::store::{Scope, Source, WorkerKey};
+use monasca_config::SidecarConfig;
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The store worker id of all StatsD traffic.
+pub const WORKER_ID: &str = "statsd";
+/// How often accumulated changes are applied to the store.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// How often (at most; a quarter of `staleAfter` if that is shorter) an idle StatsD worker is
+/// marked as seen, so it never goes stale or expires: the sidecar itself holds the
+/// accumulated values, they do not die with a sender. (Were it swept, counters would be
+/// retired and gauges kept as departed values, then counted again on the next flush.)
+const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The store identity of the StatsD stream (`worker="statsd"` for `all` gauges).
+pub fn worker_key() -> WorkerKey {
+    WorkerKey::new(
+        Source::Statsd,
+        WORKER_ID,
+        vec![("worker".to_string(), WORKER_ID.to_string())],
+    )
+}
+
+/// Self-metric counters, updated once per receive batch.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    datagrams: AtomicU64,
+    tcp_connections: AtomicU64,
+    tcp_open: AtomicU64,
+    lines: AtomicU64,
+    samples: AtomicU64,
+    errors: [AtomicU64; LineError::ALL.len()],
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    tag_errors: AtomicU64,
+    series: AtomicU64,
+    receive_buffer: AtomicU64,
+}
+
+/// State shared by the receivers, the flush task and the self-metrics.
+pub(crate) struct Shared {
+    acc: Mutex<Accumulator>,
+    metrics: Metrics,
+    stop: AtomicBool,
+    flush: Mutex<FlushState>,
+}
+
+struct FlushState {
+    /// Something was applied to the store since the last reset.
+    applied: bool,
+    last_touch: Instant,
+    config: Arc<SidecarConfig>,
+    /// Families already reported as refused (logged once each).
+    logged: HashSet<Box<str>>,
+}
+
+impl Shared {
+    fn new(acc: Accumulator, config: Arc<SidecarConfig>) -> Shared {
+        Shared {
+            acc: Mutex::new(acc),
+            metrics: Metrics::default(),
+            stop: AtomicBool::new(false),
+            flush: Mutex::new(FlushState {
+                applied: false,
+                last_touch: Instant::now(),
+                config,
+                logged: HashSet::new(),
+            }),
+        }
+    }
+
+    /// Moves the accumulator's counts into the self-metrics.
+    fn absorb(&self, acc: &mut Accumulator) {
+        let c = acc.take_counts();
+        let m = &self.metrics;
+        m.lines.fetch_add(c.lines, Ordering::Relaxed);
+        m.samples.fetch_add(c.samples, Ordering::Relaxed);
+        m.tag_errors.fetch_add(c.tag_errors, Ordering::Relaxed);
+        for (a, v) in m.errors.iter().zip(c.errors) {
+            if v > 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        for (a, v) in m.dropped.iter().zip(c.dropped) {
+            if v > 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        m.series.store(acc.series_count() as u64, Ordering::Relaxed);
+    }
+
+    /// Applies the changes accumulated since the last flush to the store.
+    fn flush(&self, app: &App) {
+        let mut state = self.flush.lock();
+        self.reload(app, &mut state);
+        let now = app.now();
+        let changes = {
+            let mut acc = self.acc.lock();
+            let changes = acc.take_changes();
+            self.absorb(&mut acc);
+            changes
+        };
+        let mut store = app.store.write();
+        if state.applied && !store.has_worker(WORKER_ID) {
+            drop(store);
+            // The store forgot the StatsD worker (`POST /v1/clear`, or a sweep): start from
+            // zero, so values from before are not counted a second time.
+            tracing::info!("StatsD worker removed from the store; accumulated StatsD values reset");
+            let mut acc = self.acc.lock();
+            acc.reset();
+            self.absorb(&mut acc);
+            state.applied = false;
+            return;
+        }
+        if changes.is_empty() {
+            let touch_every = TOUCH_INTERVAL.min(state.config.stale_after.as_std() / 4);
+            if state.applied && now.mono.saturating_duration_since(state.last_touch) >= touch_every
+            {
+                store.touch(WORKER_ID, now);
+                state.last_touch = now.mono;
+            }
+            return;
+        }
+        let worker = worker_key();
+        let families: Vec<Family<'_>> = changes.iter().map(FamilyChange::family).collect();
+        if store.apply(&worker, &families, Scope::Series, now).is_ok() {
+            state.applied = true;
+            state.last_touch = now.mono;
+            return;
+        }
+        // One family spoils the batch (e.g. another source owns its name with another type):
+        // apply family by family and drop the refused ones, so the others still land.
+        let mut refused = Vec::new();
+        for (change, family) in changes.iter().zip(&families) {
+            match store.apply(&worker, std::slice::from_ref(family), Scope::Series, now) {
+                Ok(_) => {
+                    state.applied = true;
+                    state.last_touch = now.mono;
+                }
+                Err(e) => refused.push((change.name.clone(), change.series.len(), e)),
+            }
+        }
+        drop(store);
+        let mut acc = self.acc.lock();
+        for (name, series, e) in refused {
+            acc.forget_family(&name);
+            self.metrics.dropped[DropReason::StoreRejected.index()]
+                .fetch_add(series as u64, Ordering::Relaxed);
+            if state.logged.len() < 1000 && state.logged.insert(name.clone()) {
+                tracing::warn!(family = %name, reason = e.reason(), error = %e,
+                    "StatsD family refused by the store; its values are dropped");
+            }
+        }
+        self.metrics
+            .series
+            .store(acc.series_count() as u64, Ordering::Relaxed);
+    }
+
+    /// Picks up a changed configuration (mapping rules, buckets, worker labels, limits).
+    fn reload(&self, app: &App, state: &mut FlushState) {
+        let config = app.config();
+        if Arc::ptr_eq(&config, &state.config) {
+            return;
+        }
+        let old = &state.config;
+        if old.statsd != config.statsd
+            || old.worker_labels != config.worker_labels
+            || old.limits != config.limits
+        {
+            match self.acc.lock().reconfigure(&config) {
+                Ok(()) => tracing::info!("StatsD mapping configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "StatsD mappings not reloaded; keeping the previous ones")
+                }
+            }
+        }
+        if old.listen.statsd != config.listen.statsd
+            || old.statsd.enabled != config.statsd.enabled
+            || old.statsd.tcp != config.statsd.tcp
+        {
+            tracing::warn!("StatsD listener settings changed; they take effect after a restart");
+        }
+        state.config = config;
+    }
+}
+
+impl SelfMetrics for Shared {
+    fn families(&self, out: &mut Vec<SelfFamily>) {
+        let m = &self.metrics;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_statsd_datagrams_total",
+                MetricKind::Counter,
+                "StatsD UDP datagrams received.",
+            )
+            .value(get(&m.datagrams)),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_statsd_tcp_connections_total",
+                MetricKind::Counter,
+                "StatsD TCP connections accepted.",
+            )
+            .value(get(&m.tcp_connections)),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_statsd_lines_total",
+                MetricKind::Counter,
+                "StatsD lines received (including rejected ones).",
+            )
+            .value(get(&m.lines)),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_statsd_samples_total",
+                MetricKind::Counter,
+                "StatsD samples accumulated.",
+            )
+            .value(get(&m.samples)),
+        );
+        let mut errors = SelfFamily::new(
+            "monasca_sidecar_statsd_errors_total",
+            MetricKind::Counter,
+            "StatsD lines rejected, by reason.",
+        );
+        for (e, a) in LineError::ALL.iter().zip(&m.errors) {
+            errors = errors.labelled("reason", e.reason(), get(a));
+        }
+        out.push(errors);
+        let mut dropped = SelfFamily::new(
+            "monasca_sidecar_statsd_dropped_total",
+            MetricKind::Counter,
+            "Well-formed StatsD samples not applied, by reason.",
+        );
+        for (r, a) in DropReason::ALL.iter().zip(&m.dropped) {
+            dropped = dropped.labelled("reason", r.reason(), get(a));
+        }
+        out.push(dropped);
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_statsd_tag_errors_total",
+                MetricKind::Counter,
+                "StatsD tags skipped (no value, reserved or worker label name, duplicate).",
+            )
+            .value(get(&m.tag_errors)),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_statsd_series",
+                MetricKind::Gauge,
+                "StatsD series accumulated.",
+            )
+            .value(get(&m.series)),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_statsd_receive_buffer_bytes",
+                MetricKind::Gauge,
+                "Effective kernel receive buffer of the StatsD UDP socket.",
+            )
+            .value(get(&m.receive_buffer)),
+        );
+    }
+}
+
+/// A running StatsD listener. Dropping it stops the receivers and the flush task.
+#[must_use = "dropping the handle stops the StatsD listener"]
+pub struct StatsdHandle {
+    udp: Option<SocketAddr>,
+    tcp: Option<SocketAddr>,
+    inner: Option<(Arc<App>, Arc<Shared>)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl StatsdHandle {
+    /// The bound UDP address (`None` when StatsD is disabled).
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp
+    }
+
+    /// The bound TCP address (`None` when StatsD or `statsd.tcp` is disabled).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// Applies accumulated changes to the store now (tests, shutdown).
+    pub fn flush(&self) {
+        if let Some((app, shared)) = &self.inner {
+            shared.flush(app);
+        }
+    }
+
+    /// Lines received so far (`monasca_sidecar_statsd_lines_total`).
+    pub fn lines_received(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |(_, s)| s.metrics.lines.load(Ordering::Relaxed))
+    }
+
+    /// UDP datagrams received so far.
+    pub fn datagrams_received(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |(_, s)| s.metrics.datagrams.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for StatsdHandle {
+    fn drop(&mut self) {
+        if let Some((_, shared)) = &self.inner {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the StatsD listener per `app.config()`: UDP on `listen.statsd` and, when
+/// `statsd.tcp`, TCP on the same address and port (with port 0, both get the same ephemeral
+/// port). Registers the self-metrics. Returns a disabled handle when `statsd.enabled` is
+/// false. Must run inside a Tokio runtime.
+pub async fn spawn(app: Arc<App>) -> io::Result<StatsdHandle> {
+    let config = app.config();
+    if !config.statsd.enabled {
+        return Ok(StatsdHandle {
+            udp: None,
+            tcp: None,
+            inner: None,
+            tasks: Vec::new(),
+        });
+    }
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    let addr: SocketAddr = config
+        .listen
+        .statsd
+        .parse()
+        .map_err(|e| invalid(format!("listen.statsd {:?}: {e}", config.listen.statsd)))?;
+    let acc = Accumulator::new(&config).map_err(|e| invalid(e.to_string()))?;
+    let (udp, receive_buffer, tcp) = bind(addr, config.statsd.tcp)?;
+    let udp_addr = udp.local_addr()?;
+    let tcp_addr = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
+
+    let shared = Arc::new(Shared::new(acc, config.clone()));
+    shared
+        .metrics
+        .receive_buffer
+        .store(receive_buffer as u64, Ordering::Relaxed);
+    app.register(shared.clone());
+
+    // Everything fallible first, so an error leaves no thread or task running.
+    let tcp = tcp.map(tokio::net::TcpListener::from_std).transpose()?;
+    let thread_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("statsd-udp".into())
+        .spawn(move || listener::udp_loop(udp, thread_shared))?;
+
+    let mut tasks = Vec::new();
+    if let Some(tcp) = tcp {
+        tasks.push(tokio::spawn(listener::tcp_accept_loop(tcp, shared.clone())));
+    }
+    let (flush_app, flush_shared) = (app.clone(), shared.clone());
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            flush_shared.flush(&flush_app);
+        }
+    }));
+    // Same shape as the HTTP listeners' announcement (tests read `listener=` and `addr=`).
+    tracing::info!(listener = "statsd", addr = %udp_addr, tcp = ?tcp_addr, receive_buffer, "listening");
+    Ok(StatsdHandle {
+        udp: Some(udp_addr),
+        tcp: tcp_addr,
+        inner: Some((app, shared)),
+        tasks,
+    })
+}
+
+/// Binds UDP and, if asked, TCP on the same port. With port 0 the UDP port is chosen first
+/// and TCP takes the same number, retrying if that TCP port happens to be taken.
+fn bind(
+    addr: SocketAddr,
+    with_tcp: bool,
+) -> io::Result<(std::net::UdpSocket, usize, Option<std::net::TcpListener>)> {
+    let mut attempts = 0;
+    loop {
+        let (udp, receive_buffer) = listener::bind_udp(addr)?;
+        if !with_tcp {
+            return Ok((udp, receive_buffer, None));
+        }
+        let mut tcp_addr = addr;
+        tcp_addr.set_port(udp.local_addr()?.port());
+        match listener::bind_tcp(tcp_addr) {
+            Ok(tcp) => return Ok((udp, receive_buffer, Some(tcp))),
+            Err(e) if addr.port() == 0 && attempts < 20 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "StatsD TCP port taken; choosing another port");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
