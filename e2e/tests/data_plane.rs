@@ -166,3 +166,54 @@ fn push_mode_totals_survive_a_killed_worker_in_prometheus() {
         Duration::from_secs(1),
     );
 }
+
+#[test]
+fn monasca_statsd_counts_reach_prometheus_exactly() {
+    let sidecar = Sidecar::start("");
+    let statsd_port = sidecar.addrs["statsd"].port().to_string();
+    let prom = Prometheus::start(&[sidecar.metrics_addr()]);
+    let sender = concat!(env!("CARGO_MANIFEST_DIR"), "/py/monasca_statsd_sender.py");
+    let mut total = 0;
+    for batch in [300, 200] {
+        let out = python(&["monascastatsd"])
+            .arg(sender)
+            .args([statsd_port.as_str(), &batch.to_string()])
+            .output()
+            .expect("run monasca-statsd sender");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        total += batch;
+        let selector = "monasca_requests_total{service=\"monitoring\",component=\"api\",endpoint=\"/v2.0/metrics\"}";
+        prom.check(
+            &format!("sum({selector})"),
+            f64::from(total),
+            Duration::from_secs(20),
+        );
+        prom.check(&format!("count({selector})"), 2.0, Duration::from_secs(1));
+    }
+    prom.check(
+        "sum(monasca_requests_total{status=\"201\"})",
+        f64::from(total / 2),
+        Duration::from_secs(1),
+    );
+    // The last gauge sent: i = 199 of the second batch.
+    prom.check(
+        "monasca_queue_depth",
+        f64::from(199 % 7),
+        Duration::from_secs(5),
+    );
+    prom.check(
+        "sum(monasca_sidecar_statsd_errors_total)",
+        0.0,
+        Duration::from_secs(1),
+    );
+    // No per-worker series: absent() is 1 when nothing carries a worker label.
+    prom.check(
+        "absent(monasca_requests_total{worker!=\"\"})",
+        1.0,
+        Duration::from_secs(1),
+    );
+}
