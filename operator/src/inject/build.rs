@@ -1,0 +1,700 @@
+//! Builds the additive JSON patch for one pod and one `MetricsSidecar`.
+
+use super::{Decision, ServerVersion, Settings, SkipReason};
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    HTTPGetAction, Pod, PodSpec, Probe, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use monasca_crds::{
+    ANNOTATION_CONFIG_HASH, ANNOTATION_INJECTED, CONFIG_MAP_KEY, LABEL_SIDECAR, MetricsSidecar,
+    MetricsSidecarSpec, NativeSidecar, PROMETHEUS_PATH, PROMETHEUS_PORT, PROMETHEUS_SCHEME,
+    PROMETHEUS_SCRAPE, SIDECAR_CONTAINER_NAME, config_map_name,
+};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Pod volume holding the sidecar's ConfigMap.
+pub const CONFIG_VOLUME: &str = "monasca-sidecar-config";
+/// Where the sidecar sees its ConfigMap.
+pub const CONFIG_MOUNT_PATH: &str = "/etc/monasca-sidecar";
+/// Pod volume (emptyDir) shared for prometheus_client multiprocess files.
+pub const MULTIPROC_VOLUME: &str = "monasca-sidecar-multiproc";
+/// `PROMETHEUS_MULTIPROC_DIR` given to app containers that do not set it, when the sidecar
+/// config names no `multiprocessDir`.
+pub const DEFAULT_MULTIPROC_DIR: &str = "/var/run/prometheus-multiproc";
+/// The environment variable prometheus_client (and the sidecar) read.
+pub const ENV_MULTIPROC_DIR: &str = "PROMETHEUS_MULTIPROC_DIR";
+/// Per-pod extra scrape targets for the sidecar (comma-separated `host:port`), taken from the
+/// pod's former `prometheus.io/port` annotation. Per pod because the ConfigMap is shared.
+pub const ENV_SCRAPE_TARGETS: &str = "MONASCA_SIDECAR_SCRAPE_TARGETS";
+/// The HTTP path for [`ENV_SCRAPE_TARGETS`] (the pod's former `prometheus.io/path`).
+pub const ENV_SCRAPE_PATH: &str = "MONASCA_SIDECAR_SCRAPE_PATH";
+/// Port names, prefixed so they never clash with the app's (`metrics` is a common app port name;
+/// a Service `targetPort: metrics` must keep meaning the app's). At most 15 characters.
+pub const PORT_METRICS: &str = "sidecar-metrics";
+pub const PORT_INGEST: &str = "sidecar-ingest";
+pub const PORT_STATSD: &str = "sidecar-statsd";
+/// The sidecar runs as this non-root user and group (the distroless `nonroot` ids), so
+/// `runAsNonRoot` holds whatever the image's `USER` says.
+pub const SIDECAR_UID: i64 = 65532;
+pub const SIDECAR_GID: i64 = 65532;
+
+/// The path on which the sidecar serves its metrics.
+const METRICS_PATH: &str = "/metrics";
+/// A label value is at most 63 characters; the sidecar's name is one.
+const MAX_LABEL_VALUE: usize = 63;
+
+/// JSON patch operations under construction. Paths are built from unescaped tokens; `jsonptr`
+/// escapes `~` as `~0` and `/` as `~1` (annotation keys contain `/`).
+#[derive(Default)]
+struct Ops(Vec<PatchOperation>);
+
+impl Ops {
+    fn add(&mut self, path: &[&str], value: Value) {
+        self.0.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(path.iter().copied()),
+            value,
+        }));
+    }
+
+    fn replace(&mut self, path: &[&str], value: Value) {
+        self.0.push(PatchOperation::Replace(ReplaceOperation {
+            path: PointerBuf::from_tokens(path.iter().copied()),
+            value,
+        }));
+    }
+
+    /// Sets `entries` in the string map at `path`: one `add` of a new map when the map is
+    /// absent, otherwise an `add` per missing key and a `replace` per differing value.
+    fn set_entries(
+        &mut self,
+        path: &[&str],
+        existing: Option<&BTreeMap<String, String>>,
+        entries: &BTreeMap<String, String>,
+    ) {
+        match existing {
+            None => {
+                if !entries.is_empty() {
+                    self.add(
+                        path,
+                        Value::from_iter(
+                            entries
+                                .iter()
+                                .map(|(k, v)| (k.clone(), Value::from(v.as_str()))),
+                        ),
+                    );
+                }
+            }
+            Some(existing) => {
+                for (key, value) in entries {
+                    let mut at = path.to_vec();
+                    at.push(key);
+                    match existing.get(key) {
+                        None => self.add(&at, value.as_str().into()),
+                        Some(old) if old != value => self.replace(&at, value.as_str().into()),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends `items` to the array at `path`: `/-` per item when the array exists, else one
+    /// `add` of a new array. Never replaces an existing array.
+    fn append<T>(
+        &mut self,
+        path: &[&str],
+        exists: bool,
+        items: Vec<T>,
+    ) -> Result<(), serde_json::Error>
+    where
+        T: Serialize,
+    {
+        if items.is_empty() {
+            return Ok(());
+        }
+        if exists {
+            let mut at = path.to_vec();
+            at.push("-");
+            for item in items {
+                self.add(&at, serde_json::to_value(item)?);
+            }
+        } else {
+            self.add(path, serde_json::to_value(items)?);
+        }
+        Ok(())
+    }
+}
+
+/// Everything resolved from the `MetricsSidecar` before touching the pod.
+struct Plan<'a> {
+    name: &'a str,
+    spec: &'a MetricsSidecarSpec,
+    hash: String,
+    metrics: SocketAddr,
+    multiproc_dir: Option<String>,
+    native: bool,
+}
+
+fn invalid(name: &str, why: impl std::fmt::Display) -> Decision {
+    Decision::skip_warning(
+        SkipReason::InvalidSidecar,
+        format!("monasca-sidecar not injected: MetricsSidecar {name:?} {why}"),
+    )
+}
+
+fn plan<'a>(sidecar: &'a MetricsSidecar, settings: &Settings) -> Result<Plan<'a>, Decision> {
+    let name = sidecar.metadata.name.as_deref().unwrap_or_default();
+    if name.is_empty() || name.len() > MAX_LABEL_VALUE {
+        return Err(invalid(name, "has a name that is not a valid label value"));
+    }
+    let spec = &sidecar.spec;
+    let metrics: SocketAddr = spec.config.listen.metrics.parse().map_err(|_| {
+        invalid(
+            name,
+            format_args!(
+                "has an invalid listen.metrics {:?}",
+                spec.config.listen.metrics
+            ),
+        )
+    })?;
+    let hash = spec
+        .config_hash()
+        .map_err(|e| invalid(name, format_args!("cannot be rendered: {e}")))?;
+    let multiproc_dir = spec.multiprocess.then(|| {
+        spec.config
+            .multiprocess_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MULTIPROC_DIR.to_string())
+    });
+    if let Some(dir) = &multiproc_dir
+        && (!dir.starts_with('/') || same_path(dir, CONFIG_MOUNT_PATH))
+    {
+        return Err(invalid(
+            name,
+            format_args!("has an unusable multiprocessDir {dir:?}"),
+        ));
+    }
+    let native = match spec.native_sidecar {
+        NativeSidecar::Always => true,
+        NativeSidecar::Never => false,
+        NativeSidecar::Auto => settings
+            .server_version
+            .is_some_and(|v| v >= ServerVersion::NATIVE_SIDECARS),
+    };
+    Ok(Plan {
+        name,
+        spec,
+        hash,
+        metrics,
+        multiproc_dir,
+        native,
+    })
+}
+
+/// Mount paths compare equal regardless of a trailing slash.
+fn same_path(a: &str, b: &str) -> bool {
+    fn trim(s: &str) -> &str {
+        if s.len() > 1 {
+            s.trim_end_matches('/')
+        } else {
+            s
+        }
+    }
+    trim(a) == trim(b)
+}
+
+/// Builds the patch. `reinvocation` is true when the pod already carries our container: then
+/// only what later webhooks' changes need is added (never a second container).
+pub(super) fn build(
+    pod: &Pod,
+    spec: &PodSpec,
+    sidecar: &MetricsSidecar,
+    reinvocation: bool,
+    settings: &Settings,
+) -> Decision {
+    let plan = match plan(sidecar, settings) {
+        Ok(plan) => plan,
+        Err(decision) => return decision,
+    };
+    let mut ops = Ops::default();
+    let mut warnings = Vec::new();
+    match build_ops(
+        pod,
+        spec,
+        &plan,
+        reinvocation,
+        settings,
+        &mut ops,
+        &mut warnings,
+    ) {
+        Ok(()) => {}
+        Err(e) => return invalid(plan.name, format_args!("cannot be serialized: {e}")),
+    }
+    if ops.0.is_empty() {
+        return Decision::Skip {
+            reason: SkipReason::AlreadyInjected,
+            warning: None,
+        };
+    }
+    Decision::Patch {
+        patch: Patch(ops.0),
+        warnings,
+        sidecar: plan.name.to_string(),
+    }
+}
+
+fn build_ops(
+    pod: &Pod,
+    spec: &PodSpec,
+    plan: &Plan<'_>,
+    reinvocation: bool,
+    settings: &Settings,
+    ops: &mut Ops,
+    warnings: &mut Vec<String>,
+) -> Result<(), serde_json::Error> {
+    let annotations = pod.metadata.annotations.as_ref();
+
+    // Marks. On reinvocation they are only completed, never overwritten.
+    let mut wanted_annotations = BTreeMap::new();
+    let mut wanted_labels = BTreeMap::new();
+    let mark = |map: &mut BTreeMap<String, String>,
+                existing: Option<&BTreeMap<String, String>>,
+                key: &str,
+                value: &str| {
+        if !(reinvocation && existing.is_some_and(|m| m.contains_key(key))) {
+            map.insert(key.to_string(), value.to_string());
+        }
+    };
+    mark(
+        &mut wanted_annotations,
+        annotations,
+        ANNOTATION_INJECTED,
+        plan.name,
+    );
+    mark(
+        &mut wanted_annotations,
+        annotations,
+        ANNOTATION_CONFIG_HASH,
+        &plan.hash,
+    );
+    mark(
+        &mut wanted_labels,
+        pod.metadata.labels.as_ref(),
+        LABEL_SIDECAR,
+        plan.name,
+    );
+
+    // Prometheus annotations, only together with the container (the scrape targets they turn
+    // into live in the container's env).
+    let mut scrape_env = Vec::new();
+    if plan.spec.prometheus_annotations && !reinvocation {
+        prometheus_annotations(
+            annotations,
+            plan,
+            &mut wanted_annotations,
+            &mut scrape_env,
+            warnings,
+        );
+    }
+    ops.set_entries(
+        &["metadata", "annotations"],
+        annotations,
+        &wanted_annotations,
+    );
+    ops.set_entries(
+        &["metadata", "labels"],
+        pod.metadata.labels.as_ref(),
+        &wanted_labels,
+    );
+
+    // Volumes.
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    let has_volume = |name: &str| volumes.iter().any(|v| v.name == name);
+    let mut new_volumes = Vec::new();
+    if !has_volume(CONFIG_VOLUME) {
+        new_volumes.push(Volume {
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(plan.name),
+                // The sidecar runs on defaults until the controller has written the ConfigMap;
+                // a required volume would keep the pod from starting at all.
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    if plan.multiproc_dir.is_some() && !has_volume(MULTIPROC_VOLUME) {
+        new_volumes.push(Volume {
+            name: MULTIPROC_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+    }
+    ops.append(&["spec", "volumes"], spec.volumes.is_some(), new_volumes)?;
+
+    // App containers: the multiprocess directory.
+    if let Some(dir) = &plan.multiproc_dir {
+        for (index, container) in spec.containers.iter().enumerate() {
+            if container.name != SIDECAR_CONTAINER_NAME {
+                multiprocess_app_container(index, container, dir, ops, warnings)?;
+            }
+        }
+    }
+
+    if reinvocation {
+        return Ok(());
+    }
+
+    // Warnings about the pod that injection cannot fix.
+    let sidecar_ports = sidecar_ports(plan);
+    for container in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for port in container.ports.iter().flatten() {
+            if sidecar_ports
+                .iter()
+                .any(|p| p.container_port == port.container_port)
+            {
+                warnings.push(format!(
+                    "container {:?} declares port {}, which the monasca-sidecar also listens on",
+                    container.name, port.container_port
+                ));
+            }
+        }
+    }
+    if !plan.native && matches!(spec.restart_policy.as_deref(), Some("Never" | "OnFailure")) {
+        warnings.push(
+            "monasca-sidecar runs as a regular container: the pod will not complete when the \
+             application exits (use nativeSidecar: always on Kubernetes >= 1.29)"
+                .into(),
+        );
+    }
+    if plan.multiproc_dir.is_none() && plan.spec.config.multiprocess_dir.is_some() {
+        warnings.push(format!(
+            "MetricsSidecar {:?} sets config.multiprocessDir but not multiprocess: true, so no \
+             directory is shared with the application",
+            plan.name
+        ));
+    }
+
+    let container = sidecar_container(plan, settings, scrape_env, warnings);
+    if plan.native {
+        ops.append(
+            &["spec", "initContainers"],
+            spec.init_containers.is_some(),
+            vec![container],
+        )?;
+    } else {
+        ops.append(&["spec", "containers"], true, vec![container])?;
+    }
+    Ok(())
+}
+
+/// Points the `prometheus.io/*` annotations at the sidecar. When they pointed at the app, the
+/// app's port and path become the sidecar's scrape target (through its env) so that nothing
+/// Prometheus used to collect is lost, except with multiprocess, where the workers' files
+/// already carry those samples. `prometheus.io/scrape: "false"` is left alone.
+fn prometheus_annotations(
+    annotations: Option<&BTreeMap<String, String>>,
+    plan: &Plan<'_>,
+    wanted: &mut BTreeMap<String, String>,
+    scrape_env: &mut Vec<EnvVar>,
+    warnings: &mut Vec<String>,
+) {
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    if get(PROMETHEUS_SCRAPE).is_some_and(|v| v.eq_ignore_ascii_case("false")) {
+        return;
+    }
+    let port = plan.metrics.port().to_string();
+    if let Some(old_port) = get(PROMETHEUS_PORT).filter(|p| *p != port) {
+        let scheme = get(PROMETHEUS_SCHEME).unwrap_or("http");
+        match old_port.parse::<u16>() {
+            // With multiprocess the sidecar reads the workers' files directly; the app's own
+            // endpoint serves the same samples (prometheus_client's MultiProcessCollector), so
+            // scraping it too would count every sample twice.
+            Ok(_) if plan.multiproc_dir.is_some() => warnings.push(format!(
+                "{PROMETHEUS_PORT}={old_port:?} not added as a monasca-sidecar scrape target: with \
+                 multiprocess the sidecar reads the workers' files, and scraping both would count \
+                 every sample twice"
+            )),
+            Ok(old_port) if old_port != 0 && scheme.eq_ignore_ascii_case("http") => {
+                let path = get(PROMETHEUS_PATH).filter(|p| p.starts_with('/')).unwrap_or(METRICS_PATH);
+                scrape_env.push(env(ENV_SCRAPE_TARGETS, &format!("127.0.0.1:{old_port}")));
+                scrape_env.push(env(ENV_SCRAPE_PATH, path));
+            }
+            _ => warnings.push(format!(
+                "{PROMETHEUS_PORT}={old_port:?} ({PROMETHEUS_SCHEME}={scheme:?}) cannot be scraped by \
+                 the monasca-sidecar; it now points at the sidecar"
+            )),
+        }
+    }
+    wanted.insert(PROMETHEUS_SCRAPE.into(), "true".into());
+    wanted.insert(PROMETHEUS_PORT.into(), port);
+    wanted.insert(PROMETHEUS_PATH.into(), METRICS_PATH.into());
+    if get(PROMETHEUS_SCHEME).is_some() {
+        wanted.insert(PROMETHEUS_SCHEME.into(), "http".into());
+    }
+}
+
+/// Gives one app container the shared multiprocess directory: `PROMETHEUS_MULTIPROC_DIR` (unless
+/// the user set it, whose value is kept) and a mount of the shared volume at that path.
+fn multiprocess_app_container(
+    index: usize,
+    container: &Container,
+    default_dir: &str,
+    ops: &mut Ops,
+    warnings: &mut Vec<String>,
+) -> Result<(), serde_json::Error> {
+    let index = index.to_string();
+    let base = ["spec", "containers", index.as_str()];
+    let user = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == ENV_MULTIPROC_DIR);
+    let path = match user {
+        Some(EnvVar { value: Some(v), .. }) if v.starts_with('/') => v.clone(),
+        Some(_) => {
+            warnings.push(format!(
+                "container {:?} sets {ENV_MULTIPROC_DIR} to something other than an absolute path; \
+                 its multiprocess files are not shared with the monasca-sidecar",
+                container.name
+            ));
+            return Ok(());
+        }
+        None => {
+            ops.append(
+                &[&base[..], &["env"]].concat(),
+                container.env.is_some(),
+                vec![env(ENV_MULTIPROC_DIR, default_dir)],
+            )?;
+            default_dir.to_string()
+        }
+    };
+    match container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| same_path(&m.mount_path, &path))
+    {
+        Some(m) if m.name == MULTIPROC_VOLUME => {}
+        Some(m) => warnings.push(format!(
+            "container {:?} already mounts volume {:?} at {path}; its multiprocess files are not \
+             shared with the monasca-sidecar",
+            container.name, m.name
+        )),
+        None => ops.append(
+            &[&base[..], &["volumeMounts"]].concat(),
+            container.volume_mounts.is_some(),
+            vec![VolumeMount {
+                name: MULTIPROC_VOLUME.into(),
+                mount_path: path,
+                ..VolumeMount::default()
+            }],
+        )?,
+    }
+    Ok(())
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// Only listeners reachable from outside the pod get a declared port: declaring a loopback
+/// listener would advertise something nobody can reach.
+fn sidecar_ports(plan: &Plan<'_>) -> Vec<ContainerPort> {
+    let mut ports = vec![ContainerPort {
+        name: Some(PORT_METRICS.into()),
+        container_port: plan.metrics.port().into(),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }];
+    let listen = &plan.spec.config.listen;
+    let external = |addr: &str| {
+        addr.parse::<SocketAddr>()
+            .ok()
+            .filter(|a| !a.ip().is_loopback())
+    };
+    if let Some(addr) = external(&listen.ingest).filter(|a| a.port() != plan.metrics.port()) {
+        ports.push(ContainerPort {
+            name: Some(PORT_INGEST.into()),
+            container_port: addr.port().into(),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
+    if plan.spec.config.statsd.enabled
+        && let Some(addr) = external(&listen.statsd)
+    {
+        ports.push(ContainerPort {
+            name: Some(PORT_STATSD.into()),
+            container_port: addr.port().into(),
+            protocol: Some("UDP".into()),
+            ..ContainerPort::default()
+        });
+    }
+    ports
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(PORT_METRICS.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The `monasca-sidecar` container.
+fn sidecar_container(
+    plan: &Plan<'_>,
+    settings: &Settings,
+    scrape_env: Vec<EnvVar>,
+    warnings: &mut Vec<String>,
+) -> Container {
+    let spec = plan.spec;
+    let mut env_vars = Vec::new();
+    let mut mounts = vec![VolumeMount {
+        name: CONFIG_VOLUME.into(),
+        mount_path: CONFIG_MOUNT_PATH.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    if let Some(dir) = &plan.multiproc_dir {
+        env_vars.push(env(ENV_MULTIPROC_DIR, dir));
+        mounts.push(VolumeMount {
+            name: MULTIPROC_VOLUME.into(),
+            mount_path: dir.clone(),
+            ..VolumeMount::default()
+        });
+    }
+    env_vars.extend(scrape_env);
+
+    // The kubelet probes the pod IP: a loopback-only metrics listener cannot be probed.
+    let probed = !plan.metrics.ip().is_loopback();
+    if !probed {
+        warnings.push(format!(
+            "MetricsSidecar {:?} listens for metrics on loopback {}: no probes, and Prometheus \
+             cannot scrape it",
+            plan.name, plan.metrics
+        ));
+    }
+    let resources = &spec.resources;
+    let has_resources =
+        resources.requests.is_some() || resources.limits.is_some() || resources.claims.is_some();
+    Container {
+        name: SIDECAR_CONTAINER_NAME.into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| settings.sidecar_image.clone()),
+        ),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().into()),
+        args: Some(vec![
+            "--config".into(),
+            format!("{CONFIG_MOUNT_PATH}/{CONFIG_MAP_KEY}"),
+        ]),
+        env: (!env_vars.is_empty()).then_some(env_vars),
+        ports: Some(sidecar_ports(plan)),
+        readiness_probe: probed.then(|| probe("/readyz", 10, 3)),
+        liveness_probe: probed.then(|| probe("/healthz", 20, 3)),
+        // A native sidecar holds back the app containers until it has started: a quick, patient
+        // startup probe keeps that short without failing a slow node.
+        startup_probe: (probed && plan.native).then(|| probe("/readyz", 1, 60)),
+        restart_policy: plan.native.then(|| "Always".into()),
+        resources: has_resources.then(|| resources.clone()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(SIDECAR_UID),
+            run_as_group: Some(SIDECAR_GID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointer_tokens_are_escaped() {
+        let mut ops = Ops::default();
+        ops.add(&["metadata", "annotations", "example.com/a~b"], Value::Null);
+        ops.add(&["spec", "containers", "-"], Value::Null);
+        let paths: Vec<String> = ops.0.iter().map(|op| op.path().to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/metadata/annotations/example.com~1a~0b",
+                "/spec/containers/-"
+            ]
+        );
+    }
+
+    #[test]
+    fn absent_map_is_created_whole_and_present_map_is_edited_per_key() {
+        let entries = BTreeMap::from([
+            ("a/b".to_string(), "1".to_string()),
+            ("c".to_string(), "2".to_string()),
+        ]);
+        let mut ops = Ops::default();
+        ops.set_entries(&["metadata", "labels"], None, &entries);
+        assert_eq!(
+            serde_json::to_value(&ops.0).ok(),
+            Some(serde_json::json!([
+                {"op": "add", "path": "/metadata/labels", "value": {"a/b": "1", "c": "2"}}
+            ]))
+        );
+        let existing = BTreeMap::from([
+            ("c".to_string(), "old".to_string()),
+            ("keep".to_string(), "x".to_string()),
+        ]);
+        let mut ops = Ops::default();
+        ops.set_entries(&["metadata", "labels"], Some(&existing), &entries);
+        assert_eq!(
+            serde_json::to_value(&ops.0).ok(),
+            Some(serde_json::json!([
+                {"op": "add", "path": "/metadata/labels/a~1b", "value": "1"},
+                {"op": "replace", "path": "/metadata/labels/c", "value": "2"}
+            ]))
+        );
+    }
+
+    #[test]
+    fn mount_paths_compare_without_trailing_slash() {
+        assert!(same_path("/var/run/prom/", "/var/run/prom"));
+        assert!(same_path("/", "/"));
+        assert!(!same_path("/var/run/prom", "/var/run/prometheus"));
+    }
+}

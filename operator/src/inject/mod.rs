@@ -1,0 +1,366 @@
+//! The injection decision and the JSON patch that carries it out.
+//!
+//! Pure: no I/O, no clock, no kube client. The webhook hands in the pod, its namespace's
+//! annotations and the namespace's `MetricsSidecar`s (all from in-memory stores) and gets back a
+//! [`Decision`]. Everything the webhook does to a pod is decided here, which is what lets the
+//! tests feed real apiserver requests and random pods through it.
+//!
+//! The patch is *additive*: it adds annotations, a label, volumes, env entries, mounts and one
+//! container, appending to arrays with `/-` and creating an array or map only when it is absent.
+//! It never replaces an array, because another mutating webhook may have edited it before us and
+//! the apiserver applies our patch to *its* version of the pod. Each piece is added only when
+//! missing, so feeding the mutated pod back (the apiserver's `reinvocationPolicy: IfNeeded`)
+//! yields no patch, or only what another webhook's later additions need (a new app container
+//! gets the multiprocess env and mount).
+
+mod build;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::Operation;
+use monasca_crds::{
+    ANNOTATION_INJECT, ANNOTATION_INJECTED, DEFAULT_SIDECAR_NAME, INJECT_FALSE, INJECT_TRUE,
+    MetricsSidecar, SIDECAR_CONTAINER_NAME,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use build::{
+    CONFIG_MOUNT_PATH, CONFIG_VOLUME, DEFAULT_MULTIPROC_DIR, ENV_MULTIPROC_DIR, ENV_SCRAPE_PATH,
+    ENV_SCRAPE_TARGETS, MULTIPROC_VOLUME, PORT_INGEST, PORT_METRICS, PORT_STATSD, SIDECAR_GID,
+    SIDECAR_UID,
+};
+
+/// The namespace whose pods are never injected, whatever they ask: the control plane must not
+/// depend on a webhook it may itself be needed to run.
+pub const KUBE_SYSTEM: &str = "kube-system";
+
+/// Operator-wide settings the decision depends on.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The operator's own namespace, never injected (the webhook must not depend on itself).
+    pub operator_namespace: String,
+    /// The sidecar image when a `MetricsSidecar` does not name one.
+    pub sidecar_image: String,
+    /// The apiserver's version, for `nativeSidecar: auto`; `None` (unknown) means "too old".
+    pub server_version: Option<ServerVersion>,
+}
+
+/// A Kubernetes `major.minor` version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// Native sidecars (`restartPolicy: Always` init containers) are on by default from 1.29.
+    pub const NATIVE_SIDECARS: ServerVersion = ServerVersion {
+        major: 1,
+        minor: 29,
+    };
+
+    /// Parses the `major`/`minor` fields of `/version`. Managed clusters report minors such as
+    /// `"29+"`, so trailing non-digits are ignored.
+    pub fn parse(major: &str, minor: &str) -> Option<ServerVersion> {
+        fn number(s: &str) -> Option<u32> {
+            let digits: &str = &s[..s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len())];
+            digits.parse().ok()
+        }
+        Some(ServerVersion {
+            major: number(major)?,
+            minor: number(minor)?,
+        })
+    }
+}
+
+/// What the webhook knows about the request besides the pod.
+#[derive(Clone, Copy, Debug)]
+pub struct PodRequest<'a> {
+    /// The admission operation; only `Create` injects.
+    pub operation: &'a Operation,
+    /// `request.namespace` (the pod's own `metadata.namespace` is often empty on CREATE).
+    pub namespace: &'a str,
+    /// `request.object`.
+    pub pod: &'a Pod,
+}
+
+/// Why a pod was admitted unchanged. A fixed set: these are metric label values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Not a CREATE (UPDATE, DELETE, CONNECT): injection only happens at creation.
+    NotCreate,
+    /// The review is not about a Pod, or its object is missing or not a valid Pod.
+    NotAPod,
+    /// `kube-system` or the operator's namespace.
+    ExcludedNamespace,
+    /// Neither the pod nor its namespace has the `inject` annotation.
+    NotRequested,
+    /// The effective `inject` annotation is `"false"`.
+    Disabled,
+    /// The `inject` annotation is neither `true`, `false` nor a valid resource name.
+    BadAnnotation,
+    /// `hostNetwork: true`: the sidecar's listeners would bind on the node.
+    HostNetwork,
+    /// The pod already has a `monasca-sidecar` container that we did not inject.
+    HasContainer,
+    /// The pod was injected before (reinvocation) and nothing is missing.
+    AlreadyInjected,
+    /// The named `MetricsSidecar` does not exist in the pod's namespace.
+    UnknownSidecar,
+    /// `inject: "true"` but the namespace has no `default` and not exactly one `MetricsSidecar`.
+    NoDefaultSidecar,
+    /// The `MetricsSidecar` cannot produce a valid pod (bad listen address, name too long...).
+    InvalidSidecar,
+}
+
+impl SkipReason {
+    /// Every reason, in label order (for metrics exposition).
+    pub const ALL: [SkipReason; 12] = [
+        SkipReason::NotCreate,
+        SkipReason::NotAPod,
+        SkipReason::ExcludedNamespace,
+        SkipReason::NotRequested,
+        SkipReason::Disabled,
+        SkipReason::BadAnnotation,
+        SkipReason::HostNetwork,
+        SkipReason::HasContainer,
+        SkipReason::AlreadyInjected,
+        SkipReason::UnknownSidecar,
+        SkipReason::NoDefaultSidecar,
+        SkipReason::InvalidSidecar,
+    ];
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::NotCreate => "not_create",
+            SkipReason::NotAPod => "not_a_pod",
+            SkipReason::ExcludedNamespace => "excluded_namespace",
+            SkipReason::NotRequested => "not_requested",
+            SkipReason::Disabled => "disabled",
+            SkipReason::BadAnnotation => "bad_annotation",
+            SkipReason::HostNetwork => "host_network",
+            SkipReason::HasContainer => "has_container",
+            SkipReason::AlreadyInjected => "already_injected",
+            SkipReason::UnknownSidecar => "unknown_sidecar",
+            SkipReason::NoDefaultSidecar => "no_default_sidecar",
+            SkipReason::InvalidSidecar => "invalid_sidecar",
+        }
+    }
+
+    /// Index into [`SkipReason::ALL`], for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The outcome of [`inject`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Admit unchanged. `warning` is returned to the client when the user asked for something
+    /// we could not do (it explains why, so nobody has to read operator logs).
+    Skip {
+        reason: SkipReason,
+        warning: Option<String>,
+    },
+    /// Admit with this patch.
+    Patch {
+        patch: json_patch::Patch,
+        /// Things the user should fix that did not prevent injection.
+        warnings: Vec<String>,
+        /// The `MetricsSidecar` used.
+        sidecar: String,
+    },
+}
+
+impl Decision {
+    fn skip(reason: SkipReason) -> Decision {
+        Decision::Skip {
+            reason,
+            warning: None,
+        }
+    }
+
+    fn skip_warning(reason: SkipReason, warning: String) -> Decision {
+        Decision::Skip {
+            reason,
+            warning: Some(warning),
+        }
+    }
+
+    /// The patch, if any.
+    pub fn patch(&self) -> Option<&json_patch::Patch> {
+        match self {
+            Decision::Patch { patch, .. } => Some(patch),
+            Decision::Skip { .. } => None,
+        }
+    }
+}
+
+/// What an `inject` annotation asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Wanted<'a> {
+    Off,
+    Default,
+    Named(&'a str),
+}
+
+/// Reads an `inject` annotation value. `true`/`false` are matched case-insensitively (people
+/// write `"True"`); anything else must be a valid resource name.
+fn parse_inject(value: &str) -> Option<Wanted<'_>> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case(INJECT_TRUE) {
+        Some(Wanted::Default)
+    } else if value.eq_ignore_ascii_case(INJECT_FALSE) {
+        Some(Wanted::Off)
+    } else if is_dns_subdomain(value) {
+        Some(Wanted::Named(value))
+    } else {
+        None
+    }
+}
+
+/// RFC 1123 subdomain, the syntax of a namespaced resource name.
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Decides whether and how to inject `request.pod`.
+///
+/// `namespace_annotations` are the annotations of the pod's Namespace (`None` if unknown: the
+/// pod's own annotation still works). `sidecars` are the `MetricsSidecar`s of the pod's namespace
+/// (others are ignored).
+pub fn inject(
+    request: &PodRequest<'_>,
+    namespace_annotations: Option<&BTreeMap<String, String>>,
+    sidecars: &[Arc<MetricsSidecar>],
+    settings: &Settings,
+) -> Decision {
+    if *request.operation != Operation::Create {
+        return Decision::skip(SkipReason::NotCreate);
+    }
+    let namespace = request.namespace;
+    if namespace == KUBE_SYSTEM || namespace == settings.operator_namespace {
+        return Decision::skip(SkipReason::ExcludedNamespace);
+    }
+    let pod = request.pod;
+    let Some(spec) = pod.spec.as_ref() else {
+        return Decision::skip(SkipReason::NotAPod);
+    };
+
+    // The pod's annotation wins over its namespace's, so a pod can opt out of (or pick another
+    // sidecar than) a namespace-wide default.
+    let pod_annotations = pod.metadata.annotations.as_ref();
+    let (source, raw) = match pod_annotations.and_then(|a| a.get(ANNOTATION_INJECT)) {
+        Some(v) => ("pod", v),
+        None => match namespace_annotations.and_then(|a| a.get(ANNOTATION_INJECT)) {
+            Some(v) => ("namespace", v),
+            None => return Decision::skip(SkipReason::NotRequested),
+        },
+    };
+    let wanted = match parse_inject(raw) {
+        Some(Wanted::Off) => return Decision::skip(SkipReason::Disabled),
+        Some(w) => w,
+        None => {
+            return Decision::skip_warning(
+                SkipReason::BadAnnotation,
+                format!(
+                    "monasca-sidecar not injected: {source} annotation {ANNOTATION_INJECT}={raw:?} \
+                     is not \"true\", \"false\" or a MetricsSidecar name"
+                ),
+            );
+        }
+    };
+
+    if spec.host_network == Some(true) {
+        return Decision::skip_warning(
+            SkipReason::HostNetwork,
+            "monasca-sidecar not injected: hostNetwork pods would bind the sidecar's ports on the node"
+                .into(),
+        );
+    }
+
+    let has_container = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == SIDECAR_CONTAINER_NAME);
+    let injected_by_us = pod_annotations.is_some_and(|a| a.contains_key(ANNOTATION_INJECTED));
+    if has_container && !injected_by_us {
+        return Decision::skip_warning(
+            SkipReason::HasContainer,
+            format!(
+                "monasca-sidecar not injected: the pod already has a container named {SIDECAR_CONTAINER_NAME}"
+            ),
+        );
+    }
+
+    let in_namespace: Vec<&MetricsSidecar> = sidecars
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| {
+            s.metadata
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| ns == namespace)
+        })
+        .collect();
+    let sidecar = match select(&wanted, &in_namespace) {
+        Ok(s) => s,
+        Err(decision) => return decision,
+    };
+
+    build::build(pod, spec, sidecar, has_container, settings)
+}
+
+/// Finds the `MetricsSidecar` an annotation asks for.
+fn select<'s>(
+    wanted: &Wanted<'_>,
+    sidecars: &[&'s MetricsSidecar],
+) -> Result<&'s MetricsSidecar, Decision> {
+    let named = |name: &str| {
+        sidecars
+            .iter()
+            .copied()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+    };
+    match wanted {
+        Wanted::Named(name) => named(name).ok_or_else(|| {
+            Decision::skip_warning(
+                SkipReason::UnknownSidecar,
+                format!(
+                    "monasca-sidecar not injected: no MetricsSidecar {name:?} in this namespace"
+                ),
+            )
+        }),
+        Wanted::Default => match (named(DEFAULT_SIDECAR_NAME), sidecars) {
+            (Some(s), _) => Ok(s),
+            (None, [only]) => Ok(only),
+            (None, []) => Err(Decision::skip_warning(
+                SkipReason::NoDefaultSidecar,
+                "monasca-sidecar not injected: no MetricsSidecar in this namespace".into(),
+            )),
+            (None, many) => Err(Decision::skip_warning(
+                SkipReason::NoDefaultSidecar,
+                format!(
+                    "monasca-sidecar not injected: {} MetricsSidecars in this namespace and none \
+                     named {DEFAULT_SIDECAR_NAME:?}; name one in the {ANNOTATION_INJECT} annotation",
+                    many.len()
+                ),
+            )),
+        },
+        Wanted::Off => Err(Decision::skip(SkipReason::Disabled)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

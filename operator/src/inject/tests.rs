@@ -1,0 +1,409 @@
+//! Table tests of the decision and of the patch's shape, on pods built in place.
+
+use super::*;
+use json_patch::Patch;
+use monasca_crds::{MetricsSidecarSpec, NativeSidecar};
+use serde_json::{Value, json};
+
+fn settings() -> Settings {
+    Settings {
+        operator_namespace: "monasca-system".into(),
+        sidecar_image: "monasca/monasca-sidecar:test".into(),
+        server_version: Some(ServerVersion {
+            major: 1,
+            minor: 30,
+        }),
+    }
+}
+
+fn sidecar(name: &str, spec: MetricsSidecarSpec) -> Arc<MetricsSidecar> {
+    let mut s = MetricsSidecar::new(name, spec);
+    s.metadata.namespace = Some("demo".into());
+    Arc::new(s)
+}
+
+fn pod(value: Value) -> Pod {
+    serde_json::from_value(value).expect("test pod")
+}
+
+fn app_pod(inject: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "app-", "annotations": {"monasca.openstack.org/inject": inject}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    })
+}
+
+fn decide(pod_json: &Value, sidecars: &[Arc<MetricsSidecar>]) -> Decision {
+    decide_in("demo", pod_json, None, sidecars)
+}
+
+fn decide_in(
+    namespace: &str,
+    pod_json: &Value,
+    ns_annotations: Option<&BTreeMap<String, String>>,
+    sidecars: &[Arc<MetricsSidecar>],
+) -> Decision {
+    let pod = pod(pod_json.clone());
+    inject(
+        &PodRequest {
+            operation: &Operation::Create,
+            namespace,
+            pod: &pod,
+        },
+        ns_annotations,
+        sidecars,
+        &settings(),
+    )
+}
+
+fn patched(pod_json: &Value, decision: &Decision) -> Value {
+    let mut doc = pod_json.clone();
+    let patch: &Patch = decision.patch().expect("a patch");
+    json_patch::patch(&mut doc, patch).expect("patch applies");
+    pod(doc.clone());
+    doc
+}
+
+fn skip_reason(decision: &Decision) -> Option<SkipReason> {
+    match decision {
+        Decision::Skip { reason, .. } => Some(*reason),
+        Decision::Patch { .. } => None,
+    }
+}
+
+fn warnings(decision: &Decision) -> Vec<String> {
+    match decision {
+        Decision::Skip { warning, .. } => warning.iter().cloned().collect(),
+        Decision::Patch { warnings, .. } => warnings.clone(),
+    }
+}
+
+#[test]
+fn inject_annotation_values() {
+    assert_eq!(parse_inject("true"), Some(Wanted::Default));
+    assert_eq!(parse_inject("True"), Some(Wanted::Default));
+    assert_eq!(parse_inject("false"), Some(Wanted::Off));
+    assert_eq!(
+        parse_inject("persister-workers"),
+        Some(Wanted::Named("persister-workers"))
+    );
+    assert_eq!(parse_inject("a.b-c"), Some(Wanted::Named("a.b-c")));
+    for bad in ["", "Yes", "-x", "x-", "a..b", "with space", "UPPER"] {
+        assert_eq!(parse_inject(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn server_versions_of_managed_clusters_parse() {
+    assert_eq!(
+        ServerVersion::parse("1", "29+"),
+        Some(ServerVersion {
+            major: 1,
+            minor: 29
+        })
+    );
+    assert_eq!(
+        ServerVersion::parse("1", "24"),
+        Some(ServerVersion {
+            major: 1,
+            minor: 24
+        })
+    );
+    assert_eq!(ServerVersion::parse("", "24"), None);
+    assert!(
+        ServerVersion {
+            major: 1,
+            minor: 28
+        } < ServerVersion::NATIVE_SIDECARS
+    );
+    assert!(ServerVersion { major: 2, minor: 0 } > ServerVersion::NATIVE_SIDECARS);
+}
+
+#[test]
+fn skip_reason_labels_are_unique_and_indexed() {
+    let labels: std::collections::BTreeSet<_> = SkipReason::ALL.iter().map(|r| r.label()).collect();
+    assert_eq!(labels.len(), SkipReason::ALL.len());
+    for (i, r) in SkipReason::ALL.iter().enumerate() {
+        assert_eq!(r.index(), i);
+    }
+}
+
+#[test]
+fn only_create_injects() {
+    let pod = pod(app_pod("true"));
+    for op in [Operation::Update, Operation::Delete, Operation::Connect] {
+        let d = inject(
+            &PodRequest {
+                operation: &op,
+                namespace: "demo",
+                pod: &pod,
+            },
+            None,
+            &[sidecar("default", Default::default())],
+            &settings(),
+        );
+        assert_eq!(skip_reason(&d), Some(SkipReason::NotCreate));
+    }
+}
+
+#[test]
+fn pod_annotation_overrides_namespace_default() {
+    let sidecars = [
+        sidecar("default", Default::default()),
+        sidecar("other", Default::default()),
+    ];
+    let ns = BTreeMap::from([(ANNOTATION_INJECT.to_string(), "true".to_string())]);
+    let mut pod = app_pod("other");
+    let d = decide_in("demo", &pod, Some(&ns), &sidecars);
+    assert_eq!(
+        patched(&pod, &d)["metadata"]["annotations"][ANNOTATION_INJECTED],
+        "other"
+    );
+    pod["metadata"]["annotations"] = json!({});
+    let d = decide_in("demo", &pod, Some(&ns), &sidecars);
+    assert_eq!(
+        patched(&pod, &d)["metadata"]["annotations"][ANNOTATION_INJECTED],
+        "default"
+    );
+    let ns_off = BTreeMap::from([(ANNOTATION_INJECT.to_string(), "false".to_string())]);
+    assert_eq!(
+        skip_reason(&decide_in("demo", &pod, Some(&ns_off), &sidecars)),
+        Some(SkipReason::Disabled)
+    );
+}
+
+#[test]
+fn sidecars_of_other_namespaces_are_ignored() {
+    let mut elsewhere = MetricsSidecar::new("default", Default::default());
+    elsewhere.metadata.namespace = Some("other".into());
+    let d = decide(&app_pod("true"), &[Arc::new(elsewhere)]);
+    assert_eq!(skip_reason(&d), Some(SkipReason::NoDefaultSidecar));
+}
+
+#[test]
+fn missing_maps_and_arrays_are_created_whole() {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bare"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    });
+    let ns = BTreeMap::from([(ANNOTATION_INJECT.to_string(), "true".to_string())]);
+    let spec = MetricsSidecarSpec {
+        multiprocess: true,
+        ..Default::default()
+    };
+    let d = decide_in("demo", &pod, Some(&ns), &[sidecar("default", spec)]);
+    let patch = d.patch().expect("patch");
+    let paths: Vec<String> = patch.0.iter().map(|op| op.path().to_string()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/metadata/annotations",
+            "/metadata/labels",
+            "/spec/volumes",
+            "/spec/containers/0/env",
+            "/spec/containers/0/volumeMounts",
+            // 1.30 and `auto`: a native sidecar, and the pod had no initContainers yet.
+            "/spec/initContainers",
+        ]
+    );
+    let out = patched(&pod, &d);
+    assert_eq!(
+        out["spec"]["containers"][0]["env"],
+        json!([{"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/var/run/prometheus-multiproc"}])
+    );
+    assert_eq!(
+        out["spec"]["containers"][0]["volumeMounts"],
+        json!([{"name": "monasca-sidecar-multiproc", "mountPath": "/var/run/prometheus-multiproc"}])
+    );
+}
+
+#[test]
+fn reinvocation_only_completes_what_a_later_webhook_added() {
+    let spec = MetricsSidecarSpec {
+        multiprocess: true,
+        native_sidecar: NativeSidecar::Never,
+        ..Default::default()
+    };
+    let sidecars = [sidecar("default", spec)];
+    let original = app_pod("true");
+    let once = patched(&original, &decide(&original, &sidecars));
+    assert_eq!(
+        skip_reason(&decide(&once, &sidecars)),
+        Some(SkipReason::AlreadyInjected)
+    );
+
+    // Another webhook appends a container after us; the apiserver reinvokes us.
+    let mut later = once.clone();
+    later["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .push(json!({"name": "proxy", "image": "proxy:1"}));
+    let d = decide(&later, &sidecars);
+    let ops: Vec<String> = d
+        .patch()
+        .expect("patch")
+        .0
+        .iter()
+        .map(|op| op.path().to_string())
+        .collect();
+    assert_eq!(
+        ops,
+        ["/spec/containers/2/env", "/spec/containers/2/volumeMounts"]
+    );
+    let twice = patched(&later, &d);
+    assert_eq!(
+        twice["spec"]["containers"].as_array().map(Vec::len),
+        Some(3),
+        "no second sidecar"
+    );
+    assert_eq!(
+        skip_reason(&decide(&twice, &sidecars)),
+        Some(SkipReason::AlreadyInjected)
+    );
+}
+
+#[test]
+fn user_multiproc_env_from_a_reference_or_a_conflicting_mount_is_warned_not_broken() {
+    let spec = MetricsSidecarSpec {
+        multiprocess: true,
+        ..Default::default()
+    };
+    let sidecars = [sidecar("default", spec)];
+    let mut pod = app_pod("true");
+    pod["spec"]["containers"] = json!([
+        {"name": "from-ref", "image": "a", "env": [{"name": "PROMETHEUS_MULTIPROC_DIR", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},
+        {"name": "mounted", "image": "b", "env": [{"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/prom/"}],
+         "volumeMounts": [{"name": "mine", "mountPath": "/prom"}]}
+    ]);
+    pod["spec"]["volumes"] = json!([{"name": "mine", "emptyDir": {}}]);
+    let d = decide(&pod, &sidecars);
+    let w = warnings(&d);
+    assert_eq!(w.len(), 2, "{w:?}");
+    let out = patched(&pod, &d);
+    assert_eq!(
+        out["spec"]["containers"][0]["env"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert!(out["spec"]["containers"][0].get("volumeMounts").is_none());
+    assert_eq!(
+        out["spec"]["containers"][1]["volumeMounts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "no duplicate mountPath"
+    );
+}
+
+#[test]
+fn prometheus_scrape_false_is_respected() {
+    let mut pod = app_pod("true");
+    pod["metadata"]["annotations"]["prometheus.io/scrape"] = json!("false");
+    pod["metadata"]["annotations"]["prometheus.io/port"] = json!("8080");
+    let out = patched(
+        &pod,
+        &decide(&pod, &[sidecar("default", Default::default())]),
+    );
+    assert_eq!(
+        out["metadata"]["annotations"]["prometheus.io/scrape"],
+        "false"
+    );
+    assert_eq!(out["metadata"]["annotations"]["prometheus.io/port"], "8080");
+}
+
+#[test]
+fn prometheus_annotations_off_touches_no_prometheus_key() {
+    let mut pod = app_pod("true");
+    pod["metadata"]["annotations"]["prometheus.io/port"] = json!("8080");
+    let spec = MetricsSidecarSpec {
+        prometheus_annotations: false,
+        ..Default::default()
+    };
+    let out = patched(&pod, &decide(&pod, &[sidecar("default", spec)]));
+    assert_eq!(out["metadata"]["annotations"]["prometheus.io/port"], "8080");
+    assert!(
+        out["metadata"]["annotations"]
+            .get("prometheus.io/scrape")
+            .is_none()
+    );
+}
+
+#[test]
+fn loopback_metrics_listener_gets_no_probes_and_a_warning() {
+    let mut spec = MetricsSidecarSpec::default();
+    spec.config.listen.metrics = "127.0.0.1:9102".into();
+    let pod = app_pod("true");
+    let d = decide(&pod, &[sidecar("default", spec)]);
+    assert_eq!(warnings(&d).len(), 1);
+    let out = patched(&pod, &d);
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"], "monasca-sidecar");
+    assert!(sidecar.get("readinessProbe").is_none() && sidecar.get("startupProbe").is_none());
+}
+
+#[test]
+fn external_listeners_get_named_ports() {
+    let mut spec = MetricsSidecarSpec::default();
+    spec.config.listen.ingest = "0.0.0.0:9091".into();
+    spec.config.listen.statsd = "0.0.0.0:8125".into();
+    let pod = app_pod("true");
+    let out = patched(&pod, &decide(&pod, &[sidecar("default", spec)]));
+    assert_eq!(
+        out["spec"]["initContainers"][0]["ports"],
+        json!([
+            {"name": "sidecar-metrics", "containerPort": 9102, "protocol": "TCP"},
+            {"name": "sidecar-ingest", "containerPort": 9091, "protocol": "TCP"},
+            {"name": "sidecar-statsd", "containerPort": 8125, "protocol": "UDP"}
+        ])
+    );
+}
+
+#[test]
+fn pod_problems_are_warned() {
+    let mut pod = app_pod("true");
+    pod["spec"]["restartPolicy"] = json!("Never");
+    pod["spec"]["containers"][0]["ports"] = json!([{"containerPort": 9102}]);
+    let spec = MetricsSidecarSpec {
+        native_sidecar: NativeSidecar::Never,
+        ..Default::default()
+    };
+    let w = warnings(&decide(&pod, &[sidecar("default", spec)]));
+    assert_eq!(w.len(), 2, "{w:?}");
+}
+
+#[test]
+fn unusable_sidecars_are_skipped_with_a_warning() {
+    let long = "x".repeat(64);
+    let pod = app_pod(&long);
+    let d = decide(&pod, &[sidecar(&long, Default::default())]);
+    assert_eq!(skip_reason(&d), Some(SkipReason::InvalidSidecar));
+    assert_eq!(warnings(&d).len(), 1);
+
+    let mut spec = MetricsSidecarSpec::default();
+    spec.config.listen.metrics = "localhost:9102".into();
+    let d = decide(&app_pod("true"), &[sidecar("default", spec)]);
+    assert_eq!(skip_reason(&d), Some(SkipReason::InvalidSidecar));
+}
+
+#[test]
+fn user_managed_sidecar_in_init_containers_is_respected() {
+    let mut pod = app_pod("true");
+    pod["spec"]["initContainers"] =
+        json!([{"name": "monasca-sidecar", "image": "mine", "restartPolicy": "Always"}]);
+    assert_eq!(
+        skip_reason(&decide(&pod, &[sidecar("default", Default::default())])),
+        Some(SkipReason::HasContainer)
+    );
+}
+
+#[test]
+fn excluded_namespaces() {
+    let pod = app_pod("true");
+    for ns in ["kube-system", "monasca-system"] {
+        assert_eq!(
+            skip_reason(&decide_in(ns, &pod, None, &[])),
+            Some(SkipReason::ExcludedNamespace)
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! Keeps the [`Context`] stores current from the API server (the only I/O admission relies on).
+//!
+//! One malformed `MetricsSidecar` (stored before a schema change, or written with validation
+//! off) must not stop the webhook from seeing all the others, so sidecars are watched through
+//! kube's `DeserializeGuard`: an object that does not parse is logged and dropped from the store
+//! (as if deleted) instead of failing the whole list.
+
+use crate::Context;
+use crate::inject::Settings;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use monasca_crds::MetricsSidecar;
+use std::sync::Arc;
+
+/// Logs an object that does not parse and returns a tombstone (its metadata only) that removes
+/// it from the store.
+fn tombstone(invalid: InvalidObject) -> MetricsSidecar {
+    tracing::warn!(
+        namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+        name = invalid.metadata.name.as_deref().unwrap_or_default(),
+        error = %invalid.error,
+        "ignoring a MetricsSidecar that does not parse"
+    );
+    let mut tombstone = MetricsSidecar::new(
+        invalid.metadata.name.as_deref().unwrap_or_default(),
+        Default::default(),
+    );
+    tombstone.metadata = invalid.metadata;
+    tombstone
+}
+
+/// Turns guarded events into plain ones: invalid objects become deletions.
+fn unguard(
+    event: watcher::Event<DeserializeGuard<MetricsSidecar>>,
+) -> Option<watcher::Event<MetricsSidecar>> {
+    use watcher::Event;
+    Some(match event {
+        Event::Apply(DeserializeGuard(Ok(sidecar))) => Event::Apply(sidecar),
+        Event::Apply(DeserializeGuard(Err(invalid))) => Event::Delete(tombstone(invalid)),
+        Event::Delete(DeserializeGuard(Ok(sidecar))) => Event::Delete(sidecar),
+        Event::Delete(DeserializeGuard(Err(invalid))) => Event::Delete(tombstone(invalid)),
+        Event::InitApply(DeserializeGuard(Ok(sidecar))) => Event::InitApply(sidecar),
+        Event::InitApply(DeserializeGuard(Err(invalid))) => {
+            tombstone(invalid);
+            return None;
+        }
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+    })
+}
+
+/// Runs a store-feeding stream forever, logging (not propagating) watch errors: the watcher
+/// retries with backoff by itself.
+async fn drive<S, T>(stream: S, what: &'static str)
+where
+    S: Stream<Item = Result<T, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            tracing::warn!(error = %e, what, "watch error; retrying");
+        }
+    }
+}
+
+/// Creates the context's stores and spawns the watches that fill them (for the life of the
+/// process). The context reports ready once both stores have had their first full list.
+pub fn start(client: Client, settings: Settings) -> Arc<Context> {
+    let mut sidecar_writer: Writer<MetricsSidecar> = Writer::default();
+    let namespace_writer: Writer<PartialObjectMeta<Namespace>> = Writer::default();
+    let ctx = Arc::new(Context::new(
+        settings,
+        sidecar_writer.as_reader(),
+        namespace_writer.as_reader(),
+    ));
+
+    let sidecars = watcher(
+        Api::<DeserializeGuard<MetricsSidecar>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(move |item| {
+        item.map(|event| {
+            if let Some(event) = unguard(event) {
+                sidecar_writer.apply_watcher_event(&event);
+            }
+        })
+    });
+    tokio::spawn(drive(sidecars, "MetricsSidecar"));
+
+    // Only the metadata of Namespaces is needed (annotations): a metadata watch keeps memory low.
+    let namespaces = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    tokio::spawn(drive(
+        reflector::reflector(namespace_writer, namespaces),
+        "Namespace",
+    ));
+
+    let (c, store) = (ctx.clone(), ctx.sidecars.clone());
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            c.mark_sidecars_synced();
+        }
+    });
+    let (c, store) = (ctx.clone(), ctx.namespaces.clone());
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            c.mark_namespaces_synced();
+        }
+    });
+    ctx
+}

@@ -1,0 +1,232 @@
+//! AdmissionReview in, AdmissionReview out: the part of the webhook between HTTP and
+//! [`crate::inject::inject`]. Synchronous and free of network I/O, so tests run it on
+//! recorded apiserver requests.
+
+use crate::context::Context;
+use crate::inject::{Decision, PodRequest, SkipReason, inject};
+use crate::metrics::Outcome;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionReview};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The request body is not an AdmissionReview with a request: HTTP 400 with this one-line
+/// reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidReview(String);
+
+/// A review answered.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The serialized response AdmissionReview.
+    pub body: Vec<u8>,
+    /// For metrics.
+    pub outcome: Outcome,
+    /// For metrics, when the pod was admitted unchanged.
+    pub skip: Option<SkipReason>,
+}
+
+/// The audit annotation (the apiserver prefixes it with the webhook's name) that records what
+/// the webhook did, so `kubectl get events`/audit logs explain a pod without operator logs.
+const AUDIT_DECISION: &str = "decision";
+
+/// Answers one AdmissionReview. Never denies: the webhook only ever adds a sidecar, and a pod
+/// it cannot inject is better created without one than not at all.
+pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
+    // The typed parse is the fast path. When it fails, a generic parse tells a review of
+    // something that is not a valid Pod (admit unchanged) from a body that is no review (400).
+    let request: AdmissionRequest<Pod> = match serde_json::from_slice::<AdmissionReview<Pod>>(body)
+    {
+        Ok(review) => review
+            .try_into()
+            .map_err(|_| InvalidReview("AdmissionReview has no request".into()))?,
+        Err(pod_error) => return review_not_a_pod(body, &pod_error),
+    };
+
+    let Some(pod) = request.object.as_ref() else {
+        return respond(
+            &request,
+            Decision::Skip {
+                reason: SkipReason::NotAPod,
+                warning: None,
+            },
+        );
+    };
+    if request.kind.kind != "Pod" {
+        return respond(
+            &request,
+            Decision::Skip {
+                reason: SkipReason::NotAPod,
+                warning: None,
+            },
+        );
+    }
+    // `request.namespace` is authoritative: on CREATE the object's own namespace may be empty.
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or("default");
+    let namespace_meta = ctx.namespace(namespace);
+    let sidecars = ctx.sidecars_in(namespace);
+    let decision = inject(
+        &PodRequest {
+            operation: &request.operation,
+            namespace,
+            pod,
+        },
+        namespace_meta
+            .as_ref()
+            .and_then(|ns| ns.metadata.annotations.as_ref()),
+        &sidecars,
+        &ctx.settings,
+    );
+    log_decision(&request, namespace, pod, &decision);
+    respond(&request, decision)
+}
+
+/// The body did not parse as a review of a Pod.
+fn review_not_a_pod(body: &[u8], pod_error: &serde_json::Error) -> Result<Reviewed, InvalidReview> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
+        InvalidReview(format!(
+            "not an AdmissionReview: {}",
+            one_line(&e.to_string())
+        ))
+    })?;
+    let request: AdmissionRequest<DynamicObject> = review
+        .try_into()
+        .map_err(|_| InvalidReview("AdmissionReview has no request".into()))?;
+    tracing::warn!(
+        uid = %request.uid,
+        kind = %request.kind.kind,
+        error = %pod_error,
+        "admitting an object that is not a valid Pod unchanged"
+    );
+    respond(
+        &request,
+        Decision::Skip {
+            reason: SkipReason::NotAPod,
+            warning: None,
+        },
+    )
+}
+
+/// The response AdmissionReview as the API documents it. kube's `AdmissionResponse` serializes
+/// the patch (`[]byte` in Go) as a JSON array of numbers (kube-rs/kube#1781); the API specifies
+/// base64, which is also a third of the size. The request side still uses kube's types.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    audit_annotations: BTreeMap<&'static str, &'a str>,
+}
+
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+const REVIEW_KIND: &str = "AdmissionReview";
+
+fn respond<K: kube::Resource>(
+    request: &AdmissionRequest<K>,
+    decision: Decision,
+) -> Result<Reviewed, InvalidReview> {
+    let api_version = match request.types.api_version.as_str() {
+        "" => REVIEW_API_VERSION,
+        v => v,
+    };
+    let (outcome, skip, patch, warnings, audit) = match decision {
+        Decision::Skip { reason, warning } => (
+            Outcome::Skipped,
+            Some(reason),
+            None,
+            warning.into_iter().collect::<Vec<_>>(),
+            reason.label().to_string(),
+        ),
+        Decision::Patch {
+            patch,
+            warnings,
+            sidecar,
+        } => {
+            let json = serde_json::to_vec(&patch)
+                .map_err(|e| InvalidReview(format!("cannot serialize patch: {e}")))?;
+            (
+                Outcome::Injected,
+                None,
+                Some(BASE64.encode(json)),
+                warnings,
+                format!("injected:{sidecar}"),
+            )
+        }
+    };
+    let out = ReviewOut {
+        api_version,
+        kind: REVIEW_KIND,
+        response: ResponseOut {
+            uid: &request.uid,
+            allowed: true,
+            patch_type: patch.is_some().then_some("JSONPatch"),
+            patch,
+            warnings: &warnings,
+            audit_annotations: BTreeMap::from([(AUDIT_DECISION, audit.as_str())]),
+        },
+    };
+    let body = serde_json::to_vec(&out)
+        .map_err(|e| InvalidReview(format!("cannot serialize response: {e}")))?;
+    Ok(Reviewed {
+        body,
+        outcome,
+        skip,
+    })
+}
+
+fn log_decision(request: &AdmissionRequest<Pod>, namespace: &str, pod: &Pod, decision: &Decision) {
+    let name = pod
+        .metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or_default();
+    match decision {
+        Decision::Patch {
+            sidecar, warnings, ..
+        } => tracing::info!(
+            uid = %request.uid, namespace, pod = name, sidecar, dry_run = request.dry_run,
+            warnings = warnings.len(), "injecting monasca-sidecar"
+        ),
+        Decision::Skip {
+            reason,
+            warning: Some(warning),
+        } => tracing::info!(
+            uid = %request.uid, namespace, pod = name, reason = reason.label(), warning,
+            "not injecting"
+        ),
+        Decision::Skip {
+            reason,
+            warning: None,
+        } => tracing::debug!(
+            uid = %request.uid, namespace, pod = name, reason = reason.label(), "not injecting"
+        ),
+    }
+}
+
+/// Error messages go on one line (HTTP reason bodies, logs).
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,400 @@
+//! Property: for random pods and random `MetricsSidecar`s, a patch always applies, the result is
+//! always a Pod that Kubernetes would accept structurally (unique container and volume names,
+//! unique mount paths, mounts of existing volumes), the patch only adds, and injecting the
+//! result again yields no patch.
+
+mod common;
+
+use common::undo;
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::Operation;
+use monasca_crds::{MetricsSidecar, MetricsSidecarSpec, NativeSidecar};
+use monasca_operator::inject::{Decision, PodRequest, ServerVersion, Settings, inject};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+const NAMESPACE: &str = "demo";
+
+fn annotation_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("monasca.openstack.org/injected".to_string()),
+        Just("prometheus.io/scrape".to_string()),
+        Just("prometheus.io/port".to_string()),
+        Just("prometheus.io/path".to_string()),
+        Just("prometheus.io/scheme".to_string()),
+        "[a-z]{1,6}(\\.[a-z]{1,4})?/[a-z~]{1,6}",
+        "[a-z~]{1,8}",
+    ]
+}
+
+fn annotation_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("true".to_string()),
+        Just("false".to_string()),
+        Just("9102".to_string()),
+        Just("8080".to_string()),
+        Just("/metrics".to_string()),
+        Just("https".to_string()),
+        "[ -~]{0,12}",
+    ]
+}
+
+fn inject_value() -> impl Strategy<Value = Option<String>> {
+    prop::option::weighted(
+        0.9,
+        prop_oneof![
+            4 => Just("true".to_string()),
+            2 => Just("default".to_string()),
+            2 => Just("workers".to_string()),
+            1 => Just("false".to_string()),
+            1 => Just("missing".to_string()),
+            1 => "[ -~]{0,8}",
+        ],
+    )
+}
+
+fn string_map(
+    keys: impl Strategy<Value = String>,
+    values: impl Strategy<Value = String>,
+) -> impl Strategy<Value = Option<BTreeMap<String, String>>> {
+    prop::option::of(prop::collection::btree_map(keys, values, 0..5))
+}
+
+fn mount_path() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("/var/run/prometheus-multiproc".to_string()),
+        Just("/var/run/prom".to_string()),
+        Just("/var/run/prom/".to_string()),
+        Just("/etc/monasca-sidecar".to_string()),
+        "/[a-z]{1,5}(/[a-z]{1,5})?",
+    ]
+}
+
+/// One container, with a name from `name`, optional env (maybe PROMETHEUS_MULTIPROC_DIR),
+/// optional mounts with unique paths, optional ports.
+fn container(name: String) -> impl Strategy<Value = Value> {
+    let env = prop::option::of(prop::collection::vec(
+        prop_oneof![
+            mount_path().prop_map(|p| json!({"name": "PROMETHEUS_MULTIPROC_DIR", "value": p})),
+            Just(json!({"name": "PROMETHEUS_MULTIPROC_DIR", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})),
+            Just(json!({"name": "PROMETHEUS_MULTIPROC_DIR", "value": ""})),
+            "[A-Z]{1,6}".prop_map(|n| json!({"name": n, "value": "x"})),
+        ],
+        0..3,
+    ))
+    .prop_map(|env| {
+        // At most one PROMETHEUS_MULTIPROC_DIR, like a sane pod.
+        env.map(|vars| {
+            let mut seen = HashSet::new();
+            vars.into_iter().filter(|v| seen.insert(v["name"].clone())).collect::<Vec<_>>()
+        })
+    });
+    let mounts = prop::option::of(prop::collection::vec(
+        (
+            prop_oneof![
+                Just("data"),
+                Just("monasca-sidecar-multiproc"),
+                Just("token")
+            ],
+            mount_path(),
+        ),
+        0..3,
+    ))
+    .prop_map(|mounts| {
+        mounts.map(|ms| {
+            let mut seen = HashSet::new();
+            ms.into_iter()
+                .filter(|(_, p)| seen.insert(p.trim_end_matches('/').to_string()))
+                .map(|(n, p)| json!({"name": n, "mountPath": p}))
+                .collect::<Vec<_>>()
+        })
+    });
+    let ports = prop::option::of(prop::collection::vec(
+        prop_oneof![Just(9102), Just(8080), 1024u16..2000],
+        0..2,
+    ));
+    (env, mounts, ports).prop_map(move |(env, mounts, ports)| {
+        let mut c = Map::new();
+        c.insert("name".into(), json!(name));
+        c.insert("image".into(), json!("app:1"));
+        if let Some(env) = env {
+            c.insert("env".into(), Value::Array(env));
+        }
+        if let Some(mounts) = mounts {
+            c.insert("volumeMounts".into(), Value::Array(mounts));
+        }
+        if let Some(ports) = ports {
+            let unique: std::collections::BTreeSet<u16> = ports.into_iter().collect();
+            c.insert(
+                "ports".into(),
+                unique
+                    .into_iter()
+                    .map(|p| json!({"containerPort": p}))
+                    .collect(),
+            );
+        }
+        Value::Object(c)
+    })
+}
+
+fn containers(prefix: &'static str, min: usize) -> impl Strategy<Value = Vec<Value>> {
+    (min..4usize).prop_flat_map(move |n| {
+        (0..n)
+            .map(|i| container(format!("{prefix}{i}")).boxed())
+            .collect::<Vec<_>>()
+    })
+}
+
+fn pod() -> impl Strategy<Value = Value> {
+    let metadata = (
+        string_map(annotation_key(), annotation_value()),
+        inject_value(),
+        string_map("[a-z]{1,5}(/[a-z]{1,3})?", "[a-z0-9]{0,5}"),
+        any::<bool>(),
+    );
+    let spec = (
+        containers("app", 1),
+        prop::option::of(containers("init", 0)),
+        prop::option::of(prop::collection::btree_set(
+            prop_oneof![
+                Just("data"),
+                Just("token"),
+                Just("monasca-sidecar-multiproc"),
+                Just("monasca-sidecar-config")
+            ],
+            0..3,
+        )),
+        prop::option::weighted(0.1, Just(true)),
+        prop::option::of(prop_oneof![
+            Just("Always"),
+            Just("Never"),
+            Just("OnFailure")
+        ]),
+        prop::bool::weighted(0.05),
+    );
+    (metadata, spec).prop_map(
+        |(
+            (annotations, inject, labels, named),
+            (mut app, init, volumes, host_network, restart, has_sidecar),
+        )| {
+            let mut annotations = annotations;
+            if let Some(v) = inject {
+                annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert("monasca.openstack.org/inject".into(), v);
+            }
+            if has_sidecar {
+                app.push(json!({"name": "monasca-sidecar", "image": "theirs"}));
+            }
+            let mut meta = Map::new();
+            if named {
+                meta.insert("name".into(), json!("p"));
+            } else {
+                meta.insert("generateName".into(), json!("p-"));
+            }
+            if let Some(a) = annotations {
+                meta.insert("annotations".into(), json!(a));
+            }
+            if let Some(l) = labels {
+                meta.insert("labels".into(), json!(l));
+            }
+            let mut spec = Map::new();
+            spec.insert("containers".into(), Value::Array(app));
+            if let Some(init) = init {
+                spec.insert("initContainers".into(), Value::Array(init));
+            }
+            // Every volume a container mounts exists (a valid input pod).
+            let mut names: std::collections::BTreeSet<String> =
+                volumes.into_iter().flatten().map(String::from).collect();
+            for c in spec["containers"].as_array().into_iter().flatten().chain(
+                spec.get("initContainers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten(),
+            ) {
+                for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                    if let Some(n) = m["name"].as_str() {
+                        names.insert(n.to_string());
+                    }
+                }
+            }
+            if !names.is_empty() {
+                spec.insert(
+                    "volumes".into(),
+                    names
+                        .into_iter()
+                        .map(|n| json!({"name": n, "emptyDir": {}}))
+                        .collect(),
+                );
+            }
+            if let Some(h) = host_network {
+                spec.insert("hostNetwork".into(), json!(h));
+            }
+            if let Some(r) = restart {
+                spec.insert("restartPolicy".into(), json!(r));
+            }
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+        },
+    )
+}
+
+fn sidecar_spec() -> impl Strategy<Value = MetricsSidecarSpec> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![
+            Just(NativeSidecar::Auto),
+            Just(NativeSidecar::Always),
+            Just(NativeSidecar::Never)
+        ],
+        prop_oneof![
+            Just("0.0.0.0:9102"),
+            Just("127.0.0.1:9102"),
+            Just("[::]:9300"),
+            Just("0.0.0.0:8080")
+        ],
+        prop_oneof![
+            Just("127.0.0.1:9091"),
+            Just("0.0.0.0:9091"),
+            Just("0.0.0.0:9102")
+        ],
+        prop::option::of(mount_path()),
+        prop::option::of(Just("example/sidecar:1".to_string())),
+    )
+        .prop_map(
+            |(
+                multiprocess,
+                prometheus_annotations,
+                native_sidecar,
+                metrics,
+                ingest,
+                dir,
+                image,
+            )| {
+                let mut spec = MetricsSidecarSpec {
+                    multiprocess,
+                    prometheus_annotations,
+                    native_sidecar,
+                    image,
+                    ..MetricsSidecarSpec::default()
+                };
+                spec.config.listen.metrics = metrics.into();
+                spec.config.listen.ingest = ingest.into();
+                spec.config.multiprocess_dir = dir;
+                spec
+            },
+        )
+}
+
+fn sidecars() -> impl Strategy<Value = Vec<Arc<MetricsSidecar>>> {
+    (sidecar_spec(), prop::option::of(sidecar_spec())).prop_map(|(first, second)| {
+        let mut out = Vec::new();
+        let mut s = MetricsSidecar::new("default", first);
+        s.metadata.namespace = Some(NAMESPACE.into());
+        out.push(Arc::new(s));
+        if let Some(spec) = second {
+            let mut s = MetricsSidecar::new("workers", spec);
+            s.metadata.namespace = Some(NAMESPACE.into());
+            out.push(Arc::new(s));
+        }
+        out
+    })
+}
+
+fn settings() -> impl Strategy<Value = Settings> {
+    prop::option::of((1u32..2, 20u32..35)).prop_map(|v| Settings {
+        operator_namespace: "monasca-system".into(),
+        sidecar_image: "monasca/monasca-sidecar:test".into(),
+        server_version: v.map(|(major, minor)| ServerVersion { major, minor }),
+    })
+}
+
+fn decide(pod_json: &Value, sidecars: &[Arc<MetricsSidecar>], settings: &Settings) -> Decision {
+    let pod: Pod = serde_json::from_value(pod_json.clone()).expect("generated pod is a Pod");
+    inject(
+        &PodRequest {
+            operation: &Operation::Create,
+            namespace: NAMESPACE,
+            pod: &pod,
+        },
+        None,
+        sidecars,
+        settings,
+    )
+}
+
+/// The structural rules of Pod validation that an additive patch could break.
+fn assert_structurally_valid(pod: &Value) {
+    let spec = &pod["spec"];
+    let all: Vec<&Value> = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["initContainers"].as_array().into_iter().flatten())
+        .collect();
+    let mut names = HashSet::new();
+    for c in &all {
+        assert!(
+            names.insert(c["name"].as_str()),
+            "duplicate container {}",
+            c["name"]
+        );
+    }
+    let volumes: HashSet<&str> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(
+        volumes.len(),
+        spec["volumes"].as_array().map_or(0, Vec::len),
+        "duplicate volume"
+    );
+    for c in &all {
+        let mut paths = HashSet::new();
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let path = m["mountPath"].as_str().unwrap_or_default();
+            assert!(
+                paths.insert(path.trim_end_matches('/')),
+                "duplicate mountPath {path} in {}",
+                c["name"]
+            );
+            assert!(
+                volumes.contains(m["name"].as_str().unwrap_or_default()),
+                "mount of a missing volume {}",
+                m["name"]
+            );
+        }
+        let env: Vec<&str> = c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        let unique: HashSet<&&str> = env.iter().collect();
+        assert_eq!(unique.len(), env.len(), "duplicate env in {}", c["name"]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn patch_applies_yields_a_valid_pod_and_is_idempotent(pod_json in pod(), sidecars in sidecars(), settings in settings()) {
+        let decision = decide(&pod_json, &sidecars, &settings);
+        let Some(patch) = decision.patch() else { return Ok(()); };
+        let patch: &Patch = patch;
+        let mut patched = pod_json.clone();
+        json_patch::patch(&mut patched, patch).map_err(|e| TestCaseError::fail(format!("patch does not apply: {e}")))?;
+        let typed: Result<Pod, _> = serde_json::from_value(patched.clone());
+        prop_assert!(typed.is_ok(), "patched object is not a Pod: {:?}", typed.err());
+        assert_structurally_valid(&patched);
+        prop_assert_eq!(undo(&patched, patch, &pod_json), pod_json.clone(), "the patch only adds");
+        let again = decide(&patched, &sidecars, &settings);
+        prop_assert!(again.patch().is_none(), "re-injection yielded a patch: {:?}", again);
+    }
+}
