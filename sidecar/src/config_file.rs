@@ -27,15 +27,32 @@ pub enum ConfigFileError {
     Env { name: &'static str, reason: String },
 }
 
-/// Reads and validates the config file (defaults when `path` is `None`), then applies the
-/// environment: `DECAY_SECONDS` (the original monasca-sidecar's setting) becomes `staleAfter`
-/// unless the file sets `staleAfter` itself.
+/// Reads and validates the config file, then applies the environment:
+///
+/// - `DECAY_SECONDS` (the original monasca-sidecar's setting) becomes `staleAfter` unless the
+///   file sets `staleAfter` itself;
+/// - `MONASCA_SIDECAR_SCRAPE_TARGETS` (comma-separated) adds scrape targets and
+///   `MONASCA_SIDECAR_SCRAPE_PATH` sets their path: the operator sets them per pod from the
+///   pod's own `prometheus.io/*` annotations, since the ConfigMap is shared by all pods.
+///
+/// Defaults are used when `path` is `None`, and also when the file does not exist yet: the
+/// operator mounts its ConfigMap as optional, and the watcher picks the file up when it
+/// appears.
 pub fn load_config(path: Option<&Path>) -> Result<SidecarConfig, ConfigFileError> {
     let text = match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigFileError::Read {
-            path: p.display().to_string(),
-            source,
-        })?,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %p.display(), "config file not found; running on defaults until it appears");
+                String::new()
+            }
+            Err(source) => {
+                return Err(ConfigFileError::Read {
+                    path: p.display().to_string(),
+                    source,
+                });
+            }
+        },
         None => String::new(),
     };
     parse_with_env(&text, |name| std::env::var(name).ok()).map_err(|e| match e {
@@ -66,6 +83,24 @@ fn parse_with_env(
         if config.forget_after < config.stale_after {
             config.forget_after = config.stale_after;
         }
+    }
+    if let Some(targets) = env("MONASCA_SIDECAR_SCRAPE_TARGETS") {
+        for target in targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            monasca_config::ScrapeTarget::parse(target)
+                .map_err(|reason| EnvOrConfig::Env("MONASCA_SIDECAR_SCRAPE_TARGETS", reason))?;
+            if !config.scrape.targets.iter().any(|t| t == target) {
+                config.scrape.targets.push(target.to_string());
+            }
+        }
+    }
+    if let Some(path) = env("MONASCA_SIDECAR_SCRAPE_PATH") {
+        if !path.starts_with('/') {
+            return Err(EnvOrConfig::Env(
+                "MONASCA_SIDECAR_SCRAPE_PATH",
+                format!("{path:?} must start with '/'"),
+            ));
+        }
+        config.scrape.path = path;
     }
     Ok(config)
 }
@@ -211,6 +246,42 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(c.stale_after, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn scrape_targets_from_the_environment_are_added() {
+        let e = env(&[
+            (
+                "MONASCA_SIDECAR_SCRAPE_TARGETS",
+                "127.0.0.1:8000, 127.0.0.1:8001-8002,",
+            ),
+            ("MONASCA_SIDECAR_SCRAPE_PATH", "/stats"),
+        ]);
+        let c = parse_with_env("scrape: {targets: ['127.0.0.1:8000']}", e)
+            .ok()
+            .unwrap();
+        assert_eq!(c.scrape.targets, ["127.0.0.1:8000", "127.0.0.1:8001-8002"]);
+        assert_eq!(c.scrape.path, "/stats");
+        let bad = env(&[("MONASCA_SIDECAR_SCRAPE_TARGETS", "nohost")]);
+        assert!(parse_with_env("", bad).is_err());
+        let bad = env(&[("MONASCA_SIDECAR_SCRAPE_PATH", "stats")]);
+        assert!(parse_with_env("", bad).is_err());
+    }
+
+    #[test]
+    fn missing_config_file_means_defaults_then_it_is_picked_up() {
+        let dir = std::env::temp_dir().join(format!("msc-missing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        let _ = std::fs::remove_file(&path);
+        let first = load_config(Some(&path)).unwrap();
+        assert_eq!(first, SidecarConfig::default());
+        let app = App::new(first.clone());
+        let mut w = ConfigWatcher::new(path.clone(), first);
+        std::fs::write(&path, "staleAfter: 7s\n").unwrap();
+        w.check(&app);
+        assert_eq!(app.config().stale_after, Duration::from_secs(7));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
