@@ -115,9 +115,17 @@ pub struct MetricsSidecarSpec {
     #[serde(default = "default_true")]
     pub prometheus_annotations: bool,
 
-    /// Restart the pods of this sidecar when its configuration hash changes.
+    /// Restart the pods of this sidecar (by annotating the pod template of their Deployment,
+    /// StatefulSet or DaemonSet) when a change needs new pods: image, resources, native mode,
+    /// multiprocess or Prometheus annotations. Changes of `config` alone never restart pods: the
+    /// sidecar reloads its ConfigMap.
     #[serde(default)]
     pub restart_on_change: bool,
+
+    /// Create a Prometheus Operator `PodMonitor` selecting the pods of this sidecar (port
+    /// `sidecar-metrics`), when the `monitoring.coreos.com` CRDs are installed.
+    #[serde(default)]
+    pub pod_monitor: bool,
 
     /// The sidecar configuration, written to ConfigMap `<name>-monasca-sidecar`. Same schema as
     /// the `monasca-sidecar --config` file.
@@ -218,6 +226,7 @@ impl Default for MetricsSidecarSpec {
             multiprocess: false,
             prometheus_annotations: true,
             restart_on_change: false,
+            pod_monitor: false,
             config: SidecarConfig::default(),
         }
     }
@@ -251,26 +260,45 @@ impl MetricsSidecarSpec {
     /// order and maps are `BTreeMap`s).
     pub fn config_hash(&self) -> Result<String> {
         let rendered = self.rendered_config()?;
-        let affecting = serde_json::to_vec(&PodAffecting {
+        let affecting = self.pod_affecting_json()?;
+        let mut digest = Sha256::new();
+        digest.update(b"monasca-sidecar config-hash v1\0");
+        digest.update(rendered.as_bytes());
+        digest.update(b"\0");
+        digest.update(&affecting);
+        Ok(short_hex(digest))
+    }
+
+    /// A stable hash of only the spec fields that shape the injected pod (not `config`). When it
+    /// changes, running pods are out of date and only a restart fixes them (`restartOnChange`);
+    /// when only [`config_hash`](Self::config_hash) changes, the ConfigMap carries the change to
+    /// the running sidecars.
+    pub fn pod_template_hash(&self) -> Result<String> {
+        let mut digest = Sha256::new();
+        digest.update(b"monasca-sidecar pod-template-hash v1\0");
+        digest.update(&self.pod_affecting_json()?);
+        Ok(short_hex(digest))
+    }
+
+    fn pod_affecting_json(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&PodAffecting {
             image: &self.image,
             image_pull_policy: &self.image_pull_policy,
             resources: &self.resources,
             native_sidecar: self.native_sidecar,
             multiprocess: self.multiprocess,
             prometheus_annotations: self.prometheus_annotations,
-        })?;
-        let mut digest = Sha256::new();
-        digest.update(b"monasca-sidecar config-hash v1\0");
-        digest.update(rendered.as_bytes());
-        digest.update(b"\0");
-        digest.update(&affecting);
-        let hex: String = digest
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(hex[..CONFIG_HASH_HEX_LEN].to_string())
+        })?)
     }
+}
+
+fn short_hex(digest: Sha256) -> String {
+    let hex: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex[..CONFIG_HASH_HEX_LEN].to_string()
 }
 
 /// The header of the generated CRD file, so that nobody edits it by hand.

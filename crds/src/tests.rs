@@ -194,3 +194,21 @@ fn keys_are_the_contract() {
     assert_eq!(SIDECAR_CONTAINER_NAME, "monasca-sidecar");
     assert_eq!(config_map_name("default"), "default-monasca-sidecar");
 }
+
+#[test]
+fn pod_template_hash_ignores_config_only_changes() {
+    let base = MetricsSidecarSpec::default();
+    let hash = base.pod_template_hash().expect("hash");
+    let mut config_only = base.clone();
+    config_only.config.stale_after = config::Duration::from_secs(90);
+    assert_eq!(config_only.pod_template_hash().expect("hash"), hash);
+    let mut pod_shape = base.clone();
+    pod_shape.image = Some("monasca/sidecar:2".into());
+    assert_ne!(pod_shape.pod_template_hash().expect("hash"), hash);
+    let mut monitor = base.clone();
+    monitor.pod_monitor = true;
+    assert_eq!(
+        monitor.config_hash().expect("hash"),
+        base.config_hash().expect("hash")
+    );
+}

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests in `tests/`: locating the project's binaries, running a
-//! real Prometheus server (Debian package `prometheus`) on loopback, and asking it PromQL.
+//! real Prometheus server (Debian package `prometheus`) on loopback, and asking it PromQL, and
+//! (in [`cluster`]) driving a real Kubernetes apiserver for the operator end-to-end test.
 
+pub mod cluster;
 pub mod http;
 pub mod prometheus;
 pub mod sidecar;

@@ -235,55 +235,84 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn latency_table(rt: &Runtime, server: &Server) {
+/// One measured row: reviews/s, CPU per review (µs), p50, p99, p99.9 and max (ms).
+type Row = [f64; 6];
+
+fn measure(rt: &Runtime, server: &Server, connections: usize, paced: bool) -> Row {
+    let cpu_before = process_cpu();
+    let (latencies, wall) = if paced {
+        // The target load: 5,000 reviews/s offered over 5 connections (1 ms apart on each).
+        load_paced(
+            rt,
+            server,
+            connections,
+            Duration::from_secs(5),
+            100_000,
+            Some(Duration::from_millis(1)),
+        )
+    } else {
+        load(rt, server, connections, Duration::from_secs(5), 200_000)
+    };
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    [
+        latencies.len() as f64 / wall.as_secs_f64(),
+        cpu.as_secs_f64() / latencies.len().max(1) as f64 * 1e6,
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(percentile(&latencies, 99.9)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    ]
+}
+
+/// Prints the latency table; each row is measured `runs` times and shows the median, with
+/// min–max when `runs` > 1.
+fn latency_table(rt: &Runtime, server: &Server, runs: usize) {
     println!();
     println!(
-        "Admission over TLS keep-alive, ReplicaSet fixture ({} bytes), {} CPUs shared by client and server",
+        "Admission over TLS keep-alive, ReplicaSet fixture ({} bytes), {} CPUs shared by client and server, median of {runs} run(s) of 5 s (min–max)",
         fixture_bytes(FIXTURE).len(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)
     );
     println!(
-        "| connections | reviews | reviews/s | CPU per review (client+server) | p50 | p99 | p99.9 | max |"
+        "| connections | reviews/s | CPU per review (client+server) | p50 | p99 | p99.9 | max |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for connections in [1, 2, 4] {
-        let cpu_before = process_cpu();
-        let (latencies, wall) = load(rt, server, connections, Duration::from_secs(5), 200_000);
-        let cpu = process_cpu().saturating_sub(cpu_before);
-        let rate = latencies.len() as f64 / wall.as_secs_f64();
-        let cpu_per_review = cpu.as_secs_f64() / latencies.len().max(1) as f64 * 1e6;
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, connections, paced) in [
+        ("1", 1, false),
+        ("2", 2, false),
+        ("4", 4, false),
+        ("5, paced at 5,000/s offered", 5, true),
+    ] {
+        let rows: Vec<Row> = (0..runs.max(1))
+            .map(|_| measure(rt, server, connections, paced))
+            .collect();
+        let cell = |i: usize, unit: &str, digits: usize| {
+            let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+            v.sort_by(f64::total_cmp);
+            let median = v[v.len() / 2];
+            if v.len() > 1 {
+                format!(
+                    "{median:.digits$}{unit} ({:.digits$}–{:.digits$})",
+                    v[0],
+                    v[v.len() - 1]
+                )
+            } else {
+                format!("{median:.digits$}{unit}")
+            }
+        };
         println!(
-            "| {connections} | {} | {rate:.0} | {cpu_per_review:.0} µs | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
-            latencies.len(),
-            percentile(&latencies, 50.0).as_secs_f64() * 1e3,
-            percentile(&latencies, 99.0).as_secs_f64() * 1e3,
-            percentile(&latencies, 99.9).as_secs_f64() * 1e3,
-            latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            "| {label} | {} | {} | {} | {} | {} | {} |",
+            cell(0, "", 0),
+            cell(1, " µs", 0),
+            cell(2, " ms", 3),
+            cell(3, " ms", 3),
+            cell(4, " ms", 3),
+            cell(5, " ms", 3),
         );
     }
-    // The target load: 5,000 reviews/s offered over 5 connections (1 ms apart on each).
-    let cpu_before = process_cpu();
-    let (latencies, wall) = load_paced(
-        rt,
-        server,
-        5,
-        Duration::from_secs(5),
-        100_000,
-        Some(Duration::from_millis(1)),
-    );
-    let cpu = process_cpu().saturating_sub(cpu_before);
-    let rate = latencies.len() as f64 / wall.as_secs_f64();
-    println!(
-        "| 5, paced at 5,000/s offered | {} | {rate:.0} | {:.0} µs | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
-        latencies.len(),
-        cpu.as_secs_f64() / latencies.len().max(1) as f64 * 1e6,
-        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
-        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
-        percentile(&latencies, 99.9).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
 }
 
 fn main() {
@@ -293,6 +322,15 @@ fn main() {
         .build()
         .expect("runtime");
     let server = start_server(&rt);
+    // `-- --table-only`: only the latency table (bench/run.py), repeated ADMISSION_RUNS times.
+    if std::env::args().any(|a| a == "--table-only") {
+        let runs = std::env::var("ADMISSION_RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        latency_table(&rt, &server, runs);
+        return;
+    }
     let mut criterion = Criterion::default()
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
@@ -301,6 +339,6 @@ fn main() {
     criterion.final_summary();
     // The table is a measurement, not a test: only under `cargo bench`.
     if std::env::args().any(|a| a == "--bench") {
-        latency_table(&rt, &server);
+        latency_table(&rt, &server, 1);
     }
 }

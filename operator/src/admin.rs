@@ -1,8 +1,10 @@
-//! The admin listener (plain HTTP, `:8080`): `/metrics`, `/healthz`, `/readyz`. Separate from
-//! the webhook so that probes and scrapes need no certificate and cannot starve admission.
+//! The admin listener (plain HTTP, `:8080`): `/metrics`, `/healthz`, `/readyz` and
+//! `/discovery/targets`. Separate from the webhook so that probes and scrapes need no
+//! certificate and cannot starve admission.
 
-use crate::Context;
+use crate::metrics::Gauges;
 use crate::server::{self, HttpResponse};
+use crate::{Context, discovery};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use std::future::Future;
@@ -26,7 +28,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Futu
 /// Routes one admin request.
 pub fn handle(request: &Request<Incoming>, ctx: &Context) -> HttpResponse {
     let path = request.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    if !matches!(
+        path,
+        "/metrics" | "/healthz" | "/readyz" | "/discovery/targets"
+    ) {
         return server::text(StatusCode::NOT_FOUND, "not found");
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -36,13 +41,26 @@ pub fn handle(request: &Request<Incoming>, ctx: &Context) -> HttpResponse {
         "/metrics" => server::response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            ctx.metrics.render(),
+            ctx.metrics.render_with(Some(Gauges {
+                injected_pods: ctx.injected_pods.len(),
+                leader: ctx.leadership.is_leader(),
+                cert_loaded: ctx.cert_loaded(),
+            })),
+        ),
+        "/discovery/targets" => server::response(
+            StatusCode::OK,
+            "application/json",
+            discovery::render(&ctx.injected_pods.state(), &ctx.sidecars.state()),
         ),
         "/healthz" => server::text(StatusCode::OK, "ok"),
         _ if ctx.is_ready() => server::text(StatusCode::OK, "ready"),
+        _ if !ctx.cert_loaded() => server::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the webhook serving certificate",
+        ),
         _ => server::text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the MetricsSidecar and Namespace caches",
+            "waiting for the MetricsSidecar, Namespace and Pod caches",
         ),
     }
 }

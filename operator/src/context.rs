@@ -1,13 +1,16 @@
-//! The state shared by every request handler (and, in the next issue, the reconcilers).
+//! The state shared by every request handler and the reconcilers.
 
 use crate::inject::Settings;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use k8s_openapi::api::core::v1::Namespace;
+use crate::webhook::tls::CertResolver;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use monasca_crds::MetricsSidecar;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Shared as `Arc<Context>`. Admission reads only from here: the reflector stores are kept
 /// current by watches, so a review never waits on the API server.
@@ -18,10 +21,20 @@ pub struct Context {
     pub sidecars: Store<MetricsSidecar>,
     /// Every Namespace's metadata (for the namespace-wide `inject` annotation).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Every Pod's metadata (counting injected and uninjected pods).
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Injected pods (label `monasca.openstack.org/sidecar`), slimmed to metadata, phase and IP
+    /// (discovery needs the IP, which metadata-only watches do not carry).
+    pub injected_pods: Store<Pod>,
+    /// Whether this replica may write.
+    pub leadership: Leadership,
     /// Self-metrics.
     pub metrics: Arc<Metrics>,
+    /// The webhook's certificate source, once `main` has one (readiness needs it loaded).
+    certs: OnceLock<Arc<CertResolver>>,
     sidecars_synced: AtomicBool,
     namespaces_synced: AtomicBool,
+    pods_synced: AtomicBool,
 }
 
 impl Context {
@@ -35,10 +48,61 @@ impl Context {
             settings,
             sidecars,
             namespaces,
+            pods: Writer::default().as_reader(),
+            injected_pods: Writer::default().as_reader(),
+            leadership: Leadership::standalone(),
             metrics: Arc::new(Metrics::default()),
+            certs: OnceLock::new(),
             sidecars_synced: AtomicBool::new(false),
             namespaces_synced: AtomicBool::new(false),
+            // Without pod stores (webhook-only use) there is nothing to wait for.
+            pods_synced: AtomicBool::new(true),
         }
+    }
+
+    /// Adds the pod stores; readiness then also waits for them.
+    pub fn with_pods(
+        mut self,
+        pods: Store<PartialObjectMeta<Pod>>,
+        injected_pods: Store<Pod>,
+    ) -> Context {
+        self.pods = pods;
+        self.injected_pods = injected_pods;
+        self.pods_synced = AtomicBool::new(false);
+        self
+    }
+
+    /// Replaces the leadership view (default: standalone, always the leader).
+    pub fn with_leadership(mut self, leadership: Leadership) -> Context {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Records the certificate source; readiness then waits for a certificate to be loaded.
+    pub fn set_certs(&self, certs: Arc<CertResolver>) {
+        let _ = self.certs.set(certs);
+    }
+
+    /// Records that both pod stores have their first complete list.
+    pub fn mark_pods_synced(&self) {
+        self.pods_synced.store(true, Ordering::Release);
+    }
+
+    /// Whether the pod stores are complete (counting from a partial list would report pods as
+    /// missing).
+    pub fn pods_synced(&self) -> bool {
+        self.pods_synced.load(Ordering::Acquire)
+    }
+
+    /// Whether a serving certificate is loaded (true when none is registered).
+    pub fn cert_loaded(&self) -> bool {
+        self.certs.get().is_none_or(|c| c.is_loaded())
+    }
+
+    /// The metadata of the pods of one namespace.
+    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<PartialObjectMeta<Pod>>> {
+        self.pods
+            .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
     }
 
     /// Records that the `MetricsSidecar` store has its first complete list.
@@ -57,6 +121,8 @@ impl Context {
     pub fn is_ready(&self) -> bool {
         self.sidecars_synced.load(Ordering::Acquire)
             && self.namespaces_synced.load(Ordering::Acquire)
+            && self.pods_synced()
+            && self.cert_loaded()
     }
 
     /// The `MetricsSidecar`s of one namespace.

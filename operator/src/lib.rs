@@ -1,16 +1,27 @@
 //! The monasca operator: the mutating admission webhook that injects `monasca-sidecar` into
-//! annotated pods, and (next issue) the controller that reconciles `MetricsSidecar`s.
+//! annotated pods, and the controller that reconciles `MetricsSidecar`s.
 //!
-//! Layout, so that the controller slots in beside the webhook:
+//! Layout:
 //! - [`inject`]: the pure injection decision and JSON patch (no I/O).
 //! - [`webhook`]: the HTTPS server (`POST /mutate`) and its certificate reloading.
-//! - [`admin`]: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`controller`]: ConfigMap, status, Events, rollouts, PodMonitors (writes gated by the
+//!   Lease); its decisions are pure ([`controller::status`]).
+//! - [`certs`]: the self-managed CA and serving certificate (one Secret for all replicas) and
+//!   the `MutatingWebhookConfiguration`.
+//! - [`leader`]: who may write.
+//! - [`discovery`]: Prometheus HTTP SD of every injected pod.
+//! - [`admin`]: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`,
+//!   `/discovery/targets`).
 //! - [`metrics`]: self-metrics with labels from fixed enums.
 //! - [`context`]: the shared state (`Arc<Context>`): settings, reflector stores, metrics.
 
 pub mod admin;
+pub mod certs;
 pub mod context;
+pub mod controller;
+pub mod discovery;
 pub mod inject;
+pub mod leader;
 pub mod metrics;
 pub mod server;
 pub mod watch;
@@ -50,6 +61,24 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The `MetricsSidecar` cannot be rendered (invalid sidecar configuration).
+    #[error("{0}")]
+    Config(#[from] monasca_crds::Error),
+    /// A value could not be serialized.
+    #[error("serialization: {0}")]
+    Json(#[source] serde_json::Error),
+    /// An object lacks a field the apiserver always sets.
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    /// A certificate validity time is out of range.
+    #[error("certificate time: {0}")]
+    CertTime(String),
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// This replica does not hold the Lease: it must not write.
+    #[error("not the leader")]
+    NotLeader,
 }
 
 impl Error {
@@ -62,6 +91,29 @@ impl Error {
             Error::CertGen(_) => "cert_gen",
             Error::Bind { .. } => "bind",
             Error::Kube(_) => "kube",
+            Error::Config(_) => "config",
+            Error::Json(_) => "json",
+            Error::MissingField(_) => "missing_field",
+            Error::CertTime(_) => "cert_time",
+            Error::NotLeader => "not_leader",
+            Error::Lease(_) => "lease",
+        }
+    }
+
+    /// The reconcile error reason for metrics: API errors by status class, never by message.
+    pub fn reconcile_reason(&self) -> metrics::ErrorReason {
+        use metrics::ErrorReason;
+        match self {
+            Error::Kube(kube::Error::Api(status)) => match status.code {
+                403 => ErrorReason::Forbidden,
+                404 => ErrorReason::NotFound,
+                409 => ErrorReason::Conflict,
+                422 => ErrorReason::Invalid,
+                _ => ErrorReason::Api,
+            },
+            Error::Kube(_) => ErrorReason::Transport,
+            Error::Config(_) | Error::MissingField(_) => ErrorReason::Invalid,
+            _ => ErrorReason::Other,
         }
     }
 }

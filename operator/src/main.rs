@@ -6,9 +6,11 @@ use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use monasca_crds::{DEFAULT_OPERATOR_NAMESPACE, MetricsSidecar};
+use monasca_operator::certs::{self, WebhookClient};
 use monasca_operator::inject::{ServerVersion, Settings};
+use monasca_operator::leader::{self, Leadership};
 use monasca_operator::webhook::tls::CertResolver;
-use monasca_operator::{Error, admin, watch, webhook};
+use monasca_operator::{Error, admin, controller, watch, webhook};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,16 +26,44 @@ struct Args {
     kubeconfig: Option<PathBuf>,
 
     /// Register the webhook by this URL instead of by Service (development and tests), e.g.
-    /// https://127.0.0.1:8443/mutate. Used by the controller (next release).
+    /// https://127.0.0.1:8443/mutate.
     #[arg(long, env = "MONASCA_OPERATOR_WEBHOOK_URL")]
     webhook_url: Option<String>,
+
+    /// The Service (in the operator's namespace) the apiserver reaches the webhook through.
+    #[arg(
+        long,
+        env = "MONASCA_OPERATOR_WEBHOOK_SERVICE",
+        default_value = "monasca-operator"
+    )]
+    webhook_service: String,
+
+    /// The port of that Service.
+    #[arg(
+        long,
+        env = "MONASCA_OPERATOR_WEBHOOK_SERVICE_PORT",
+        default_value_t = 443
+    )]
+    webhook_service_port: i32,
+
+    /// Compete for the Lease and write only while holding it. Turn off only for a single
+    /// replica in development.
+    #[arg(
+        long,
+        env = "MONASCA_OPERATOR_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    leader_election: bool,
 
     /// The operator's namespace (never injected; home of its Secret). Default: $POD_NAMESPACE,
     /// else monasca-system.
     #[arg(long, env = "MONASCA_OPERATOR_NAMESPACE")]
     namespace: Option<String>,
 
-    /// Serving certificate (PEM chain), reloaded when it changes. With --tls-key.
+    /// Serving certificate (PEM chain), reloaded when it changes. With --tls-key: cert-manager
+    /// mode (no operator-managed Secret or CA; annotate the webhook configuration with
+    /// cert-manager.io/inject-ca-from for its caBundle).
     #[arg(long, env = "MONASCA_OPERATOR_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
@@ -99,12 +129,19 @@ async fn main() -> Result<()> {
     let client = client(args.kubeconfig.as_deref()).await?;
     // Fail fast, with a clear message, when the CRD is missing (instead of a watch that retries
     // forever and a webhook that never becomes ready).
-    Api::<MetricsSidecar>::all(client.clone())
+    match Api::<MetricsSidecar>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
-        .context(
-            "cannot list MetricsSidecars: is the CRD installed (kubectl apply -k manifests/)?",
-        )?;
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => anyhow::bail!(
+            "the MetricsSidecar CRD is not installed (kubectl apply -k manifests/): {}",
+            status.message
+        ),
+        Err(e) => {
+            return Err(e).context("cannot list MetricsSidecars (apiserver reachable? RBAC?)");
+        }
+    }
     let server_version = match client.apiserver_version().await {
         Ok(info) => ServerVersion::parse(&info.major, &info.minor),
         Err(e) => {
@@ -114,41 +151,78 @@ async fn main() -> Result<()> {
     };
     tracing::info!(?server_version, %namespace, image = %args.sidecar_image, "starting");
 
+    let (stop_tx, stop_rx) = signal_watch::channel(false);
+    let stopped = |mut rx: signal_watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    // Leadership first: the stores and the controller read it.
+    let (leadership, lease_task) = if args.leader_election {
+        let identity = identity();
+        let manager = leader::lease_manager(client.clone(), &namespace, &identity)
+            .await
+            .context("setting up the leader-election Lease")?;
+        let (state_tx, state_rx) = signal_watch::channel(false);
+        tracing::info!(%identity, lease = leader::LEASE_NAME, "competing for the Lease");
+        let task = tokio::spawn(leader::run_lease(manager, state_tx, stop_rx.clone()));
+        (Leadership::from_receiver(state_rx), Some(task))
+    } else {
+        tracing::warn!("leader election off: this replica always writes");
+        (Leadership::standalone(), None)
+    };
+
     let ctx = watch::start(
-        client,
+        client.clone(),
         Settings {
             operator_namespace: namespace.clone(),
             sidecar_image: args.sidecar_image.clone(),
             server_version,
         },
+        leadership.clone(),
     );
 
+    let self_managed = args.tls_cert.is_none();
     let certs = Arc::new(match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             CertResolver::from_files(cert.clone(), key.clone(), Some(ctx.metrics.clone()))
                 .context("loading the webhook serving certificate")?
         }
-        _ => {
-            tracing::warn!(
-                "no --tls-cert/--tls-key: serving a self-signed in-memory certificate; \
-                 operator-managed certificates come with the controller"
-            );
-            CertResolver::self_signed(self_signed_names(&namespace, args.webhook_url.as_deref()))
-                .context("generating a self-signed certificate")?
-        }
+        _ => CertResolver::empty(Some(ctx.metrics.clone())),
     });
-    if let Some(url) = &args.webhook_url {
-        tracing::info!(%url, "webhook URL noted; registration comes with the controller");
+    ctx.set_certs(certs.clone());
+    if self_managed {
+        tokio::spawn(certs::watch_secret(
+            client.clone(),
+            namespace.clone(),
+            certs.clone(),
+        ));
     }
+    let webhook_client = match &args.webhook_url {
+        Some(url) => WebhookClient::Url(url.clone()),
+        None => WebhookClient::Service {
+            namespace: namespace.clone(),
+            name: args.webhook_service.clone(),
+            port: args.webhook_service_port,
+        },
+    };
+    tokio::spawn(certs::run(
+        certs::Manager {
+            client: client.clone(),
+            namespace: namespace.clone(),
+            webhook: webhook_client,
+            self_managed,
+        },
+        leadership.clone(),
+    ));
+
+    let pod_monitors = pod_monitors_installed(&client).await;
+    let controller_ctx = Arc::new(controller::Context::new(client, ctx.clone(), pod_monitors));
+    let controller_task = tokio::spawn(controller::run(controller_ctx, stopped(stop_rx.clone())));
 
     let webhook_listener = bind(args.webhook_listen).await?;
     let admin_listener = bind(args.admin_listen).await?;
     tracing::info!(webhook = %args.webhook_listen, admin = %args.admin_listen, "listening");
 
-    let (stop_tx, stop_rx) = signal_watch::channel(false);
-    let stopped = |mut rx: signal_watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let webhook_task = tokio::spawn(webhook::serve(
         webhook_listener,
         certs,
@@ -157,12 +231,54 @@ async fn main() -> Result<()> {
     ));
     let admin_task = tokio::spawn(admin::serve(admin_listener, ctx, stopped(stop_rx)));
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining connections");
+    let lease_died = async {
+        match lease_task {
+            Some(task) => Some(task.await),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(lease_died);
+    let lease_result = tokio::select! {
+        () = shutdown_signal() => None,
+        result = &mut lease_died => result,
+    };
+    tracing::info!("shutting down: draining in-flight admissions");
     let _ = stop_tx.send(true);
+    if let Some(result) = lease_result {
+        // The Lease task ended on its own: exit non-zero so Kubernetes restarts the pod.
+        let _ = webhook_task.await;
+        result.context("lease task")??;
+        anyhow::bail!("the leader-election task ended unexpectedly");
+    }
     webhook_task.await.context("webhook task")??;
     admin_task.await.context("admin task")?;
+    controller_task.await.context("controller task")?;
+    if let Some(result) = lease_died.await {
+        result.context("lease task")??;
+    }
     Ok(())
+}
+
+/// This replica's Lease identity: the pod name in-cluster, else host and process.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+/// Whether the Prometheus Operator's PodMonitor API is served (checked once at start).
+async fn pod_monitors_installed(client: &Client) -> bool {
+    match client
+        .list_api_group_resources("monitoring.coreos.com/v1")
+        .await
+    {
+        Ok(list) => list.resources.iter().any(|r| r.name == "podmonitors"),
+        Err(_) => false,
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -196,25 +312,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .await
         .map_err(|source| Error::Bind { addr, source })
         .map_err(Into::into)
-}
-
-/// The names a self-signed certificate covers: the conventional Service names in the operator's
-/// namespace, the host of `--webhook-url`, and loopback.
-fn self_signed_names(namespace: &str, webhook_url: Option<&str>) -> Vec<String> {
-    let mut names = vec![
-        format!("monasca-operator.{namespace}.svc"),
-        format!("monasca-operator.{namespace}.svc.cluster.local"),
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-    ];
-    if let Some(host) = webhook_url
-        .and_then(|u| u.parse::<http::Uri>().ok())
-        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()))
-        && !names.contains(&host)
-    {
-        names.push(host);
-    }
-    names
 }
 
 async fn shutdown_signal() {

@@ -50,6 +50,70 @@ impl ReloadResult {
     }
 }
 
+/// How one reconcile ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileResult {
+    Ok,
+    Error,
+}
+
+impl ReconcileResult {
+    pub const ALL: [ReconcileResult; 2] = [ReconcileResult::Ok, ReconcileResult::Error];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ReconcileResult::Ok => "ok",
+            ReconcileResult::Error => "error",
+        }
+    }
+}
+
+/// Why a reconcile failed, by class (never the message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// HTTP 403: RBAC is missing a rule.
+    Forbidden,
+    /// HTTP 404.
+    NotFound,
+    /// HTTP 409: another writer changed the object.
+    Conflict,
+    /// HTTP 422 or an object the controller cannot render.
+    Invalid,
+    /// Another API error status.
+    Api,
+    /// The API server could not be reached or answered garbage.
+    Transport,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorReason {
+    pub const ALL: [ErrorReason; 7] = [
+        ErrorReason::Forbidden,
+        ErrorReason::NotFound,
+        ErrorReason::Conflict,
+        ErrorReason::Invalid,
+        ErrorReason::Api,
+        ErrorReason::Transport,
+        ErrorReason::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorReason::Forbidden => "forbidden",
+            ErrorReason::NotFound => "not_found",
+            ErrorReason::Conflict => "conflict",
+            ErrorReason::Invalid => "invalid",
+            ErrorReason::Api => "api",
+            ErrorReason::Transport => "transport",
+            ErrorReason::Other => "other",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the reconcile duration histogram: a reconcile is a few API calls.
+const RECONCILE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
 /// Upper bounds (seconds) of the review latency histogram: admission budgets are in
 /// milliseconds, so the buckets are too.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -58,30 +122,44 @@ const LATENCY_BUCKETS: [f64; 12] = [
 
 /// A fixed-bucket histogram over atomics.
 struct Histogram {
+    bounds: &'static [f64],
     /// Non-cumulative counts per bucket; the last slot is `+Inf`.
-    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    counts: Vec<AtomicU64>,
     sum_nanos: AtomicU64,
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
         Histogram {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_nanos: AtomicU64::new(0),
         }
     }
-}
 
-impl Histogram {
     fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let slot = LATENCY_BUCKETS
+        let slot = self
+            .bounds
             .iter()
             .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
+            .unwrap_or(self.bounds.len());
         self.counts[slot].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        let mut cumulative = 0u64;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
     }
 }
 
@@ -91,6 +169,9 @@ pub struct Metrics {
     skips: [AtomicU64; SkipReason::ALL.len()],
     latency: Histogram,
     cert_reloads: [AtomicU64; ReloadResult::ALL.len()],
+    reconciles: [AtomicU64; ReconcileResult::ALL.len()],
+    reconcile_errors: [AtomicU64; ErrorReason::ALL.len()],
+    reconcile_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -98,10 +179,24 @@ impl Default for Metrics {
         Metrics {
             reviews: std::array::from_fn(|_| AtomicU64::new(0)),
             skips: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency: Histogram::default(),
+            latency: Histogram::new(&LATENCY_BUCKETS),
             cert_reloads: std::array::from_fn(|_| AtomicU64::new(0)),
+            reconciles: std::array::from_fn(|_| AtomicU64::new(0)),
+            reconcile_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            reconcile_duration: Histogram::new(&RECONCILE_BUCKETS),
         }
     }
+}
+
+/// Values read from the stores at scrape time (gauges).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    /// Pods carrying a sidecar, cluster-wide.
+    pub injected_pods: usize,
+    /// Whether this replica holds the Lease.
+    pub leader: bool,
+    /// Whether a serving certificate is loaded.
+    pub cert_loaded: bool,
 }
 
 impl Metrics {
@@ -119,6 +214,22 @@ impl Metrics {
         self.cert_reloads[result as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one reconcile and its duration.
+    pub fn reconciled(&self, result: ReconcileResult, elapsed: Duration) {
+        self.reconciles[result as usize].fetch_add(1, Ordering::Relaxed);
+        self.reconcile_duration.observe(elapsed);
+    }
+
+    /// Counts the reason of one failed reconcile.
+    pub fn reconcile_error(&self, reason: ErrorReason) {
+        self.reconcile_errors[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reconciles counted with `result` so far.
+    pub fn reconciles(&self, result: ReconcileResult) -> u64 {
+        self.reconciles[result as usize].load(Ordering::Relaxed)
+    }
+
     /// Reviews counted with `outcome` so far.
     pub fn reviews(&self, outcome: Outcome) -> u64 {
         self.reviews[outcome as usize].load(Ordering::Relaxed)
@@ -129,8 +240,13 @@ impl Metrics {
         self.skips[reason.index()].load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The Prometheus text exposition (format 0.0.4) without the store gauges.
     pub fn render(&self) -> String {
+        self.render_with(None)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), with the store gauges when given.
+    pub fn render_with(&self, gauges: Option<Gauges>) -> String {
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail; the results are ignored on purpose.
         let _ = writeln!(
@@ -170,25 +286,8 @@ impl Metrics {
             out,
             "# TYPE monasca_operator_admission_duration_seconds histogram"
         );
-        let mut cumulative = 0u64;
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += self.latency.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "monasca_operator_admission_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += self.latency.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "monasca_operator_admission_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = self.latency.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "monasca_operator_admission_duration_seconds_sum {sum}");
-        let _ = writeln!(
-            out,
-            "monasca_operator_admission_duration_seconds_count {cumulative}"
-        );
+        self.latency
+            .render(&mut out, "monasca_operator_admission_duration_seconds");
         let _ = writeln!(
             out,
             "# HELP monasca_operator_tls_reloads_total Serving certificate reloads after the files changed, by result."
@@ -201,6 +300,68 @@ impl Metrics {
                 result.label(),
                 self.cert_reloads[result as usize].load(Ordering::Relaxed)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP monasca_operator_reconciles_total MetricsSidecar reconciles, by result."
+        );
+        let _ = writeln!(out, "# TYPE monasca_operator_reconciles_total counter");
+        for result in ReconcileResult::ALL {
+            let _ = writeln!(
+                out,
+                "monasca_operator_reconciles_total{{result=\"{}\"}} {}",
+                result.label(),
+                self.reconciles(result)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP monasca_operator_reconcile_errors_total Failed reconciles, by reason."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE monasca_operator_reconcile_errors_total counter"
+        );
+        for reason in ErrorReason::ALL {
+            let _ = writeln!(
+                out,
+                "monasca_operator_reconcile_errors_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.reconcile_errors[reason as usize].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP monasca_operator_reconcile_duration_seconds Time to reconcile one MetricsSidecar."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE monasca_operator_reconcile_duration_seconds histogram"
+        );
+        self.reconcile_duration
+            .render(&mut out, "monasca_operator_reconcile_duration_seconds");
+        if let Some(g) = gauges {
+            for (name, help, value) in [
+                (
+                    "monasca_operator_injected_pods",
+                    "Pods carrying a monasca-sidecar, cluster-wide.",
+                    g.injected_pods as u64,
+                ),
+                (
+                    "monasca_operator_leader",
+                    "1 when this replica holds the Lease and writes.",
+                    u64::from(g.leader),
+                ),
+                (
+                    "monasca_operator_tls_certificate_loaded",
+                    "1 when a webhook serving certificate is loaded.",
+                    u64::from(g.cert_loaded),
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                let _ = writeln!(out, "{name} {value}");
+            }
         }
         out
     }
@@ -234,6 +395,18 @@ mod tests {
         );
         assert!(text.contains("monasca_operator_admission_duration_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("monasca_operator_admission_duration_seconds_count 3"));
+        m.reconciled(ReconcileResult::Ok, Duration::from_millis(30));
+        m.reconcile_error(ErrorReason::Conflict);
+        let text = m.render_with(Some(Gauges {
+            injected_pods: 3,
+            leader: true,
+            cert_loaded: true,
+        }));
+        assert!(text.contains("monasca_operator_reconciles_total{result=\"ok\"} 1"));
+        assert!(text.contains("monasca_operator_reconcile_errors_total{reason=\"conflict\"} 1"));
+        assert!(text.contains("monasca_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(text.contains("monasca_operator_injected_pods 3"));
+        assert!(text.contains("monasca_operator_leader 1"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap_or_default();
             assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");

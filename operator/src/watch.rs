@@ -5,16 +5,17 @@
 //! kube's `DeserializeGuard`: an object that does not parse is logged and dropped from the store
 //! (as if deleted) instead of failing the whole list.
 
-use crate::Context;
 use crate::inject::Settings;
+use crate::leader::Leadership;
+use crate::{Context, discovery};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
-use monasca_crds::MetricsSidecar;
+use monasca_crds::{LABEL_SIDECAR, MetricsSidecar};
 use std::sync::Arc;
 
 /// Logs an object that does not parse and returns a tombstone (its metadata only) that removes
@@ -70,14 +71,20 @@ where
 
 /// Creates the context's stores and spawns the watches that fill them (for the life of the
 /// process). The context reports ready once both stores have had their first full list.
-pub fn start(client: Client, settings: Settings) -> Arc<Context> {
+pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<Context> {
     let mut sidecar_writer: Writer<MetricsSidecar> = Writer::default();
     let namespace_writer: Writer<PartialObjectMeta<Namespace>> = Writer::default();
-    let ctx = Arc::new(Context::new(
-        settings,
-        sidecar_writer.as_reader(),
-        namespace_writer.as_reader(),
-    ));
+    let pod_writer: Writer<PartialObjectMeta<Pod>> = Writer::default();
+    let injected_writer: Writer<Pod> = Writer::default();
+    let ctx = Arc::new(
+        Context::new(
+            settings,
+            sidecar_writer.as_reader(),
+            namespace_writer.as_reader(),
+        )
+        .with_pods(pod_writer.as_reader(), injected_writer.as_reader())
+        .with_leadership(leadership),
+    );
 
     let sidecars = watcher(
         Api::<DeserializeGuard<MetricsSidecar>>::all(client.clone()),
@@ -95,7 +102,7 @@ pub fn start(client: Client, settings: Settings) -> Arc<Context> {
 
     // Only the metadata of Namespaces is needed (annotations): a metadata watch keeps memory low.
     let namespaces = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client),
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff();
@@ -104,6 +111,36 @@ pub fn start(client: Client, settings: Settings) -> Arc<Context> {
         "Namespace",
     ));
 
+    // Every pod's metadata, for the controller's counts. Metadata only: a pod's spec is most of
+    // its size and the controller needs only labels, annotations and owners.
+    let pods = watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|pod| pod.metadata.managed_fields = None);
+    tokio::spawn(drive(reflector::reflector(pod_writer, pods), "Pod"));
+
+    // Injected pods in full (discovery needs their IP), slimmed down to what it reads.
+    let injected = watcher(
+        Api::<Pod>::all(client),
+        watcher::Config::default()
+            .labels(LABEL_SIDECAR)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(discovery::slim);
+    tokio::spawn(drive(
+        reflector::reflector(injected_writer, injected),
+        "injected Pod",
+    ));
+
+    let (c, pods, injected) = (ctx.clone(), ctx.pods.clone(), ctx.injected_pods.clone());
+    tokio::spawn(async move {
+        if pods.wait_until_ready().await.is_ok() && injected.wait_until_ready().await.is_ok() {
+            c.mark_pods_synced();
+        }
+    });
     let (c, store) = (ctx.clone(), ctx.sidecars.clone());
     tokio::spawn(async move {
         if store.wait_until_ready().await.is_ok() {

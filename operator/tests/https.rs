@@ -308,5 +308,5 @@ async fn admin_listener_serves_metrics_and_probes() {
 #[test]
 fn self_signed_certificate_is_usable() {
     let resolver = CertResolver::self_signed(vec!["localhost".into()]).expect("self-signed");
-    assert_eq!(resolver.current().cert.len(), 1);
+    assert_eq!(resolver.current().expect("loaded").cert.len(), 1);
 }

@@ -304,7 +304,20 @@ pub fn inject(
         );
     }
 
-    let in_namespace: Vec<&MetricsSidecar> = sidecars
+    let sidecar = match select(&wanted, &in_namespace(sidecars, namespace)) {
+        Ok(s) => s,
+        Err(decision) => return decision,
+    };
+
+    build::build(pod, spec, sidecar, has_container, settings)
+}
+
+/// The `MetricsSidecar`s of `sidecars` that live in `namespace`.
+fn in_namespace<'s>(
+    sidecars: &'s [Arc<MetricsSidecar>],
+    namespace: &str,
+) -> Vec<&'s MetricsSidecar> {
+    sidecars
         .iter()
         .map(|s| s.as_ref())
         .filter(|s| {
@@ -313,13 +326,31 @@ pub fn inject(
                 .as_deref()
                 .is_none_or(|ns| ns == namespace)
         })
-        .collect();
-    let sidecar = match select(&wanted, &in_namespace) {
-        Ok(s) => s,
-        Err(decision) => return decision,
-    };
+        .collect()
+}
 
-    build::build(pod, spec, sidecar, has_container, settings)
+/// The `MetricsSidecar` a pod asks for by the same annotation rules as [`inject`]
+/// (pod annotation over namespace annotation, `"true"` -> `default` or the only one), or `None`
+/// when it asks for none, asks for one that does not exist, or lives in an excluded namespace.
+///
+/// The controller uses it on pod *metadata* to count pods that asked for a sidecar but were
+/// admitted without one (webhook down, `failurePolicy: Ignore`); sharing the rules keeps that
+/// count and the webhook's decisions from ever disagreeing.
+pub fn requested_sidecar<'s>(
+    namespace: &str,
+    pod_annotations: Option<&BTreeMap<String, String>>,
+    namespace_annotations: Option<&BTreeMap<String, String>>,
+    sidecars: &'s [Arc<MetricsSidecar>],
+    settings: &Settings,
+) -> Option<&'s MetricsSidecar> {
+    if namespace == KUBE_SYSTEM || namespace == settings.operator_namespace {
+        return None;
+    }
+    let raw = pod_annotations
+        .and_then(|a| a.get(ANNOTATION_INJECT))
+        .or_else(|| namespace_annotations.and_then(|a| a.get(ANNOTATION_INJECT)))?;
+    let wanted = parse_inject(raw)?;
+    select(&wanted, &in_namespace(sidecars, namespace)).ok()
 }
 
 /// Finds the `MetricsSidecar` an annotation asks for.

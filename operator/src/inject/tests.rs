@@ -407,3 +407,62 @@ fn excluded_namespaces() {
         );
     }
 }
+
+#[test]
+fn requested_sidecar_agrees_with_the_webhook() {
+    // The controller counts uninjected pods with `requested_sidecar`; for every annotation the
+    // webhook would inject, it must name the same sidecar, and none when the webhook would not.
+    let one = [sidecar("only", MetricsSidecarSpec::default())];
+    let two = [
+        sidecar("default", MetricsSidecarSpec::default()),
+        sidecar("other", MetricsSidecarSpec::default()),
+    ];
+    let two_no_default = [
+        sidecar("a", MetricsSidecarSpec::default()),
+        sidecar("b", MetricsSidecarSpec::default()),
+    ];
+    let ns_true = BTreeMap::from([(ANNOTATION_INJECT.to_string(), "true".to_string())]);
+    for sidecars in [&one[..], &two[..], &two_no_default[..], &[]] {
+        for namespace in ["demo", "kube-system", "monasca-system"] {
+            for ns_annotations in [None, Some(&ns_true)] {
+                for value in [
+                    None,
+                    Some("true"),
+                    Some("True"),
+                    Some("false"),
+                    Some("other"),
+                    Some("only"),
+                    Some("nope"),
+                    Some("Not_A_Name"),
+                ] {
+                    let pod_json = match value {
+                        Some(v) => app_pod(v),
+                        None => json!({"metadata": {"generateName": "app-"},
+                                       "spec": {"containers": [{"name": "app", "image": "a"}]}}),
+                    };
+                    let decision = decide_in(namespace, &pod_json, ns_annotations, sidecars);
+                    let injected = match &decision {
+                        Decision::Patch { sidecar, .. } => Some(sidecar.clone()),
+                        Decision::Skip { .. } => None,
+                    };
+                    let pod = pod(pod_json);
+                    let requested = requested_sidecar(
+                        namespace,
+                        pod.metadata.annotations.as_ref(),
+                        ns_annotations,
+                        sidecars,
+                        &settings(),
+                    )
+                    .and_then(|s| s.metadata.name.clone());
+                    assert_eq!(
+                        requested,
+                        injected,
+                        "namespace {namespace}, pod annotation {value:?}, namespace annotation \
+                         {ns_annotations:?}, {} sidecars",
+                        sidecars.len()
+                    );
+                }
+            }
+        }
+    }
+}

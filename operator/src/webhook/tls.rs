@@ -1,8 +1,9 @@
 //! The serving certificate: loaded from PEM files and swapped atomically when they change, or
 //! generated in memory.
 //!
-//! Rotation (cert-manager, or the operator's own CA in the next issue) rewrites the files while
-//! connections are open. The resolver below is consulted by rustls once per TLS handshake: it
+//! Rotation (cert-manager rewriting files, or the operator's own CA updating the Secret that
+//! [`crate::certs`] watches and hands to [`CertResolver::load_pem`]) happens while connections
+//! are open. The resolver below is consulted by rustls once per TLS handshake: it
 //! compares the files' identity (mtime, size, inode) with what it last loaded, reloads on a
 //! change, and hands out the current key from an `ArcSwap`. Established connections keep the
 //! certificate they negotiated; new ones get the new one; nothing is dropped or restarted. A
@@ -11,7 +12,7 @@
 
 use crate::metrics::{Metrics, ReloadResult};
 use crate::{Error, Result};
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -54,7 +55,9 @@ struct Files {
 
 /// A `ResolvesServerCert` whose certificate can change under running servers.
 pub struct CertResolver {
-    current: ArcSwap<CertifiedKey>,
+    /// `None` until a certificate is known (self-managed mode before the Secret is read): the
+    /// replica reports not ready meanwhile, so the Service sends it no reviews.
+    current: ArcSwapOption<CertifiedKey>,
     files: Option<Files>,
     provider: Arc<CryptoProvider>,
     metrics: Option<Arc<Metrics>>,
@@ -86,7 +89,17 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
     };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    parse_pair(&cert_pem, &key_pem, cert, key, provider)
+}
+
+fn parse_pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Pem {
             path: cert.to_path_buf(),
@@ -98,7 +111,7 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
             reason: "no CERTIFICATE block".into(),
         });
     }
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| Error::Pem {
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::Pem {
         path: key.to_path_buf(),
         reason: e.to_string(),
     })?;
@@ -117,7 +130,7 @@ impl CertResolver {
         let stamps = (stamp(&cert), stamp(&key));
         let loaded = load_pair(&cert, &key, &provider)?;
         Ok(CertResolver {
-            current: ArcSwap::from_pointee(loaded),
+            current: ArcSwapOption::from_pointee(loaded),
             files: Some(Files {
                 cert,
                 key,
@@ -136,11 +149,54 @@ impl CertResolver {
         let provider = provider();
         let loaded = CertifiedKey::from_der(chain, key, &provider)?;
         Ok(CertResolver {
-            current: ArcSwap::from_pointee(loaded),
+            current: ArcSwapOption::from_pointee(loaded),
             files: None,
             provider,
             metrics: None,
         })
+    }
+
+    /// A resolver with no certificate yet, filled by [`CertResolver::load_pem`] (self-managed
+    /// mode: the certificate comes from the Secret watch).
+    pub fn empty(metrics: Option<Arc<Metrics>>) -> CertResolver {
+        CertResolver {
+            current: ArcSwapOption::empty(),
+            files: None,
+            provider: provider(),
+            metrics,
+        }
+    }
+
+    /// Whether a certificate is being served.
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Serves the PEM chain and key from now on (new handshakes; open connections keep theirs).
+    /// Returns `false`, changing nothing, when the chain is the one already served, so that a
+    /// re-delivered Secret is not counted as a rotation. A pair that does not load leaves the
+    /// previous certificate in place.
+    pub fn load_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<bool> {
+        let origin = Path::new("<secret>");
+        let result = parse_pair(cert_pem, key_pem, origin, origin, &self.provider);
+        let loaded = match result {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.count(ReloadResult::Failed);
+                return Err(e);
+            }
+        };
+        if self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|current| current.cert == loaded.cert)
+        {
+            return Ok(false);
+        }
+        self.current.store(Some(Arc::new(loaded)));
+        self.count(ReloadResult::Loaded);
+        Ok(true)
     }
 
     /// A self-signed certificate for `names`, generated in memory. For running without
@@ -154,8 +210,8 @@ impl CertResolver {
         CertResolver::fixed(vec![cert.der().clone()], key)
     }
 
-    /// The certificate chain now being served.
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    /// The certificate chain now being served, if any.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current.load_full()
     }
 
@@ -179,7 +235,7 @@ impl CertResolver {
         *seen = now;
         match load_pair(&files.cert, &files.key, &self.provider) {
             Ok(loaded) => {
-                self.current.store(Arc::new(loaded));
+                self.current.store(Some(Arc::new(loaded)));
                 self.count(ReloadResult::Loaded);
                 tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
                 true
@@ -220,6 +276,6 @@ impl ResolvesServerCert for CertResolver {
         // Two stat(2) calls per handshake; handshakes are rare (the apiserver keeps connections
         // alive), and this is what makes a rotated certificate effective immediately.
         self.reload_if_changed();
-        Some(self.current.load_full())
+        self.current.load_full()
     }
 }
