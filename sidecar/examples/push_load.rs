@@ -32,7 +32,9 @@ fn text_body(shard: usize, series: usize) -> Vec<u8> {
     let mut out = String::with_capacity(series * 90);
     let per_family = 1000;
     for f in 0..series.div_ceil(per_family) {
-        out.push_str(&format!("# HELP bench_family_{f}_total Bench family.\n# TYPE bench_family_{f}_total counter\n"));
+        out.push_str(&format!(
+            "# HELP bench_family_{f}_total Bench family.\n# TYPE bench_family_{f}_total counter\n"
+        ));
         for i in 0..per_family.min(series - f * per_family) {
             out.push_str(&format!(
                 "bench_family_{f}_total{{shard=\"{}\",endpoint=\"/v2.0/metrics/{i}\",status=\"{}\"}} {}\n",
@@ -62,7 +64,6 @@ fn protobuf_body(shard: usize, series: usize) -> Vec<u8> {
                 ],
                 counter: Some(proto::Counter {
                     value: Some((i + 1) as f64),
-                    ..Default::default()
                 }),
                 ..Default::default()
             })
@@ -120,7 +121,10 @@ fn put(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let addr = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:9091".into());
+    let addr = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:9091".into());
     let pushers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(16);
     let series: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(31_250);
     let seconds: u64 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(5);
@@ -137,8 +141,12 @@ fn main() {
     let deadline_after = Duration::from_secs(seconds);
     let mut threads = Vec::new();
     for shard in 0..pushers {
-        let (addr, requests, errors, barrier) =
-            (addr.clone(), requests.clone(), errors.clone(), barrier.clone());
+        let (addr, requests, errors, barrier) = (
+            addr.clone(),
+            requests.clone(),
+            errors.clone(),
+            barrier.clone(),
+        );
         let body = if format == "protobuf" {
             protobuf_body(shard, series)
         } else {
