@@ -13,3 +13,5 @@ pub mod expose;
 pub mod ingest;
 pub mod server;
 pub mod statsd;
+pub mod multiprocess;
+pub mod scrape;

@@ -83,6 +83,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("cannot start the StatsD listener")?;
 
+    // prometheus_client multiprocess files (config `multiprocessDir` or PROMETHEUS_MULTIPROC_DIR)
+    // and scrape-mode workers; both idle until configured and follow config reloads.
+    let multiprocess = monasca_sidecar::multiprocess::spawn(app.clone());
+    let scraper = monasca_sidecar::scrape::spawn(app.clone());
+
     // Forget workers not seen for `forgetAfter`, retiring their counters.
     let sweeper = {
         let app = app.clone();
@@ -112,6 +117,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     statsd.flush();
     drop(statsd);
+    drop(scraper);
+    multiprocess.stop();
     sweeper.abort();
     if let Some(w) = watcher {
         w.abort();

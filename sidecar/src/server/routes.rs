@@ -26,7 +26,11 @@ pub(super) async fn handle(
     match (role, req.method(), path.as_str()) {
         (_, &Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (_, &Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
-        (_, &Method::GET | &Method::HEAD, "/metrics") => metrics(&req, app, stats),
+        // Refreshing multiprocess files and rendering are CPU work: keep the runtime's other
+        // connections moving while they run.
+        (_, &Method::GET | &Method::HEAD, "/metrics") => {
+            tokio::task::block_in_place(|| metrics(&req, app, stats))
+        }
         (Role::Metrics, &Method::GET, "/v1/workers") => workers(app),
         (Role::Ingest, &Method::POST, "/v1/ingest") => json_ingest(req, app, stats).await,
         (Role::Ingest, &Method::POST, "/v1/clear") => json_clear(app),

@@ -1,0 +1,486 @@
+//! Zero-code ingest for Python multiprocess apps: reads prometheus_client's
+//! `PROMETHEUS_MULTIPROC_DIR` (`*.db` files, one set per worker pid) directly, and keeps the
+//! directory bounded.
+//!
+//! - [`format`]: the file layout, parsed from bytes (fuzzable) and written (for the sidecar's
+//!   own files); checked against the real client in `tests/multiprocess*.rs`.
+//! - [`merge`]: one worker's entries as ingest-model families, the way MultiProcessCollector
+//!   merges them; each pid is one store worker (`pid` label), applied with `Scope::Worker`.
+//! - [`liveness`]: `/proc` when the app's processes are visible, file changes otherwise.
+//! - [`retired`]: dead workers' values folded into `*_retired.db` files the collector also
+//!   reads, written atomically before the dead workers' files are deleted.
+//! - `scan`: the round that ties them together.
+//!
+//! Differences from MultiProcessCollector, all deliberate:
+//! - `live*` gauges of dead workers disappear even when nobody called `mark_process_dead`;
+//! - a corrupt or truncated file is skipped (its last good values kept) instead of failing
+//!   the whole scrape;
+//! - with compaction on, a dead worker's `all`-mode gauges leave with its files (they would be
+//!   one series per dead pid forever); its counters, histograms, summaries and
+//!   `sum`/`min`/`max`/`mostrecent` gauges are kept in the retired totals;
+//! - counters never go backwards: a counter that drops inside a live file (`Counter.reset()`)
+//!   keeps its previous value in the retired totals.
+//!
+//! Scans run on a thread of their own at least every second, and on demand right before a
+//! `/metrics` render ([`crate::app::Refresh`]); an unchanged directory costs a `stat`, a
+//! `pread` and a `memcmp` per file.
+
+pub mod format;
+pub mod liveness;
+pub mod merge;
+pub mod retired;
+mod scan;
+#[cfg(test)]
+mod tests;
+
+pub use liveness::{LivenessMode, LivenessPolicy};
+pub(crate) use scan::apply_resilient;
+pub use scan::{MAX_FILE_BYTES, RETIRED_WORKER_ID, worker_id};
+
+use crate::app::{App, Refresh, SelfMetrics};
+use crate::expose::SelfFamily;
+use crate::model::MetricKind;
+use monasca_config::SidecarConfig;
+use parking_lot::{Condvar, Mutex};
+use scan::DirState;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// How the reader runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How worker liveness is decided (see [`liveness`]).
+    pub liveness: LivenessPolicy,
+    /// Time between background scans.
+    pub interval: Duration,
+    /// The directory used when the config names none: `PROMETHEUS_MULTIPROC_DIR` (or the
+    /// deprecated `prometheus_multiproc_dir`) of the sidecar's environment, read once.
+    pub env_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            liveness: LivenessPolicy::Auto,
+            interval: Duration::from_secs(1),
+            env_dir: std::env::var_os("PROMETHEUS_MULTIPROC_DIR")
+                .or_else(|| std::env::var_os("prometheus_multiproc_dir"))
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+}
+
+/// The running reader. Dropping it stops the background thread (after the current scan).
+pub struct Multiprocess {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts the reader with default [`Options`]: registers its self-metrics and its refresh
+/// hook with `app`, and scans on a background thread. The directory comes from the config
+/// (`multiprocessDir`, re-read every scan so reloads apply), else from the environment; with
+/// neither, the reader idles.
+pub fn spawn(app: Arc<App>) -> Multiprocess {
+    spawn_with(app, Options::default())
+}
+
+/// [`spawn`] with explicit options.
+pub fn spawn_with(app: Arc<App>, options: Options) -> Multiprocess {
+    let reader = Reader::new(options.clone());
+    let shared = Arc::new(Shared {
+        app: Arc::downgrade(&app),
+        stats: reader.stats.clone(),
+        scanner: Mutex::new(reader),
+        stop: AtomicBool::new(false),
+        wake: Mutex::new(false),
+        wake_cv: Condvar::new(),
+    });
+    app.register(shared.clone());
+    app.register_refresh(shared.clone());
+    drop(app);
+    let thread = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("multiprocess".into())
+            .spawn(move || shared.run(options.interval))
+    };
+    let thread = match thread {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the multiprocess reader thread; scanning only before each /metrics render");
+            None
+        }
+    };
+    Multiprocess { shared, thread }
+}
+
+impl Multiprocess {
+    /// Scans now unless a scan started after this call began (another caller's or the
+    /// background one), and returns when the store reflects the files. Blocking.
+    pub fn refresh_now(&self) {
+        self.shared.refresh();
+    }
+
+    /// The hook registered with [`App::register_refresh`], for callers that hold the handle.
+    pub fn refresher(&self) -> Arc<dyn Refresh> {
+        self.shared.clone()
+    }
+
+    /// Stops the background thread and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        {
+            let mut woken = self.shared.wake.lock();
+            *woken = true;
+            self.shared.wake_cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Multiprocess {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Shared {
+    app: Weak<App>,
+    scanner: Mutex<Reader>,
+    stats: Arc<Stats>,
+    stop: AtomicBool,
+    wake: Mutex<bool>,
+    wake_cv: Condvar,
+}
+
+impl Shared {
+    fn run(&self, interval: Duration) {
+        while !self.stop.load(Ordering::SeqCst) {
+            {
+                let mut scanner = self.scanner.lock();
+                let fresh = scanner
+                    .last_started
+                    .is_some_and(|t| t.elapsed() < interval / 2);
+                if !fresh {
+                    let Some(app) = self.app.upgrade() else {
+                        return;
+                    };
+                    scanner.scan(&app);
+                }
+            }
+            let mut woken = self.wake.lock();
+            if !*woken {
+                self.wake_cv.wait_for(&mut woken, interval);
+            }
+            *woken = false;
+        }
+    }
+}
+
+impl Refresh for Shared {
+    fn refresh(&self) {
+        if self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let requested = Instant::now();
+        let mut scanner = self.scanner.lock();
+        if scanner.last_started.is_some_and(|t| t >= requested) {
+            return;
+        }
+        if let Some(app) = self.app.upgrade() {
+            scanner.scan(&app);
+        }
+    }
+}
+
+/// The reader without a thread: one synchronous pass per [`Reader::scan`] (what the
+/// background thread and the refresh hook call; benchmarks and tools can drive it directly).
+pub struct Reader {
+    state: Option<DirState>,
+    options: Options,
+    log: LogOnce,
+    last_started: Option<Instant>,
+    stats: Arc<Stats>,
+}
+
+impl Reader {
+    pub fn new(options: Options) -> Reader {
+        Reader {
+            state: None,
+            options,
+            log: LogOnce::default(),
+            last_started: None,
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    /// Tests: the directory state, once a scan created it.
+    #[cfg(test)]
+    fn dir_state(&mut self) -> Option<&mut DirState> {
+        self.state.as_mut()
+    }
+
+    /// One pass over the directory named by `app`'s config (see the module docs).
+    pub fn scan(&mut self, app: &App) {
+        let stats = &*self.stats.clone();
+        let started = Instant::now();
+        self.last_started = Some(started);
+        let cfg = app.config();
+        let dir = resolve_dir(&cfg, self.options.env_dir.as_ref());
+        if self.state.as_ref().map(|s| &s.dir) != dir.as_ref() {
+            if let Some(old) = self.state.take() {
+                tracing::info!(dir = %old.dir.display(), "no longer reading the multiprocess directory");
+                old.detach(&mut app.store.write());
+            }
+            if let Some(dir) = dir {
+                tracing::info!(dir = %dir.display(), compact = cfg.multiprocess_compact, "reading prometheus_client multiprocess files");
+                self.log = LogOnce::default();
+                self.state = Some(DirState::new(dir, self.options.liveness));
+            }
+        }
+        let Some(state) = self.state.as_mut() else {
+            stats.set_summary(None);
+            return;
+        };
+        let summary = state.round(app, &cfg, stats, &mut self.log);
+        stats.scans.inc();
+        stats.set_duration(started.elapsed());
+        stats.set_summary(Some(summary));
+    }
+}
+
+/// The directory to read: config first, then the environment.
+fn resolve_dir(cfg: &SidecarConfig, env_dir: Option<&PathBuf>) -> Option<PathBuf> {
+    cfg.multiprocess_dir
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env_dir.cloned())
+}
+
+/// Log keys already reported, so a broken file logs once, not every second.
+#[derive(Default)]
+struct LogOnce {
+    seen: HashSet<String>,
+}
+
+impl LogOnce {
+    /// Bound on remembered keys; beyond it everything logs again (and memory stays bounded).
+    const MAX: usize = 10_000;
+
+    /// True the first time `key` is reported (until cleared).
+    fn first(&mut self, key: &str) -> bool {
+        if self.seen.contains(key) {
+            return false;
+        }
+        if self.seen.len() >= Self::MAX {
+            self.seen.clear();
+        }
+        self.seen.insert(key.to_string());
+        true
+    }
+
+    /// The condition is over: report it again if it comes back.
+    fn clear(&mut self, key: &str) {
+        self.seen.remove(key);
+    }
+}
+
+/// A monotonically increasing self-metric.
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+impl Counter {
+    fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> f64 {
+        self.0.load(Ordering::Relaxed) as f64
+    }
+}
+
+/// The reader's self-metrics.
+#[derive(Default)]
+struct Stats {
+    scans: Counter,
+    file_reads: Counter,
+    folded_workers: Counter,
+    deleted_files: Counter,
+    /// Last scan duration in nanoseconds.
+    duration_ns: AtomicU64,
+    labelled: Mutex<Labelled>,
+}
+
+#[derive(Default)]
+struct Labelled {
+    corrupt: BTreeMap<&'static str, u64>,
+    errors: BTreeMap<&'static str, u64>,
+    rejected: BTreeMap<&'static str, u64>,
+    summary: Option<scan::RoundSummary>,
+}
+
+impl Stats {
+    fn corrupt(&self, reason: &'static str) {
+        *self.labelled.lock().corrupt.entry(reason).or_default() += 1;
+    }
+
+    /// Entries whose key is not valid JSON (left out; the rest of the file is used).
+    fn corrupt_keys(&self, n: u64) {
+        *self.labelled.lock().corrupt.entry("bad_key").or_default() += n;
+    }
+
+    fn error(&self, op: &'static str) {
+        *self.labelled.lock().errors.entry(op).or_default() += 1;
+    }
+
+    fn rejected(&self, reason: &'static str, n: u64) {
+        *self.labelled.lock().rejected.entry(reason).or_default() += n;
+    }
+
+    fn set_duration(&self, d: Duration) {
+        self.duration_ns.store(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn set_summary(&self, summary: Option<scan::RoundSummary>) {
+        self.labelled.lock().summary = summary;
+    }
+}
+
+impl SelfMetrics for Shared {
+    fn families(&self, out: &mut Vec<SelfFamily>) {
+        let s = &self.stats;
+        let labelled = s.labelled.lock();
+        let summary = labelled.summary.unwrap_or_default();
+        let enabled = labelled.summary.is_some();
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_enabled",
+                MetricKind::Gauge,
+                "1 when a prometheus_client multiprocess directory is being read.",
+            )
+            .value(if enabled { 1.0 } else { 0.0 }),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_scans_total",
+                MetricKind::Counter,
+                "Scans of the multiprocess directory.",
+            )
+            .value(s.scans.get()),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_scan_duration_seconds",
+                MetricKind::Gauge,
+                "Duration of the last scan of the multiprocess directory.",
+            )
+            .value(s.duration_ns.load(Ordering::Relaxed) as f64 / 1e9),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_file_reads_total",
+                MetricKind::Counter,
+                "Worker files read (each scan reads every file up to its used size).",
+            )
+            .value(s.file_reads.get()),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_files",
+                MetricKind::Gauge,
+                "Worker files in the directory (without the sidecar's own).",
+            )
+            .value(summary.files as f64),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_workers",
+                MetricKind::Gauge,
+                "Worker pids with files in the directory, by liveness.",
+            )
+            .labelled("state", "live", summary.live as f64)
+            .labelled("state", "dead", summary.dead as f64),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_retired_series",
+                MetricKind::Gauge,
+                "Series in the persisted totals of dead workers.",
+            )
+            .value(summary.retired_series as f64),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_folded_workers_total",
+                MetricKind::Counter,
+                "Dead workers folded into the retired totals.",
+            )
+            .value(s.folded_workers.get()),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_deleted_files_total",
+                MetricKind::Counter,
+                "Dead workers' files deleted after folding.",
+            )
+            .value(s.deleted_files.get()),
+        );
+        let mut liveness = SelfFamily::new(
+            "monasca_sidecar_multiprocess_liveness",
+            MetricKind::Gauge,
+            "How worker liveness is decided: proc (shared pid namespace, compaction possible) or mtime.",
+        );
+        for mode in [LivenessMode::Proc, LivenessMode::Mtime] {
+            let v = if summary.liveness == Some(mode) {
+                1.0
+            } else {
+                0.0
+            };
+            liveness = liveness.labelled("method", mode.as_str(), v);
+        }
+        out.push(liveness);
+        let mut corrupt = SelfFamily::new(
+            "monasca_sidecar_multiprocess_corrupt_files_total",
+            MetricKind::Counter,
+            "Unreadable multiprocess files (skipped, last good values kept), by reason.",
+        );
+        for reason in format::FileError::REASONS {
+            let v = labelled.corrupt.get(reason).copied().unwrap_or(0);
+            corrupt = corrupt.labelled("reason", reason, v as f64);
+        }
+        out.push(corrupt);
+        let mut errors = SelfFamily::new(
+            "monasca_sidecar_multiprocess_errors_total",
+            MetricKind::Counter,
+            "I/O failures on the multiprocess directory, by operation.",
+        );
+        for op in ["list", "read", "persist", "delete"] {
+            let v = labelled.errors.get(op).copied().unwrap_or(0);
+            errors = errors.labelled("op", op, v as f64);
+        }
+        out.push(errors);
+        let mut rejected = SelfFamily::new(
+            "monasca_sidecar_multiprocess_rejected_total",
+            MetricKind::Counter,
+            "Families of multiprocess workers the store rejected, by reason.",
+        );
+        for (reason, v) in &labelled.rejected {
+            rejected = rejected.labelled("reason", reason, *v as f64);
+        }
+        out.push(rejected);
+    }
+}

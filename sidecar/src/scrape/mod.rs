@@ -1,0 +1,257 @@
+//! Scrape mode: workers that each expose `/metrics` on their own port or unix socket
+//! (`scrape.targets`). Every target is one worker (`instance` label), replaced as a whole by
+//! each successful scrape (`Scope::Worker`), so the store's usual semantics apply: a worker
+//! that restarts (values drop) has its old counters retired; a target that fails keeps its
+//! last values and goes stale after `staleAfter` (its live gauges disappear), then is
+//! forgotten after `forgetAfter` with its counters retired, never dropped.
+//!
+//! Targets are scraped concurrently, each within `scrape.timeout`; the target list (ranges
+//! and unix-socket globs) is expanded again every `scrape.interval`, and the config is re-read
+//! every round so reloads apply.
+
+pub mod client;
+pub mod targets;
+
+use crate::app::{App, SelfMetrics};
+use crate::expose::SelfFamily;
+use crate::model::MetricKind;
+use crate::parse::text;
+use crate::store::{Source, WorkerKey};
+use client::ScrapeError;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use targets::Target;
+use tokio::task::JoinSet;
+
+/// At most this many scrapes run at once (a 1,024-port range must not open 1,024 sockets).
+const MAX_CONCURRENT: usize = 64;
+/// How often to look at the config again while scraping is off.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The running scraper; dropping it stops it.
+pub struct Scraper {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The store id of a target's worker.
+pub fn worker_id(target: &str) -> String {
+    format!("scrape:{target}")
+}
+
+/// Starts scraping on the current tokio runtime and registers the self-metrics with `app`.
+/// Idle while `scrape.targets` is empty; the config is re-read every round.
+pub fn spawn(app: Arc<App>) -> Scraper {
+    let shared = Arc::new(Shared::default());
+    app.register(shared.clone());
+    let weak = Arc::downgrade(&app);
+    drop(app);
+    Scraper {
+        task: tokio::spawn(run(weak, shared)),
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    stats: Mutex<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    targets: BTreeMap<String, TargetStats>,
+    errors: BTreeMap<ScrapeError, u64>,
+    scrapes: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct TargetStats {
+    up: bool,
+    duration: f64,
+    samples: usize,
+    /// Why the last scrape failed (logged once per failure streak).
+    failing: Option<ScrapeError>,
+}
+
+async fn run(app: Weak<App>, shared: Arc<Shared>) {
+    loop {
+        let Some(strong) = app.upgrade() else { return };
+        let config = strong.config();
+        drop(strong);
+        if config.scrape.targets.is_empty() {
+            shared.stats.lock().targets.clear();
+            tokio::time::sleep(IDLE_CHECK).await;
+            continue;
+        }
+        let round = Instant::now();
+        let targets = targets::expand(&config.scrape.targets);
+        {
+            // Self-metrics follow the target list; workers of vanished targets go stale in
+            // the store as any silent worker does.
+            let mut stats = shared.stats.lock();
+            stats
+                .targets
+                .retain(|id, _| targets.iter().any(|t| t.id() == *id));
+        }
+        let path: Arc<str> = config.scrape.path.as_str().into();
+        let timeout = config.scrape.timeout.as_std();
+        let max_body = usize::try_from(config.limits.max_body_bytes).unwrap_or(usize::MAX);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+        let mut set = JoinSet::new();
+        for target in targets {
+            let (app, shared, path, permits) =
+                (app.clone(), shared.clone(), path.clone(), permits.clone());
+            set.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                scrape_one(&app, &shared, &target, &path, timeout, max_body).await;
+            });
+        }
+        while set.join_next().await.is_some() {}
+        let interval = config.scrape.interval.as_std();
+        tokio::time::sleep(interval.saturating_sub(round.elapsed())).await;
+    }
+}
+
+/// Scrapes one target and applies what it returned.
+async fn scrape_one(
+    app: &Weak<App>,
+    shared: &Shared,
+    target: &Target,
+    path: &str,
+    timeout: Duration,
+    max_body: usize,
+) {
+    let id = target.id();
+    let started = Instant::now();
+    let fetched = client::fetch(target, path, timeout, max_body).await;
+    let Some(app) = app.upgrade() else { return };
+    let result = fetched.and_then(|scraped| apply(&app, &id, &scraped));
+    let duration = started.elapsed().as_secs_f64();
+    let mut stats = shared.stats.lock();
+    stats.scrapes += 1;
+    let previous = stats.targets.get(&id).copied().unwrap_or_default();
+    let entry = match result {
+        Ok(samples) => {
+            if let Some(e) = previous.failing {
+                tracing::info!(target = %id, after = e.reason(), "scrape target is back");
+            }
+            TargetStats {
+                up: true,
+                duration,
+                samples,
+                failing: None,
+            }
+        }
+        Err(e) => {
+            *stats.errors.entry(e).or_default() += 1;
+            if previous.failing != Some(e) {
+                tracing::warn!(target = %id, error = %e, "scrape failed; keeping the target's last values until it goes stale");
+            }
+            TargetStats {
+                up: false,
+                duration,
+                samples: previous.samples,
+                failing: Some(e),
+            }
+        }
+    };
+    stats.targets.insert(id, entry);
+}
+
+/// Parses a scraped body and replaces the target's values. Returns the number of series.
+fn apply(app: &App, id: &str, scraped: &client::Scraped) -> Result<usize, ScrapeError> {
+    let families = text::parse_bytes(&scraped.body, scraped.openmetrics).map_err(|e| {
+        tracing::debug!(target = %id, error = %e, "scraped body does not parse");
+        ScrapeError::Parse
+    })?;
+    let series = families.iter().map(|f| f.series.len()).sum();
+    let worker = WorkerKey::new(
+        Source::Scrape,
+        worker_id(id),
+        vec![("instance".to_string(), id.to_string())],
+    );
+    let now = app.now();
+    let mut store = app.store.write();
+    let mut rejected = false;
+    let applied = crate::multiprocess::apply_resilient(
+        &mut store,
+        &worker,
+        &families,
+        now,
+        false,
+        &mut |e| {
+            rejected = true;
+            tracing::debug!(target = %id, error = %e, "scraped family rejected by the store");
+        },
+    );
+    if !applied {
+        return Err(ScrapeError::Rejected);
+    }
+    if rejected {
+        tracing::debug!(target = %id, "some scraped families were left out");
+    }
+    Ok(series)
+}
+
+impl SelfMetrics for Shared {
+    fn families(&self, out: &mut Vec<SelfFamily>) {
+        let stats = self.stats.lock();
+        let mut up = SelfFamily::new(
+            "monasca_sidecar_scrape_up",
+            MetricKind::Gauge,
+            "1 when the last scrape of the target succeeded.",
+        );
+        let mut duration = SelfFamily::new(
+            "monasca_sidecar_scrape_duration_seconds",
+            MetricKind::Gauge,
+            "Duration of the last scrape of the target.",
+        );
+        let mut samples = SelfFamily::new(
+            "monasca_sidecar_scrape_series",
+            MetricKind::Gauge,
+            "Series the target returned in its last successful scrape.",
+        );
+        for (id, t) in &stats.targets {
+            up = up.labelled("target", id, if t.up { 1.0 } else { 0.0 });
+            duration = duration.labelled("target", id, t.duration);
+            samples = samples.labelled("target", id, t.samples as f64);
+        }
+        out.push(up);
+        out.push(duration);
+        out.push(samples);
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_scrape_targets",
+                MetricKind::Gauge,
+                "Scrape targets after expanding ranges and globs.",
+            )
+            .value(stats.targets.len() as f64),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_scrape_attempts_total",
+                MetricKind::Counter,
+                "Scrapes attempted.",
+            )
+            .value(stats.scrapes as f64),
+        );
+        let mut errors = SelfFamily::new(
+            "monasca_sidecar_scrape_errors_total",
+            MetricKind::Counter,
+            "Failed scrapes, by reason.",
+        );
+        for e in ScrapeError::ALL {
+            let v = stats.errors.get(&e).copied().unwrap_or(0);
+            errors = errors.labelled("reason", e.reason(), v as f64);
+        }
+        out.push(errors);
+    }
+}

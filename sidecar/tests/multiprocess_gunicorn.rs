@@ -1,0 +1,203 @@
+//! A real gunicorn app (PyPI gunicorn + prometheus_client, 4 workers, multiprocess mode):
+//! after N requests the sidecar reports exactly N; after a worker is SIGKILLed (gunicorn
+//! respawns it) and M more requests, exactly N+M, never less at any scrape in between, and
+//! the dead worker's files are compacted away.
+
+mod common;
+mod multiprocess_support;
+
+use multiprocess_support::{has_pid_files, python, samples, scratch, script};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WORKERS: usize = 4;
+const N: usize = 120;
+const M: usize = 80;
+const SERIES: &str = "app_requests_total{path=\"/hello\"}";
+
+/// gunicorn in its own process group; the whole group is killed on drop.
+struct Gunicorn {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Gunicorn {
+    fn start(dir: &Path) -> Gunicorn {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let app_dir = script("gunicorn_app.py");
+        let app_dir = app_dir.parent().expect("tests/py");
+        let child = python(&["prometheus_client", "gunicorn"])
+            .args(["-m", "gunicorn", "--workers", &WORKERS.to_string()])
+            .args(["--bind", &addr.to_string(), "--chdir"])
+            .arg(app_dir)
+            .args(["--graceful-timeout", "2", "--log-level", "warning"])
+            .arg("gunicorn_app:app")
+            .env("PROMETHEUS_MULTIPROC_DIR", dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .expect("start gunicorn");
+        let g = Gunicorn { child, addr };
+        let up = common::wait_until(Duration::from_secs(30), || get(addr, "/pid").is_some());
+        assert!(up, "gunicorn did not answer on {addr}");
+        g
+    }
+
+    fn hello(&self) {
+        let body = get(self.addr, "/hello").expect("GET /hello");
+        assert_eq!(body, "hello\n");
+    }
+
+    fn worker_pid(&self) -> u32 {
+        get(self.addr, "/pid")
+            .and_then(|b| b.trim().parse().ok())
+            .expect("GET /pid")
+    }
+}
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET over a fresh connection, bounded by timeouts; None when it fails.
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    if !raw.starts_with("HTTP/1.1 200") && !raw.starts_with("HTTP/1.0 200") {
+        return None;
+    }
+    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Scrapes `metrics` every 50 ms in the background and records the counter.
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<f64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn start(metrics: Arc<dyn Fn() -> String + Send + Sync>) -> Watcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let v = samples(&metrics()).get(SERIES).copied().unwrap_or(0.0);
+                    seen.lock().expect("lock").push(v);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        Watcher {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns every value seen, asserting they never decreased.
+    fn finish(mut self) -> Vec<f64> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("watcher thread");
+        }
+        let seen = self.seen.lock().expect("lock").clone();
+        for w in seen.windows(2) {
+            assert!(w[1] >= w[0], "the counter went down: {} -> {}", w[0], w[1]);
+        }
+        seen
+    }
+}
+
+/// The scenario, against any way of reading the sidecar's `/metrics`.
+fn scenario(dir: &Path, metrics: Arc<dyn Fn() -> String + Send + Sync>) {
+    let started = Instant::now();
+    let gunicorn = Gunicorn::start(dir);
+    let watcher = Watcher::start(metrics.clone());
+    for _ in 0..N {
+        gunicorn.hello();
+    }
+    let value = || samples(&metrics()).get(SERIES).copied();
+    assert_eq!(value(), Some(N as f64), "after {N} requests");
+
+    // SIGKILL the worker that answers; gunicorn respawns it.
+    let victim = gunicorn.worker_pid();
+    let killed = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert_eq!(value(), Some(N as f64), "right after the kill");
+    let mut served = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served < M {
+        assert!(Instant::now() < deadline, "gunicorn stopped serving");
+        if get(gunicorn.addr, "/hello").is_some() {
+            served += 1;
+        }
+    }
+    assert_eq!(value(), Some((N + M) as f64), "after {M} more requests");
+    // The dead worker's files are folded into the sidecar's own and deleted.
+    assert!(
+        common::wait_until(Duration::from_secs(15), || !has_pid_files(dir, victim)),
+        "pid {victim}'s files are still there"
+    );
+    assert_eq!(value(), Some((N + M) as f64), "after compaction");
+    let text = metrics();
+    assert_eq!(
+        samples(&text).get("app_request_seconds_count{path=\"/hello\"}"),
+        Some(&((N + M) as f64)),
+        "{text}"
+    );
+    let seen = watcher.finish();
+    assert!(
+        seen.len() > 3,
+        "the watcher scraped only {} times",
+        seen.len()
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+/// Through the real `monasca-sidecar` binary and its `/metrics`.
+#[test]
+fn gunicorn_counts_exactly_through_the_binary() {
+    let dir = scratch("gunicorn-bin");
+    let sidecar = Arc::new(common::Sidecar::start(&format!(
+        "multiprocessDir: {:?}\n",
+        dir.display().to_string()
+    )));
+    let first = sidecar.metrics();
+    assert!(
+        first.contains("monasca_sidecar_multiprocess_enabled 1"),
+        "the binary does not run the multiprocess reader (wire monasca_sidecar::multiprocess::spawn into main):\n{first}"
+    );
+    let s = sidecar.clone();
+    scenario(&dir, Arc::new(move || s.metrics()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,462 @@
+//! Helpers for the multiprocess tests: real prometheus_client worker fleets (Python scripts in
+//! `tests/py/`), MultiProcessCollector's view of a directory, an in-process sidecar (App plus
+//! the multiprocess reader) and value-level comparison of expositions.
+#![allow(dead_code)]
+
+use monasca_config::SidecarConfig;
+use monasca_sidecar::app::App;
+use monasca_sidecar::expose::{self, Format};
+use monasca_sidecar::multiprocess::{self, LivenessPolicy, Multiprocess, Options};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+pub const PY_MODULES: &[&str] = &["prometheus_client"];
+
+/// Path of a helper script in `tests/py/`.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(name)
+}
+
+/// `python3` with `modules` importable, or a panic telling how to install them.
+pub fn python(modules: &[&str]) -> Command {
+    let check = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&check)
+        .output()
+        .expect("python3 must be installed for the multiprocess tests");
+    assert!(
+        out.status.success(),
+        "python modules {modules:?} are missing ({}); run `pip install -r sidecar/tests/requirements.txt`",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Command::new("python3")
+}
+
+/// A fresh scratch directory.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("monasca-mp-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A Python process driven line by line over stdin/stdout, killed on drop.
+pub struct PyProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub first_line: String,
+}
+
+impl PyProcess {
+    /// Starts `script args...` with `PROMETHEUS_MULTIPROC_DIR=dir` in its initial environment
+    /// (where `/proc/<pid>/environ` shows it), and waits for its first output line.
+    pub fn start(script_name: &str, dir: &Path, args: &[&str]) -> PyProcess {
+        let mut cmd = python(PY_MODULES);
+        cmd.arg(script(script_name))
+            .arg(dir)
+            .args(args)
+            .env("PROMETHEUS_MULTIPROC_DIR", dir);
+        PyProcess::spawn(cmd)
+    }
+
+    /// Starts `script args...` without a multiprocess directory.
+    pub fn plain(script_name: &str, args: &[&str]) -> PyProcess {
+        let mut cmd = python(PY_MODULES);
+        cmd.arg(script(script_name))
+            .args(args)
+            .env_remove("PROMETHEUS_MULTIPROC_DIR");
+        PyProcess::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> PyProcess {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = PyProcess {
+            child,
+            stdin,
+            lines: rx,
+            first_line: String::new(),
+        };
+        p.first_line = p.read_line(Duration::from_secs(60));
+        p
+    }
+
+    fn read_line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = self.child.kill();
+                panic!("python helper gave no answer within {timeout:?}");
+            }
+        }
+    }
+
+    /// Sends a command and waits for "ok".
+    pub fn command(&mut self, cmd: &str) {
+        let rest = self.ask(cmd);
+        assert_eq!(rest, "", "python helper answered \"ok {rest}\" to {cmd:?}");
+    }
+
+    /// Sends a command and returns what follows "ok" in the answer.
+    pub fn ask(&mut self, cmd: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{cmd}").expect("write command");
+        stdin.flush().expect("flush");
+        let answer = self.read_line(Duration::from_secs(120));
+        match answer.strip_prefix("ok") {
+            Some(rest) => rest.trim().to_string(),
+            None => panic!("python helper answered {answer:?} to {cmd:?}"),
+        }
+    }
+
+    /// Closes stdin and waits (bounded) for a clean exit.
+    pub fn finish(mut self) {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and wait for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PyProcess {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mp_fleet.py`: N forked workers of one parent, writing every metric type and gauge mode.
+pub struct Fleet {
+    pub py: PyProcess,
+    pub parent: u32,
+    pub pids: Vec<u32>,
+}
+
+impl Fleet {
+    pub fn start(dir: &Path, n: usize) -> Fleet {
+        let py = PyProcess::start("mp_fleet.py", dir, &[&n.to_string()]);
+        let v: serde_json::Value =
+            serde_json::from_str(&py.first_line).expect("fleet prints JSON first");
+        let parent = v["parent"].as_u64().expect("parent") as u32;
+        let pids = v["pids"]
+            .as_array()
+            .expect("pids")
+            .iter()
+            .map(|p| p.as_u64().expect("pid") as u32)
+            .collect();
+        Fleet { py, parent, pids }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.py.command(&format!("kill {i}"));
+    }
+
+    pub fn work(&mut self, i: usize) {
+        self.py.command(&format!("work {i}"));
+    }
+}
+
+/// MultiProcessCollector's exposition of `dir` (after `mark_process_dead` for `dead`).
+pub fn collector(dir: &Path, dead: &[u32]) -> String {
+    let mut cmd = python(PY_MODULES);
+    cmd.arg(script("mp_collect.py")).arg(dir);
+    if !dead.is_empty() {
+        cmd.arg("--pid-dead");
+        for p in dead {
+            cmd.arg(p.to_string());
+        }
+    }
+    let out = cmd
+        .env_remove("PROMETHEUS_MULTIPROC_DIR")
+        .output()
+        .expect("run mp_collect.py");
+    assert!(
+        out.status.success(),
+        "MultiProcessCollector failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Copies the `*.db` files of `dir` into a new scratch directory.
+pub fn snapshot(dir: &Path) -> PathBuf {
+    let copy = scratch("snapshot");
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().ends_with(".db") {
+            std::fs::copy(e.path(), copy.join(&name)).expect("copy");
+        }
+    }
+    copy
+}
+
+/// The sidecar in-process: an App with the multiprocess reader running.
+pub struct InProcess {
+    pub app: Arc<App>,
+    pub mp: Option<Multiprocess>,
+}
+
+impl InProcess {
+    pub fn start(config_yaml: &str) -> InProcess {
+        let config = SidecarConfig::from_yaml(config_yaml).expect("valid config");
+        let app = App::new(config);
+        let mp = multiprocess::spawn_with(
+            app.clone(),
+            Options {
+                liveness: LivenessPolicy::Auto,
+                interval: Duration::from_millis(200),
+                env_dir: None,
+            },
+        );
+        InProcess { app, mp: Some(mp) }
+    }
+
+    /// `/metrics` as text 0.0.4, refreshed first (what the HTTP handler does).
+    pub fn metrics(&self) -> String {
+        self.app.refresh();
+        let mut out = Vec::new();
+        let own = self.app.self_families();
+        let store = self.app.store.read();
+        expose::render(&store, Format::Text, self.app.now().mono, &own, &mut out);
+        String::from_utf8(out).expect("utf-8 exposition")
+    }
+
+    /// Stops the reader (waiting for its thread), as a process exit would.
+    pub fn stop(mut self) {
+        if let Some(mp) = self.mp.take() {
+            mp.stop();
+        }
+    }
+}
+
+/// Series of an exposition: `name{sorted labels}` -> value. Comments, the sidecar's own
+/// metrics and empty label values (absent in Prometheus) are left out; `le` is normalised.
+pub fn samples(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') || line.starts_with("monasca_sidecar_") {
+            continue;
+        }
+        let (series, value) = split_sample(line);
+        let v = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let prev = out.insert(series.clone(), v);
+        assert!(prev.is_none(), "series {series} appears twice");
+    }
+    out
+}
+
+fn split_sample(line: &str) -> (String, &str) {
+    let (name, rest) = match line.find(['{', ' ']) {
+        Some(i) => line.split_at(i),
+        None => panic!("bad sample line {line:?}"),
+    };
+    let mut labels: Vec<(String, String)> = Vec::new();
+    let rest = if let Some(body) = rest.strip_prefix('{') {
+        let mut chars = body.char_indices();
+        let mut end = 0;
+        loop {
+            // name
+            let mut lname = String::new();
+            let mut closed = false;
+            for (i, c) in chars.by_ref() {
+                match c {
+                    '=' => break,
+                    '}' => {
+                        closed = true;
+                        end = i + 1;
+                        break;
+                    }
+                    ',' | ' ' => {}
+                    c => lname.push(c),
+                }
+            }
+            if closed {
+                break;
+            }
+            assert_eq!(chars.next().map(|c| c.1), Some('"'), "{line}");
+            let mut value = String::new();
+            while let Some((_, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next().map(|c| c.1) {
+                        Some('n') => value.push('\n'),
+                        Some(c) => value.push(c),
+                        None => panic!("{line}"),
+                    },
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            if lname == "le" {
+                let b: f64 = match value.as_str() {
+                    "+Inf" => f64::INFINITY,
+                    v => v.parse().expect("le"),
+                };
+                value = format!("{b:?}");
+            }
+            if !value.is_empty() {
+                labels.push((lname, value));
+            }
+        }
+        &body[end..]
+    } else {
+        rest
+    };
+    labels.sort();
+    let mut series = name.to_string();
+    if !labels.is_empty() {
+        series.push('{');
+        for (i, (n, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                series.push(',');
+            }
+            series.push_str(&format!("{n}={v:?}"));
+        }
+        series.push('}');
+    }
+    let value = rest.split_whitespace().next().expect("value");
+    (series, value)
+}
+
+/// Asserts two expositions hold the same series with the same values (relative 1e-9).
+pub fn assert_same(sidecar: &str, reference: &str, what: &str) {
+    let a = samples(sidecar);
+    let b = samples(reference);
+    let mut problems = Vec::new();
+    for (k, v) in &b {
+        match a.get(k) {
+            None => problems.push(format!("missing in sidecar: {k} {v}")),
+            Some(x) if !close(*x, *v) => problems.push(format!("{k}: sidecar {x}, reference {v}")),
+            _ => {}
+        }
+    }
+    for (k, v) in &a {
+        if !b.contains_key(k) {
+            problems.push(format!("only in sidecar: {k} {v}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{what}: {} differences:\n{}\n--- sidecar:\n{sidecar}\n--- reference:\n{reference}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// True when two expositions hold the same series with the same values (relative 1e-9).
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (samples(a), samples(b));
+    a.len() == b.len()
+        && a.iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| close(*v, *w)))
+}
+
+pub fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) || (a.is_nan() && b.is_nan())
+}
+
+/// The value of one series (as [`samples`] names it), if present.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    samples(text).get(series).copied()
+}
+
+/// The sidecar's own metric `name{labels}` as printed.
+pub fn self_metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `timeout`.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Names of the `*.db` files in `dir`, sorted.
+pub fn db_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".db"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// True when some file of `pid` is in `dir`.
+pub fn has_pid_files(dir: &Path, pid: u32) -> bool {
+    let suffix = format!("_{pid}.db");
+    db_files(dir).iter().any(|n| n.ends_with(&suffix))
+}
+
+impl Fleet {
+    pub fn grow(&mut self, i: usize) {
+        self.py.command(&format!("grow {i}"));
+    }
+}
