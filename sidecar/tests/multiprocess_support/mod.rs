@@ -24,34 +24,11 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `python3` with `modules` importable, or a panic telling how to install them.
-pub fn python(modules: &[&str]) -> Command {
-    let check = modules
-        .iter()
-        .map(|m| format!("import {m}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&check)
-        .output()
-        .expect("python3 must be installed for the multiprocess tests");
-    assert!(
-        out.status.success(),
-        "python modules {modules:?} are missing ({}); run `pip install -r sidecar/tests/requirements.txt`",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Command::new("python3")
-}
+pub use monasca_e2e::sidecar::python;
 
 /// A fresh scratch directory.
 pub fn scratch(name: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("monasca-mp-{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    monasca_e2e::scratch_dir(&format!("mp-{name}"))
 }
 
 /// A Python process driven line by line over stdin/stdout, killed on drop.
