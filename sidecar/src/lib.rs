@@ -6,12 +6,12 @@
 
 pub mod app;
 pub mod config_file;
-pub mod model;
-pub mod parse;
-pub mod store;
 pub mod expose;
 pub mod ingest;
+pub mod model;
+pub mod multiprocess;
+pub mod parse;
+pub mod scrape;
 pub mod server;
 pub mod statsd;
-pub mod multiprocess;
-pub mod scrape;
+pub mod store;

@@ -1,4 +1,4 @@
 //! Ingest APIs on the ingest listener: the Pushgateway API and the original JSON API.
 
-pub mod push;
 pub mod json;
+pub mod push;
