@@ -57,7 +57,11 @@ impl Names {
 #[test]
 fn operator_injects_reconciles_and_catches_pods_admitted_while_it_was_down() {
     let Some(kubeconfig) = cluster::kubeconfig() else {
-        println!(
+        // Written to the stderr handle directly, not with eprintln!: libtest captures the
+        // print macros, and this line must show in CI logs.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "cluster e2e skipped: KUBECONFIG is not set (point it at a disposable cluster, e.g. \
              `kind create cluster`; see e2e/README.md)"
         );
