@@ -215,3 +215,110 @@ fn monasca_statsd_counts_reach_prometheus_exactly() {
         Duration::from_secs(1),
     );
 }
+
+/// A gunicorn app (4 workers, prometheus_client multiprocess mode) behind the sidecar: totals
+/// equal the requests served, a SIGKILLed worker causes no reset, and no `pid` label reaches
+/// Prometheus.
+#[test]
+fn gunicorn_multiprocess_app_through_prometheus() {
+    let work = monasca_e2e::scratch_dir("gunicorn");
+    let dir = work.join("multiproc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sidecar = Sidecar::start(&format!("multiprocessDir: {}\n", dir.display()));
+    let port = monasca_e2e::free_port();
+    let app_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../sidecar/tests/py");
+    let mut gunicorn = python(&["prometheus_client", "gunicorn"])
+        .args(["-m", "gunicorn", "--workers", "4", "--bind"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "--chdir",
+            app_dir,
+            "--log-level",
+            "warning",
+            "gunicorn_app:app",
+        ])
+        .env("PROMETHEUS_MULTIPROC_DIR", &dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start gunicorn");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut gunicorn);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let get = |path: &str| monasca_e2e::http::request(addr, "GET", path, &[], b"");
+    assert!(
+        monasca_e2e::prometheus::wait(Duration::from_secs(30), || get("/pid").is_ok()),
+        "gunicorn did not start"
+    );
+    let prom = Prometheus::start(&[sidecar.metrics_addr()]);
+    let serve = |n: u32| {
+        for _ in 0..n {
+            assert_eq!(get("/hello").expect("request").status, 200);
+        }
+    };
+    serve(150);
+    prom.wait_for_scrapes(2);
+    let series = "sum(app_requests_total{path=\"/hello\"})";
+    prom.check(series, 150.0, Duration::from_secs(20));
+    // A few scrapes of the steady value, so the window below starts on stored samples.
+    std::thread::sleep(Duration::from_secs(4));
+    let t0 = unix_now() - 3.0;
+    // SIGKILL the worker that answers; gunicorn starts a new one.
+    let victim = get("/pid").unwrap().text();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", victim.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    serve(100);
+    prom.check(series, 250.0, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    let t1 = unix_now();
+    let window = (t1 - t0).ceil() as u64;
+    prom.check(
+        &format!("sum(resets(app_requests_total[{window}s]))"),
+        0.0,
+        Duration::from_secs(1),
+    );
+    prom.check(
+        &format!("sum(resets(app_request_seconds_count[{window}s]))"),
+        0.0,
+        Duration::from_secs(1),
+    );
+    let delta = prom.value_at(
+        &format!("{series} - sum(app_requests_total{{path=\"/hello\"}} offset {window}s)"),
+        Some(t1),
+    );
+    println!(
+        "PromQL check: requests in the last {window}s (kill inside)  expected=100  actual={delta:?}"
+    );
+    assert_eq!(delta, Some(100.0));
+    let increase = prom
+        .value_at(
+            &format!("sum(increase(app_requests_total[{window}s]))"),
+            Some(t1),
+        )
+        .unwrap();
+    let tolerance = 100.0 * 1.5 / window as f64;
+    println!(
+        "PromQL check: sum(increase(app_requests_total[{window}s]))  expected=100 (±{tolerance:.2} extrapolation)  actual={increase}"
+    );
+    assert!((increase - 100.0).abs() <= tolerance, "increase {increase}");
+    prom.check("count(app_requests_total)", 1.0, Duration::from_secs(1));
+    prom.check(
+        "absent(app_requests_total{pid!=\"\"})",
+        1.0,
+        Duration::from_secs(1),
+    );
+    prom.check(
+        "sum(app_request_seconds_count)",
+        250.0,
+        Duration::from_secs(1),
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
