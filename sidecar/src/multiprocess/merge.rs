@@ -394,7 +394,8 @@ impl Plan {
     }
 
     /// One series' value, merged like the collector: counters and counter-like parts summed,
-    /// histogram buckets cumulated in bound order (`+Inf` added if missing, `_count` = total),
+    /// histogram buckets cumulated in bound order (`None` while `+Inf` is not written yet,
+    /// `_count` = total),
     /// gauges last-wins or, for `mostrecent`, latest timestamp.
     fn value(
         &self,
@@ -429,9 +430,11 @@ impl Plan {
                         _ => {}
                     }
                 }
+                // prometheus_client writes a new histogram's `_sum` and then its buckets in bound
+                // order, `+Inf` last: without `+Inf` the worker is still creating the series.
+                // Skip it this scan instead of fixing a truncated bucket layout for good.
                 if bounds.last() != Some(&f64::INFINITY) {
-                    bounds.push(f64::INFINITY);
-                    buckets.push(acc);
+                    return None;
                 }
                 Some((
                     Value::Histogram(HistogramValue {

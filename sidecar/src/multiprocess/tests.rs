@@ -255,7 +255,7 @@ fn histogram_buckets_become_cumulative_with_count() {
         (fams[0].name.as_ref(), fams[0].kind),
         ("lat", MetricKind::Histogram)
     );
-    assert_eq!(fams[0].series.len(), 2);
+    assert_eq!(fams[0].series.len(), 1);
     let Value::Histogram(x) = &fams[0].series[0].value else {
         panic!("histogram")
     };
@@ -267,12 +267,14 @@ fn histogram_buckets_become_cumulative_with_count() {
         1,
         "le is not a series label"
     );
-    // No +Inf in the file: added, holding the total.
-    let Value::Histogram(y) = &fams[0].series[1].value else {
-        panic!("histogram")
-    };
-    assert_eq!(y.bounds, [0.1, f64::INFINITY]);
-    assert_eq!(y.buckets, [4.0, 4.0]);
+    // No +Inf in the file yet (the client writes it last when it creates a histogram): the
+    // series is skipped until it is complete, so a truncated layout is never fixed.
+    assert!(
+        fams[0]
+            .series
+            .iter()
+            .all(|s| s.labels.iter().all(|l| l.value != "/y"))
+    );
 }
 
 #[test]
