@@ -11,13 +11,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use monasca_operator::webhook::{self, tls::CertResolver};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
 
 fn temp_dir(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -44,38 +43,7 @@ fn client_config(ca_der: &[u8]) -> Arc<rustls::ClientConfig> {
     roots
         .add(CertificateDer::from(ca_der.to_vec()))
         .expect("CA");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-/// A new keep-alive HTTPS connection; returns the sender and the server's leaf certificate.
-async fn connect(
-    addr: std::net::SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> (SendRequest<Full<Bytes>>, Vec<u8>) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let tls = TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS handshake");
-    let peer = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("peer certificate")[0]
-        .to_vec();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("HTTP handshake");
-    tokio::spawn(connection);
-    (sender, peer)
+    tls_client(roots)
 }
 
 async fn send(
@@ -138,7 +106,7 @@ async fn webhook_serves_reviews_over_tls_and_rotates_its_certificate_without_dro
     let body = Bytes::from(fixture_bytes("create-replicaset-pod-generatename.json"));
 
     // A review over TLS, and the routing rules, on one keep-alive connection.
-    let (mut old_conn, peer) = connect(addr, config.clone()).await;
+    let (mut old_conn, peer) = connect(addr, config.clone()).await.expect("connect");
     assert_eq!(peer, first.leaf_der, "serves the first certificate");
     assert!(post_fixture(&mut old_conn, &body).await);
     assert_eq!(
@@ -185,7 +153,7 @@ async fn webhook_serves_reviews_over_tls_and_rotates_its_certificate_without_dro
             while running.load(Ordering::Relaxed) && i < 5_000 {
                 i += 1;
                 let ok = if i.is_multiple_of(10) {
-                    let (mut fresh, _) = connect(addr, config.clone()).await;
+                    let (mut fresh, _) = connect(addr, config.clone()).await.expect("connect");
                     post_fixture(&mut fresh, &body).await
                 } else {
                     post_fixture(&mut old_conn, &body).await
@@ -205,7 +173,7 @@ async fn webhook_serves_reviews_over_tls_and_rotates_its_certificate_without_dro
     replace(&cert_path, &second.leaf_pem);
 
     // New connections get the new certificate (the resolver checks the files per handshake).
-    let (mut new_conn, peer) = connect(addr, config.clone()).await;
+    let (mut new_conn, peer) = connect(addr, config.clone()).await.expect("connect");
     assert_eq!(
         peer, second.leaf_der,
         "a new connection gets the rotated certificate"
@@ -214,7 +182,7 @@ async fn webhook_serves_reviews_over_tls_and_rotates_its_certificate_without_dro
 
     // A broken pair (key not matching) is not served: the previous certificate stays.
     replace(&key_path, &ca.leaf().key_pem);
-    let (mut conn, peer) = connect(addr, config.clone()).await;
+    let (mut conn, peer) = connect(addr, config.clone()).await.expect("connect");
     assert_eq!(
         peer, second.leaf_der,
         "a mismatched pair is rejected, the last good one served"

@@ -315,3 +315,52 @@ impl TestCa {
         }
     }
 }
+
+/// A TLS client trusting only `roots`, speaking HTTP/1.1 (what the apiserver does).
+pub fn tls_client(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A new keep-alive HTTPS connection to `localhost` at `addr`; returns the sender and the
+/// server's leaf certificate, or why the connection failed.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+        Vec<u8>,
+    ),
+    String,
+> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?,
+            tcp,
+        )
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok((sender, peer))
+}
