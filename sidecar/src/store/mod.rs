@@ -676,7 +676,7 @@ impl Store {
                     });
                 }
                 let already_held = match (scope, held, existing_worker) {
-                    (Scope::Series, Some(s), Some(w)) => has_entry(s, w),
+                    (Scope::Series, Some(s), Some(w)) => s.entry_generation(w).is_some(),
                     _ => false,
                 };
                 if !already_held {
@@ -888,13 +888,6 @@ fn format_bounds(bounds: &[f64]) -> String {
         })
         .collect();
     format!("[{}]", parts.join(","))
-}
-
-fn has_entry(s: &SeriesState, worker: u32) -> bool {
-    match &s.data {
-        SeriesData::Scalar { entries, .. } => entries.iter().any(|e| e.worker == worker),
-        SeriesData::Dist { entries, .. } => entries.iter().any(|e| e.worker == worker),
-    }
 }
 
 /// Flattens a histogram or summary value: buckets, then sum, then count.
