@@ -19,6 +19,12 @@ pub trait Refresh: Send + Sync {
     fn refresh(&self);
 }
 
+/// A source that keeps state of its own beside the store (StatsD accumulators), told when the
+/// store is cleared (`POST /v1/clear`) so that it starts again from zero.
+pub trait Clear: Send + Sync {
+    fn clear(&self);
+}
+
 /// Everything the listeners and background tasks share.
 pub struct App {
     /// Every worker's values. Writers hold the lock only to apply a parsed update.
@@ -26,6 +32,7 @@ pub struct App {
     config: RwLock<Arc<SidecarConfig>>,
     reporters: RwLock<Vec<Arc<dyn SelfMetrics>>>,
     refreshers: RwLock<Vec<Arc<dyn Refresh>>>,
+    clearers: RwLock<Vec<Arc<dyn Clear>>>,
 }
 
 impl App {
@@ -35,6 +42,7 @@ impl App {
             config: RwLock::new(Arc::new(config)),
             reporters: RwLock::new(Vec::new()),
             refreshers: RwLock::new(Vec::new()),
+            clearers: RwLock::new(Vec::new()),
         })
     }
 
@@ -59,6 +67,27 @@ impl App {
     /// Registers a source to refresh before each `/metrics` render.
     pub fn register_refresh(&self, refresher: Arc<dyn Refresh>) {
         self.refreshers.write().push(refresher);
+    }
+
+    /// Registers a source to reset on [`App::clear`].
+    pub fn register_clear(&self, clearer: Arc<dyn Clear>) {
+        self.clearers.write().push(clearer);
+    }
+
+    /// `POST /v1/clear`: forgets everything that lives only in the sidecar (pushed, JSON and
+    /// StatsD values, with their retired totals), then re-applies at once what lives outside
+    /// it (the multiprocess directory, whose files and retired totals are the truth; scrape
+    /// targets re-apply whole on their next scrape).
+    pub fn clear(&self) {
+        let clearers: Vec<Arc<dyn Clear>> = self.clearers.read().clone();
+        {
+            let mut store = self.store.write();
+            store.clear();
+            for c in &clearers {
+                c.clear();
+            }
+        }
+        self.refresh();
     }
 
     /// Brings every refreshable source up to date.

@@ -18,6 +18,14 @@ pub enum MetricKind {
 }
 
 impl MetricKind {
+    /// Counters, histograms and summaries: cumulative values that never go backwards.
+    pub fn is_counter_like(self) -> bool {
+        matches!(
+            self,
+            MetricKind::Counter | MetricKind::Histogram | MetricKind::Summary
+        )
+    }
+
     /// The name in a text 0.0.4 `# TYPE` line.
     pub fn text_name(self) -> &'static str {
         match self {

@@ -50,8 +50,9 @@ pub enum GaugeOutput<'a> {
     /// Nothing to show (a live mode whose workers are all stale or gone).
     None,
     One(f64),
-    /// `all`/`liveall`: one value per worker, labelled with the worker's labels.
-    PerWorker(Vec<(WorkerRef<'a>, f64)>),
+    /// `all`/`liveall`: one value per worker, labelled with the worker's labels, with the
+    /// time it was set (departed workers' values: `-inf`).
+    PerWorker(Vec<(WorkerRef<'a>, f64, f64)>),
 }
 
 /// Combines the gauge entries of one series. `stale[i]` tells whether worker `i` is stale; live
@@ -69,11 +70,15 @@ pub fn gauge_output<'a>(
         .filter(|e| !live || !stale.get(e.worker as usize).copied().unwrap_or(true));
     match mode.base() {
         GaugeMode::All => {
-            let mut values: Vec<(WorkerRef<'a>, f64)> = current
-                .map(|e| (WorkerRef::Live(e.worker), e.value))
+            let mut values: Vec<(WorkerRef<'a>, f64, f64)> = current
+                .map(|e| (WorkerRef::Live(e.worker), e.value, e.ts))
                 .collect();
             if let Some(r) = retired {
-                values.extend(r.by_worker.iter().map(|(w, v)| (WorkerRef::Retired(w), *v)));
+                values.extend(
+                    r.by_worker
+                        .iter()
+                        .map(|(w, v)| (WorkerRef::Retired(w), *v, f64::NEG_INFINITY)),
+                );
             }
             if values.is_empty() {
                 GaugeOutput::None
@@ -154,4 +159,64 @@ impl Acc {
             self.latest = v;
         }
     }
+}
+
+/// The label names of canonical label text (`a="1",b="x\\"y"`).
+pub(crate) fn label_names(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some(eq) = text[i..].find('=') else { break };
+        names.push(&text[i..i + eq]);
+        // Skip `="value"`, honouring escapes.
+        let mut j = i + eq + 2;
+        while j < bytes.len() && bytes[j] != b'"' {
+            j += if bytes[j] == b'\\' { 2 } else { 1 };
+        }
+        i = j + 2;
+    }
+    names
+}
+
+/// The label text of one `all`-mode line: the series labels, then the worker's labels whose
+/// names the series does not already have (a label never appears twice on a line).
+pub(crate) fn per_worker_labels(series: &str, worker: &str) -> String {
+    let taken = label_names(series);
+    let mut out = String::with_capacity(series.len() + worker.len() + 1);
+    out.push_str(series);
+    let mut rest = worker;
+    while !rest.is_empty() {
+        let Some(eq) = rest.find('=') else { break };
+        let bytes = rest.as_bytes();
+        let mut j = eq + 2;
+        while j < bytes.len() && bytes[j] != b'"' {
+            j += if bytes[j] == b'\\' { 2 } else { 1 };
+        }
+        let end = (j + 1).min(rest.len());
+        let pair = &rest[..end];
+        if !taken.contains(&&rest[..eq]) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(pair);
+        }
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    out
+}
+
+/// One line per distinct label set: when two workers' values would print the same labels
+/// (a worker label the series already carries, two sources with the same worker labels), the
+/// most recent value is kept.
+pub(crate) fn distinct_lines(mut lines: Vec<(String, f64, f64)>) -> Vec<(String, f64)> {
+    lines.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.total_cmp(&b.2)));
+    let mut out: Vec<(String, f64)> = Vec::with_capacity(lines.len());
+    for (labels, value, _) in lines {
+        match out.last_mut() {
+            Some(last) if last.0 == labels => last.1 = value,
+            _ => out.push((labels, value)),
+        }
+    }
+    out
 }

@@ -105,14 +105,20 @@ pub fn render(
                             GaugeOutput::None => {}
                             GaugeOutput::One(v) => w.sample(name, "", labels, "", v),
                             GaugeOutput::PerWorker(values) => {
-                                for (worker, v) in values {
-                                    let worker_text = match worker {
-                                        aggregate::WorkerRef::Live(i) => {
-                                            worker_labels.get(i as usize).copied().unwrap_or("")
-                                        }
-                                        aggregate::WorkerRef::Retired(text) => text,
-                                    };
-                                    w.sample(name, "", labels, worker_text, v);
+                                let lines = values
+                                    .into_iter()
+                                    .map(|(worker, v, ts)| {
+                                        let worker_text = match worker {
+                                            aggregate::WorkerRef::Live(i) => {
+                                                worker_labels.get(i as usize).copied().unwrap_or("")
+                                            }
+                                            aggregate::WorkerRef::Retired(text) => text,
+                                        };
+                                        (aggregate::per_worker_labels(labels, worker_text), v, ts)
+                                    })
+                                    .collect();
+                                for (line_labels, v) in aggregate::distinct_lines(lines) {
+                                    w.sample(name, "", &line_labels, "", v);
                                 }
                             }
                         }

@@ -673,14 +673,12 @@ mod tests {
             ingest(&mut s, with_worker(id, "mean", v).as_bytes(), now).unwrap();
         }
         assert!(text(&s, now).contains("test{c=\"d\"} 4\n"));
-        for (id, agg) in [("a", "max"), ("b", "max")] {
-            ingest(&mut s, with_worker(id, agg, 2.0).as_bytes(), now).unwrap();
-        }
-        ingest(&mut s, with_worker("b", "max", 7.0).as_bytes(), now).unwrap();
-        assert!(text(&s, now).contains("test{c=\"d\"} 7\n"));
-        ingest(&mut s, with_worker("a", "min", 2.0).as_bytes(), now).unwrap();
-        ingest(&mut s, with_worker("b", "min", 7.0).as_bytes(), now).unwrap();
-        assert!(text(&s, now).contains("test{c=\"d\"} 2\n"));
+        // The first mode seen for a series wins; another one is refused, and changes nothing.
+        let err = ingest(&mut s, with_worker("b", "max", 7.0).as_bytes(), now).unwrap_err();
+        assert!(err.to_string().contains("mean"), "{err}");
+        assert!(text(&s, now).contains("test{c=\"d\"} 4\n"));
+        ingest(&mut s, with_worker("b", "mean", 7.0).as_bytes(), now).unwrap();
+        assert!(text(&s, now).contains("test{c=\"d\"} 5\n"));
     }
 
     #[test]

@@ -6,10 +6,20 @@
 //! - **`/proc`**, when the sidecar sees the app's processes (same pid namespace: a pod with
 //!   `shareProcessNamespace: true`, or both on one host). Proven, not assumed: some process
 //!   other than the sidecar must have `PROMETHEUS_MULTIPROC_DIR` (or the deprecated lower-case
-//!   name) pointing at the directory in its environment. A pid from a file name is then alive
-//!   when `/proc/<pid>` exists, is not a zombie, and started no later than the file was last
-//!   written (otherwise the pid was reused by another process). Only this mode allows
-//!   deleting dead workers' files.
+//!   name) pointing at the directory in its environment, or the config says `proc`. Only this
+//!   mode allows deleting dead workers' files, and only what is *proven* dead:
+//!   - a pid is *confirmed* as a file's writer when `/proc/<pid>/stat` (world-readable, so
+//!     this works when the app runs under another uid) shows a process that started no later
+//!     than the file was last written; its start time (clock ticks since boot, immune to wall
+//!     clock steps) is recorded;
+//!   - a confirmed pid is dead when `/proc/<pid>` is gone or a zombie with the recorded start
+//!     time; a pid now held by a process with another start time was reused: the new process
+//!     may be a worker writing the same files, so nothing is decided until it is gone too;
+//!   - a pid never confirmed (its process ended before the sidecar looked) is dead when
+//!     `/proc/<pid>` is gone only if file names are known to be pids: some file's pid was seen
+//!     using the directory, or the config says `proc` (the operator renders it when it gave the
+//!     pod a shared process namespace). A custom `process_identifier` is never taken for a
+//!     dead pid.
 //! - **mtime**, otherwise: a worker is live while one of its files changed within
 //!   `staleAfter`. Good enough to hide `live*` gauges of idle or dead workers, never good
 //!   enough to delete anything (an idle worker is indistinguishable from a dead one).
@@ -66,6 +76,11 @@ pub struct Liveness {
     last_detect: Option<Instant>,
     boot_time: Option<f64>,
     own_pid: u32,
+    /// Confirmed writers: pid -> start time in clock ticks since boot.
+    confirmed: std::collections::HashMap<u32, u64>,
+    /// Some file's pid was seen (in `/proc/<pid>/environ`) using the directory: file names
+    /// are process ids.
+    names_are_pids: bool,
 }
 
 impl Liveness {
@@ -86,6 +101,8 @@ impl Liveness {
             last_detect: None,
             boot_time,
             own_pid: std::process::id(),
+            confirmed: std::collections::HashMap::new(),
+            names_are_pids: false,
         }
     }
 
@@ -116,6 +133,7 @@ impl Liveness {
             }
             if pid != self.own_pid && self.uses_dir(pid, dir, &canonical) {
                 self.mode = LivenessMode::Proc;
+                self.names_are_pids = true;
                 return true;
             }
         }
@@ -175,9 +193,11 @@ impl Liveness {
     /// reliable enough to delete its files. `newest_write` is the latest modification time of
     /// the pid's files when they were opened (wall clock); `last_change` the latest time
     /// their content was seen to change (the mtime of mmap writes lags, and files kept open
-    /// are not stat'ed again); `stale_after` from config.
+    /// are not stat'ed again); `stale_after` from config. `dir` is the multiprocess directory
+    /// (to learn, once, that file names are pids).
     pub fn check(
-        &self,
+        &mut self,
+        dir: &Path,
         pid: &str,
         newest_write: SystemTime,
         last_change: SystemTime,
@@ -186,10 +206,7 @@ impl Liveness {
         if self.mode == LivenessMode::Proc
             && let Ok(n) = pid.parse::<u32>()
         {
-            return Verdict {
-                alive: self.proc_alive(n, newest_write.max(last_change)),
-                reliable: true,
-            };
+            return self.proc_verdict(dir, n, newest_write.max(last_change));
         }
         let latest = newest_write.max(last_change);
         let age = SystemTime::now()
@@ -201,43 +218,124 @@ impl Liveness {
         }
     }
 
-    /// True when `pid` certainly has no process (`/proc` mode, numeric pid, no
+    /// True when `pid` certainly has no process (`/proc` mode, proven dead, no
     /// `/proc/<pid>`): files read after this are final.
     pub fn gone(&self, pid: &str) -> bool {
         self.mode == LivenessMode::Proc
-            && pid
-                .parse::<u32>()
-                .is_ok_and(|n| !self.proc_root.join(n.to_string()).exists())
+            && pid.parse::<u32>().is_ok_and(|n| {
+                (self.confirmed.contains_key(&n) || self.names_trusted())
+                    && !self.proc_root.join(n.to_string()).exists()
+            })
     }
 
-    fn proc_alive(&self, pid: u32, newest_write: SystemTime) -> bool {
-        let Ok(stat) = std::fs::read_to_string(self.proc_root.join(format!("{pid}/stat"))) else {
-            // Gone, or unreadable: /proc/<pid> existing is the fallback evidence.
-            return self.proc_root.join(pid.to_string()).exists();
-        };
-        // `pid (comm) state ...`; comm may contain spaces and parentheses.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            return true;
-        };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        if matches!(fields.first(), Some(&"Z") | Some(&"X") | Some(&"x")) {
-            return false;
+    /// The pid's files were folded and deleted: a later process with the same pid is new.
+    pub fn forget(&mut self, pid: &str) {
+        if let Ok(n) = pid.parse::<u32>() {
+            self.confirmed.remove(&n);
         }
-        // Field 22 overall (start time in clock ticks since boot) is index 19 after comm.
-        let (Some(boot), Some(ticks)) = (
-            self.boot_time,
-            fields.get(19).and_then(|t| t.parse::<f64>().ok()),
-        ) else {
-            return true;
+    }
+
+    /// File names are process ids: seen, or promised by the config.
+    fn names_trusted(&self) -> bool {
+        self.names_are_pids || self.policy == LivenessPolicy::Proc
+    }
+
+    fn proc_verdict(&mut self, dir: &Path, pid: u32, newest_write: SystemTime) -> Verdict {
+        const ALIVE: Verdict = Verdict {
+            alive: true,
+            reliable: true,
         };
-        let started = boot + ticks / USER_HZ;
-        let written = newest_write
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        // The writer existed when it wrote; a process started after the last write is a
-        // different process that got the same pid.
-        started <= written + START_SLACK_SECS
+        const DEAD: Verdict = Verdict {
+            alive: false,
+            reliable: true,
+        };
+        /// Not seen alive, but not proven dead: never deleted.
+        const UNSURE_GONE: Verdict = Verdict {
+            alive: false,
+            reliable: false,
+        };
+        /// A process holds the pid, but it may not be the writer: kept, shown as live.
+        const UNSURE_HELD: Verdict = Verdict {
+            alive: true,
+            reliable: false,
+        };
+        let confirmed = self.confirmed.get(&pid).copied();
+        match read_stat(&self.proc_root, pid) {
+            ProcStat::Absent => {
+                if confirmed.is_some() || self.names_trusted() {
+                    DEAD
+                } else {
+                    UNSURE_GONE
+                }
+            }
+            ProcStat::Unreadable => UNSURE_HELD,
+            ProcStat::Process { zombie, start } => match confirmed {
+                Some(c) if c == start => {
+                    if zombie {
+                        DEAD
+                    } else {
+                        ALIVE
+                    }
+                }
+                // Reused by another process, which may write the same files.
+                Some(_) => UNSURE_HELD,
+                None if zombie => UNSURE_GONE,
+                None => {
+                    let written = newest_write
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    let could_be_writer = self.boot_time.is_some_and(|boot| {
+                        boot + start as f64 / USER_HZ <= written + START_SLACK_SECS
+                    });
+                    if !could_be_writer {
+                        // Started after the last write (another process, or a wall clock
+                        // step): undecided until it is gone.
+                        return UNSURE_HELD;
+                    }
+                    self.confirmed.insert(pid, start);
+                    if !self.names_are_pids {
+                        let canonical =
+                            std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+                        self.names_are_pids = self.uses_dir(pid, dir, &canonical);
+                    }
+                    ALIVE
+                }
+            },
+        }
+    }
+}
+
+/// What `/proc/<pid>/stat` says.
+enum ProcStat {
+    Absent,
+    /// `/proc/<pid>` exists but its stat cannot be read or parsed.
+    Unreadable,
+    Process {
+        zombie: bool,
+        /// Start time, clock ticks since boot.
+        start: u64,
+    },
+}
+
+fn read_stat(proc_root: &Path, pid: u32) -> ProcStat {
+    let Ok(stat) = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))) else {
+        return if proc_root.join(pid.to_string()).exists() {
+            ProcStat::Unreadable
+        } else {
+            ProcStat::Absent
+        };
+    };
+    // `pid (comm) state ...`; comm may contain spaces and parentheses.
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return ProcStat::Unreadable;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let zombie = matches!(fields.first(), Some(&"Z") | Some(&"X") | Some(&"x"));
+    // Field 22 overall (start time in clock ticks since boot) is index 19 after comm.
+    match fields.get(19).and_then(|t| t.parse::<u64>().ok()) {
+        Some(start) => ProcStat::Process { zombie, start },
+        None => ProcStat::Unreadable,
     }
 }
 

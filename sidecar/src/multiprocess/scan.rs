@@ -192,6 +192,8 @@ pub struct DirState {
     round_number: u64,
     retry_writes_at: Option<Instant>,
     retry_deletes_at: Option<Instant>,
+    /// The store's epoch when its values were last applied (see [`Store::epoch`]).
+    store_epoch: u64,
     /// Tests: stop every round right before deleting folded files, as a crash would.
     #[cfg(test)]
     pub(crate) crash_before_delete: bool,
@@ -223,8 +225,20 @@ impl DirState {
             round_number: 0,
             retry_writes_at: None,
             retry_deletes_at: None,
+            store_epoch: 0,
             #[cfg(test)]
             crash_before_delete: false,
+        }
+    }
+
+    /// The store no longer holds any of the directory's values (it was cleared): every worker
+    /// and the retired totals are applied whole next time.
+    fn forget_store(&mut self) {
+        self.retired_in_store = false;
+        for st in self.pids.values_mut() {
+            st.in_store = false;
+            st.failed = false;
+            st.full = true;
         }
     }
 
@@ -233,10 +247,10 @@ impl DirState {
     pub fn detach(self, store: &mut Store) {
         for (pid, state) in &self.pids {
             if state.in_store {
-                store.remove_worker(&worker_id(pid));
+                store.retire_worker(&worker_id(pid));
             }
         }
-        store.remove_worker(RETIRED_WORKER_ID);
+        store.retire_worker(RETIRED_WORKER_ID);
     }
 
     /// One pass. See the module documentation for the invariants.
@@ -264,6 +278,12 @@ impl DirState {
                 return self.summary(0, 0);
             }
         };
+        // After a `POST /v1/clear` the store holds nothing of the directory: apply it whole.
+        let epoch = app.store.read().epoch();
+        if epoch != self.store_epoch {
+            self.store_epoch = epoch;
+            self.forget_store();
+        }
         // The retired totals are loaded once the directory is readable (never overwritten
         // with an empty table because they could not be read).
         if !self.retired_loaded {
@@ -353,6 +373,12 @@ impl DirState {
         }
 
         // 4. Liveness, per pid.
+        let quiet_before: FxHashSet<String> = self
+            .pids
+            .iter()
+            .filter(|(_, st)| st.quiet)
+            .map(|(pid, _)| pid.clone())
+            .collect();
         let mut by_pid: FxHashMap<String, Vec<String>> = FxHashMap::default();
         for (name, f) in &self.files {
             by_pid.entry(f.pid.clone()).or_default().push(name.clone());
@@ -374,7 +400,7 @@ impl DirState {
                 }
             } else {
                 self.liveness
-                    .check(pid, newest_write, last_change, stale_after)
+                    .check(&self.dir, pid, newest_write, last_change, stale_after)
             };
             alive.insert(pid.clone(), verdict.alive);
             if let Some(st) = self.pids.get_mut(pid) {
@@ -391,8 +417,9 @@ impl DirState {
             for name in by_pid.get(pid).into_iter().flatten() {
                 // Files read before the worker was found dead may miss its last writes; a
                 // dead worker's files are final, so read them again (unless it was already
-                // gone before they were read).
-                if !gone_before.contains(pid.as_str()) {
+                // gone before they were read this round; a worker that looked dead earlier,
+                // unproven, had its files only checked, not read).
+                if !gone_before.contains(pid.as_str()) || quiet_before.contains(pid) {
                     self.reread_final(name, stats);
                 }
                 let Some(f) = self.files.get(name) else {
@@ -458,6 +485,7 @@ impl DirState {
                 self.folded.insert(name, (rec, keep));
             }
             for pid in &dead_to_fold {
+                self.liveness.forget(pid);
                 stats.folded_workers.inc();
                 tracing::debug!(pid = %pid, "worker is dead: folded into the retired totals");
             }
@@ -573,8 +601,14 @@ impl DirState {
         // 7. Apply under one lock.
         let mut applied: Vec<(String, Outcome, bool)> = Vec::with_capacity(updates.len());
         let mut retired_applied = None;
-        {
+        let mut raced = false;
+        'apply: {
             let mut store = app.store.write();
+            if store.epoch() != self.store_epoch {
+                // Cleared since this round began: apply nothing now, everything next round.
+                raced = true;
+                break 'apply;
+            }
             if let Some(families) = &retired_families {
                 retired_applied = Some(if families.is_empty() {
                     store.remove_worker(RETIRED_WORKER_ID);
@@ -631,6 +665,9 @@ impl DirState {
         drop(updates);
         drop(pid_files);
         drop(retired_families);
+        if raced {
+            self.forget_store();
+        }
 
         // Bookkeeping of what the store now holds.
         if let Some(ok) = retired_applied {
@@ -888,8 +925,8 @@ impl DirState {
                         matches!((old, new), (Some(a), Some(b)) if b < a)
                     })
                     .collect();
-                if !went_down.is_empty() {
-                    folds.push((pid.to_string(), reset_fold(kind, &f.raw, went_down)));
+                if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
+                    folds.push((pid.to_string(), fold));
                 }
             }
             std::mem::swap(&mut f.raw, &mut self.scratch);
@@ -956,8 +993,8 @@ impl DirState {
                         }
                     } else if kind.is_cumulative() {
                         let went_down = decreased(&f.raw, &self.scratch);
-                        if !went_down.is_empty() {
-                            folds.push((pid.to_string(), reset_fold(kind, &f.raw, went_down)));
+                        if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
+                            folds.push((pid.to_string(), fold));
                         }
                     }
                 }
@@ -1145,23 +1182,55 @@ impl DirState {
     }
 }
 
-/// The fold for counter-like entries that went down in a live file: counters keep just the
-/// entries that dropped (`Counter.reset()`); a histogram or summary is folded whole (its
-/// parts belong together, and only a new process resets them).
-fn reset_fold(kind: FileKind, raw: &[u8], mut went_down: Vec<usize>) -> Fold {
-    if kind == FileKind::Counter {
-        went_down.sort_unstable();
-        Fold::Entries {
-            kind,
-            raw: raw.to_vec(),
-            offsets: went_down,
+/// The fold for counter-like entries that went down in a live file (`Counter.reset()`, or a
+/// pid reused by a new process before its files were seen to go): counters keep just the
+/// entries that dropped. A histogram or summary series restarted only when one of its buckets
+/// or its `_count` dropped: `_sum` alone may fall (negative observations are legal); such a
+/// series is folded with all its parts, and only the series that fell. `None`: nothing reset.
+fn reset_fold(kind: FileKind, raw: &[u8], mut went_down: Vec<usize>) -> Option<Fold> {
+    went_down.sort_unstable();
+    let offsets = match kind {
+        FileKind::Counter => went_down,
+        _ => series_that_fell(raw, &went_down),
+    };
+    (!offsets.is_empty()).then(|| Fold::Entries {
+        kind,
+        raw: raw.to_vec(),
+        offsets,
+    })
+}
+
+/// The value offsets of every entry of the histogram or summary series that have a bucket or
+/// `_count` entry among `went_down` (sorted).
+fn series_that_fell(raw: &[u8], went_down: &[usize]) -> Vec<usize> {
+    let Ok(iter) = format::entries(raw) else {
+        return Vec::new();
+    };
+    let mut parts: Vec<(usize, String)> = Vec::new();
+    let mut fell: FxHashSet<String> = FxHashSet::default();
+    for entry in iter.flatten() {
+        let Ok(key) = format::parse_key(entry.key) else {
+            continue;
+        };
+        let mut id = String::from(&*key.metric);
+        for (name, value) in key.labels.iter() {
+            if name != "le" && name != "quantile" {
+                id.push('\0');
+                id.push_str(name);
+                id.push('=');
+                id.push_str(value);
+            }
         }
-    } else {
-        Fold::Whole {
-            kind,
-            raw: raw.to_vec(),
+        if !key.sample.ends_with("_sum") && went_down.binary_search(&entry.value_offset).is_ok() {
+            fell.insert(id.clone());
         }
+        parts.push((entry.value_offset, id));
     }
+    parts
+        .into_iter()
+        .filter(|(_, id)| fell.contains(id))
+        .map(|(offset, _)| offset)
+        .collect()
 }
 
 /// Builds a pid's plan from its readable files. Returns the plan, the series of each entry
@@ -1251,7 +1320,7 @@ pub(crate) fn apply_resilient(
             Err(e) => e,
         };
         on_reject(&err);
-        let Some(name) = offending_family(&err) else {
+        let Some(name) = err.family() else {
             return false;
         };
         let Some(pos) = families
@@ -1281,17 +1350,6 @@ fn apply_fallback(
             tracing::warn!(worker = %worker.id, error = %err, "multiprocess values rejected by the store; the family is left out");
         }
     })
-}
-
-/// The family an error names, if any.
-fn offending_family(err: &StoreError) -> Option<&str> {
-    match err {
-        StoreError::TypeConflict { family, .. } => Some(family),
-        StoreError::DuplicateFamily(name) | StoreError::ReservedName(name) => Some(name),
-        StoreError::DuplicateSeries(series)
-        | StoreError::HistogramLayoutMismatch { series, .. } => series.split('{').next(),
-        StoreError::InvalidAggregate(_) | StoreError::TooManySeries { .. } => None,
-    }
 }
 
 /// Decoded entries of a file, for the retired totals' families.

@@ -650,8 +650,18 @@ mod scanning {
         root
     }
 
+    fn set_stat(root: &Path, pid: u32, state: &str, start_ticks: u64) {
+        let mut fields = vec![state.to_string()];
+        fields.extend((4..22).map(|i| i.to_string()));
+        fields.push(start_ticks.to_string());
+        fields.extend((23..30).map(|i| i.to_string()));
+        let p = root.join(pid.to_string());
+        std::fs::create_dir_all(&p).expect("mkdir");
+        std::fs::write(p.join("stat"), format!("{pid} (x) {}\n", fields.join(" "))).expect("stat");
+    }
+
     #[test]
-    fn liveness_from_proc_is_proven_then_used() {
+    fn liveness_from_proc_deletes_only_what_is_proven_dead() {
         let dir = scratch("live-dir");
         let root = fake_proc("proc", &dir);
         let mut l = Liveness::with_proc_root(LivenessPolicy::Auto, root.clone());
@@ -659,25 +669,80 @@ mod scanning {
         let stale = Duration::from_secs(60);
         let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         // Without proof, an old file is stale and deletion is never allowed.
-        let v = l.check("100", old, old, stale);
+        let v = l.check(&dir, "100", old, old, stale);
         assert!(!v.alive && !v.reliable);
         assert!(
             l.detect(&dir, ["100", "101"].into_iter()),
             "pid 102 uses the dir"
         );
         assert_eq!(l.mode(), LivenessMode::Proc);
-        // Started at 1005 s, file written at 1500 s: alive.
+        // Started at 1005 s, file written at 1500 s: alive, and now confirmed as the writer.
         let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500);
-        assert!(l.check("100", written, written, stale).alive);
-        assert!(l.check("100", written, written, stale).reliable);
-        assert!(!l.check("101", written, written, stale).alive, "zombie");
-        assert!(!l.check("103", written, written, stale).alive, "no process");
-        assert!(l.gone("103") && !l.gone("100"));
-        // Started at 1900 s, after the last write at 1500 s: a reused pid.
-        assert!(!l.check("104", written, written, stale).alive);
+        let v = l.check(&dir, "100", written, written, stale);
+        assert!(v.alive && v.reliable);
+        // A zombie never confirmed: not alive, but not proven dead either.
+        let v = l.check(&dir, "101", written, written, stale);
+        assert!(!v.alive && !v.reliable, "unconfirmed zombie");
+        // No process, never confirmed, and file names not known to be pids (a custom
+        // process_identifier looks the same): kept.
+        let v = l.check(&dir, "103", written, written, stale);
+        assert!(!v.alive && !v.reliable, "no process, unconfirmed");
+        assert!(!l.gone("103"));
+        let v = l.check(&dir, "4999999", written, written, stale);
+        assert!(!v.reliable, "custom identifier");
+        // Started at 1900 s, after the last write at 1500 s: another process holds the pid;
+        // it may write the same files: kept, shown as live.
+        let v = l.check(&dir, "104", written, written, stale);
+        assert!(v.alive && !v.reliable, "reused pid");
+        // The confirmed writer exits: proven dead.
+        std::fs::remove_dir_all(root.join("100")).expect("rm");
+        let v = l.check(&dir, "100", written, written, stale);
+        assert!(!v.alive && v.reliable);
+        assert!(l.gone("100"));
+        // A confirmed pid taken over by a process with another start time is undecided.
+        set_stat(&root, 105, "S", 500);
+        assert!(l.check(&dir, "105", written, written, stale).reliable);
+        set_stat(&root, 105, "S", 600);
+        let v = l.check(&dir, "105", written, written, stale);
+        assert!(v.alive && !v.reliable, "pid reused after confirmation");
+        // A confirmed zombie is dead.
+        set_stat(&root, 106, "S", 500);
+        assert!(l.check(&dir, "106", written, written, stale).alive);
+        set_stat(&root, 106, "Z", 500);
+        let v = l.check(&dir, "106", written, written, stale);
+        assert!(!v.alive && v.reliable);
+        // A file pid seen using the directory: names are pids, so an unconfirmed pid with
+        // no process is dead.
+        set_stat(&root, 102, "S", 500);
+        assert!(l.check(&dir, "102", written, written, stale).alive);
+        let v = l.check(&dir, "103", written, written, stale);
+        assert!(!v.alive && v.reliable, "names are pids now");
+        assert!(l.gone("103"));
         // Non-numeric pids fall back to file changes.
         let now = SystemTime::now();
-        assert!(!l.check("worker-a", now, now, stale).reliable);
+        assert!(!l.check(&dir, "worker-a", now, now, stale).reliable);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn proc_policy_trusts_names_and_ignores_wall_clock_steps_for_confirmed_pids() {
+        let dir = scratch("proc-policy");
+        let root = fake_proc("proc3", &dir);
+        let mut l = Liveness::with_proc_root(LivenessPolicy::Proc, root.clone());
+        let stale = Duration::from_secs(60);
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500);
+        assert!(l.check(&dir, "100", written, written, stale).alive);
+        // The wall clock steps back before the process started: the confirmed writer stays
+        // alive (start ticks compared, not wall times).
+        let earlier = SystemTime::UNIX_EPOCH + Duration::from_secs(1_001);
+        assert!(l.check(&dir, "100", earlier, earlier, stale).alive);
+        // An unconfirmed live process whose start looks later than the write (a clock step)
+        // is never declared dead.
+        let v = l.check(&dir, "104", written, written, stale);
+        assert!(v.alive && !v.reliable);
+        // With `proc` promised by the config, a pid with no process is dead.
+        assert!(l.gone("103"));
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&root);
     }

@@ -263,7 +263,7 @@ async fn json_ingest(req: Request<Incoming>, app: &App, stats: &ServerStats) -> 
     }
 }
 
-/// `POST /v1/clear`: forget every worker and every retired value.
+/// `POST /v1/clear`: see [`App::clear`].
 fn json_clear(app: &App) -> Resp {
     if !app.config().push.json {
         return error(
@@ -271,6 +271,6 @@ fn json_clear(app: &App) -> Resp {
             "the JSON API is disabled (push.json)",
         );
     }
-    crate::ingest::json::clear(&mut app.store.write());
+    app.clear();
     json_true()
 }

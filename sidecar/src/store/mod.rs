@@ -175,6 +175,16 @@ pub enum StoreError {
     TooManySeries { count: usize, limit: usize },
     #[error("metric name {0} uses the prefix reserved for the sidecar's own metrics")]
     ReservedName(String),
+    #[error(
+        "{series} has the non-finite value {value}; counters, buckets and counts must be finite"
+    )]
+    NonFinite { series: String, value: f64 },
+    #[error("{series} is aggregated with {existing} (the first mode seen wins), not {pushed}")]
+    ModeConflict {
+        series: String,
+        existing: &'static str,
+        pushed: &'static str,
+    },
 }
 
 impl StoreError {
@@ -188,6 +198,22 @@ impl StoreError {
             StoreError::InvalidAggregate(_) => "invalid_aggregate",
             StoreError::TooManySeries { .. } => "too_many_series",
             StoreError::ReservedName(_) => "reserved_name",
+            StoreError::NonFinite { .. } => "non_finite",
+            StoreError::ModeConflict { .. } => "mode_conflict",
+        }
+    }
+
+    /// The family the error is about, when it is about one: lets a source leave out just that
+    /// family and apply the rest (see the multiprocess reader).
+    pub fn family(&self) -> Option<&str> {
+        match self {
+            StoreError::TypeConflict { family, .. } => Some(family),
+            StoreError::DuplicateFamily(name) | StoreError::ReservedName(name) => Some(name),
+            StoreError::DuplicateSeries(series)
+            | StoreError::HistogramLayoutMismatch { series, .. }
+            | StoreError::NonFinite { series, .. }
+            | StoreError::ModeConflict { series, .. } => series.split('{').next(),
+            StoreError::InvalidAggregate(_) | StoreError::TooManySeries { .. } => None,
         }
     }
 }
@@ -207,7 +233,11 @@ pub struct ApplyStats {
 #[derive(Clone, Debug)]
 struct WorkerFamily {
     name: Box<str>,
+    /// Series the worker currently reports.
     series: u32,
+    /// Counter-like series the worker stopped reporting, kept (still counted) so that a
+    /// series that comes back at or above its last value continues instead of counting twice.
+    dropped: u32,
 }
 
 /// One worker's bookkeeping.
@@ -220,6 +250,14 @@ pub(crate) struct WorkerState {
     pub(crate) last_seen_wall: f64,
     families: Vec<WorkerFamily>,
     pub(crate) series: usize,
+    /// Sum of `families[].dropped`.
+    dropped: usize,
+    /// The worker left (DELETE, a dead pid, a removed target) but may come back under the
+    /// same id until `forgetAfter` after it was last seen: its values stay where they are
+    /// (counters still counted, gauges for the non-live modes only), so a return continues
+    /// or replaces them instead of adding to them. Folded into the retired totals by
+    /// [`Store::sweep`].
+    pub(crate) departed: bool,
 }
 
 /// A departed worker's gauge value, kept for the non-live modes.
@@ -266,10 +304,14 @@ impl RetiredGauge {
     }
 }
 
+/// Flag in an entry's `generation`: the worker stopped reporting this (counter-like) series.
+const DROPPED: u32 = 1 << 31;
+
 /// One worker's current value of a scalar series.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ScalarEntry {
     pub(crate) worker: u32,
+    /// The update that last set it, and the [`DROPPED`] flag.
     generation: u32,
     pub(crate) ts: f64,
     pub(crate) value: f64,
@@ -279,6 +321,7 @@ pub(crate) struct ScalarEntry {
 #[derive(Clone, Debug)]
 pub(crate) struct DistEntry {
     pub(crate) worker: u32,
+    /// The update that last set it, and the [`DROPPED`] flag.
     generation: u32,
     pub(crate) values: Box<[f64]>,
 }
@@ -334,7 +377,8 @@ pub(crate) struct SeriesState {
 }
 
 impl SeriesState {
-    /// The generation in which the worker last set this series, if it holds it.
+    /// The generation in which the worker last set this series (with the [`DROPPED`] flag),
+    /// if it holds it.
     fn entry_generation(&self, worker: u32) -> Option<u32> {
         match &self.data {
             SeriesData::Scalar { entries, .. } => entries
@@ -394,6 +438,8 @@ pub struct Store {
     pub layout_mismatches: u64,
     /// Counter-like series whose value went down (a worker restart), over the store's life.
     pub resets: u64,
+    /// Incremented by [`Store::clear`].
+    epoch: u64,
 }
 
 /// An update after validation: canonical keys computed, nothing applied yet.
@@ -418,6 +464,7 @@ impl Store {
             generation: 0,
             layout_mismatches: 0,
             resets: 0,
+            epoch: 0,
         }
     }
 
@@ -437,9 +484,9 @@ impl Store {
         &self.rules
     }
 
-    /// Number of live (known) workers.
+    /// Number of known workers that have not departed.
     pub fn worker_count(&self) -> usize {
-        self.worker_index.len()
+        self.worker_states().filter(|w| !w.departed).count()
     }
 
     /// Number of aggregated series (before gauge `all` expansion).
@@ -452,9 +499,12 @@ impl Store {
         self.workers.iter().flatten().map(|w| w.series).sum()
     }
 
-    /// True if `id` is a known worker.
+    /// True if `id` is a known worker that has not departed.
     pub fn has_worker(&self, id: &str) -> bool {
-        self.worker_index.contains_key(id)
+        self.worker_index
+            .get(id)
+            .and_then(|&w| self.workers.get(w as usize)?.as_ref())
+            .is_some_and(|w| !w.departed)
     }
 
     /// Iterates known workers.
@@ -462,10 +512,13 @@ impl Store {
         self.workers.iter().flatten()
     }
 
-    /// True when the worker has not been seen for `staleAfter`.
+    /// True when the worker has departed or has not been seen for `staleAfter`: `live*`
+    /// gauges leave it out.
     pub(crate) fn is_stale(&self, worker: u32, now: Instant) -> bool {
         match self.workers.get(worker as usize) {
-            Some(Some(w)) => now.saturating_duration_since(w.last_seen) > self.settings.stale_after,
+            Some(Some(w)) => {
+                w.departed || now.saturating_duration_since(w.last_seen) > self.settings.stale_after
+            }
             _ => true,
         }
     }
@@ -484,7 +537,9 @@ impl Store {
     /// Replaces what `scope` covers of the worker's values with `families`.
     ///
     /// The update is validated as a whole first (type conflicts, duplicates, histogram
-    /// layouts, the series limit); a rejected update changes nothing.
+    /// layouts, non-finite counters, gauge mode conflicts, the series limit); a rejected update
+    /// changes nothing. A departed worker that applies again under the same id comes back:
+    /// its counters continue (or reset, when they went down) and its gauges are replaced.
     pub fn apply(
         &mut self,
         worker: &WorkerKey,
@@ -494,18 +549,21 @@ impl Store {
     ) -> Result<ApplyStats, StoreError> {
         let existing_worker = self.worker_index.get(&worker.id).copied();
         let prepared = self.prepare(worker, existing_worker, families, scope)?;
-        self.generation = self.generation.wrapping_add(1);
+        self.generation = self.generation.wrapping_add(1) & !DROPPED;
         let generation = self.generation;
         let worker_id = match existing_worker {
             Some(w) => w,
             None => self.add_worker(worker, now),
         };
+        if let Some(Some(w)) = self.workers.get_mut(worker_id as usize) {
+            w.departed = false;
+        }
         let mut stats = ApplyStats {
             samples: prepared.len(),
             ..ApplyStats::default()
         };
-        // Per family of the update: entries of this worker updated, and entries inserted.
-        let mut touched: Vec<(u32, u32)> = vec![(0, 0); families.len()];
+        // Per family of the update: how the worker's entries changed.
+        let mut touched: Vec<Touched> = vec![Touched::default(); families.len()];
         for p in &prepared {
             let family = &families[p.family_index];
             let ts = p.ts.unwrap_or(now.wall);
@@ -533,22 +591,20 @@ impl Store {
                     stats.new_series += 1;
                     let key: Box<str> = p.key.as_str().into();
                     state.series.entry(key).or_insert(SeriesState {
-                        mode: None,
+                        mode: p.mode,
                         data: SeriesData::empty_for(p.value),
                     })
                 }
             };
-            if p.mode.is_some() {
-                series.mode = p.mode;
-            }
             let counts = &mut touched[p.family_index];
-            match update_entry(series, kind, worker_id, generation, p.value, ts) {
-                Update::Inserted => counts.1 += 1,
-                Update::Updated => counts.0 += 1,
-                Update::Reset => {
-                    counts.0 += 1;
-                    stats.resets += 1;
-                }
+            let update = update_entry(series, kind, worker_id, generation, p.value, ts);
+            match update.before {
+                Held::No => counts.inserted += 1,
+                Held::Live => counts.updated += 1,
+                Held::Dropped => counts.revived += 1,
+            }
+            if update.reset {
+                stats.resets += 1;
             }
         }
         self.resets += stats.resets as u64;
@@ -559,63 +615,125 @@ impl Store {
             Some(Some(w)) => std::mem::take(&mut w.families),
             _ => Vec::new(),
         };
-        let mut held: BTreeMap<Box<str>, u32> = BTreeMap::new();
-        for (family, &(updated, inserted)) in families.iter().zip(&touched) {
-            let before = previous
+        let mut held: BTreeMap<Box<str>, (u32, u32)> = BTreeMap::new();
+        for (family, t) in families.iter().zip(&touched) {
+            let (before, before_dropped) = previous
                 .iter()
                 .find(|f| *f.name == *family.name)
-                .map_or(0, |f| f.series);
-            let mut now_held = before + inserted;
-            if scope != Scope::Series && updated < before {
-                let removed = self.sweep_family(&family.name, worker_id, generation);
-                stats.removed += removed;
-                now_held -= removed as u32;
+                .map_or((0, 0), |f| (f.series, f.dropped));
+            let mut live = before + t.inserted + t.revived;
+            let mut dropped = before_dropped - t.revived;
+            if scope != Scope::Series && t.updated < before {
+                let swept = self.sweep_family(&family.name, worker_id, generation);
+                stats.removed += swept.dropped + swept.removed;
+                live -= (swept.dropped + swept.removed) as u32;
+                dropped += swept.dropped as u32;
             }
-            if now_held > 0 {
-                held.insert(family.name.as_ref().into(), now_held);
+            if live > 0 || dropped > 0 {
+                held.insert(family.name.as_ref().into(), (live, dropped));
             }
         }
         for wf in previous {
             if held.contains_key(&wf.name) || families.iter().any(|f| *f.name == *wf.name) {
                 continue;
             }
-            if scope == Scope::Worker {
-                stats.removed += self.sweep_family(&wf.name, worker_id, generation);
-            } else {
-                held.insert(wf.name, wf.series);
+            let (mut live, mut dropped) = (wf.series, wf.dropped);
+            if scope == Scope::Worker && live > 0 {
+                let swept = self.sweep_family(&wf.name, worker_id, generation);
+                stats.removed += swept.dropped + swept.removed;
+                live -= (swept.dropped + swept.removed) as u32;
+                dropped += swept.dropped as u32;
+            }
+            if live > 0 || dropped > 0 {
+                held.insert(wf.name, (live, dropped));
             }
         }
+        let mut total_dropped = 0;
         if let Some(Some(w)) = self.workers.get_mut(worker_id as usize) {
-            w.series = held.values().map(|&n| n as usize).sum();
+            w.series = held.values().map(|&(n, _)| n as usize).sum();
+            total_dropped = held.values().map(|&(_, d)| d as usize).sum();
+            w.dropped = total_dropped;
             w.families = held
                 .into_iter()
-                .map(|(name, series)| WorkerFamily { name, series })
+                .map(|(name, (series, dropped))| WorkerFamily {
+                    name,
+                    series,
+                    dropped,
+                })
                 .collect();
             w.last_seen = now.mono;
             w.last_seen_wall = now.wall;
         }
+        // Dropped series are kept so that they can come back; a worker that keeps dropping
+        // new ones (rotating label values) must not grow without bound.
+        if total_dropped > self.settings.max_series_per_worker.max(MIN_DROPPED_KEPT) {
+            self.retire_dropped(worker_id);
+        }
         Ok(stats)
     }
 
-    /// Removes the worker's entries of `family` that the current update did not set, retiring
-    /// counter-like values. Returns how many were removed.
-    fn sweep_family(&mut self, name: &str, worker: u32, generation: u32) -> usize {
+    /// Takes the worker's entries of `family` that the current update did not set out of the
+    /// live set: counter-like ones are marked dropped (still counted, see [`WorkerFamily`]),
+    /// gauges are forgotten.
+    fn sweep_family(&mut self, name: &str, worker: u32, generation: u32) -> Swept {
         let Some(family) = self.families.get_mut(name) else {
-            return 0;
+            return Swept::default();
         };
         let kind = family.kind;
-        let mut removed = 0;
+        let mut swept = Swept::default();
         family.series.retain(|_, s| {
-            if s.entry_generation(worker).is_some_and(|g| g != generation) {
+            let Some(g) = s.entry_generation(worker) else {
+                return true;
+            };
+            if g == generation || g & DROPPED != 0 {
+                return true;
+            }
+            if kind.is_counter_like() {
+                set_dropped(s, worker);
+                swept.dropped += 1;
+            } else {
                 take_entry(s, kind, worker, Departure::Dropped);
-                removed += 1;
+                swept.removed += 1;
             }
             !s.is_empty(kind)
         });
         if family.series.is_empty() {
             self.families.remove(name);
         }
-        removed
+        swept
+    }
+
+    /// Retires every dropped series of a worker for good: a later return counts as new.
+    fn retire_dropped(&mut self, worker: u32) {
+        let Some(Some(w)) = self.workers.get_mut(worker as usize) else {
+            return;
+        };
+        w.dropped = 0;
+        let names: Vec<Box<str>> = w
+            .families
+            .iter_mut()
+            .filter(|f| f.dropped > 0)
+            .map(|f| {
+                f.dropped = 0;
+                f.name.clone()
+            })
+            .collect();
+        w.families.retain(|f| f.series > 0);
+        for name in names {
+            let Some(family) = self.families.get_mut(&name) else {
+                continue;
+            };
+            let kind = family.kind;
+            family.series.retain(|_, s| {
+                if s.entry_generation(worker).is_some_and(|g| g & DROPPED != 0) {
+                    take_entry(s, kind, worker, Departure::Dropped);
+                }
+                !s.is_empty(kind)
+            });
+            if family.series.is_empty() {
+                self.families.remove(&name);
+            }
+        }
     }
 
     /// Validates an update and computes canonical keys.
@@ -675,8 +793,31 @@ impl Store {
                         pushed: format_bounds(&h.bounds),
                     });
                 }
+                if let Some(bad) = non_finite(family.kind, &series.value) {
+                    return Err(StoreError::NonFinite {
+                        series: format!("{}{{{}}}", family.name, key),
+                        value: bad,
+                    });
+                }
+                let mode = family.mode.or(mode);
+                if let (Some(pushed), Some(held)) = (mode, held)
+                    && !family.kind.is_counter_like()
+                {
+                    let fixed = held
+                        .mode
+                        .unwrap_or_else(|| resolve_mode(&self.rules, &family.name));
+                    if fixed != pushed {
+                        return Err(StoreError::ModeConflict {
+                            series: format!("{}{{{}}}", family.name, key),
+                            existing: fixed.as_str(),
+                            pushed: pushed.as_str(),
+                        });
+                    }
+                }
                 let already_held = match (scope, held, existing_worker) {
-                    (Scope::Series, Some(s), Some(w)) => s.entry_generation(w).is_some(),
+                    (Scope::Series, Some(s), Some(w)) => {
+                        s.entry_generation(w).is_some_and(|g| g & DROPPED == 0)
+                    }
                     _ => false,
                 };
                 if !already_held {
@@ -685,7 +826,7 @@ impl Store {
                 prepared.push(Prepared {
                     family_index,
                     key,
-                    mode: family.mode.or(mode),
+                    mode,
                     value: &series.value,
                     ts: series.timestamp,
                 });
@@ -729,6 +870,8 @@ impl Store {
             last_seen_wall: now.wall,
             families: Vec::new(),
             series: 0,
+            dropped: 0,
+            departed: false,
         };
         let id = match self.free_workers.pop() {
             Some(id) => {
@@ -744,10 +887,28 @@ impl Store {
         id
     }
 
-    /// The worker is gone (deleted, dead or expired): its counters, histograms and summaries
-    /// are retired, its gauges kept for the non-live modes, and its memory released.
+    /// The worker left (DELETE, a dead process, a removed scrape target). Its values stay as
+    /// they are until `forgetAfter` after it was last seen (counters counted, gauges shown by
+    /// the non-live modes only), so that a return under the same id continues its counters and
+    /// replaces its gauges; then [`Store::sweep`] retires them for good.
     /// Returns false when the worker was unknown.
     pub fn remove_worker(&mut self, id: &str) -> bool {
+        let Some(&worker_id) = self.worker_index.get(id) else {
+            return false;
+        };
+        match self.workers.get_mut(worker_id as usize) {
+            Some(Some(w)) if !w.departed => {
+                w.departed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Retires a worker for good now, without waiting for `forgetAfter`: a later worker with
+    /// the same id counts as new (the multiprocess reader switching directories: the same pid
+    /// in another directory is another process).
+    pub fn retire_worker(&mut self, id: &str) -> bool {
         self.drop_worker(id, true)
     }
 
@@ -757,6 +918,8 @@ impl Store {
         self.drop_worker(id, false)
     }
 
+    /// Retires a worker for good: counters, histograms and summaries into the per-series
+    /// totals, gauges kept for the non-live modes; its memory is released.
     fn drop_worker(&mut self, id: &str, retire: bool) -> bool {
         let Some(worker_id) = self.worker_index.remove(id) else {
             return false;
@@ -794,7 +957,8 @@ impl Store {
         true
     }
 
-    /// Forgets workers not seen for `forgetAfter` (retiring their values). Returns their ids.
+    /// Retires, for good, workers not seen for `forgetAfter` (departed or silent). Returns
+    /// their ids.
     pub fn sweep(&mut self, now: Now) -> Vec<String> {
         let forget_after = self.settings.forget_after;
         let expired: Vec<String> = self
@@ -803,17 +967,26 @@ impl Store {
             .map(|w| w.key.id.clone())
             .collect();
         for id in &expired {
-            self.remove_worker(id);
+            self.drop_worker(id, true);
         }
         expired
     }
 
-    /// Removes every worker and every retired value (the JSON API's `POST /v1/clear`).
+    /// Removes every worker and every retired value (the JSON API's `POST /v1/clear`), and
+    /// starts a new [`Store::epoch`] so that sources whose state lives outside the store (the
+    /// multiprocess files) apply it in full again.
     pub fn clear(&mut self) {
         self.families.clear();
         self.workers.clear();
         self.worker_index.clear();
         self.free_workers.clear();
+        self.epoch += 1;
+    }
+
+    /// Changes on every [`Store::clear`]: a source that applies only what changed must apply
+    /// everything again when the epoch is not the one it last applied in.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// A snapshot of one worker for `/v1/workers`.
@@ -823,7 +996,7 @@ impl Store {
             .iter()
             .enumerate()
             .filter_map(|(i, w)| {
-                let w = w.as_ref()?;
+                let w = w.as_ref().filter(|w| !w.departed)?;
                 Some(WorkerInfo {
                     id: w.key.id.clone(),
                     source: w.key.source.as_str(),
@@ -927,15 +1100,64 @@ fn add_into(total: &mut Option<Box<[f64]>>, values: &[f64]) {
     }
 }
 
-/// What setting a worker's value did.
-enum Update {
-    Inserted,
-    Updated,
-    /// A counter-like value went down: the old value was retired (a worker restart).
-    Reset,
+/// At most this many dropped series are kept per worker, or `maxSeriesPerWorker` if larger.
+const MIN_DROPPED_KEPT: usize = 1024;
+
+/// How an update changed a worker's entries of one family.
+#[derive(Clone, Copy, Debug, Default)]
+struct Touched {
+    /// Live entries set again.
+    updated: u32,
+    /// New entries.
+    inserted: u32,
+    /// Dropped entries reported again.
+    revived: u32,
 }
 
-/// Sets the worker's value of one series.
+/// What a sweep did to a worker's entries of one family.
+#[derive(Clone, Copy, Debug, Default)]
+struct Swept {
+    /// Counter-like entries marked dropped.
+    dropped: usize,
+    /// Gauge entries forgotten.
+    removed: usize,
+}
+
+/// Whether the worker held the series before an update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    No,
+    Live,
+    Dropped,
+}
+
+/// What setting a worker's value did.
+struct Updated {
+    before: Held,
+    /// A counter-like value went down: the old value was retired (a worker restart).
+    reset: bool,
+}
+
+/// The first value that may not be stored: counters, buckets and counts must be finite, or
+/// they would poison the retired totals for good.
+fn non_finite(kind: MetricKind, value: &Value) -> Option<f64> {
+    match (kind, value) {
+        (MetricKind::Counter, Value::Scalar(v)) => Some(*v),
+        (_, Value::Histogram(h)) => h
+            .buckets
+            .iter()
+            .copied()
+            .chain([h.count])
+            .find(|v| !v.is_finite()),
+        (_, Value::Summary { count, .. }) => Some(*count),
+        _ => None,
+    }
+    .filter(|v| !v.is_finite())
+}
+
+/// Sets the worker's value of one series. A value at or above the previous one continues it
+/// (also when the series had been dropped or the worker had departed); a counter-like value
+/// below it is a restart: the old value is retired.
 fn update_entry(
     series: &mut SeriesState,
     kind: MetricKind,
@@ -943,7 +1165,14 @@ fn update_entry(
     generation: u32,
     value: &Value,
     ts: f64,
-) -> Update {
+) -> Updated {
+    let held = |g: u32| {
+        if g & DROPPED != 0 {
+            Held::Dropped
+        } else {
+            Held::Live
+        }
+    };
     match (&mut series.data, value) {
         (
             SeriesData::Scalar {
@@ -952,6 +1181,7 @@ fn update_entry(
             Value::Scalar(v),
         ) => match entries.iter_mut().find(|e| e.worker == worker) {
             Some(e) => {
+                let before = held(e.generation);
                 let reset = kind == MetricKind::Counter && *v < e.value;
                 if reset {
                     *retired += e.value;
@@ -959,11 +1189,7 @@ fn update_entry(
                 e.value = *v;
                 e.ts = ts;
                 e.generation = generation;
-                if reset {
-                    Update::Reset
-                } else {
-                    Update::Updated
-                }
+                Updated { before, reset }
             }
             None => {
                 entries.push(ScalarEntry {
@@ -972,7 +1198,10 @@ fn update_entry(
                     ts,
                     value: *v,
                 });
-                Update::Inserted
+                Updated {
+                    before: Held::No,
+                    reset: false,
+                }
             }
         },
         (
@@ -984,17 +1213,14 @@ fn update_entry(
             let values = dist_values(v);
             match entries.iter_mut().find(|e| e.worker == worker) {
                 Some(e) => {
+                    let before = held(e.generation);
                     let reset = dist_reset(&e.values, &values);
                     if reset {
                         add_into(retired, &e.values);
                     }
                     e.values = values;
                     e.generation = generation;
-                    if reset {
-                        Update::Reset
-                    } else {
-                        Update::Updated
-                    }
+                    Updated { before, reset }
                 }
                 None => {
                     entries.push(DistEntry {
@@ -1002,12 +1228,34 @@ fn update_entry(
                         generation,
                         values,
                     });
-                    Update::Inserted
+                    Updated {
+                        before: Held::No,
+                        reset: false,
+                    }
                 }
             }
         }
         // Kinds are checked in `prepare`: a distribution never lands in a scalar series.
-        (SeriesData::Scalar { .. }, _) => Update::Updated,
+        (SeriesData::Scalar { .. }, _) => Updated {
+            before: Held::Live,
+            reset: false,
+        },
+    }
+}
+
+/// Marks the worker's entry of a counter-like series as dropped (it keeps counting).
+fn set_dropped(s: &mut SeriesState, worker: u32) {
+    match &mut s.data {
+        SeriesData::Scalar { entries, .. } => {
+            if let Some(e) = entries.iter_mut().find(|e| e.worker == worker) {
+                e.generation |= DROPPED;
+            }
+        }
+        SeriesData::Dist { entries, .. } => {
+            if let Some(e) = entries.iter_mut().find(|e| e.worker == worker) {
+                e.generation |= DROPPED;
+            }
+        }
     }
 }
 

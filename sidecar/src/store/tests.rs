@@ -329,8 +329,8 @@ fn live_gauges_forget_departed_workers_and_others_keep_them() {
             GaugeMode::All,
             &[
                 "inflight{instance=\"w1\"} 4",
-                "inflight{instance=\"w3\"} 1",
                 "inflight{instance=\"w2\"} 10",
+                "inflight{instance=\"w3\"} 1",
             ],
             &["inflight{instance=\"w1\"} 4", "inflight{instance=\"w3\"} 1"],
         ),
