@@ -6,8 +6,9 @@ With IDENTIFIER, the worker names its files with it instead of its pid (client_p
 `MultiProcessValue(process_identifier=...)`), as some pre-fork servers do. Prints
 {"pid": pid, "ident": ident} first, then answers each command with "ok":
 
-  inc NAME N            counter NAME (label w="x") += N
+  inc NAME N [W]        counter NAME (label w=W, default "x") += N
   observe NAME V        histogram NAME observes V
+  summary NAME V        summary NAME observes V
   set NAME MODE V       gauge NAME (multiprocess_mode MODE) set to V
   exit                  (or end of input) exit
 """
@@ -24,9 +25,9 @@ from prometheus_client import values  # noqa: E402
 if ident is not None:
     values.ValueClass = values.MultiProcessValue(process_identifier=lambda: ident)
 
-from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
+from prometheus_client import Counter, Gauge, Histogram, Summary  # noqa: E402
 
-counters, histograms, gauges = {}, {}, {}
+counters, histograms, summaries, gauges = {}, {}, {}, {}
 print(json.dumps({"pid": os.getpid(), "ident": ident or str(os.getpid())}), flush=True)
 for line in sys.stdin:
     parts = line.split()
@@ -37,12 +38,17 @@ for line in sys.stdin:
         name = parts[1]
         if name not in counters:
             counters[name] = Counter(name, "Counter.", ["w"])
-        counters[name].labels("x").inc(float(parts[2]))
+        counters[name].labels(parts[3] if len(parts) > 3 else "x").inc(float(parts[2]))
     elif cmd == "observe":
         name = parts[1]
         if name not in histograms:
             histograms[name] = Histogram(name, "Histogram.", buckets=(0.5, 1.0, 5.0))
         histograms[name].observe(float(parts[2]))
+    elif cmd == "summary":
+        name = parts[1]
+        if name not in summaries:
+            summaries[name] = Summary(name, "Summary.")
+        summaries[name].observe(float(parts[2]))
     elif cmd == "set":
         name, mode = parts[1], parts[2]
         if name not in gauges:
