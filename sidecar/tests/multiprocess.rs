@@ -137,3 +137,38 @@ fn without_compaction_matches_collector_after_mark_process_dead() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&copy);
 }
+
+#[test]
+fn mtime_liveness_from_config_never_deletes() {
+    let dir = scratch("mtime-policy");
+    let mut fleet = Fleet::start(&dir, 2);
+    let sidecar = InProcess::start(&format!(
+        "{}multiprocessLiveness: mtime\n",
+        config(&dir, true)
+    ));
+    let before = sidecar.metrics();
+    assert_eq!(
+        self_metric(
+            &before,
+            "monasca_sidecar_multiprocess_liveness{method=\"mtime\"}"
+        ),
+        Some(1.0),
+        "{before}"
+    );
+    fleet.kill(0);
+    let dead = fleet.pids[0];
+    // Several scan rounds: the dead worker's files stay (mtime can never prove death), and
+    // its counters still count.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(400));
+        let now = sidecar.metrics();
+        assert!(
+            has_pid_files(&dir, dead),
+            "files deleted under mtime liveness"
+        );
+        assert_eq!(cumulative(&now), cumulative(&before));
+    }
+    sidecar.stop();
+    fleet.py.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -52,6 +52,11 @@ pub struct SidecarConfig {
     /// Delete dead workers' `*.db` files after folding their values into the sidecar's own
     /// persisted totals, keeping the directory bounded.
     pub multiprocess_compact: bool,
+    /// How the multiprocess reader tells live workers from dead ones: `auto` (`/proc` once a
+    /// process using the directory is seen there, file changes until then), `proc` (the pod
+    /// shares its process namespace, set by the operator), `mtime` (file changes only: never
+    /// deletes files).
+    pub multiprocess_liveness: MultiprocessLiveness,
     /// Pull `/metrics` from worker ports or unix sockets.
     pub scrape: Scrape,
     /// The Pushgateway-compatible and JSON ingest APIs on the ingest listener.
@@ -76,6 +81,7 @@ impl Default for SidecarConfig {
             forget_after: Duration::from_secs(3600),
             multiprocess_dir: None,
             multiprocess_compact: true,
+            multiprocess_liveness: MultiprocessLiveness::Auto,
             scrape: Scrape::default(),
             push: Push::default(),
             statsd: Statsd::default(),
@@ -232,6 +238,16 @@ pub enum StatsdMetricType {
 
 /// How gauges of several workers combine into one value. The `live*` variants forget workers
 /// that are dead or stale; the others keep their last value.
+/// See [`SidecarConfig::multiprocess_liveness`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MultiprocessLiveness {
+    #[default]
+    Auto,
+    Proc,
+    Mtime,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GaugeMode {

@@ -106,6 +106,23 @@ impl Liveness {
         }
     }
 
+    /// A new policy (config reload); what was confirmed about pids stays true.
+    pub fn set_policy(&mut self, policy: LivenessPolicy) {
+        if policy == self.policy {
+            return;
+        }
+        self.policy = policy;
+        self.mode = match policy {
+            LivenessPolicy::Proc => LivenessMode::Proc,
+            LivenessPolicy::Mtime => LivenessMode::Mtime,
+            LivenessPolicy::Auto if self.names_are_pids => LivenessMode::Proc,
+            LivenessPolicy::Auto => {
+                self.last_detect = None;
+                LivenessMode::Mtime
+            }
+        };
+    }
+
     pub fn mode(&self) -> LivenessMode {
         self.mode
     }

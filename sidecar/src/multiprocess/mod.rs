@@ -40,7 +40,7 @@ pub use scan::{MAX_FILE_BYTES, RETIRED_WORKER_ID, worker_id};
 use crate::app::{App, Refresh, SelfMetrics};
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
-use monasca_config::SidecarConfig;
+use monasca_config::{MultiprocessLiveness, SidecarConfig};
 use parking_lot::{Condvar, Mutex};
 use scan::DirState;
 use std::collections::{BTreeMap, HashSet};
@@ -230,6 +230,15 @@ impl Reader {
         self.state.as_mut()
     }
 
+    /// The liveness policy: the config's when it names one, else the reader's option.
+    fn policy(&self, cfg: &SidecarConfig) -> LivenessPolicy {
+        match cfg.multiprocess_liveness {
+            MultiprocessLiveness::Auto => self.options.liveness,
+            MultiprocessLiveness::Proc => LivenessPolicy::Proc,
+            MultiprocessLiveness::Mtime => LivenessPolicy::Mtime,
+        }
+    }
+
     /// One pass over the directory named by `app`'s config (see the module docs).
     pub fn scan(&mut self, app: &App) {
         let stats = &*self.stats.clone();
@@ -245,13 +254,15 @@ impl Reader {
             if let Some(dir) = dir {
                 tracing::info!(dir = %dir.display(), compact = cfg.multiprocess_compact, "reading prometheus_client multiprocess files");
                 self.log = LogOnce::default();
-                self.state = Some(DirState::new(dir, self.options.liveness));
+                self.state = Some(DirState::new(dir, self.policy(&cfg)));
             }
         }
+        let policy = self.policy(&cfg);
         let Some(state) = self.state.as_mut() else {
             stats.set_summary(None);
             return;
         };
+        state.set_liveness_policy(policy);
         let summary = state.round(app, &cfg, stats, &mut self.log);
         stats.scans.inc();
         stats.set_duration(started.elapsed());

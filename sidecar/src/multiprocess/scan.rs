@@ -231,6 +231,11 @@ impl DirState {
         }
     }
 
+    /// Applies a (reloaded) liveness policy.
+    pub fn set_liveness_policy(&mut self, policy: LivenessPolicy) {
+        self.liveness.set_policy(policy);
+    }
+
     /// The store no longer holds any of the directory's values (it was cleared): every worker
     /// and the retired totals are applied whole next time.
     fn forget_store(&mut self) {
