@@ -38,7 +38,13 @@ fn corrupt_and_truncated_files_are_skipped_without_losing_other_data() {
     assert!(used > 200, "the worker wrote entries");
 
     // Broken files of dead (fake) pids, each broken differently.
-    let write = |name: String, bytes: &[u8]| std::fs::write(dir.join(name), bytes).expect("write");
+    // Written whole (temp file, then rename), as no dead process writes: a reader must never
+    // see a half-written fake file (it would be final, its pid being dead).
+    let write = |name: String, bytes: &[u8]| {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename");
+    };
     write(format!("counter_{}.db", FAKE + 1), &[0xff; 100]); // used = -1
     write(format!("counter_{}.db", FAKE + 2), &real[..used / 2]); // truncated copy
     let mut bad_key = real[..used].to_vec();

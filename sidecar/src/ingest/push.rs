@@ -177,11 +177,13 @@ pub fn parse_body(body: &[u8], format: BodyFormat) -> Result<Vec<Family<'_>>, Pu
     Ok(families)
 }
 
-/// Decompresses a gzip body, refusing to expand beyond `limit` bytes.
+/// Decompresses a gzip body, refusing to expand beyond `limit` bytes. Every member of a
+/// multi-member body is read (concatenated gzip streams are valid gzip; reading only the first
+/// would silently cut the body short).
 pub fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, PushError> {
     use std::io::Read as _;
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize));
-    let mut decoder = flate2::read::GzDecoder::new(body).take(limit + 1);
+    let mut decoder = flate2::read::MultiGzDecoder::new(body).take(limit + 1);
     decoder
         .read_to_end(&mut out)
         .map_err(|e| PushError::Gzip(e.to_string()))?;

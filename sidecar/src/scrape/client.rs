@@ -165,7 +165,7 @@ where
 fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, ScrapeError> {
     let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(max));
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::GzDecoder::new(data)
+    flate2::read::MultiGzDecoder::new(data)
         .take(limit)
         .read_to_end(&mut out)
         .map_err(|_| ScrapeError::Decode)?;

@@ -24,14 +24,15 @@ pub(super) async fn handle(
 ) -> Resp {
     let path = req.uri().path().to_string();
     match (role, req.method(), path.as_str()) {
-        (_, &Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (_, &Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
+        // HEAD is answered like GET on every GET endpoint (hyper sends the headers only).
+        (_, &Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (_, &Method::GET | &Method::HEAD, "/readyz") => text(StatusCode::OK, "ready\n"),
         // Refreshing multiprocess files and rendering are CPU work: keep the runtime's other
         // connections moving while they run.
         (_, &Method::GET | &Method::HEAD, "/metrics") => {
             tokio::task::block_in_place(|| metrics(&req, app, stats))
         }
-        (Role::Metrics, &Method::GET, "/v1/workers") => workers(app),
+        (Role::Metrics, &Method::GET | &Method::HEAD, "/v1/workers") => workers(app),
         (Role::Ingest, &Method::POST, "/v1/ingest") => json_ingest(req, app, stats).await,
         (Role::Ingest, &Method::POST, "/v1/clear") => json_clear(app),
         (Role::Ingest, _, "/v1/ingest" | "/v1/clear") => {

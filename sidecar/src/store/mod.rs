@@ -175,6 +175,23 @@ pub enum StoreError {
     TooManySeries { count: usize, limit: usize },
     #[error("metric name {0} uses the prefix reserved for the sidecar's own metrics")]
     ReservedName(String),
+    #[error("label {label} of {series} is reserved: {why}")]
+    ReservedLabel {
+        series: String,
+        label: String,
+        why: &'static str,
+    },
+    #[error(
+        "{family} ({kind}) would expose the name {name}, which {other} already uses; rename one of them"
+    )]
+    NameCollision {
+        family: String,
+        kind: &'static str,
+        name: String,
+        other: String,
+    },
+    #[error("{series}: {why}")]
+    Invalid { series: String, why: &'static str },
     #[error(
         "{series} has the non-finite value {value}; counters, buckets and counts must be finite"
     )]
@@ -199,6 +216,9 @@ impl StoreError {
             StoreError::TooManySeries { .. } => "too_many_series",
             StoreError::ReservedName(_) => "reserved_name",
             StoreError::NonFinite { .. } => "non_finite",
+            StoreError::ReservedLabel { .. } => "reserved_label",
+            StoreError::NameCollision { .. } => "name_collision",
+            StoreError::Invalid { .. } => "invalid_value",
             StoreError::ModeConflict { .. } => "mode_conflict",
         }
     }
@@ -209,9 +229,12 @@ impl StoreError {
         match self {
             StoreError::TypeConflict { family, .. } => Some(family),
             StoreError::DuplicateFamily(name) | StoreError::ReservedName(name) => Some(name),
+            StoreError::NameCollision { family, .. } => Some(family),
             StoreError::DuplicateSeries(series)
             | StoreError::HistogramLayoutMismatch { series, .. }
             | StoreError::NonFinite { series, .. }
+            | StoreError::ReservedLabel { series, .. }
+            | StoreError::Invalid { series, .. }
             | StoreError::ModeConflict { series, .. } => series.split('{').next(),
             StoreError::InvalidAggregate(_) | StoreError::TooManySeries { .. } => None,
         }
@@ -769,6 +792,9 @@ impl Store {
                     pushed: family.kind.text_name(),
                 });
             }
+            if existing.is_none() {
+                self.check_collision(&family.name, family.kind, families)?;
+            }
             if scope == Scope::Families
                 && let Some(w) = worker_state
                 && let Some(f) = w.families.iter().find(|f| *f.name == *family.name)
@@ -793,10 +819,17 @@ impl Store {
                         pushed: format_bounds(&h.bounds),
                     });
                 }
+                check_labels(family, series, &worker.common_labels, &key)?;
                 if let Some(bad) = non_finite(family.kind, &series.value) {
                     return Err(StoreError::NonFinite {
                         series: format!("{}{{{}}}", family.name, key),
                         value: bad,
+                    });
+                }
+                if let Some(why) = invalid_value(family.kind, &series.value) {
+                    return Err(StoreError::Invalid {
+                        series: format!("{}{{{}}}", family.name, key),
+                        why,
                     });
                 }
                 let mode = family.mode.or(mode);
@@ -848,6 +881,45 @@ impl Store {
             });
         }
         Ok(prepared)
+    }
+
+    /// Refuses a new family whose exposed names (samples, and the OpenMetrics family name of a
+    /// counter) are already exposed by another family, of the store or of the same update:
+    /// Prometheus would keep one of the two at random, or reject the scrape.
+    fn check_collision(
+        &self,
+        name: &str,
+        kind: MetricKind,
+        update: &[Family<'_>],
+    ) -> Result<(), StoreError> {
+        for exposed in exposed_names(name, kind) {
+            for candidate in claimants(&exposed) {
+                if candidate == name {
+                    continue;
+                }
+                let other_kind = self
+                    .families
+                    .get(candidate.as_str())
+                    .map(|f| f.kind)
+                    .or_else(|| {
+                        update
+                            .iter()
+                            .find(|f| *f.name == *candidate)
+                            .map(|f| f.kind)
+                    });
+                if let Some(other_kind) = other_kind
+                    && exposed_names(&candidate, other_kind).contains(&exposed)
+                {
+                    return Err(StoreError::NameCollision {
+                        family: name.to_string(),
+                        kind: kind.text_name(),
+                        name: exposed,
+                        other: format!("{} {candidate}", other_kind.text_name()),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn add_worker(&mut self, worker: &WorkerKey, now: Now) -> u32 {
@@ -1136,6 +1208,102 @@ struct Updated {
     before: Held,
     /// A counter-like value went down: the old value was retired (a worker restart).
     reset: bool,
+}
+
+/// The names a family puts in an exposition: its sample names in either format, and the
+/// family name itself (an OpenMetrics counter `x_total` is family `x`).
+fn exposed_names(name: &str, kind: MetricKind) -> Vec<String> {
+    match kind {
+        MetricKind::Counter => {
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            vec![
+                name.to_string(),
+                base.to_string(),
+                format!("{base}_total"),
+                format!("{base}_created"),
+            ]
+        }
+        MetricKind::Histogram => ["", "_bucket", "_sum", "_count", "_created"]
+            .iter()
+            .map(|s| format!("{name}{s}"))
+            .collect(),
+        MetricKind::Summary => ["", "_sum", "_count", "_created"]
+            .iter()
+            .map(|s| format!("{name}{s}"))
+            .collect(),
+        MetricKind::Gauge | MetricKind::Untyped => vec![name.to_string()],
+    }
+}
+
+/// Family names that could expose `exposed` (see [`exposed_names`]).
+fn claimants(exposed: &str) -> Vec<String> {
+    let mut out = vec![exposed.to_string(), format!("{exposed}_total")];
+    for suffix in ["_total", "_bucket", "_sum", "_count", "_created"] {
+        if let Some(base) = exposed.strip_suffix(suffix) {
+            out.push(base.to_string());
+            if suffix == "_created" {
+                out.push(format!("{base}_total"));
+            }
+        }
+    }
+    out
+}
+
+/// Refuses labels that would make the exposition invalid: `__`-prefixed names (reserved by
+/// Prometheus, `__name__` among them), `le` on a histogram and `quantile` on a summary, from
+/// the series or from the worker's grouping key.
+fn check_labels(
+    family: &Family<'_>,
+    series: &crate::model::Series<'_>,
+    common: &[(String, String)],
+    key: &str,
+) -> Result<(), StoreError> {
+    let names = series
+        .labels
+        .iter()
+        .map(|l| l.name.as_ref())
+        .chain(common.iter().map(|(n, _)| n.as_str()));
+    for name in names {
+        let why = if name.starts_with("__") {
+            "names starting with __ are reserved for Prometheus"
+        } else if name == "le" && family.kind == MetricKind::Histogram {
+            "le holds a histogram's bucket bounds"
+        } else if name == "quantile" && family.kind == MetricKind::Summary {
+            "quantile holds a summary's quantiles"
+        } else {
+            continue;
+        };
+        return Err(StoreError::ReservedLabel {
+            series: format!("{}{{{key}}}", family.name),
+            label: name.to_string(),
+            why,
+        });
+    }
+    Ok(())
+}
+
+/// Why a counter-like value cannot be a cumulative value, if it cannot: counters and counts
+/// are never negative, histogram buckets never decrease with `le`, and the `+Inf` bucket is
+/// the count.
+fn invalid_value(kind: MetricKind, value: &Value) -> Option<&'static str> {
+    match (kind, value) {
+        (MetricKind::Counter, Value::Scalar(v)) if *v < 0.0 => Some("a counter cannot be negative"),
+        (_, Value::Histogram(h)) => {
+            if h.buckets.iter().any(|b| *b < 0.0) || h.count < 0.0 {
+                Some("histogram counts cannot be negative")
+            } else if h.buckets.windows(2).any(|w| w[1] < w[0]) {
+                Some("histogram buckets must not decrease as le grows")
+            } else if h.buckets.last().is_some_and(|inf| *inf != h.count) {
+                Some("the +Inf bucket must equal _count")
+            } else {
+                None
+            }
+        }
+        (_, Value::Summary { count, .. }) if *count < 0.0 => {
+            Some("a summary count cannot be negative")
+        }
+        _ => None,
+    }
 }
 
 /// The first value that may not be stored: counters, buckets and counts must be finite, or

@@ -1,0 +1,193 @@
+//! What goes in must come out valid (issue 20): inputs that would make the exposition
+//! invalid are refused with 400 and a reason, in every ingest path, without touching other
+//! workers' data; valid inputs are taken whole. Through the release binary over real HTTP.
+
+mod common;
+
+use common::{Sidecar, http};
+
+fn push(s: &Sidecar, method: &str, path: &str, body: &str) -> common::Response {
+    http(
+        s.ingest_addr(),
+        method,
+        path,
+        &[("Content-Type", "text/plain; version=0.0.4")],
+        body.as_bytes(),
+    )
+}
+
+/// A sidecar holding one good counter from worker `good`.
+fn with_good_data() -> Sidecar {
+    let s = Sidecar::start("");
+    let r = push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/good",
+        "# TYPE ok_total counter\nok_total 7\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    s
+}
+
+fn assert_refused(s: &Sidecar, path: &str, body: &str, needle: &str) {
+    let r = push(s, "PUT", path, body);
+    assert_eq!(r.status, 400, "{path} {body:?} was accepted: {}", r.text());
+    let reason = r.text();
+    assert!(
+        reason.contains(needle),
+        "{body:?}: reason {reason:?} lacks {needle:?}"
+    );
+    assert_eq!(
+        reason.trim().lines().count(),
+        1,
+        "one-line reason: {reason:?}"
+    );
+    assert_eq!(
+        s.value("ok_total{job=\"j\"}"),
+        Some(7.0),
+        "other data intact"
+    );
+}
+
+#[test]
+fn reserved_and_structural_labels_are_refused() {
+    let s = with_good_data();
+    let w = "/metrics/job/j/instance/w2";
+    assert_refused(&s, w, "x{__name__=\"y\"} 1\n", "__name__");
+    assert_refused(&s, w, "x{__meta_a=\"y\"} 1\n", "reserved");
+    // `le` from the grouping key on a histogram; `quantile` on a summary.
+    assert_refused(
+        &s,
+        "/metrics/job/j/instance/w2/le/5",
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+        "le",
+    );
+    assert_refused(
+        &s,
+        "/metrics/job/j/instance/w2/quantile/0.5",
+        "# TYPE s summary\ns_sum 1\ns_count 1\n",
+        "quantile",
+    );
+    // `le` is an ordinary label on a gauge.
+    let r = push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/w3/le/5",
+        "# TYPE g gauge\ng 1\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn sample_name_collisions_across_families_are_refused() {
+    let s = with_good_data();
+    let r = push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/w1",
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Another worker's gauge named like the histogram's count.
+    assert_refused(
+        &s,
+        "/metrics/job/j/instance/w2",
+        "# TYPE h_count gauge\nh_count 5\n",
+        "h_count",
+    );
+    // A gauge named like a counter's OpenMetrics family name.
+    assert_refused(
+        &s,
+        "/metrics/job/j/instance/w2",
+        "# TYPE ok gauge\nok 1\n",
+        "ok",
+    );
+    // Within one body.
+    assert_refused(
+        &s,
+        "/metrics/job/j/instance/w3",
+        "# TYPE q summary\nq_sum 1\nq_count 1\n# TYPE q_sum gauge\nq_sum 4\n",
+        "q_sum",
+    );
+    assert_eq!(s.value("h_count{job=\"j\"}"), Some(2.0));
+    let om = http(
+        s.metrics_addr(),
+        "GET",
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+        b"",
+    )
+    .text();
+    let types: Vec<&str> = om.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let mut names: Vec<&str> = types.iter().filter_map(|l| l.split(' ').nth(2)).collect();
+    names.sort_unstable();
+    let n = names.len();
+    names.dedup();
+    assert_eq!(n, names.len(), "a family twice:\n{om}");
+}
+
+#[test]
+fn counter_and_histogram_invariants_are_checked() {
+    let s = with_good_data();
+    let w = "/metrics/job/j/instance/w2";
+    assert_refused(&s, w, "# TYPE c_total counter\nc_total -1\n", "negative");
+    assert_refused(
+        &s,
+        w,
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n",
+        "decrease",
+    );
+    assert_refused(
+        &s,
+        w,
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n",
+        "+Inf",
+    );
+}
+
+#[test]
+fn multi_member_gzip_bodies_are_taken_whole() {
+    use std::io::Write as _;
+    let s = Sidecar::start("");
+    let gz = |text: &str| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(text.as_bytes()).expect("gzip");
+        e.finish().expect("gzip")
+    };
+    // Two gzip members, concatenated: one valid gzip stream (RFC 1952 section 2.2).
+    let mut body = gz("# TYPE a_total counter\na_total 1\n");
+    body.extend(gz("# TYPE b_total counter\nb_total 2\n"));
+    let r = http(
+        s.ingest_addr(),
+        "PUT",
+        "/metrics/job/j",
+        &[("Content-Encoding", "gzip")],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.value("a_total{job=\"j\"}"), Some(1.0));
+    assert_eq!(
+        s.value("b_total{job=\"j\"}"),
+        Some(2.0),
+        "second member lost"
+    );
+}
+
+#[test]
+fn head_works_on_every_get_endpoint() {
+    let s = Sidecar::start("");
+    for path in ["/metrics", "/healthz", "/readyz", "/v1/workers"] {
+        let get = http(s.metrics_addr(), "GET", path, &[], b"");
+        let head = http(s.metrics_addr(), "HEAD", path, &[], b"");
+        assert_eq!(get.status, 200, "GET {path}");
+        assert_eq!(head.status, 200, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path} sent a body");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "HEAD {path}"
+        );
+    }
+    let head = http(s.ingest_addr(), "HEAD", "/metrics", &[], b"");
+    assert_eq!(head.status, 200);
+}
