@@ -102,7 +102,18 @@ fn parse_with_env(
         }
         config.scrape.path = path;
     }
+    check_components(&config).map_err(EnvOrConfig::Config)?;
     Ok(config)
+}
+
+/// What the components compile from the config, compiled once here so that a file is
+/// applied whole or not at all: a StatsD mapping that cannot be used rejects the file (at
+/// start-up with the same one-line error as on reload), instead of being skipped after the
+/// rest was installed.
+fn check_components(config: &SidecarConfig) -> Result<(), ConfigError> {
+    crate::statsd::Mapper::new(&config.statsd)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid("statsd.mappings", e.to_string()))
 }
 
 /// Polls the config file and installs valid changes.
@@ -303,6 +314,32 @@ mod tests {
         std::fs::write(&path, "staleAfter: 30s\n").unwrap();
         w.check(&app);
         assert_eq!(app.config().stale_after, Duration::from_secs(30));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_an_unusable_statsd_mapping_is_applied_not_at_all() {
+        let dir = std::env::temp_dir().join(format!("msc-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, "staleAfter: 10s\n").unwrap();
+        let first = load_config(Some(&path)).unwrap();
+        let app = App::new(first.clone());
+        let mut w = ConfigWatcher::new(path.clone(), first);
+        let bad = "staleAfter: 20s\nstatsd:\n  mappings:\n    - {match: \"a.*\", name: \"a\", labels: {\"bad-name\": \"$1\"}}\n";
+        std::fs::write(&path, bad).unwrap();
+        w.check(&app);
+        assert_eq!(
+            app.config().stale_after,
+            Duration::from_secs(10),
+            "nothing of the file applied"
+        );
+        assert_eq!(w.stats.errors.load(Ordering::Relaxed), 1);
+        assert_eq!(w.stats.reloads.load(Ordering::Relaxed), 0);
+        // The same file at start-up: the same one-line error.
+        let err = load_config(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("statsd.mappings"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -24,7 +24,8 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// A field with an unusable value (also for checks made outside this crate).
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             field: field.into(),
             reason: reason.into(),
