@@ -64,6 +64,7 @@ pub fn check_exposition(body: &[u8], openmetrics: bool) -> Result<(), String> {
         text.lines()
             .map(|l| match l.strip_suffix(" unknown") {
                 Some(head) if l.starts_with("# TYPE ") => format!("{head} untyped\n"),
+                _ if l.starts_with("# HELP ") => format!("{}\n", help_for_text(l)),
                 _ => format!("{l}\n"),
             })
             .collect::<String>()
@@ -72,6 +73,28 @@ pub fn check_exposition(body: &[u8], openmetrics: bool) -> Result<(), String> {
     };
     promtool(for_promtool.as_bytes())?;
     client_python(body, openmetrics)
+}
+
+/// An OpenMetrics `# HELP` line with the escapes text 0.0.4 knows: OpenMetrics escapes `"`
+/// as `\"` in HELP, 0.0.4 only `\\` and `\n` (promtool refuses `\"` there).
+fn help_for_text(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('"') => out.push('"'),
+            Some(n) => {
+                out.push('\\');
+                out.push(n);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// `promtool check metrics`: exit 0 (clean) or 3 (lint findings only) pass, anything else
@@ -224,5 +247,13 @@ mod tests {
         assert!(check_structure("a{x=\"q\\\"}\"} 1\na{x=\"q\"} 1\n", false).is_ok());
         assert!(check_structure("a 1\n", true).is_err());
         assert!(check_structure("a 1\n# EOF\n", true).is_ok());
+    }
+
+    #[test]
+    fn openmetrics_help_escapes_become_text_escapes() {
+        assert_eq!(
+            help_for_text(r#"# HELP a say \"hi\" \\ \n"#),
+            r#"# HELP a say "hi" \\ \n"#
+        );
     }
 }
