@@ -110,6 +110,12 @@ fn durations_parse_like_prometheus() {
     assert_eq!(Duration::from_secs(90).to_string(), "90s");
     assert_eq!(Duration::from_secs(600).to_string(), "10m");
     assert_eq!(Duration::from_millis(250).to_string(), "250ms");
+    // Sub-millisecond precision survives writing and reading back.
+    for text in ["1500us", ".6399s", "1ms1ns", "2h0.5ms"] {
+        let d = Duration::parse(text).unwrap();
+        assert_eq!(Duration::parse(&d.to_string()), Ok(d), "{text} -> {d}");
+    }
+    assert_eq!(Duration::parse("1500us").unwrap().to_string(), "1500us");
 }
 
 #[test]
