@@ -90,7 +90,7 @@ impl fmt::Display for Duration {
         // `1ms`; found by the fuzz-style tests).
         let sub_ms = self.0.subsec_nanos() % 1_000_000;
         if sub_ms != 0 {
-            return if sub_ms % 1000 == 0 {
+            return if sub_ms.is_multiple_of(1000) {
                 write!(f, "{}us", self.0.as_micros())
             } else {
                 write!(f, "{}ns", self.0.as_nanos())
