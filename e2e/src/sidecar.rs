@@ -282,3 +282,37 @@ pub fn fixtures() -> PathBuf {
     }
     panic!("shared fixtures not found beside {}", repo.display());
 }
+
+pub use crate::exposition::{assert_valid_exposition, check_exposition};
+
+impl Sidecar {
+    /// `GET /metrics` in text 0.0.4 and in OpenMetrics, each checked with
+    /// [`assert_valid_exposition`]; returns the text 0.0.4 body.
+    #[track_caller]
+    pub fn checked_metrics(&self) -> String {
+        let text = self.metrics();
+        assert_valid_exposition(text.as_bytes(), false);
+        let om = self.openmetrics();
+        assert_valid_exposition(om.as_bytes(), true);
+        text
+    }
+
+    /// `GET /metrics` asking for OpenMetrics; panics on non-200 or another Content-Type.
+    pub fn openmetrics(&self) -> String {
+        let r = http(
+            self.metrics_addr(),
+            "GET",
+            "/metrics",
+            &[("Accept", "application/openmetrics-text; version=1.0.0")],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+            "not OpenMetrics: {:?}",
+            r.header("content-type")
+        );
+        r.text()
+    }
+}

@@ -51,10 +51,14 @@ fn documented_payload_from_two_workers_is_one_summed_series() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(sidecar.value(r#"test{c="d"}"#), Some(13.34));
 
+    sidecar.checked_metrics();
+
     // `POST /v1/clear` forgets everything.
     let r = post(&sidecar, "/v1/clear", b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!sidecar.metrics().contains("test{"));
+    // Every scenario leaves a valid exposition in both formats.
+    sidecar.checked_metrics();
 }
 
 #[test]
@@ -75,6 +79,8 @@ fn bad_bodies_get_400_with_one_line() {
     let r = post(&sidecar, "/v1/ingest", documented("a").as_bytes());
     assert_eq!(r.status, 200);
     assert_eq!(sidecar.value(r#"test{c="d"}"#), Some(12.34));
+    // Every scenario leaves a valid exposition in both formats.
+    sidecar.checked_metrics();
 }
 
 #[test]
@@ -91,4 +97,6 @@ fn decay_seconds_sets_stale_after() {
         "worker not stale after DECAY_SECONDS=1; log:\n{}",
         sidecar.log()
     );
+    // Every scenario leaves a valid exposition in both formats.
+    sidecar.checked_metrics();
 }

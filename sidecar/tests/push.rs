@@ -42,6 +42,7 @@ fn two_workers_counter_sum_survives_deletion_and_restart() {
     );
     let series = "requests_total{job=\"api\",path=\"/a\"}";
     assert_eq!(s.value(series), Some(15.0));
+    s.checked_metrics();
     assert!(
         !s.metrics().contains("instance="),
         "worker label leaked:\n{}",
@@ -67,6 +68,8 @@ fn two_workers_counter_sum_survives_deletion_and_restart() {
         &format!("{COUNTER}3\n"),
     );
     assert_eq!(s.value(series), Some(18.0));
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -99,6 +102,8 @@ fn stale_worker_keeps_counting_and_live_gauges_forget_it() {
     assert_eq!(w2["stale"], true);
     assert_eq!(w2["source"], "push");
     assert_eq!(w2["series"], 2);
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -156,6 +161,8 @@ fn histogram_merges_bucket_by_bucket_and_mismatch_is_refused() {
         sample_value(&m, "lat_seconds_bucket{job=\"j\",le=\"+Inf\"}"),
         Some(8.0)
     );
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -227,6 +234,8 @@ fn each_gauge_mode_over_http() {
     }
     assert!(!m.contains("m=\"liveall\",instance=\"w1\""));
     assert!(m.contains("m=\"all\",instance=\"w1\""));
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -255,6 +264,8 @@ fn post_replaces_only_families_in_the_body() {
     );
     let m = s.metrics();
     assert_eq!(sample_value(&m, "b{job=\"j\"}"), None, "{m}");
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -274,6 +285,8 @@ fn path_labels_override_body_labels_and_base64_works() {
         "{}",
         s.metrics()
     );
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -383,6 +396,8 @@ fn bad_pushes_get_one_line_reasons_and_change_nothing() {
         assert!(r.status == 200 || r.status == 400, "{}", r.status);
     }
     assert_eq!(s.value("requests_total{job=\"j\",path=\"/a\"}"), Some(7.0));
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -431,6 +446,8 @@ fn gzip_push_and_gzip_metrics() {
         b"x 1\n",
     );
     assert_eq!(r.status, 400);
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -485,6 +502,8 @@ fn go_client_protobuf_push_fixture() {
         m.contains("# HELP go_job_seconds Job duration in seconds.\n"),
         "{m}"
     );
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -548,6 +567,8 @@ fn negotiates_openmetrics_for_prometheus_and_text_by_default() {
         );
         assert!(text.contains("# TYPE requests_total counter\n"), "{text}");
     }
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -583,6 +604,8 @@ fn families_are_sorted_and_never_interleaved() {
             last = name;
         }
     }
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -667,6 +690,8 @@ push_to_gateway(gateway, job='api', registry=reg, grouping_key={'instance': 'wor
             .unwrap();
     assert_eq!(workers["workers"].as_array().unwrap().len(), 4);
     let _ = run_python;
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -690,6 +715,8 @@ fn health_endpoints_and_unknown_paths() {
         http(s.metrics_addr(), "PUT", "/metrics/job/x", &[], b"a 1\n").status,
         404
     );
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }
 
 #[test]
@@ -742,4 +769,6 @@ fn config_reload_applies_rules_and_survives_a_bad_file() {
         "{}",
         s.log()
     );
+    // Every scenario leaves a valid exposition in both formats.
+    s.checked_metrics();
 }

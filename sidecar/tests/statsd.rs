@@ -63,7 +63,7 @@ impl Running {
             self.handle.lines_received()
         );
         self.handle.flush();
-        self.render()
+        self.checked()
     }
 
     /// Flushes and renders until `ready` holds (for input whose line count is not exact).
@@ -75,14 +75,29 @@ impl Running {
             ready(&text)
         });
         assert!(ok, "condition not reached; last rendering:\n{text}");
+        self.checked()
+    }
+
+    /// Renders both formats, checks each with promtool and client_python
+    /// ([`common::assert_valid_exposition`]), and returns the text 0.0.4 rendering.
+    #[track_caller]
+    fn checked(&self) -> String {
+        let om = self.render_as(Format::OpenMetrics);
+        common::assert_valid_exposition(om.as_bytes(), true);
+        let text = self.render();
+        common::assert_valid_exposition(text.as_bytes(), false);
         text
     }
 
     fn render(&self) -> String {
+        self.render_as(Format::Text)
+    }
+
+    fn render_as(&self, format: Format) -> String {
         let mut out = Vec::new();
         render(
             &self.app.store.read(),
-            Format::Text,
+            format,
             self.app.now().mono,
             &self.app.self_families(),
             &mut out,

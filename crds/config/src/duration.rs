@@ -85,8 +85,16 @@ impl From<std::time::Duration> for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms == 0 && !self.0.is_zero() {
-            return write!(f, "{}ns", self.0.as_nanos());
+        // Below a millisecond of precision, write exact units: a config written back as YAML
+        // (the operator, `to_yaml`) must read back as the same duration (`1500us` once became
+        // `1ms`; found by the fuzz-style tests).
+        let sub_ms = self.0.subsec_nanos() % 1_000_000;
+        if sub_ms != 0 {
+            return if sub_ms.is_multiple_of(1000) {
+                write!(f, "{}us", self.0.as_micros())
+            } else {
+                write!(f, "{}ns", self.0.as_nanos())
+            };
         }
         if !ms.is_multiple_of(1000) {
             return write!(f, "{ms}ms");

@@ -170,6 +170,17 @@ pub struct Statsd {
     pub buckets: Vec<f64>,
     /// Mapping rules, first match wins.
     pub mappings: Vec<StatsdMapping>,
+    /// How a signed gauge value (`-5|g`) is read: `auto` (default) treats lines with
+    /// monasca-statsd's dict tags (`|#{'k': 'v'}`) as monasca-statsd, which sends absolute
+    /// values, and every other line the etsy way (a signed value adjusts the gauge);
+    /// `monasca` reads every line as monasca-statsd (for clients without dimensions, whose
+    /// lines carry no tags at all).
+    pub dialect: StatsdDialect,
+    /// Drop StatsD series not updated for this long from the accumulated state and the
+    /// output (counters and histograms are retired first, so they never go backwards; a series
+    /// that comes back starts from zero on top of its retired total). Off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<Duration>,
 }
 
 impl Default for Statsd {
@@ -181,8 +192,21 @@ impl Default for Statsd {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
             mappings: Vec::new(),
+            dialect: StatsdDialect::Auto,
+            expire_after: None,
         }
     }
+}
+
+/// Which StatsD dialect decides how signed gauge values are read (see [`Statsd::dialect`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsdDialect {
+    /// monasca-statsd for lines with dict tags, etsy StatsD for the others.
+    #[default]
+    Auto,
+    /// Every line is monasca-statsd: gauge values are absolute.
+    Monasca,
 }
 
 /// One StatsD mapping rule (like statsd_exporter's).
@@ -447,6 +471,12 @@ impl SidecarConfig {
                 ));
             }
             previous = *b;
+        }
+        if self.statsd.expire_after.is_some_and(Duration::is_zero) {
+            return Err(ConfigError::invalid(
+                "statsd.expireAfter",
+                "must be longer than zero (leave it out to never expire)",
+            ));
         }
         for (i, m) in self.statsd.mappings.iter().enumerate() {
             if m.action == MappingAction::Map && m.name.is_none() {

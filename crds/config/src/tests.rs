@@ -46,6 +46,17 @@ fn yaml_round_trips() {
 }
 
 #[test]
+fn statsd_dialect_and_expiry() {
+    let c = SidecarConfig::from_yaml("statsd: {dialect: monasca, expireAfter: 5m}").unwrap();
+    assert_eq!(c.statsd.dialect, StatsdDialect::Monasca);
+    assert_eq!(c.statsd.expire_after, Some(Duration::from_secs(300)));
+    let d = SidecarConfig::default();
+    assert_eq!(d.statsd.dialect, StatsdDialect::Auto);
+    assert_eq!(d.statsd.expire_after, None);
+    assert_eq!(SidecarConfig::from_yaml(&c.to_yaml().unwrap()).unwrap(), c);
+}
+
+#[test]
 fn unknown_field_is_a_clear_error() {
     let err = SidecarConfig::from_yaml("staleAftr: 10s")
         .unwrap_err()
@@ -65,6 +76,8 @@ fn invalid_values_name_the_field() {
         ("scrape: {targets: ['127.0.0.1:9-1']}", "scrape.targets[0]"),
         ("workerLabels: ['a-b']", "workerLabels[0]"),
         ("statsd: {buckets: [1, 0.5]}", "statsd.buckets"),
+        ("statsd: {expireAfter: 0s}", "statsd.expireAfter"),
+        ("statsd: {dialect: graphite}", "dialect"),
     ] {
         let err = SidecarConfig::from_yaml(yaml).unwrap_err().to_string();
         assert!(err.contains(field), "{yaml}: {err}");
@@ -97,6 +110,12 @@ fn durations_parse_like_prometheus() {
     assert_eq!(Duration::from_secs(90).to_string(), "90s");
     assert_eq!(Duration::from_secs(600).to_string(), "10m");
     assert_eq!(Duration::from_millis(250).to_string(), "250ms");
+    // Sub-millisecond precision survives writing and reading back.
+    for text in ["1500us", ".6399s", "1ms1ns", "2h0.5ms"] {
+        let d = Duration::parse(text).unwrap();
+        assert_eq!(Duration::parse(&d.to_string()), Ok(d), "{text} -> {d}");
+    }
+    assert_eq!(Duration::parse("1500us").unwrap().to_string(), "1500us");
 }
 
 #[test]

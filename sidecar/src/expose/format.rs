@@ -223,17 +223,122 @@ pub(crate) fn write_value(v: f64, out: &mut Vec<u8>) {
     }
 }
 
-/// A bucket bound as prometheus_client writes it (`0.5`, `1.0`, `+Inf`), so series keep the
-/// `le` values Python services already had.
+/// A bucket bound (`le`) exactly as client_python writes it (`floatToGoString`), so series
+/// keep the `le` strings Python services already had and dashboards that match them keep
+/// working: Python's `repr` (`0.1`, `1.0`, `1e-05`, `-0.0`), except that positive values of
+/// 1e6 and above use Go's exponent form (`1e+06`, `1.2345675e+06`), and `+Inf`/`-Inf`/`NaN`.
+/// For these values client_golang's OpenMetrics writer gives the same text; client_python
+/// writes the same `le` in both formats.
 pub(crate) fn write_bound(b: f64, out: &mut Vec<u8>) {
+    if b.is_nan() {
+        out.extend_from_slice(b"NaN");
+        return;
+    }
     if b.is_infinite() {
         out.extend_from_slice(if b > 0.0 { b"+Inf" } else { b"-Inf" });
-    } else if b.is_nan() {
-        out.extend_from_slice(b"NaN");
-    } else if b.fract() == 0.0 && b.abs() < 1e15 {
-        let _ = write!(out, "{}.0", b as i64);
+        return;
+    }
+    // Shortest round-trip digits and decimal exponent: `{:e}` gives `d[.ddd]e[-]x`.
+    let sci = format!("{:e}", b.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    if b.is_sign_negative() {
+        out.push(b'-');
+    }
+    // Go's switch to an exponent at 1e6 applies to positive values only (client_python
+    // checks `d > 0`); Python's repr switches below 1e-4 and from 1e16.
+    let exponent_form = if b > 0.0 {
+        !(-4..6).contains(&exp)
     } else {
-        let mut buf = ryu::Buffer::new();
-        out.extend_from_slice(buf.format_finite(b).as_bytes());
+        b != 0.0 && !(-4..16).contains(&exp)
+    };
+    if exponent_form {
+        let (first, rest) = digits.split_at(1);
+        out.extend_from_slice(first.as_bytes());
+        if !rest.is_empty() {
+            out.push(b'.');
+            out.extend_from_slice(rest.as_bytes());
+        }
+        let _ = write!(
+            out,
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.unsigned_abs()
+        );
+    } else if exp < 0 {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
+        out.extend_from_slice(digits.as_bytes());
+    } else {
+        let int_len = exp as usize + 1;
+        if digits.len() <= int_len {
+            out.extend_from_slice(digits.as_bytes());
+            out.extend(std::iter::repeat_n(b'0', int_len - digits.len()));
+            out.extend_from_slice(b".0");
+        } else {
+            let (int, frac) = digits.split_at(int_len);
+            out.extend_from_slice(int.as_bytes());
+            out.push(b'.');
+            out.extend_from_slice(frac.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::write_bound;
+    use proptest::prelude::*;
+
+    fn bound(b: f64) -> String {
+        let mut out = Vec::new();
+        write_bound(b, &mut out);
+        String::from_utf8(out).expect("ASCII")
+    }
+
+    /// Expected strings printed by client_python 0.26 `floatToGoString` (the integration
+    /// test `ingest_edges::le_values_are_written_as_client_python_writes_them` runs it).
+    #[test]
+    fn client_python_spellings() {
+        for (b, want) in [
+            (1e6, "1e+06"),
+            (1e-5, "1e-05"),
+            (0.1, "0.1"),
+            (2.5, "2.5"),
+            (1e21, "1e+21"),
+            (100.0, "100.0"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (1e15, "1e+15"),
+            (123456789.0, "1.23456789e+08"),
+            (0.000123, "0.000123"),
+            (1e-4, "0.0001"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (-1.5, "-1.5"),
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1e5, "100000.0"),
+            (999999.0, "999999.0"),
+            (-1e6, "-1000000.0"),
+            (-1e16, "-1e+16"),
+            (-1e-5, "-1e-05"),
+            (12345678901234567.0, "1.2345678901234568e+16"),
+        ] {
+            assert_eq!(bound(b), want, "{b:e}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the spelling, it reads back as the same float (bounds are compared as
+        /// floats by everyone downstream).
+        #[test]
+        fn bound_round_trips(b in any::<f64>().prop_filter("finite", |b| b.is_finite())) {
+            let text = bound(b);
+            let back: f64 = text.parse().expect("parses");
+            prop_assert_eq!(back.to_bits(), b.to_bits(), "{}", text);
+        }
     }
 }

@@ -69,6 +69,14 @@ pub enum JsonError {
     },
     #[error("{family}: {reason}")]
     InvalidDistribution { family: String, reason: String },
+    /// A counter, bucket, `_sum` or `_count` value that is NaN or infinite: the store would
+    /// carry it into retired totals forever. (Gauges may be NaN: nothing accumulates them.)
+    #[error("value {value:?} of {family} is not a finite number ({kind} values must be)")]
+    NonFinite {
+        family: String,
+        value: String,
+        kind: &'static str,
+    },
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -84,6 +92,7 @@ impl JsonError {
             JsonError::TypeConflict { .. } => "type_conflict",
             JsonError::ValueName { .. } => "invalid_value_name",
             JsonError::InvalidDistribution { .. } => "invalid_distribution",
+            JsonError::NonFinite { .. } => "non_finite",
             JsonError::Store(e) => e.reason(),
         }
     }
@@ -401,8 +410,8 @@ fn build<'a>(body: &'a [JsonFamily<'a>]) -> Result<Updates<'a>, JsonError> {
     let mut workers: IndexMap<Option<Cow<'a, str>>, WorkerUpdate<'a>> = IndexMap::new();
     for (index, (name, (kind, help, values))) in merged.iter().enumerate() {
         let name: &'a str = name;
-        // The store name of a counter is its sample name (`x` or `x_total`, whichever the
-        // values use).
+        // The store name of a counter is `<name>_total` whichever form the values use
+        // (`x` or `x_total`), so it aggregates with the same counter from other sources.
         let mut counter_name: Option<&'a str> = None;
         for v in values {
             let value_name: &str = &v.name;
@@ -446,15 +455,27 @@ fn build<'a>(body: &'a [JsonFamily<'a>]) -> Result<Updates<'a>, JsonError> {
             let update = workers.entry(worker).or_default();
             let family = update.families.entry(index).or_insert_with(|| {
                 let store_name = if *kind == MetricKind::Counter {
-                    counter_name.unwrap_or(name)
+                    crate::parse::counter_family_name(Cow::Borrowed(counter_name.unwrap_or(name)))
                 } else {
-                    name
+                    Cow::Borrowed(name)
                 };
                 let mut f = Family::new(store_name, *kind);
                 f.help = help.map(Cow::Borrowed);
                 f
             });
             let x = v.value.0;
+            let accumulated = match role {
+                Role::Scalar => *kind == MetricKind::Counter,
+                Role::Bucket(_) | Role::Sum | Role::Count => true,
+                Role::Quantile => false,
+            };
+            if accumulated && !x.is_finite() {
+                return Err(JsonError::NonFinite {
+                    family: name.to_string(),
+                    value: v.name.to_string(),
+                    kind: kind.text_name(),
+                });
+            }
             if let Role::Scalar = role {
                 family.series.push(Series {
                     labels,
@@ -811,11 +832,37 @@ mod tests {
     fn type_conflict_with_existing_family_is_refused() {
         let mut s = store();
         let now = Now::now();
-        ingest(&mut s, DOCUMENTED.as_bytes(), now).unwrap();
+        // A gauge `test_total`, then a counter `test` (stored as `test_total`).
+        let gauge = DOCUMENTED.replace("\"test\"", "\"test_total\"");
+        ingest(&mut s, gauge.as_bytes(), now).unwrap();
         let body = DOCUMENTED.replace("gauge", "counter");
         let err = ingest(&mut s, body.as_bytes(), now).unwrap_err();
         assert_eq!(err.reason(), "type_conflict");
-        assert!(text(&s, now).contains("test{c=\"d\"} 12.34\n"));
+        assert!(text(&s, now).contains("test_total{c=\"d\"} 12.34\n"));
+    }
+
+    #[test]
+    fn counter_names_normalised_and_non_finite_refused() {
+        let mut s = store();
+        let now = Now::now();
+        let body = |name: &str, value: &str| {
+            format!(
+                r#"[{{"name": "{name}", "type": "counter",
+                    "values": [{{"name": "{name}", "labels": {{"_id": "{name}"}}, "value": {value}}}]}}]"#
+            )
+        };
+        ingest(&mut s, body("jobs", "2").as_bytes(), now).unwrap();
+        ingest(&mut s, body("jobs_total", "3").as_bytes(), now).unwrap();
+        let out = text(&s, now);
+        assert!(
+            out.contains("# TYPE jobs_total counter\njobs_total 5\n"),
+            "{out}"
+        );
+        for bad in ["\"NaN\"", "\"+Inf\"", "\"-Inf\""] {
+            let err = ingest(&mut s, body("jobs", bad).as_bytes(), now).unwrap_err();
+            assert_eq!(err.reason(), "non_finite", "{bad}: {err}");
+        }
+        assert!(text(&s, now).contains("jobs_total 5\n"));
     }
 
     #[test]

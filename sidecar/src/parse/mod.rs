@@ -10,6 +10,7 @@
 //! cardinality) and a short, one-line human detail (usable as an HTTP 400 reason).
 
 use crate::model::{Label, Series};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -209,6 +210,19 @@ pub(crate) fn excerpt(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// The model name of a counter family: `<name>_total` whatever the source called it. A text
+/// 0.0.4 counter `jobs` (sample `jobs`), a 0.0.4 counter `jobs_total`, an OpenMetrics counter
+/// `jobs` (sample `jobs_total`) and a protobuf or JSON counter of either name are the same
+/// counter to a reader of the aggregate: one family, summed. Without this, two workers naming
+/// it differently would give two families that OpenMetrics exposes under one name (invalid).
+pub fn counter_family_name(name: Cow<'_, str>) -> Cow<'_, str> {
+    if name.ends_with("_total") {
+        name
+    } else {
+        Cow::Owned(format!("{name}_total"))
+    }
 }
 
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`, the classic metric-name grammar (0.0.4 and OpenMetrics 1.0

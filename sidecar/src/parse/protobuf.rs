@@ -366,8 +366,12 @@ fn convert<'a>(
         });
     }
 
+    let name = match kind {
+        MetricKind::Counter => super::counter_family_name(Cow::Owned(name)),
+        _ => Cow::Owned(name),
+    };
     Ok(Family {
-        name: Cow::Owned(name),
+        name,
         kind,
         help: mf.help.filter(|h| !h.is_empty()).map(Cow::Owned),
         unit: mf.unit.filter(|u| !u.is_empty()).map(Cow::Owned),

@@ -618,9 +618,12 @@ fn sample_outside_its_typed_family_starts_an_untyped_family() {
     let fams = ok("# TYPE a gauge\na 1\nb 2\n", false);
     assert_eq!(names(&fams), ["a", "b"]);
     assert_eq!(fams[1].kind, MetricKind::Untyped);
-    // In 0.0.4 a counter `foo` owns only the sample `foo`.
-    let fams = ok("# TYPE foo counter\nfoo 1\nfoo_total 2\n", false);
-    assert_eq!(names(&fams), ["foo", "foo_total"]);
+    // In 0.0.4 a counter `foo` owns only the sample `foo`; `foo_total` after it starts an
+    // untyped family, which then collides with the counter's model name `foo_total`.
+    let e = fail("# TYPE foo counter\nfoo 1\nfoo_total 2\n", false);
+    assert_eq!(e.kind, K::TypeConflict);
+    let fams = ok("# TYPE foo counter\nfoo 1\nfoo_bar 2\n", false);
+    assert_eq!(names(&fams), ["foo_total", "foo_bar"]);
     assert_eq!(
         (fams[0].kind, fams[1].kind),
         (MetricKind::Counter, MetricKind::Untyped)
@@ -629,12 +632,17 @@ fn sample_outside_its_typed_family_starts_an_untyped_family() {
 
 #[test]
 fn counter_names_follow_the_text_format() {
-    // 0.0.4: the sample name, whatever it is.
+    // 0.0.4: the sample name, with `_total` added when it lacks it (issue 11: `jobs` from one
+    // worker and `jobs_total` from another are one counter).
     assert_eq!(
         names(&ok("# TYPE foo_total counter\nfoo_total 1\n", false)),
         ["foo_total"]
     );
-    assert_eq!(names(&ok("# TYPE foo counter\nfoo 1\n", false)), ["foo"]);
+    assert_eq!(
+        names(&ok("# TYPE foo counter\nfoo 1\n", false)),
+        ["foo_total"]
+    );
+    assert_eq!(names(&ok("foo 1\n", false)), ["foo"], "untyped: as sent");
     // OpenMetrics: family foo, sample foo_total -> foo_total (also with no samples).
     assert_eq!(
         names(&ok("# TYPE foo counter\nfoo_total 1\n# EOF\n", true)),
@@ -1658,4 +1666,22 @@ proptest! {
             prop_assert!(same_family(a, b), "{:#?}\n!=\n{:#?}\nbody:\n{}", a, b, body);
         }
     }
+}
+
+/// Issue 11 item 4: a protobuf counter named without `_total` (client_golang allows it) is
+/// the same counter as one named with it.
+#[test]
+fn protobuf_counter_family_names_end_in_total() {
+    use proto::MetricType as T;
+    let mut m = metric(vec![]);
+    m.counter = Some(proto::Counter { value: Some(3.0) });
+    let mut g = metric(vec![]);
+    g.gauge = Some(proto::Gauge { value: Some(1.0) });
+    let body = encode(&[
+        mf("jobs", T::Counter, vec![m.clone()]),
+        mf("done_total", T::Counter, vec![m]),
+        mf("temp", T::Gauge, vec![g]),
+    ]);
+    let fams = protobuf::decode(&body).expect("decodes");
+    assert_eq!(names(&fams), ["jobs_total", "done_total", "temp"]);
 }

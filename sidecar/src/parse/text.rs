@@ -4,7 +4,7 @@
 //! together: borrowing from the request body (label values are `Cow::Borrowed` unless they
 //! contain escapes, so a 1 MB push costs a few allocations per family, not per label),
 //! assembling samples straight into the aggregation model (histogram buckets grouped per
-//! series, `_created` dropped, counter names normalised to their 0.0.4 form), and rejecting
+//! series, `_created` dropped, counter family names normalised to `<name>_total`), and rejecting
 //! the inputs that would corrupt aggregation (interleaved families, duplicate series,
 //! histograms without `+Inf`) with a fixed [`ParseErrorKind`].
 //!
@@ -315,7 +315,8 @@ impl<'a> Current<'a> {
     /// assembled (which is where a missing `+Inf` bucket is found).
     fn into_family(self) -> Result<Family<'a>, ParseError> {
         let name = match self.kind {
-            TextKind::Counter | TextKind::Info => self.value_name,
+            TextKind::Counter => super::counter_family_name(self.value_name),
+            TextKind::Info => self.value_name,
             _ => Cow::Borrowed(self.name),
         };
         let mut series = self.series;

@@ -10,7 +10,7 @@
 //! | line type | none | `counter` | `gauge` | `histogram` |
 //! | --- | --- | --- | --- | --- |
 //! | `c` | counter += v/rate | counter += v/rate | gauge += v/rate | observe v (weight 1/rate) |
-//! | `g` | gauge = v, or += v when signed | counter += v/rate | gauge = v / += v | observe v |
+//! | `g` | gauge = v, or += v when signed (etsy) | counter += v | gauge = v / += v | observe v |
 //! | `ms` `h` `d` | observe (`ms` / 1000, weight 1/rate) | counter += obs/rate | gauge = obs | observe |
 //!
 //! Deliberate choices:
@@ -25,8 +25,21 @@
 //!   seconds, so no unit conversion).
 //! - **Counters get `_total`** appended (unless the name already ends with it), so text 0.0.4
 //!   and OpenMetrics expose the same sample name (`demo.requests` -> `demo_requests_total`).
-//! - **Signed gauge values are relative** (`+3|g`, `-3|g`), the etsy/statsd_exporter rule; a
-//!   negative absolute gauge needs `0|g` then `-N|g`.
+//! - **Sample rates never scale gauges** (`g:+3|g|@0.5` adds 3), as statsd_exporter and
+//!   etsy statsd do: a gauge is a value, not a count of sampled events.
+//! - **Signed gauge values are relative** (`+3|g`, `-3|g`) in the etsy dialect (the
+//!   etsy/statsd_exporter rule; a negative absolute gauge needs `0|g` then `-N|g`). The
+//!   monasca-statsd dialect sends absolute values (its timers too, as `g` seconds), so there
+//!   `-5|g` is the value -5: a line is monasca-statsd when it carries dict tags
+//!   (`|#{'k': 'v'}`), or every line is when `statsd.dialect` is `monasca`.
+//! - **Non-finite values** never reach the accumulated state: a line whose value or
+//!   rate-scaled value is not finite is refused by the parser
+//!   (`errors_total{reason="non_finite"}`), and a sample whose accumulation would overflow
+//!   to infinity is dropped (`dropped_total{reason="non_finite"}`).
+//! - **Expiry** (`statsd.expireAfter`, off by default): series not updated for that long are
+//!   removed by [`Accumulator::expire`]; the flush then hands the store the remaining series
+//!   of those families, so the store retires the expired counters and histograms (never
+//!   backwards) and forgets the gauges.
 //! - **Worker labels and `_aggregate`** in tags (`pid`, `instance`, ...) are removed: all
 //!   StatsD traffic is one delta stream and one store worker, and keeping them would make
 //!   series collide once the store strips them. `le` tags are removed too (they would clash
@@ -34,15 +47,16 @@
 //! - **Type conflicts** (the same family name as counter and then gauge, not forced by a
 //!   mapping) keep the first type; the later samples are dropped and counted.
 
-use super::line::{self, Line, LineError, SampleType};
+use super::line::{self, Line, LineError, SampleType, TagStyle};
 use super::mapping::{Mapped, MappedName, Mapper, MappingError};
 use crate::model::{Family, HistogramValue, Label, MetricKind, Series, Value};
 use crate::store::{AGGREGATE_LABEL, escape_label_value};
-use monasca_config::{SidecarConfig, StatsdMetricType, is_label_name};
+use monasca_config::{SidecarConfig, StatsdDialect, StatsdMetricType, is_label_name};
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Why a well-formed sample was not applied (label of `monasca_sidecar_statsd_dropped_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,16 +74,19 @@ pub enum DropReason {
     /// The store refused the family at flush (e.g. another source owns the name with another
     /// type); counted per series.
     StoreRejected,
+    /// Accumulating the sample would make the value, sum, count or a bucket infinite.
+    NonFinite,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Mapping,
         DropReason::NegativeCounter,
         DropReason::TypeConflict,
         DropReason::SeriesLimit,
         DropReason::ReservedName,
         DropReason::StoreRejected,
+        DropReason::NonFinite,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -80,6 +97,7 @@ impl DropReason {
             DropReason::SeriesLimit => "series_limit",
             DropReason::ReservedName => "reserved_name",
             DropReason::StoreRejected => "store_rejected",
+            DropReason::NonFinite => "non_finite",
         }
     }
 
@@ -136,6 +154,8 @@ struct SeriesAcc {
     labels: SeriesLabels,
     value: AccValue,
     dirty: bool,
+    /// The accumulator's clock when a sample last changed it (for `statsd.expireAfter`).
+    updated: Instant,
 }
 
 #[derive(Debug)]
@@ -164,6 +184,11 @@ pub struct Accumulator {
     /// Scratch buffer for canonical series keys (reused: no per-line allocation).
     key: String,
     counts: Counts,
+    /// `statsd.dialect`: every line is monasca-statsd (absolute gauges).
+    all_monasca: bool,
+    /// The time stamped on updated series; set per receive batch ([`Accumulator::set_clock`])
+    /// rather than read per line.
+    clock: Instant,
 }
 
 /// One family's changed series, owned, so the store can be updated without holding the
@@ -221,7 +246,15 @@ impl Accumulator {
             series: 0,
             key: String::with_capacity(256),
             counts: Counts::default(),
+            all_monasca: false,
+            clock: Instant::now(),
         }
+    }
+
+    /// Sets the time stamped on the series updated from now on (the receivers call it once
+    /// per batch).
+    pub fn set_clock(&mut self, now: Instant) {
+        self.clock = now;
     }
 
     /// Applies a new configuration. Existing series keep their histogram bounds and names;
@@ -240,6 +273,7 @@ impl Accumulator {
         bounds.push(f64::INFINITY);
         self.bounds = bounds.into();
         self.worker_labels = config.worker_labels.clone();
+        self.all_monasca = config.statsd.dialect == StatsdDialect::Monasca;
         self.max_series =
             usize::try_from(config.limits.max_series_per_worker).unwrap_or(usize::MAX);
     }
@@ -386,6 +420,7 @@ impl Accumulator {
             self.key.push('"');
         }
 
+        let monasca = self.all_monasca || line.style == TagStyle::Monasca;
         for sample in &line.samples {
             let kind = target_kind(sample.kind, mapped.kind);
             let family_name: &str = if kind == MetricKind::Counter {
@@ -393,7 +428,7 @@ impl Accumulator {
             } else {
                 &mapped.name
             };
-            let delta = sample.observation() / sample.rate;
+            let delta = sample.scaled();
             if kind == MetricKind::Counter && delta < 0.0 {
                 self.counts.dropped[DropReason::NegativeCounter.index()] += 1;
                 continue;
@@ -444,21 +479,24 @@ impl Accumulator {
                             labels: owned,
                             value,
                             dirty: false,
+                            updated: self.clock,
                         })
                 }
             };
-            match (&mut series.value, kind) {
-                (AccValue::Scalar(v), MetricKind::Counter) => *v += delta,
+            // Every new value is computed first and stored only if finite, so a sample that
+            // would overflow leaves the series exactly as it was.
+            let applied = match (&mut series.value, kind) {
+                (AccValue::Scalar(v), MetricKind::Counter) => set_finite(v, *v + delta),
                 (AccValue::Scalar(v), _) => {
                     let adjust = match sample.kind {
                         SampleType::Counter => true,
-                        SampleType::Gauge => sample.signed,
+                        SampleType::Gauge => sample.signed && !monasca,
                         _ => false,
                     };
                     if adjust {
-                        *v += delta;
+                        set_finite(v, *v + delta)
                     } else {
-                        *v = sample.observation();
+                        set_finite(v, sample.observation())
                     }
                 }
                 (
@@ -471,14 +509,27 @@ impl Accumulator {
                     _,
                 ) => {
                     let x = sample.observation();
-                    let weight = 1.0 / sample.rate;
+                    let weight = 1.0 / sample.effective_rate();
                     let bucket = bounds.partition_point(|b| *b < x).min(counts.len() - 1);
-                    counts[bucket] += weight;
-                    *sum += x * weight;
-                    *count += weight;
+                    let new_sum = *sum + x * weight;
+                    let new_count = *count + weight;
+                    let new_bucket = counts[bucket] + weight;
+                    if new_sum.is_finite() && new_count.is_finite() && new_bucket.is_finite() {
+                        counts[bucket] = new_bucket;
+                        *sum = new_sum;
+                        *count = new_count;
+                        true
+                    } else {
+                        false
+                    }
                 }
+            };
+            if !applied {
+                self.counts.dropped[DropReason::NonFinite.index()] += 1;
+                continue;
             }
             series.dirty = true;
+            series.updated = self.clock;
             family.dirty = true;
             self.counts.samples += 1;
         }
@@ -512,6 +563,42 @@ impl Accumulator {
         out
     }
 
+    /// Removes the series not updated since `cutoff` (`statsd.expireAfter`) and returns, for
+    /// every family that lost series, ALL of its remaining series (possibly none), to be
+    /// applied to the store with [`crate::store::Scope::Families`]: the store then retires
+    /// the expired counters and histograms and forgets the expired gauges. Empty when nothing
+    /// expired.
+    pub fn expire(&mut self, cutoff: Instant) -> Vec<FamilyChange> {
+        let mut out = Vec::new();
+        let mut removed_total = 0;
+        self.families.retain(|name, family| {
+            let before = family.series.len();
+            family.series.retain(|_, s| s.updated >= cutoff);
+            let removed = before - family.series.len();
+            if removed == 0 {
+                return true;
+            }
+            removed_total += removed;
+            out.push(FamilyChange {
+                name: name.clone(),
+                kind: family.kind,
+                series: family
+                    .series
+                    .values_mut()
+                    .map(|s| {
+                        s.dirty = false;
+                        (s.labels.clone(), value_of(&s.value))
+                    })
+                    .collect(),
+            });
+            family.dirty = false;
+            !family.series.is_empty()
+        });
+        self.series -= removed_total;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// Every series, as if all had changed (after a reset of the store side).
     pub fn mark_all_dirty(&mut self) {
         for family in self.families.values_mut() {
@@ -520,6 +607,16 @@ impl Accumulator {
                 s.dirty = true;
             }
         }
+    }
+}
+
+/// Stores `new` in `slot` if it is finite; false (and `slot` unchanged) otherwise.
+fn set_finite(slot: &mut f64, new: f64) -> bool {
+    if new.is_finite() {
+        *slot = new;
+        true
+    } else {
+        false
     }
 }
 

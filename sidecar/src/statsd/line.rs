@@ -36,7 +36,7 @@ pub enum LineError {
     InvalidLine,
     #[error("metric name is empty")]
     InvalidName,
-    #[error("value is not a finite number")]
+    #[error("value is not a number")]
     InvalidValue,
     #[error("unknown metric type (expected c, g, ms, h, d or s)")]
     InvalidType,
@@ -54,11 +54,15 @@ pub enum LineError {
     LineTooLong,
     #[error("datagram truncated: larger than the receive buffer")]
     Truncated,
+    /// NaN, an infinity, or a finite value that the sample rate scales past `f64::MAX`
+    /// (`x:1e308|c|@0.5`): accumulated, it would poison a counter or histogram for good.
+    #[error("value or rate-scaled value is not a finite number")]
+    NonFinite,
 }
 
 impl LineError {
     /// Every reason, for exposing zero-valued self-metrics.
-    pub const ALL: [LineError; 12] = [
+    pub const ALL: [LineError; 13] = [
         LineError::InvalidUtf8,
         LineError::InvalidLine,
         LineError::InvalidName,
@@ -71,6 +75,7 @@ impl LineError {
         LineError::UnsupportedEvent,
         LineError::LineTooLong,
         LineError::Truncated,
+        LineError::NonFinite,
     ];
 
     /// A fixed label value for `monasca_sidecar_statsd_errors_total{reason}`.
@@ -88,6 +93,7 @@ impl LineError {
             LineError::UnsupportedEvent => "unsupported_event",
             LineError::LineTooLong => "line_too_long",
             LineError::Truncated => "truncated",
+            LineError::NonFinite => "non_finite",
         }
     }
 
@@ -102,7 +108,8 @@ impl LineError {
 pub enum SampleType {
     /// `c`: a delta to add.
     Counter,
-    /// `g`: an absolute value, or a relative adjustment when signed.
+    /// `g`: an absolute value, or a relative adjustment when signed (etsy dialect only; the
+    /// monasca-statsd dialect always sends absolute values). Never scaled by a sample rate.
     Gauge,
     /// `ms`: a duration in milliseconds (observed in seconds).
     Timer,
@@ -120,7 +127,7 @@ pub struct Sample {
     /// The value had an explicit `+` or `-` sign (relative for gauges).
     pub signed: bool,
     pub kind: SampleType,
-    /// Sample rate in (0, 1]; 1 when absent.
+    /// Sample rate in (0, 1] as sent; 1 when absent. See [`Sample::effective_rate`].
     pub rate: f64,
 }
 
@@ -131,6 +138,22 @@ impl Sample {
             SampleType::Timer => self.value / 1000.0,
             _ => self.value,
         }
+    }
+
+    /// The rate that scales this sample: the sent rate, except 1 for gauges, which
+    /// statsd_exporter and etsy statsd never scale (a gauge is a value, not a count of
+    /// events of which only some were sent).
+    pub fn effective_rate(&self) -> f64 {
+        match self.kind {
+            SampleType::Gauge => 1.0,
+            _ => self.rate,
+        }
+    }
+
+    /// The observation divided by the effective rate: a counter's delta, a histogram
+    /// observation's weight times its value.
+    pub fn scaled(&self) -> f64 {
+        self.observation() / self.effective_rate()
     }
 }
 
@@ -248,12 +271,16 @@ pub fn parse_str(line: &str) -> Result<Line<'_>, LineError> {
                 return Err(LineError::InvalidLine);
             }
         }
-        parsed.samples.push(Sample {
+        let sample = Sample {
             value,
             signed,
             kind,
             rate,
-        });
+        };
+        if !sample.scaled().is_finite() || !(1.0 / sample.effective_rate()).is_finite() {
+            return Err(LineError::NonFinite);
+        }
+        parsed.samples.push(sample);
         match rest.strip_prefix(':') {
             Some(next) => rest = next,
             None if rest.is_empty() => return Ok(parsed),
@@ -349,7 +376,9 @@ fn parse_value(text: &str) -> Result<f64, LineError> {
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(LineError::InvalidValue)
+        // `nan`, `inf`, `-Infinity` and literals beyond f64 (`1e309`) are numbers, just not
+        // ones a counter or histogram may hold.
+        Err(LineError::NonFinite)
     }
 }
 

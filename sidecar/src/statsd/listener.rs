@@ -96,6 +96,7 @@ pub(crate) fn udp_loop(socket: UdpSocket, shared: Arc<Shared>) {
                     .datagrams
                     .fetch_add(n as u64, Ordering::Relaxed);
                 let mut acc = shared.acc.lock();
+                acc.set_clock(std::time::Instant::now());
                 for i in 0..n {
                     let (data, truncated) = receiver.datagram(i);
                     if truncated {
@@ -295,6 +296,7 @@ async fn tcp_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()
         if n == 0 {
             if !discarding && !buf.is_empty() {
                 let mut acc = shared.acc.lock();
+                acc.set_clock(std::time::Instant::now());
                 acc.ingest_datagram(&buf);
                 shared.absorb(&mut acc);
             }
@@ -303,6 +305,7 @@ async fn tcp_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()
         let mut consumed = 0;
         if let Some(last) = buf.iter().rposition(|&b| b == b'\n') {
             let mut acc = shared.acc.lock();
+            acc.set_clock(std::time::Instant::now());
             let mut chunk = &buf[..last];
             if discarding {
                 // Skip up to the first newline: the tail of the over-long line.
@@ -327,6 +330,7 @@ async fn tcp_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()
         if buf.len() > MAX_TCP_LINE {
             if !discarding {
                 let mut acc = shared.acc.lock();
+                acc.set_clock(std::time::Instant::now());
                 acc.reject_line(LineError::LineTooLong);
                 shared.absorb(&mut acc);
             }

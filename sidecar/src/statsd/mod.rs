@@ -83,6 +83,8 @@ struct FlushState {
     /// Something was applied to the store since the last reset.
     applied: bool,
     last_touch: Instant,
+    /// When `statsd.expireAfter` was last checked.
+    last_expiry: Instant,
     config: Arc<SidecarConfig>,
     /// Families already reported as refused (logged once each).
     logged: HashSet<Box<str>>,
@@ -97,6 +99,7 @@ impl Shared {
             flush: Mutex::new(FlushState {
                 applied: false,
                 last_touch: Instant::now(),
+                last_expiry: Instant::now(),
                 config,
                 logged: HashSet::new(),
             }),
@@ -123,10 +126,71 @@ impl Shared {
         m.series.store(acc.series_count() as u64, Ordering::Relaxed);
     }
 
-    /// Applies the changes accumulated since the last flush to the store.
+    /// Applies the changes accumulated since the last flush to the store, then expires idle
+    /// series (`statsd.expireAfter`).
     fn flush(&self, app: &App) {
         let mut state = self.flush.lock();
-        self.reload(app, &mut state);
+        self.apply_changes(app, &mut state);
+        self.expire(app, &mut state);
+    }
+
+    /// Drops series not updated for `statsd.expireAfter` from the accumulator, and from the
+    /// store by applying the remaining series of their families with [`Scope::Families`]:
+    /// the store's sweep retires the expired counters and histograms (so the output never
+    /// goes backwards) and forgets the gauges. Checked at most every quarter of
+    /// `expireAfter` (and at most once a second), so a large accumulator is not walked on
+    /// every 100 ms flush.
+    fn expire(&self, app: &App, state: &mut FlushState) {
+        let Some(expire_after) = state.config.statsd.expire_after.map(|d| d.as_std()) else {
+            return;
+        };
+        let now = app.now();
+        let every = (expire_after / 4).min(TOUCH_INTERVAL);
+        if now.mono.saturating_duration_since(state.last_expiry) < every {
+            return;
+        }
+        state.last_expiry = now.mono;
+        let Some(cutoff) = now.mono.checked_sub(expire_after) else {
+            return;
+        };
+        let expired = {
+            let mut acc = self.acc.lock();
+            let before = acc.series_count();
+            let expired = acc.expire(cutoff);
+            if !expired.is_empty() {
+                tracing::debug!(
+                    series = before - acc.series_count(),
+                    families = expired.len(),
+                    "StatsD series expired"
+                );
+            }
+            self.metrics
+                .series
+                .store(acc.series_count() as u64, Ordering::Relaxed);
+            expired
+        };
+        if expired.is_empty() || !state.applied {
+            return;
+        }
+        let worker = worker_key();
+        let mut store = app.store.write();
+        for change in &expired {
+            let family = change.family();
+            if let Err(e) =
+                store.apply(&worker, std::slice::from_ref(&family), Scope::Families, now)
+            {
+                // The family was accepted before; a refusal now (a reload changed limits)
+                // leaves the expired series in the store, which is safe: nothing is counted
+                // twice, they just stay until the StatsD worker is swept or cleared.
+                tracing::warn!(family = %change.name, reason = e.reason(), error = %e,
+                    "expired StatsD series not removed from the store");
+            }
+        }
+    }
+
+    /// Applies the changes accumulated since the last flush to the store.
+    fn apply_changes(&self, app: &App, state: &mut FlushState) {
+        self.reload(app, state);
         let now = app.now();
         let changes = {
             let mut acc = self.acc.lock();

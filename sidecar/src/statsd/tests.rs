@@ -330,8 +330,12 @@ fn malformed_lines_have_fixed_reasons() {
         ("#k=v:1|c", LineError::InvalidName),
         ("a:abc|c", LineError::InvalidValue),
         ("a:|c", LineError::InvalidValue),
-        ("a:inf|g", LineError::InvalidValue),
-        ("a:NaN|g", LineError::InvalidValue),
+        ("a:inf|g", LineError::NonFinite),
+        ("a:NaN|g", LineError::NonFinite),
+        ("a:1e309|c", LineError::NonFinite),
+        ("a:1e308|c|@0.5", LineError::NonFinite),
+        ("a:1e308|h|@0.1", LineError::NonFinite),
+        ("a:1|c|@1e-320", LineError::NonFinite),
         ("a:1|zz", LineError::InvalidType),
         ("a:1|", LineError::InvalidType),
         ("a[k=v:1|c", LineError::InvalidLine),
@@ -937,4 +941,74 @@ mod properties {
             check_datagram(line.as_bytes());
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 11: sample rates and gauges, the monasca dialect, non-finite values, expiry
+
+#[test]
+fn sample_rates_never_scale_gauges() {
+    let mut h = Harness::new(&config());
+    h.feed(b"g:10|g|@0.5\ng:+3|g|@0.5\ng:-1|g|@0.1");
+    assert_value(&h.render(), "g", 12.0);
+    // A gauge line forced into a counter or a histogram is not scaled either.
+    let mut c = config();
+    let mut rule = mapping("forced.*", Some("forced_$1"));
+    rule.metric_type = Some(StatsdMetricType::Counter);
+    c.statsd.mappings.push(rule);
+    let mut h = Harness::new(&c);
+    h.feed(b"forced.c:2|g|@0.5");
+    assert_value(&h.render(), "forced_c_total", 2.0);
+}
+
+#[test]
+fn monasca_dialect_gauges_are_absolute() {
+    let mut h = Harness::new(&config());
+    h.feed(b"m:10|g|#{'a': 'b'}\nm:-5|g|#{'a': 'b'}\np:10|g\np:-5|g");
+    let text = h.render();
+    assert_value(&text, "m{a=\"b\"}", -5.0);
+    assert_value(&text, "p", 5.0);
+    let mut c = config();
+    c.statsd.dialect = monasca_config::StatsdDialect::Monasca;
+    let mut h = Harness::new(&c);
+    h.feed(b"p:10|g\np:-5|g\nq:+2|g");
+    let text = h.render();
+    assert_value(&text, "p", -5.0);
+    assert_value(&text, "q", 2.0);
+}
+
+#[test]
+fn accumulation_never_becomes_non_finite() {
+    let mut h = Harness::new(&config());
+    h.feed(b"c:1e308|c\ng:1e308|g\nh:1e308|h");
+    h.render();
+    h.feed(b"c:1e308|c\ng:+1e308|g\nh:1e308|h\nc:1|c");
+    let counts = h.acc.take_counts();
+    assert_eq!(counts.drop_count(DropReason::NonFinite), 3);
+    let text = h.render();
+    assert_value(&text, "c_total", 1e308);
+    assert_value(&text, "g", 1e308);
+    assert_value(&text, "h_sum", 1e308);
+    assert_value(&text, "h_count", 1.0);
+}
+
+#[test]
+fn expire_returns_the_remaining_series_of_touched_families() {
+    let mut h = Harness::new(&config());
+    let t0 = std::time::Instant::now();
+    h.acc.set_clock(t0);
+    h.feed(b"a:1|c|#k:1\na:1|c|#k:2\nb:1|g");
+    h.flush();
+    let t1 = t0 + std::time::Duration::from_secs(10);
+    h.acc.set_clock(t1);
+    h.feed(b"a:1|c|#k:2");
+    h.flush();
+    assert!(h.acc.expire(t0).is_empty(), "nothing older than t0");
+    let expired = h.acc.expire(t1);
+    assert_eq!(h.acc.series_count(), 1);
+    let names: Vec<&str> = expired.iter().map(|c| &*c.name).collect();
+    assert_eq!(names, ["a_total", "b"]);
+    assert_eq!(expired[0].series.len(), 1, "a_total keeps k=2");
+    assert!(expired[1].series.is_empty(), "b lost its only series");
+    assert!(h.acc.take_changes().is_empty());
 }
