@@ -64,6 +64,8 @@ fn gauge_of_a_returning_worker_replaces_its_departed_value() {
     push(&s, "DELETE", "/metrics/job/k/instance/w1", "");
     put_ok(&s, "/metrics/job/k/instance/w1", &all(2));
     assert_eq!(lines_of(&s, "h"), ["h{job=\"k\",instance=\"w1\"} 2"]);
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 // 2. No label ever appears twice on a line.
@@ -79,6 +81,8 @@ fn all_mode_never_repeats_a_grouping_key_label() {
     for line in s.metrics().lines().filter(|l| !l.starts_with('#')) {
         assert_no_repeated_label(line);
     }
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 fn assert_no_repeated_label(line: &str) {
@@ -129,6 +133,8 @@ fn series_left_out_of_a_put_continues_when_it_comes_back() {
     put_ok(&s, path, &body(&[("1", 4), ("2", 1)]));
     assert_eq!(s.value("c_total{a=\"1\",job=\"j\"}"), Some(16.0));
     assert_eq!(s.value("c_total{a=\"2\",job=\"j\"}"), Some(1.0));
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 fn mp_config(dir: &std::path::Path) -> String {
@@ -169,6 +175,8 @@ fn multiprocess_histogram_sum_going_down_is_not_a_reset() {
         "{m}"
     );
     w.finish();
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 // 6. `POST /v1/clear` with a multiprocess directory: the directory is the truth, so its whole
@@ -196,6 +204,8 @@ fn clear_reapplies_the_whole_multiprocess_directory() {
     live.command("inc jobs 1");
     assert!(wait_until(Duration::from_secs(20), || s.value(series) == Some(9.0)));
     live.finish();
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 // 7. A worker whose files are named by a custom process identifier (not its pid) is alive
@@ -231,6 +241,8 @@ fn proc_liveness_keeps_files_of_a_custom_process_identifier() {
         );
     }
     w.finish();
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 // 8. Non-finite counter, bucket and count values are refused: they would poison the retired
@@ -260,6 +272,8 @@ fn non_finite_counters_and_buckets_are_refused() {
         "{}",
         s.metrics()
     );
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 // 9. The first `_aggregate` mode seen for a series wins; a conflicting one is refused and
@@ -295,4 +309,6 @@ fn conflicting_aggregate_modes_are_refused() {
         "{}",
         s.metrics()
     );
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }

@@ -534,3 +534,33 @@ fn end_to_end_through_the_binary() {
     assert_value(&text, "e2e_tcp_total", 2.0);
     assert_value(&text, "monasca_sidecar_statsd_lines_total", 14.0);
 }
+
+/// `POST /v1/clear` (what its route calls): StatsD values from before it are forgotten, and
+/// samples that arrive right after it, before the next flush, are kept.
+#[test]
+fn samples_sent_right_after_a_clear_are_kept() {
+    let s = start(SidecarConfig::default());
+    s.send(b"hits:5|c\nlevel:3|g");
+    let text = s.metrics_after(2);
+    assert_eq!(
+        common::sample_value(&text, "hits_total"),
+        Some(5.0),
+        "{text}"
+    );
+    s.app.clear();
+    s.send(b"hits:2|c\nlevel:4|g");
+    let text = s.metrics_after(4);
+    assert_eq!(
+        common::sample_value(&text, "hits_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(common::sample_value(&text, "level"), Some(4.0), "{text}");
+    s.send(b"hits:1|c");
+    let text = s.metrics_after(5);
+    assert_eq!(
+        common::sample_value(&text, "hits_total"),
+        Some(3.0),
+        "{text}"
+    );
+}

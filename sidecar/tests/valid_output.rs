@@ -76,6 +76,8 @@ fn reserved_and_structural_labels_are_refused() {
         "# TYPE g gauge\ng 1\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 #[test]
@@ -124,6 +126,8 @@ fn sample_name_collisions_across_families_are_refused() {
     let n = names.len();
     names.dedup();
     assert_eq!(n, names.len(), "a family twice:\n{om}");
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 #[test]
@@ -143,6 +147,8 @@ fn counter_and_histogram_invariants_are_checked() {
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n",
         "+Inf",
     );
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 #[test]
@@ -171,6 +177,8 @@ fn multi_member_gzip_bodies_are_taken_whole() {
         Some(2.0),
         "second member lost"
     );
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }
 
 #[test]
@@ -190,4 +198,30 @@ fn head_works_on_every_get_endpoint() {
     }
     let head = http(s.ingest_addr(), "HEAD", "/metrics", &[], b"");
     assert_eq!(head.status, 200);
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
+}
+
+#[test]
+fn negative_buckets_give_valid_openmetrics() {
+    let s = Sidecar::start("");
+    let r = push(
+        &s,
+        "PUT",
+        "/metrics/job/j/instance/w1",
+        "# TYPE t histogram\nt_bucket{le=\"-5\"} 1\nt_bucket{le=\"0\"} 2\nt_bucket{le=\"+Inf\"} 3\nt_sum -2\nt_count 3\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = s.metrics();
+    common::assert_valid_exposition(text.as_bytes(), false);
+    assert_eq!(common::sample_value(&text, "t_sum{job=\"j\"}"), Some(-2.0));
+    let om = s.openmetrics();
+    common::assert_valid_exposition(om.as_bytes(), true);
+    assert!(
+        !om.contains("t_sum") && !om.contains("t_count"),
+        "OpenMetrics forbids _sum with negative buckets, and _count without _sum:\n{om}"
+    );
+    assert!(om.contains("t_bucket{job=\"j\",le=\"+Inf\"} 3"), "{om}");
+    // Every render valid, in both formats (promtool and client_python).
+    s.checked_metrics();
 }

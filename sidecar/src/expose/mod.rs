@@ -150,8 +150,18 @@ pub fn render(
                             w.bucket(name, labels, *bound, *value);
                         }
                     }
-                    w.sample(name, "_count", labels, "", count);
-                    w.sample(name, "_sum", labels, "", sum);
+                    // OpenMetrics: a sum is a counter, so it is left out when it may go down
+                    // (negative buckets) or is negative or NaN; a histogram's `_count` goes
+                    // with it (the `+Inf` bucket still has the count). Text 0.0.4 keeps both.
+                    let negative_buckets = bounds.first().is_some_and(|b| *b < 0.0);
+                    let sum_is_counter = !(negative_buckets || sum.is_nan() || sum < 0.0);
+                    let om = format == Format::OpenMetrics;
+                    if !om || sum_is_counter || family.kind == MetricKind::Summary {
+                        w.sample(name, "_count", labels, "", count);
+                    }
+                    if !om || sum_is_counter {
+                        w.sample(name, "_sum", labels, "", sum);
+                    }
                 }
             }
         }

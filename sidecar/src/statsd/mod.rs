@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     metrics: Metrics,
     stop: AtomicBool,
     flush: Mutex<FlushState>,
+    /// Incremented, under the accumulator's lock, by every `POST /v1/clear`.
+    cleared: AtomicU64,
 }
 
 struct FlushState {
@@ -86,6 +88,8 @@ struct FlushState {
     /// When `statsd.expireAfter` was last checked.
     last_expiry: Instant,
     config: Arc<SidecarConfig>,
+    /// The [`Shared::cleared`] count the flushes are at.
+    cleared_seen: u64,
     /// Families already reported as refused (logged once each).
     logged: HashSet<Box<str>>,
 }
@@ -101,8 +105,10 @@ impl Shared {
                 last_touch: Instant::now(),
                 last_expiry: Instant::now(),
                 config,
+                cleared_seen: 0,
                 logged: HashSet::new(),
             }),
+            cleared: AtomicU64::new(0),
         }
     }
 
@@ -192,13 +198,23 @@ impl Shared {
     fn apply_changes(&self, app: &App, state: &mut FlushState) {
         self.reload(app, state);
         let now = app.now();
-        let changes = {
+        let (changes, cleared) = {
             let mut acc = self.acc.lock();
             let changes = acc.take_changes();
             self.absorb(&mut acc);
-            changes
+            (changes, self.cleared.load(Ordering::Acquire))
         };
         let mut store = app.store.write();
+        if cleared != self.cleared.load(Ordering::Acquire) {
+            // A clear came in after these changes were taken: they are from before it.
+            return;
+        }
+        if state.cleared_seen != cleared {
+            // The clear reset the accumulator at once (see `Clear`); what was taken since is
+            // what arrived after it.
+            state.cleared_seen = cleared;
+            state.applied = false;
+        }
         if state.applied && !store.has_worker(WORKER_ID) {
             drop(store);
             // The store forgot the StatsD worker (`POST /v1/clear`, or a sweep): start from
@@ -279,6 +295,17 @@ impl Shared {
             tracing::warn!("StatsD listener settings changed; they take effect after a restart");
         }
         state.config = config;
+    }
+}
+
+/// `POST /v1/clear`: StatsD values live only in the sidecar, so the accumulator starts again
+/// from zero right away (samples that arrive after the clear are kept, none from before).
+impl crate::app::Clear for Shared {
+    fn clear(&self) {
+        let mut acc = self.acc.lock();
+        acc.reset();
+        self.absorb(&mut acc);
+        self.cleared.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -447,6 +474,7 @@ pub async fn spawn(app: Arc<App>) -> io::Result<StatsdHandle> {
         .receive_buffer
         .store(receive_buffer as u64, Ordering::Relaxed);
     app.register(shared.clone());
+    app.register_clear(shared.clone());
 
     // Everything fallible first, so an error leaves no thread or task running.
     let tcp = tcp.map(tokio::net::TcpListener::from_std).transpose()?;
