@@ -1,5 +1,6 @@
-//! Helpers for the cluster end-to-end test (`tests/cluster.rs`): a kube client for the cluster
-//! named by `KUBECONFIG`, applying the committed YAML, polling, and running the operator binary
+//! Helpers for the cluster end-to-end tests (`tests/cluster.rs`): a kube client for the cluster
+//! (named by `KUBECONFIG`, or started by [`crate::control_plane`]), applying the committed YAML,
+//! polling, a kubeconfig for a ServiceAccount token, and running the operator binary
 //! out-of-cluster.
 
 use kube::api::{Patch, PatchParams};
@@ -20,13 +21,56 @@ pub fn kubeconfig() -> Option<PathBuf> {
     std::env::split_paths(&value).find(|p| !p.as_os_str().is_empty())
 }
 
-/// A client for that cluster.
-pub async fn client() -> Client {
-    // kube's TLS (rustls) needs the process-wide provider; a second install is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default()
+/// A client for the cluster of a kubeconfig file.
+pub async fn client(kubeconfig: &Path) -> Client {
+    crate::control_plane::client_for(kubeconfig)
         .await
-        .expect("a client for the cluster named by KUBECONFIG")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Writes a kubeconfig for the same cluster (and CA) as `kubeconfig`'s current context that
+/// authenticates with a bearer `token` instead (a ServiceAccount's, from the TokenRequest API).
+pub fn token_kubeconfig(kubeconfig: &Path, token: &str, out: &Path) {
+    let text = std::fs::read_to_string(kubeconfig)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", kubeconfig.display()));
+    let config: serde_json::Value = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", kubeconfig.display()));
+    let named = |list: &str, name: &str| {
+        config[list]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{}: no {list} entry {name}", kubeconfig.display()))
+    };
+    let context = config["current-context"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: no current-context", kubeconfig.display()));
+    let context = named("contexts", context);
+    let cluster_name = context["context"]["cluster"].as_str().unwrap_or_default();
+    let mut cluster = named("clusters", cluster_name)["cluster"].clone();
+    // A relative certificate-authority path is relative to the kubeconfig's directory.
+    if let Some(ca) = cluster["certificate-authority"].as_str() {
+        let base = kubeconfig.parent().unwrap_or(Path::new("."));
+        cluster["certificate-authority"] = base.join(ca).display().to_string().into();
+    }
+    let token_config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": cluster}],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [{"name": "token", "context": {"cluster": "cluster", "user": "token"}}],
+        "current-context": "token",
+    });
+    std::fs::write(out, token_config.to_string())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed) in a Prometheus text exposition.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }
 
 /// The repository's root directory.
@@ -98,11 +142,17 @@ impl Operator {
         let child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start monasca-operator");
         Operator { child }
+    }
+
+    /// Whether it is still running (a start-up error makes it exit).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Stops it as Kubernetes would (SIGTERM: drain, release the Lease) and waits.

@@ -3,6 +3,7 @@
 //! (in [`cluster`]) driving a real Kubernetes apiserver for the operator end-to-end test.
 
 pub mod cluster;
+pub mod control_plane;
 pub mod http;
 pub mod prometheus;
 pub mod sidecar;
