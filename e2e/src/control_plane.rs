@@ -246,12 +246,8 @@ impl ControlPlane {
             "--unsafe-no-fsync=true".to_string(),
             "--log-level=warn".to_string(),
         ];
-        self.processes.push(Process::spawn(
-            "etcd",
-            &binaries.etcd,
-            &etcd_args,
-            &dir,
-        )?);
+        self.processes
+            .push(Process::spawn("etcd", &binaries.etcd, &etcd_args, &dir)?);
 
         let apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),

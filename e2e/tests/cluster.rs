@@ -281,8 +281,7 @@ impl Env {
         // The apiserver must reach the webhook on this host: 127.0.0.1 works when the
         // apiserver runs on this machine; for kind/k3d set MONASCA_E2E_WEBHOOK_HOST to the
         // Docker network's gateway (see e2e/README.md).
-        let host =
-            std::env::var("MONASCA_E2E_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let host = std::env::var("MONASCA_E2E_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into());
         let webhook_port = monasca_e2e::free_port();
         let admin: SocketAddr = ([127, 0, 0, 1], monasca_e2e::free_port()).into();
         OperatorArgs {
@@ -396,7 +395,10 @@ async fn injects_reconciles_and_catches_up(env: Env) {
         Some("default")
     );
     let hash = spec.config_hash().expect("hash");
-    assert_eq!(annotation(&pod.metadata, ANNOTATION_CONFIG_HASH), Some(&hash));
+    assert_eq!(
+        annotation(&pod.metadata, ANNOTATION_CONFIG_HASH),
+        Some(&hash)
+    );
 
     let config_map = wait_config_map(&env.client, &app_namespace, "default").await;
     assert_eq!(
@@ -585,7 +587,10 @@ async fn deployment_rollout(env: Env) {
         Some(&spec.config_hash().expect("hash"))
     );
     let replica_sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &app_namespace);
-    let rs = replica_sets.get(&first_owner).await.expect("the ReplicaSet");
+    let rs = replica_sets
+        .get(&first_owner)
+        .await
+        .expect("the ReplicaSet");
     assert_eq!(
         controller_name(&rs.metadata, "Deployment").as_deref(),
         Some("web")
@@ -621,10 +626,15 @@ async fn deployment_rollout(env: Env) {
         "a pod of a new ReplicaSet with the new sidecar image",
         WAIT,
         || async {
-            pods.list(&selector).await.ok()?.items.into_iter().find(|p| {
-                controller_name(&p.metadata, "ReplicaSet").is_some_and(|rs| rs != first_owner)
-                    && sidecar_image(p).as_deref() == Some(image)
-            })
+            pods.list(&selector)
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|p| {
+                    controller_name(&p.metadata, "ReplicaSet").is_some_and(|rs| rs != first_owner)
+                        && sidecar_image(p).as_deref() == Some(image)
+                })
         },
     )
     .await;
@@ -676,7 +686,12 @@ async fn shipped_rbac(env: Env) {
     }))
     .expect("TokenRequest");
     let token: TokenRequest = accounts
-        .create_subresource("token", "monasca-operator", &PostParams::default(), &request)
+        .create_subresource(
+            "token",
+            "monasca-operator",
+            &PostParams::default(),
+            &request,
+        )
         .await
         .expect("a token for ServiceAccount monasca-system/monasca-operator");
     let token = token.status.expect("TokenRequest status").token;
@@ -756,7 +771,10 @@ async fn shipped_rbac(env: Env) {
         .create(&PostParams::default(), &annotated_pod("rbac-1"))
         .await
         .expect("create pod");
-    assert!(has_sidecar(&pod), "injected by the ServiceAccount's operator");
+    assert!(
+        has_sidecar(&pod),
+        "injected by the ServiceAccount's operator"
+    );
     wait_config_map(&env.client, &app_namespace, "default").await;
     wait_status(&sidecars, "injectedPods 1", |s| s.injected_pods == 1).await;
     webhook_ca(&env.client, operator_namespace).await;
@@ -848,7 +866,10 @@ async fn webhook_skips(env: Env) {
         .create(&PostParams::default(), &plain)
         .await
         .expect("create pod");
-    assert!(!has_sidecar(&pod), "a pod without the annotation is not injected");
+    assert!(
+        !has_sidecar(&pod),
+        "a pod without the annotation is not injected"
+    );
     let after = operator_args.metrics().await;
     assert_eq!(not_requested(&after), not_requested(&before) + 1.0);
 
