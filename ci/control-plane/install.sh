@@ -24,6 +24,7 @@ if ! [[ "$k8s_version" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]]; then
   echo "install.sh: '$k8s_version' is not a Kubernetes release version like v1.37.2" >&2
   exit 2
 fi
+k8s_minor="${BASH_REMATCH[1]}"
 staging_version="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
 etcd_version="$ETCD_VERSION"
 cache="${MONASCA_K8S_CACHE:-/root/.cache/monasca-sidecar/k8s}"
@@ -37,6 +38,16 @@ export CGO_ENABLED=0
 # Two shared cores: keep the build from starving everything else.
 jobs="${MONASCA_K8S_BUILD_JOBS:-2}"
 ldflags="-s -w"
+# Bump when the way binaries are built changes: cached binaries of another recipe are rebuilt.
+recipe="2: version stamped"
+# What Kubernetes' own build stamps (hack/lib/version.sh): without it /version says v0.0.0 with
+# an empty major/minor, and clients that read the server version (the operator's
+# `nativeSidecar: auto`) cannot tell what they talk to.
+k8s_ldflags="$ldflags"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
 
 phase_start=0
 phase() { phase_start=$(date +%s); echo "== control-plane: $1"; }
@@ -100,7 +111,7 @@ GOMOD
 
 total_start=$(date +%s)
 
-if [[ -x "$etcd_bin/etcd" ]]; then
+if [[ -x "$etcd_bin/etcd" && "$(cat "$etcd_bin/.recipe" 2>/dev/null)" == "$recipe" ]]; then
   echo "== control-plane: etcd $etcd_version cached in $etcd_bin"
 else
   work="$cache/etcd-$etcd_version/module"
@@ -110,10 +121,12 @@ else
   phase "etcd $etcd_version: build"
   (cd "$work" && go build -p "$jobs" -ldflags="$ldflags" -o "$work/out/etcd" go.etcd.io/etcd/server/v3)
   mkdir -p "$etcd_bin" && mv "$work/out/etcd" "$etcd_bin/etcd"
+  echo "$recipe" >"$etcd_bin/.recipe"
   phase_done
 fi
 
-if [[ -x "$k8s_bin/kube-apiserver" && -x "$k8s_bin/kube-controller-manager" ]]; then
+if [[ -x "$k8s_bin/kube-apiserver" && -x "$k8s_bin/kube-controller-manager" &&
+  "$(cat "$k8s_bin/.recipe" 2>/dev/null)" == "$recipe" ]]; then
   echo "== control-plane: kubernetes $k8s_version cached in $k8s_bin"
 else
   work="$cache/kubernetes-$k8s_version/module"
@@ -121,13 +134,14 @@ else
   prepare_module "$work" "$here/pins/kubernetes-$k8s_version" write_k8s_gomod
   phase_done
   phase "kubernetes $k8s_version: build kube-apiserver and kube-controller-manager"
-  (cd "$work" && go build -p "$jobs" -ldflags="$ldflags" -o "$work/out/" \
+  (cd "$work" && go build -p "$jobs" -ldflags="$k8s_ldflags" -o "$work/out/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
   mkdir -p "$k8s_bin"
   mv "$work/out/kube-apiserver" "$work/out/kube-controller-manager" "$k8s_bin/"
+  echo "$recipe" >"$k8s_bin/.recipe"
   phase_done
 fi
 
-"$etcd_bin/etcd" --version | head -1
+"$etcd_bin/etcd" --version | sed -n 1p
 "$k8s_bin/kube-apiserver" --version
 echo "== control-plane: ready in $(( $(date +%s) - total_start ))s: $etcd_bin/etcd, $k8s_bin/{kube-apiserver,kube-controller-manager}"

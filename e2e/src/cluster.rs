@@ -95,6 +95,8 @@ pub async fn apply_yaml(client: &Client, path: &Path, namespace: Option<&str>) {
         let (resource, caps) = discovery::pinned_kind(client, &gvk)
             .await
             .unwrap_or_else(|e| panic!("the cluster does not serve {gvk:?}: {e}"));
+        // The namespace asked for, else the object's own, else the kubeconfig's default.
+        let namespace = namespace.or(object.metadata.namespace.as_deref());
         let api: Api<DynamicObject> = match (caps.scope, namespace) {
             (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
             (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
@@ -130,24 +132,31 @@ where
     }
 }
 
-/// The operator binary, running out-of-cluster; stopped (SIGTERM, then SIGKILL) on drop.
+/// The operator binary, running out-of-cluster; stopped (SIGTERM, then SIGKILL) on drop. Its
+/// logs go to a file, printed when the test fails (so they do not interleave with the test
+/// runner's lines).
 pub struct Operator {
     child: Child,
+    log: PathBuf,
 }
 
 impl Operator {
-    /// Starts `monasca-operator` with `args`, its logs going to the test's stderr.
+    /// Starts `monasca-operator` with `args`.
     pub fn start(args: &[String]) -> Operator {
         let binary = crate::workspace_binary("monasca-operator", "monasca-operator");
+        let log = crate::scratch_dir("operator").join("operator.log");
+        let out = std::fs::File::create(&log).expect("operator log file");
+        let err = out.try_clone().expect("operator log file");
         let child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info,kube=warn")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("start monasca-operator");
-        Operator { child }
+        Operator { child, log }
     }
 
     /// Whether it is still running (a start-up error makes it exit).
@@ -181,5 +190,17 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.terminate();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            // The stderr handle directly: libtest-mimic does not capture, but keep it one block.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- monasca-operator log ({}), last 60 lines:\n{tail}",
+                self.log.display()
+            );
+        }
     }
 }

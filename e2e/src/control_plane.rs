@@ -253,6 +253,8 @@ impl ControlPlane {
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".to_string(),
             "--advertise-address=127.0.0.1".to_string(),
+            // Loopback cannot be the `kubernetes` Service endpoint; nothing here needs it.
+            "--endpoint-reconciler-type=none".to_string(),
             format!("--secure-port={apiserver_port}"),
             format!("--cert-dir={}", file("apiserver-certs")),
             format!("--tls-cert-file={}", file("apiserver.crt")),
