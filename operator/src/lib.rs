@@ -130,6 +130,9 @@ fn namespace_terminating(status: &kube::core::Status) -> bool {
         .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
+/// `Result` with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 #[cfg(test)]
 mod reason_tests {
     use super::*;
@@ -155,6 +158,3 @@ mod reason_tests {
         assert_eq!(denied.reconcile_reason(), metrics::ErrorReason::Forbidden);
     }
 }
-
-/// `Result` with the operator's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
