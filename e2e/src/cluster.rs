@@ -190,7 +190,11 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.terminate();
-        if std::thread::panicking() {
+        if !std::thread::panicking() {
+            if let Some(dir) = self.log.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        } else {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(60)..].join("\n");
