@@ -11,7 +11,7 @@
 # pins/<version>/ (committed), so a build is pinned by checksum; a version without pins is
 # resolved once and the result is left there to commit.
 #
-# Binaries are cached by version outside the clone, in ${MONASCA_K8S_CACHE:-/root/.cache/monasca-sidecar/k8s},
+# Binaries are cached by version outside the clone, in ${MONASCA_K8S_CACHE:-$HOME/.cache/monasca-sidecar/k8s},
 # so a second run costs seconds. The Go module cache is Go's default one (GOMODCACHE).
 set -euo pipefail
 
@@ -27,10 +27,13 @@ fi
 k8s_minor="${BASH_REMATCH[1]}"
 staging_version="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
 etcd_version="$ETCD_VERSION"
-cache="${MONASCA_K8S_CACHE:-/root/.cache/monasca-sidecar/k8s}"
+# The same default as the e2e harness (e2e/src/control_plane.rs, cache_dir).
+cache="${MONASCA_K8S_CACHE:-${HOME:-/root}/.cache/monasca-sidecar/k8s}"
 k8s_bin="$cache/kubernetes-$k8s_version/bin"
 etcd_bin="$cache/etcd-$etcd_version/bin"
 
+# Go's default install place, for shells that did not read a profile setting PATH.
+command -v go >/dev/null || PATH="/usr/local/go/bin:$PATH"
 command -v go >/dev/null || { echo "install.sh: go is not installed (Go >= 1.26 is needed)" >&2; exit 1; }
 
 export GOFLAGS="-trimpath -buildvcs=false ${GOFLAGS:-}"
