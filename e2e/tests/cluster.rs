@@ -718,7 +718,8 @@ async fn shipped_rbac(env: Env) {
         .await
         .expect("a token for ServiceAccount monasca-system/monasca-operator");
     let token = token.status.expect("TokenRequest status").token;
-    let kubeconfig = monasca_e2e::scratch_dir("rbac").join("operator.kubeconfig");
+    let token_dir = monasca_e2e::scratch_dir("rbac");
+    let kubeconfig = token_dir.join("operator.kubeconfig");
     cluster::token_kubeconfig(&env.kubeconfig, &token, &kubeconfig);
     let as_operator = cluster::client(&kubeconfig).await;
 
@@ -816,6 +817,7 @@ async fn shipped_rbac(env: Env) {
         "reconciles succeeded:\n{metrics}"
     );
     operator.stop();
+    let _ = std::fs::remove_dir_all(token_dir);
 }
 
 /// The webhook leaves alone pods that did not opt in, and the apiserver does not even call it for
