@@ -1,5 +1,6 @@
-//! Helpers for the cluster end-to-end test (`tests/cluster.rs`): a kube client for the cluster
-//! named by `KUBECONFIG`, applying the committed YAML, polling, and running the operator binary
+//! Helpers for the cluster end-to-end tests (`tests/cluster.rs`): a kube client for the cluster
+//! (named by `KUBECONFIG`, or started by [`crate::control_plane`]), applying the committed YAML,
+//! polling, a kubeconfig for a ServiceAccount token, and running the operator binary
 //! out-of-cluster.
 
 use kube::api::{Patch, PatchParams};
@@ -20,13 +21,56 @@ pub fn kubeconfig() -> Option<PathBuf> {
     std::env::split_paths(&value).find(|p| !p.as_os_str().is_empty())
 }
 
-/// A client for that cluster.
-pub async fn client() -> Client {
-    // kube's TLS (rustls) needs the process-wide provider; a second install is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default()
+/// A client for the cluster of a kubeconfig file.
+pub async fn client(kubeconfig: &Path) -> Client {
+    crate::control_plane::client_for(kubeconfig)
         .await
-        .expect("a client for the cluster named by KUBECONFIG")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Writes a kubeconfig for the same cluster (and CA) as `kubeconfig`'s current context that
+/// authenticates with a bearer `token` instead (a ServiceAccount's, from the TokenRequest API).
+pub fn token_kubeconfig(kubeconfig: &Path, token: &str, out: &Path) {
+    let text = std::fs::read_to_string(kubeconfig)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", kubeconfig.display()));
+    let config: serde_json::Value = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", kubeconfig.display()));
+    let named = |list: &str, name: &str| {
+        config[list]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{}: no {list} entry {name}", kubeconfig.display()))
+    };
+    let context = config["current-context"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: no current-context", kubeconfig.display()));
+    let context = named("contexts", context);
+    let cluster_name = context["context"]["cluster"].as_str().unwrap_or_default();
+    let mut cluster = named("clusters", cluster_name)["cluster"].clone();
+    // A relative certificate-authority path is relative to the kubeconfig's directory.
+    if let Some(ca) = cluster["certificate-authority"].as_str() {
+        let base = kubeconfig.parent().unwrap_or(Path::new("."));
+        cluster["certificate-authority"] = base.join(ca).display().to_string().into();
+    }
+    let token_config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": cluster}],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [{"name": "token", "context": {"cluster": "cluster", "user": "token"}}],
+        "current-context": "token",
+    });
+    std::fs::write(out, token_config.to_string())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed) in a Prometheus text exposition.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }
 
 /// The repository's root directory.
@@ -51,6 +95,8 @@ pub async fn apply_yaml(client: &Client, path: &Path, namespace: Option<&str>) {
         let (resource, caps) = discovery::pinned_kind(client, &gvk)
             .await
             .unwrap_or_else(|e| panic!("the cluster does not serve {gvk:?}: {e}"));
+        // The namespace asked for, else the object's own, else the kubeconfig's default.
+        let namespace = namespace.or(object.metadata.namespace.as_deref());
         let api: Api<DynamicObject> = match (caps.scope, namespace) {
             (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
             (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
@@ -86,23 +132,36 @@ where
     }
 }
 
-/// The operator binary, running out-of-cluster; stopped (SIGTERM, then SIGKILL) on drop.
+/// The operator binary, running out-of-cluster; stopped (SIGTERM, then SIGKILL) on drop. Its
+/// logs go to a file, printed when the test fails (so they do not interleave with the test
+/// runner's lines).
 pub struct Operator {
     child: Child,
+    log: PathBuf,
 }
 
 impl Operator {
-    /// Starts `monasca-operator` with `args`, its logs going to the test's stderr.
+    /// Starts `monasca-operator` with `args`.
     pub fn start(args: &[String]) -> Operator {
         let binary = crate::workspace_binary("monasca-operator", "monasca-operator");
+        let log = crate::scratch_dir("operator").join("operator.log");
+        let out = std::fs::File::create(&log).expect("operator log file");
+        let err = out.try_clone().expect("operator log file");
         let child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("start monasca-operator");
-        Operator { child }
+        Operator { child, log }
+    }
+
+    /// Whether it is still running (a start-up error makes it exit).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Stops it as Kubernetes would (SIGTERM: drain, release the Lease) and waits.
@@ -131,5 +190,21 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.terminate();
+        if !std::thread::panicking() {
+            if let Some(dir) = self.log.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        } else {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            // The stderr handle directly: libtest-mimic does not capture, but keep it one block.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- monasca-operator log ({}), last 60 lines:\n{tail}",
+                self.log.display()
+            );
+        }
     }
 }

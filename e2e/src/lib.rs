@@ -1,8 +1,10 @@
 //! Helpers for the end-to-end tests in `tests/`: locating the project's binaries, running a
 //! real Prometheus server (Debian package `prometheus`) on loopback, and asking it PromQL, and
-//! (in [`cluster`]) driving a real Kubernetes apiserver for the operator end-to-end test.
+//! (in [`cluster`]) driving a real Kubernetes apiserver for the operator end-to-end tests,
+//! which [`control_plane`] starts on loopback when no `KUBECONFIG` names one.
 
 pub mod cluster;
+pub mod control_plane;
 pub mod exposition;
 pub mod http;
 pub mod prometheus;

@@ -105,6 +105,9 @@ impl Error {
         use metrics::ErrorReason;
         match self {
             Error::Kube(kube::Error::Api(status)) => match status.code {
+                // A write into a namespace being deleted is refused with 403 too (cause
+                // NamespaceTerminating, found against a real apiserver): not an RBAC problem.
+                403 if namespace_terminating(status) => ErrorReason::Api,
                 403 => ErrorReason::Forbidden,
                 404 => ErrorReason::NotFound,
                 409 => ErrorReason::Conflict,
@@ -118,5 +121,40 @@ impl Error {
     }
 }
 
+/// Whether a refusal is the NamespaceLifecycle admission plugin's "namespace is being
+/// terminated" (a 403 with cause `NamespaceTerminating`), not an authorization denial.
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+}
+
 /// `Result` with the operator's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    fn forbidden(causes: serde_json::Value) -> Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "forbidden", "details": {"causes": causes},
+        }))
+        .expect("status");
+        Error::Kube(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn a_terminating_namespace_is_not_counted_as_an_rbac_denial() {
+        let terminating = forbidden(serde_json::json!([{
+            "reason": "NamespaceTerminating",
+            "message": "namespace x is being terminated",
+            "field": "metadata.namespace",
+        }]));
+        assert_eq!(terminating.reconcile_reason(), metrics::ErrorReason::Api);
+        let denied = forbidden(serde_json::json!([]));
+        assert_eq!(denied.reconcile_reason(), metrics::ErrorReason::Forbidden);
+    }
+}
