@@ -211,6 +211,16 @@ struct Worker {
     child: Child,
     lines: Receiver<String>,
     last: Option<String>,
+    /// Successful pushes so far (one `pushed` line each).
+    pushes: u32,
+}
+
+/// What one worker process pushed, once it is gone.
+struct Pushed {
+    /// The line of its last successful push.
+    last: String,
+    /// How many pushes succeeded.
+    pushes: u32,
 }
 
 impl Worker {
@@ -234,6 +244,7 @@ impl Worker {
             child,
             lines,
             last: None,
+            pushes: 0,
         }
     }
 
@@ -249,6 +260,7 @@ impl Worker {
             ),
         };
         self.last = Some(line.clone());
+        self.pushes += 1;
         line
     }
 
@@ -263,8 +275,8 @@ impl Worker {
         }
     }
 
-    /// SIGKILLs the worker (blocked after its last push) and returns that last push's line.
-    fn kill(mut self) -> String {
+    /// SIGKILLs the worker (blocked after its last push).
+    fn kill(mut self) -> Pushed {
         self.child.kill().expect("SIGKILL worker");
         let _ = self.child.wait();
         // The worker was blocked: it cannot have pushed again after the line we saw.
@@ -272,13 +284,14 @@ impl Worker {
             panic!("worker {} pushed after its pause: {line}", self.name);
         }
         println!("SIGKILLed worker {} after: {:?}", self.name, self.last);
-        self.last.take().expect("killed worker pushed before")
+        self.pushed()
     }
 
-    /// Waits for the worker to finish its rounds; returns its last push's line.
-    fn finish(mut self) -> String {
+    /// Waits for the worker to finish its rounds.
+    fn finish(mut self) -> Pushed {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(60)) {
             self.last = Some(line);
+            self.pushes += 1;
         }
         let status = self.child.wait().expect("wait for worker");
         assert!(
@@ -286,7 +299,14 @@ impl Worker {
             "worker {} exited with {status}",
             self.name
         );
-        self.last.take().expect("worker pushed")
+        self.pushed()
+    }
+
+    fn pushed(&mut self) -> Pushed {
+        Pushed {
+            last: self.last.take().expect("the worker pushed"),
+            pushes: self.pushes,
+        }
     }
 }
 
@@ -315,7 +335,7 @@ struct Scenario<'a> {
 /// What a scenario leaves: the last line of each process per worker id, and the moment (Unix
 /// seconds) after Prometheus had the first samples and before any kill.
 struct Outcome {
-    pushes: BTreeMap<String, Vec<String>>,
+    pushes: BTreeMap<String, Vec<Pushed>>,
     t0: f64,
 }
 
@@ -337,7 +357,7 @@ impl Scenario<'_> {
         assert!(seen, "Prometheus never saw {first_series}:\n{}", prom.log());
         // The kills come after t0: the paused workers wait for them.
         let t0 = unix_now();
-        let mut pushes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut pushes: BTreeMap<String, Vec<Pushed>> = BTreeMap::new();
         victim.wait_for_push(self.victim_pause);
         pushes
             .entry(self.victim.into())
@@ -359,6 +379,25 @@ impl Scenario<'_> {
             .push(again.finish());
         Outcome { pushes, t0 }
     }
+}
+
+/// The sidecar's own account, through Prometheus too: it accepted exactly the pushes the workers
+/// saw succeed, refused none, and saw the restarted worker's counters go down (and retired them).
+fn check_sidecar_self_metrics(prom: &Prometheus, outcome: &Outcome) {
+    let pushes: u32 = outcome.pushes.values().flatten().map(|p| p.pushes).sum();
+    let t = Duration::from_secs(10);
+    prom.check("monasca_sidecar_pushes_total", f64::from(pushes), t);
+    prom.check(
+        "sum(monasca_sidecar_ingest_errors_total) or vector(0)",
+        0.0,
+        t,
+    );
+    let resets = prom.value("monasca_sidecar_counter_resets_total");
+    println!("PromQL check: monasca_sidecar_counter_resets_total  expected>0  actual={resets:?}");
+    assert!(
+        resets.is_some_and(|r| r > 0.0),
+        "the restarted worker's counters were not seen to restart: {resets:?}"
+    );
 }
 
 /// Checks common to both clients after the totals: over the window since `t0` (which holds the
@@ -440,7 +479,11 @@ fn go_client_golang_push_workers() -> Result<(), Failed> {
         .pushes
         .values()
         .flatten()
-        .map(|l| rounds(l))
+        .map(|p| {
+            // Every round's push succeeded (a failed push ends the Go worker).
+            assert_eq!(p.pushes, rounds(&p.last), "{}", p.last);
+            p.pushes
+        })
         .collect();
     assert_eq!(per_process.iter().sum::<u32>(), 30 + 30 + 6 + 10 + 4);
     let total_rounds: u32 = per_process.iter().sum();
@@ -449,7 +492,7 @@ fn go_client_golang_push_workers() -> Result<(), Failed> {
     let gauge: u32 = outcome
         .pushes
         .values()
-        .map(|lines| rounds(lines.last().expect("a process per id")))
+        .map(|processes| rounds(&processes.last().expect("a process per id").last))
         .sum();
     println!(
         "Go workers: {} processes, {total_rounds} rounds pushed; expected ok={} failed={failed} observations={} gauge={gauge}",
@@ -470,6 +513,7 @@ fn go_client_golang_push_workers() -> Result<(), Failed> {
     prom.check("sum(goworker_job_seconds_bucket{le=\"+Inf\"})", 3.0 * r, t);
     prom.check("sum(goworker_job_seconds_sum)", 2.3125 * r, t);
     prom.check("sum(goworker_queue_depth)", f64::from(gauge), t);
+    check_sidecar_self_metrics(&prom, &outcome);
     check_no_reset_and_no_worker_labels(
         &prom,
         &sidecar,
@@ -568,9 +612,9 @@ fn java_push_worker_example() -> Result<(), Failed> {
     let mut total = JavaPush::default();
     let mut gauge = 0.0;
     let mut processes = 0;
-    for lines in outcome.pushes.values() {
-        for line in lines {
-            let p = JavaPush::parse(line);
+    for pushed in outcome.pushes.values() {
+        for process in pushed {
+            let p = JavaPush::parse(&process.last);
             total.ok += p.ok;
             total.failed += p.failed;
             total.count += p.count;
@@ -578,7 +622,7 @@ fn java_push_worker_example() -> Result<(), Failed> {
             total.le_0_1 += p.le_0_1;
             processes += 1;
         }
-        gauge += JavaPush::parse(lines.last().expect("a process per id")).queue;
+        gauge += JavaPush::parse(&pushed.last().expect("a process per id").last).queue;
     }
     assert_eq!(processes, 5);
     assert_eq!(total.ok + total.failed, total.count);
@@ -610,6 +654,7 @@ fn java_push_worker_example() -> Result<(), Failed> {
         1.0,
         Duration::from_secs(1),
     );
+    check_sidecar_self_metrics(&prom, &outcome);
     check_no_reset_and_no_worker_labels(
         &prom,
         &sidecar,
