@@ -1,62 +1,87 @@
-// An example worker (illustrative) that pushes its metrics to the monasca-sidecar beside it.
+// An example worker that pushes its metrics to the monasca-sidecar beside it with the Prometheus
+// Java client library (io.prometheus simpleclient + simpleclient_pushgateway; built by pom.xml
+// beside this file: mvn package, then java -jar target/push-worker.jar <id>).
 //
 // Several processes of it run in one container, like the workers of a pre-fork server. Each one
-// PUTs its own cumulative values, in the Prometheus text format, to the Pushgateway API of the
-// sidecar under its own grouping key: PUT http://127.0.0.1:9091/metrics/job/orders/instance/<id>.
-// The sidecar keeps the latest push of every worker and serves their aggregate on :9102, so
-// Prometheus sees one orders_processed_total per pod, not one per worker; when a worker restarts
-// and its counters start again from zero, the aggregate does not go backwards.
+// PUTs its own cumulative values to the Pushgateway API of the sidecar under its own grouping key:
+// PUT http://127.0.0.1:9091/metrics/job/orders/instance/<id>. The sidecar keeps the latest push
+// of every worker and serves their aggregate on :9102, so Prometheus sees one
+// orders_processed_total per pod, not one per worker; when a worker restarts and its counters
+// start again from zero, the aggregate does not go backwards.
 //
-// Prometheus client libraries do exactly this push:
-//   Java: PushGateway.builder().address("127.0.0.1:9091").job("orders")
-//             .groupingKey("instance", id).build().push();
-//   Go:   push.New("http://127.0.0.1:9091", "orders").Grouping("instance", id).
-//             Collector(processed).Push()
-// This file uses the JDK alone so that the example needs no build: java PushWorker.java <id>.
+// A Go service does the same push with client_golang:
+//   push.New("http://127.0.0.1:9091", "orders").Grouping("instance", id).
+//       Collector(processed).Push()
+//
+// Environment: PUSH_URL (default http://127.0.0.1:9091), PUSH_INTERVAL_SECONDS (default 5,
+// fractions allowed), PUSH_ROUNDS (default 0: forever). PUSH_PAUSE_AFTER=<k> makes the worker
+// block after its k-th push: the end-to-end test (e2e/tests/clients.rs) SIGKILLs it there, at a
+// point where it knows exactly what the worker last pushed. After every successful push the
+// worker prints what it pushed on one line ("pushed <round> ok=.. failed=.. ..."), which that
+// test sums to know the exact totals.
+//
+// PROMETHEUS_DISABLE_CREATED_SERIES=true (set in deployment.yaml) stops simpleclient from
+// pushing a *_created gauge per counter and histogram: each worker has its own creation time,
+// and a sum of timestamps across workers means nothing.
 
+import io.prometheus.client.CollectorRegistry;
+import io.prometheus.client.Counter;
+import io.prometheus.client.Gauge;
+import io.prometheus.client.Histogram;
+import io.prometheus.client.exporter.PushGateway;
 import java.io.IOException;
-import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
-import java.net.http.HttpResponse;
-import java.time.Duration;
+import java.net.URL;
+import java.util.Collections;
 import java.util.Locale;
+import java.util.Map;
 import java.util.Random;
 
 public class PushWorker {
     static final double[] BUCKETS = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0};
+    /** The bucket whose cumulative count the worker reports on stdout (le="0.1"). */
+    static final int REPORTED_BUCKET = 4;
 
-    long ok;
-    long failed;
-    final long[] bucketCounts = new long[BUCKETS.length];
-    long count;
-    double sum;
-    int queueDepth;
+    final CollectorRegistry registry = new CollectorRegistry();
+    final Counter processed = Counter.build()
+            .name("orders_processed_total").help("Orders processed.")
+            .labelNames("outcome").register(registry);
+    final Histogram seconds = Histogram.build()
+            .name("order_processing_seconds").help("Time to process an order.")
+            .buckets(BUCKETS).register(registry);
+    final Gauge queueDepth = Gauge.build()
+            .name("orders_queue_depth").help("Orders waiting in this worker's queue.")
+            .register(registry);
+
+    PushWorker() {
+        // Both outcomes exist from the first push on (a series that appears late has no start).
+        processed.labels("ok");
+        processed.labels("failed");
+    }
 
     public static void main(String[] args) throws Exception {
         String id = args.length > 0 ? args[0] : "worker-" + ProcessHandle.current().pid();
         String base = System.getenv().getOrDefault("PUSH_URL", "http://127.0.0.1:9091");
-        long intervalMs = 1000L * Long.parseLong(System.getenv().getOrDefault("PUSH_INTERVAL_SECONDS", "5"));
+        long intervalMs = (long) (1000 * Double.parseDouble(
+                System.getenv().getOrDefault("PUSH_INTERVAL_SECONDS", "5")));
         long rounds = Long.parseLong(System.getenv().getOrDefault("PUSH_ROUNDS", "0")); // 0: forever
-        URI uri = URI.create(base + "/metrics/job/orders/instance/" + id);
-        HttpClient http = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(2)).build();
+        long pauseAfter = Long.parseLong(System.getenv().getOrDefault("PUSH_PAUSE_AFTER", "0"));
+        PushGateway gateway = new PushGateway(new URL(base));
+        Map<String, String> groupingKey = Collections.singletonMap("instance", id);
         PushWorker worker = new PushWorker();
         Random random = new Random();
         for (long round = 1; rounds == 0 || round <= rounds; round++) {
             worker.work(random);
-            HttpRequest request = HttpRequest.newBuilder(uri)
-                    .timeout(Duration.ofSeconds(5))
-                    .header("Content-Type", "text/plain; version=0.0.4")
-                    .PUT(HttpRequest.BodyPublishers.ofString(worker.exposition()))
-                    .build();
             try {
-                HttpResponse<String> response = http.send(request, HttpResponse.BodyHandlers.ofString());
-                if (response.statusCode() / 100 != 2) {
-                    System.err.printf("%s: push refused: %d %s%n", id, response.statusCode(), response.body().trim());
-                }
+                // PUT: this push replaces the worker's previous one (its cumulative values).
+                gateway.push(worker.registry, "orders", groupingKey);
+                System.out.println("pushed " + round + " " + worker.report());
+                System.out.flush();
             } catch (IOException e) {
                 // The sidecar may not be up yet: the next push carries the same cumulative values.
                 System.err.printf("%s: push failed: %s%n", id, e);
+            }
+            if (round == pauseAfter) {
+                Thread.sleep(Long.MAX_VALUE);
             }
             Thread.sleep(intervalMs);
         }
@@ -66,42 +91,20 @@ public class PushWorker {
     void work(Random random) {
         int batch = 1 + random.nextInt(20);
         for (int i = 0; i < batch; i++) {
-            double seconds = random.nextDouble() * random.nextDouble() * 0.5;
-            if (random.nextInt(50) == 0) {
-                failed++;
-            } else {
-                ok++;
-            }
-            count++;
-            sum += seconds;
-            for (int b = 0; b < BUCKETS.length; b++) {
-                if (seconds <= BUCKETS[b]) {
-                    bucketCounts[b]++;
-                }
-            }
+            // Multiples of 1/128 s: sums stay exact in floating point.
+            double latency = random.nextInt(96) / 128.0;
+            processed.labels(random.nextInt(50) == 0 ? "failed" : "ok").inc();
+            seconds.observe(latency);
         }
-        queueDepth = random.nextInt(10);
+        queueDepth.set(random.nextInt(10));
     }
 
-    /** This worker's cumulative values in the Prometheus text format 0.0.4. */
-    String exposition() {
-        StringBuilder out = new StringBuilder();
-        out.append("# HELP orders_processed_total Orders processed.\n");
-        out.append("# TYPE orders_processed_total counter\n");
-        out.append("orders_processed_total{outcome=\"ok\"} ").append(ok).append('\n');
-        out.append("orders_processed_total{outcome=\"failed\"} ").append(failed).append('\n');
-        out.append("# HELP order_processing_seconds Time to process an order.\n");
-        out.append("# TYPE order_processing_seconds histogram\n");
-        for (int b = 0; b < BUCKETS.length; b++) {
-            out.append("order_processing_seconds_bucket{le=\"").append(BUCKETS[b]).append("\"} ")
-                    .append(bucketCounts[b]).append('\n');
-        }
-        out.append("order_processing_seconds_bucket{le=\"+Inf\"} ").append(count).append('\n');
-        out.append("order_processing_seconds_sum ").append(String.format(Locale.ROOT, "%.6f", sum)).append('\n');
-        out.append("order_processing_seconds_count ").append(count).append('\n');
-        out.append("# HELP orders_queue_depth Orders waiting in this worker's queue.\n");
-        out.append("# TYPE orders_queue_depth gauge\n");
-        out.append("orders_queue_depth ").append(queueDepth).append('\n');
-        return out.toString();
+    /** The cumulative values of the last push, read back from the client library. */
+    String report() {
+        Histogram.Child.Value h = seconds.labels().get();
+        return String.format(Locale.ROOT, "ok=%d failed=%d count=%d sum=%s le0.1=%d queue=%d",
+                (long) processed.labels("ok").get(), (long) processed.labels("failed").get(),
+                (long) h.buckets[h.buckets.length - 1], Double.toString(h.sum),
+                (long) h.buckets[REPORTED_BUCKET], (long) queueDepth.get());
     }
 }
