@@ -84,7 +84,7 @@ echo "== helm: lint"
 for m in "${modes[@]}"; do
   name="${m%%:*}"
   # shellcheck disable=SC2086
-  if "$HELM" lint --strict "$CHART" --namespace "$NS" ${m#*:} >"$OUT/lint-$name.log" 2>&1; then
+  if "$HELM" lint --strict "$CHART" --namespace "$NS" --kube-version "$K8S_VERSION" ${m#*:} >"$OUT/lint-$name.log" 2>&1; then
     echo "   $name: $(tail -1 "$OUT/lint-$name.log")"
   else
     sed 's/^/     /' "$OUT/lint-$name.log" >&2
@@ -96,7 +96,7 @@ echo "== helm: values that cannot work are refused"
 refuse() { # DESCRIPTION EXPECTED-MESSAGE ARGS...
   local what="$1" expect="$2"
   shift 2
-  if "$HELM" template monasca-operator "$CHART" --namespace "$NS" "$@" >/dev/null 2>"$OUT/refused.err"; then
+  if "$HELM" template monasca-operator "$CHART" --namespace "$NS" --kube-version "$K8S_VERSION" "$@" >/dev/null 2>"$OUT/refused.err"; then
     problem "$what was rendered instead of refused"
   elif grep -q "$expect" "$OUT/refused.err"; then
     echo "   refused: $what"
@@ -112,7 +112,7 @@ echo "== helm: template"
 for m in "${modes[@]}"; do
   name="${m%%:*}"
   # shellcheck disable=SC2086
-  "$HELM" template monasca-operator "$CHART" --namespace "$NS" --include-crds ${m#*:} \
+  "$HELM" template monasca-operator "$CHART" --namespace "$NS" --kube-version "$K8S_VERSION" --include-crds ${m#*:} \
     >"$OUT/$name.yaml" 2>"$OUT/$name.err" || { cat "$OUT/$name.err" >&2; fail "helm template ($name)"; }
   echo "   $name -> target/helm-rendered/$name.yaml ($(grep -c '^kind:' "$OUT/$name.yaml") objects)"
 done

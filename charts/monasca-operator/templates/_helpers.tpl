@@ -2,9 +2,12 @@
 Labels of every object. The first three are those of the kustomize install (manifests/), so both
 installs select the same pods; the others are Helm's bookkeeping.
 Usage: include "monasca-operator.labels" (dict "ctx" $ "component" "operator")
+("unnamed" true leaves out app.kubernetes.io/name, as the kustomize install's cert-manager objects do.)
 */}}
 {{- define "monasca-operator.labels" -}}
+{{- if not .unnamed }}
 app.kubernetes.io/name: monasca-operator
+{{- end }}
 {{- with .component }}
 app.kubernetes.io/component: {{ . }}
 {{- end }}
