@@ -247,7 +247,10 @@ fn dashboard_queries() -> Vec<String> {
             queries.push(target["expr"].as_str().expect("expr").to_string());
         }
     }
-    for var in dashboard["templating"]["list"].as_array().expect("templating") {
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
         if let Some(q) = var["query"]["query"].as_str() {
             // label_values(METRIC{...}, label) -> the metric selector.
             let inner = q
@@ -344,7 +347,11 @@ fn rules_and_dashboard_name_only_exported_metrics() {
     }
     // The dashboard: exported metrics or recorded series only, nothing pending.
     let queries = dashboard_queries();
-    assert!(queries.len() >= 20, "dashboard has {} queries", queries.len());
+    assert!(
+        queries.len() >= 20,
+        "dashboard has {} queries",
+        queries.len()
+    );
     let mut seen = BTreeSet::new();
     for q in &queries {
         let names = metric_names(q);
