@@ -12,7 +12,7 @@
 #      manifests/optional/restart-on-change/.
 #
 # helm is built from the Go module proxy (helm.sh/helm/v3, pinned below) once and cached under
-# $MONASCA_CACHE (default /root/.cache/monasca-sidecar), which survives into CI.
+# $MONASCA_CACHE (default ~/.cache/monasca-sidecar; /root/.cache/monasca-sidecar in CI), which survives into CI.
 # Usage: ci/helm.sh            (from any directory; exits non-zero on any failure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ root="$PWD"
 
 HELM_VERSION="v3.22.0"
 K8S_VERSION="${K8S_VERSION:-1.33}"
-CACHE="${MONASCA_CACHE:-/root/.cache/monasca-sidecar}"
+CACHE="${MONASCA_CACHE:-${HOME:-/root}/.cache/monasca-sidecar}"
 HELM="$CACHE/helm-$HELM_VERSION/helm"
 VENV="${MANIFESTS_VENV:-$root/target/manifests-venv}"
 REQ="$root/ci/requirements-manifests.txt"
