@@ -3,6 +3,12 @@ collector would with a static `prometheus.yaml` instance, and prints what it pro
 
 Usage (with the python of the monasca-agent virtualenv, see ci/test.sh):
     monasca_agent_check.py ENDPOINT_URL AGENT_DIMENSIONS_JSON INSTANCE_DIMENSIONS_JSON
+    monasca_agent_check.py --discover PODS_JSON_FILE
+
+The second form runs the check's Kubernetes pod autodetection (`auto_detect_endpoints: true`,
+`detect_method: pod`) over the pods in PODS_JSON_FILE, served as the kubelet's `/pods` list by
+a loopback HTTP server (the kubelet's read-only port, which the check reads), and prints the
+endpoints and dimensions it derives: {"endpoints": [{"url": ..., "dimensions": {...}}]}.
 
 AGENT_DIMENSIONS_JSON is agent.yaml's `Main: {dimensions: ...}` (written to a temporary
 agent.yaml, which the agent requires), INSTANCE_DIMENSIONS_JSON the instance's
@@ -59,7 +65,65 @@ class Rejections(logging.Handler):
             self.other.append(message)
 
 
+def discover(pods_file):
+    """Pod autodetection over the pods of PODS_FILE (see the module doc)."""
+    import http.server
+    import threading
+
+    with open(pods_file, "rb") as f:
+        body = f.read()
+
+    class Kubelet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = 200 if self.path == "/pods" else 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body) if status == 200 else 0))
+            self.end_headers()
+            if status == 200:
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Kubelet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handler = Rejections()
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "agent.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"Main": {"hostname": "monasca-e2e"}}, f)
+        agent_config = Config(configFile=path).get_config("Main")
+    init_config = {"timeout": 5, "auto_detect_endpoints": True, "detect_method": "pod"}
+    instance = {"kubernetes_labels": ["app"]}
+    check = Prometheus("prometheus", init_config, agent_config, instances=[instance])
+    # What check() does before detecting, minus the API lookup of the node's address, which
+    # is replaced by the loopback kubelet.
+    check.kubernetes_labels = instance["kubernetes_labels"]
+    from monasca_agent.collector.checks import utils
+    check.kubernetes_connector = utils.KubernetesConnector(check.connection_timeout)
+    check.kubelet_url = "http://127.0.0.1:{}/pods".format(server.server_address[1])
+    endpoints = check._get_metric_endpoints_by_pod({})
+    server.shutdown()
+    json.dump(
+        {
+            "endpoints": [
+                {"url": e.scrape_endpoint, "dimensions": e.dimensions} for e in endpoints
+            ],
+            "errors": handler.other,
+        },
+        sys.stdout,
+        indent=1,
+    )
+    print()
+
+
 def main():
+    if sys.argv[1] == "--discover":
+        discover(sys.argv[2])
+        return
     endpoint = sys.argv[1]
     agent_dimensions, dimensions = json.loads(sys.argv[2]), json.loads(sys.argv[3])
     handler = Rejections()

@@ -336,3 +336,108 @@ fn monasca_agent_prometheus_check_reports_the_aggregate_of_all_workers() {
         "parsed samples = measurements + refused + NaN"
     );
 }
+
+/// A pod as the operator's webhook returns it: `monasca_operator::inject::inject` decides, its
+/// JSON patch is applied, and the kubelet's view (a pod IP) is added.
+fn injected_pod(native_sidecar: &str) -> serde_json::Value {
+    use monasca_operator::inject::{Decision, PodRequest, ServerVersion, Settings, inject};
+    let sidecar: monasca_crds::MetricsSidecar = serde_json::from_value(serde_json::json!({
+        "apiVersion": "monasca.openstack.org/v1alpha1",
+        "kind": "MetricsSidecar",
+        "metadata": {"name": "default", "namespace": "monasca"},
+        "spec": {"multiprocess": true, "nativeSidecar": native_sidecar},
+    }))
+    .expect("MetricsSidecar");
+    let mut pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("monasca-api-{native_sidecar}"),
+            "namespace": "monasca",
+            "labels": {"app": "monasca-api"},
+            "annotations": {"monasca.openstack.org/inject": "true"},
+        },
+        "spec": {"containers": [{
+            "name": "api",
+            "image": "monasca-api:test",
+            "ports": [{"name": "http", "containerPort": 8070}],
+        }]},
+    });
+    let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).expect("Pod");
+    let settings = Settings {
+        operator_namespace: "monasca-system".into(),
+        sidecar_image: "monasca-sidecar:test".into(),
+        server_version: Some(ServerVersion {
+            major: 1,
+            minor: 33,
+        }),
+    };
+    let request = PodRequest {
+        operation: &kube::core::admission::Operation::Create,
+        namespace: "monasca",
+        pod: &typed,
+    };
+    match inject(&request, None, &[std::sync::Arc::new(sidecar)], &settings) {
+        Decision::Patch { patch, .. } => json_patch::patch(&mut pod, &patch).expect("apply patch"),
+        other => panic!("not injected: {other:?}"),
+    }
+    pod["status"] = serde_json::json!({"podIP": "10.1.2.3", "phase": "Running"});
+    pod
+}
+
+/// Runs the agent's pod autodetection over `pods`; returns the endpoints it derived.
+fn agent_discovers(pods: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let dir = monasca_e2e::scratch_dir("kubelet");
+    let file = dir.join("pods.json");
+    std::fs::write(&file, serde_json::json!({"items": pods}).to_string()).expect("write pods");
+    let out = Command::new(agent_python())
+        .arg(AGENT_CHECK)
+        .arg("--discover")
+        .arg(&file)
+        .output()
+        .expect("run monasca_agent_check.py --discover");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "autodetection failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    report["endpoints"].as_array().expect("endpoints").clone()
+}
+
+#[test]
+fn monasca_agent_pod_autodetection_finds_a_regular_sidecar_but_not_a_native_one() {
+    // nativeSidecar: never -> the sidecar is a regular container with port 9102: the agent
+    // follows the operator's prometheus.io annotations to it, with the pod's dimensions.
+    let regular = injected_pod("never");
+    let endpoints = agent_discovers(std::slice::from_ref(&regular));
+    println!("regular sidecar: {endpoints:?}");
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert_eq!(endpoints[0]["url"], "http://10.1.2.3:9102/metrics");
+    assert_eq!(endpoints[0]["dimensions"]["pod_name"], "monasca-api-never");
+    assert_eq!(endpoints[0]["dimensions"]["namespace"], "monasca");
+    assert_eq!(endpoints[0]["dimensions"]["app"], "monasca-api");
+
+    // nativeSidecar: always (and `auto` on Kubernetes >= 1.29) -> the sidecar is an init
+    // container with restartPolicy: Always. monasca-agent 10.0.0 collects ports from
+    // spec.containers only, so it does not see 9102; with one other port it falls back to that
+    // one and scrapes the application instead. docs/monasca.md says to use nativeSidecar: never
+    // (or static endpoints, or Prometheus) with the agent's pod autodetection.
+    let native = injected_pod("always");
+    let init = native["spec"]["initContainers"]
+        .as_array()
+        .expect("a native sidecar is an init container");
+    assert!(
+        init.iter().any(|c| c["name"] == "monasca-sidecar"),
+        "{init:?}"
+    );
+    let endpoints = agent_discovers(std::slice::from_ref(&native));
+    println!("native sidecar: {endpoints:?}");
+    let urls: Vec<&str> = endpoints.iter().filter_map(|e| e["url"].as_str()).collect();
+    assert_eq!(
+        urls,
+        ["http://10.1.2.3:8070/metrics"],
+        "monasca-agent's handling of native sidecars changed: update docs/monasca.md"
+    );
+}
