@@ -3,7 +3,8 @@
 # installs nothing), then `cargo test --workspace`. README's "Tests" section and .ci/run both
 # call exactly this.
 #
-# Usage: bash ci/test.sh [extra `cargo test` arguments, e.g. -p monasca-e2e --test monasca_agent]
+# Usage: bash ci/test.sh              (everything: cargo test --workspace)
+#        bash ci/test.sh -p monasca-e2e --test monasca_agent   (these cargo test arguments instead)
 # Environment: MONASCA_CACHE (default ~/.cache/monasca-sidecar) for what is installed outside
 # the clone (monasca-agent's virtualenv); it survives between runs and into CI.
 set -euo pipefail
@@ -51,5 +52,6 @@ mkdir -p "$CACHE"
 venv_install "$CACHE/monasca-agent-venv" e2e/py/requirements-monasca-agent.txt
 # ---- end of install section ----------------------------------------------------------------
 
-echo "== cargo test --workspace $*"
-cargo test --workspace "$@"
+if [ "$#" -eq 0 ]; then set -- --workspace; fi
+echo "== cargo test $*"
+cargo test "$@"
