@@ -2,8 +2,8 @@
 # Checks the Helm chart charts/monasca-operator offline, with the real helm:
 #   1. its CRD (crds/metricssidecars.yaml) is byte-identical to manifests/crds/metricssidecars.yaml;
 #   2. `helm lint --strict` passes with the default values and with every mode switched on;
-#   3. values that cannot work are refused (several replicas without leader election, a webhook
-#      timeout outside 1-30 s);
+#   3. values that cannot work are refused (values.schema.json: unknown keys, wrong types, a
+#      webhook timeout outside 1-30 s; the templates: several replicas without leader election);
 #   4. `helm template` renders, and the output validates against the Kubernetes API schemas like
 #      the kustomize install does (ci/validate_manifests.py, strict, Kubernetes $K8S_VERSION);
 #   5. no drift between the two installs (ci/compare_installs.py): default values render the
@@ -106,7 +106,9 @@ refuse() { # DESCRIPTION EXPECTED-MESSAGE ARGS...
   fi
 }
 refuse "2 replicas without leader election" "needs replicas=1" --set replicas=2 --set leaderElection.enabled=false
-refuse "a 60 s webhook timeout" "between 1 and 30" --set webhook.timeoutSeconds=60
+refuse "a 60 s webhook timeout" "timeoutSeconds" --set webhook.timeoutSeconds=60
+refuse "a misspelt value (values.schema.json)" "replica" --set replica=3
+refuse "an unknown log format" "logFormat" --set logFormat=xml
 
 echo "== helm: template"
 for m in "${modes[@]}"; do
