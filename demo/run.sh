@@ -18,7 +18,7 @@ YAML
 
 echo "== starting gunicorn (4 workers) and monasca-sidecar"
 (cd sidecar/tests/py && exec python3 -m gunicorn -w 4 -b 127.0.0.1:18000 --log-level warning gunicorn_app:app) &
-./target/release/monasca-sidecar --config "$work/sidecar.yaml" 2>"$work/sidecar.log" &
+"${CARGO_TARGET_DIR:-target}/release/monasca-sidecar" --config "$work/sidecar.yaml" 2>"$work/sidecar.log" &
 for _ in $(seq 50); do curl -sf -o /dev/null http://127.0.0.1:18000/pid && curl -sf -o /dev/null http://127.0.0.1:19102/healthz && break; sleep 0.2; done
 
 echo "== 200 requests"
