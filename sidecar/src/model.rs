@@ -72,6 +72,8 @@ pub struct HistogramValue {
     pub bounds: Vec<f64>,
     /// Cumulative counts, one per bound.
     pub buckets: Vec<f64>,
+    /// NaN when the source sent no `_sum` (legal in OpenMetrics): the aggregate then has no
+    /// `_sum` line rather than an invented one.
     pub sum: f64,
     pub count: f64,
 }
@@ -82,7 +84,8 @@ pub enum Value {
     /// Counter, gauge or untyped sample.
     Scalar(f64),
     Histogram(HistogramValue),
-    /// Summary `_sum` and `_count` (quantiles cannot be aggregated and are not kept).
+    /// Summary `_sum` (NaN when absent) and `_count` (quantiles cannot be aggregated and are
+    /// not kept).
     Summary {
         sum: f64,
         count: f64,
@@ -102,8 +105,9 @@ pub struct Series<'a> {
 /// One metric family of one worker.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Family<'a> {
-    /// The family name: for counters the sample name as exposed in text 0.0.4 (usually ending
-    /// in `_total`), for histograms and summaries the name without `_bucket`/`_sum`/`_count`.
+    /// The family name: for counters always `<name>_total` (every source normalises it, so
+    /// `jobs` and `jobs_total` are one family), for histograms and summaries the name without
+    /// `_bucket`/`_sum`/`_count`.
     pub name: Cow<'a, str>,
     pub kind: MetricKind,
     pub help: Option<Cow<'a, str>>,

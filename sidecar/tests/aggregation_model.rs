@@ -9,7 +9,7 @@
 //! that no counter, bucket or `_count` ever decreases (except across a clear) and that the
 //! exposition is well formed (one `# TYPE` per family, no series twice, no label twice).
 //!
-//! `MODEL_CASES` (default 64) cases of 120–240 steps: over 10,000 steps per run.
+//! `MODEL_CASES` (default 64) cases of 160–239 steps: at least 10,240 steps per run.
 
 use monasca_config::{GaugeMode, SidecarConfig};
 use monasca_sidecar::expose::{Format, render};
@@ -729,7 +729,7 @@ proptest! {
     #[test]
     fn store_matches_the_reference_model(
         usual in [0..MODES.len(), 0..MODES.len()],
-        ops in prop::collection::vec(op(), 120..240),
+        ops in prop::collection::vec(op(), 160..240),
     ) {
         run(usual, &ops)?;
     }

@@ -204,10 +204,12 @@ fn malformed_datagrams_never_hurt_the_rest() {
     running.send(b"ok.one:1|c\n\xff\xfe:1|c\ngarbage\nok.two:2|g\n:|\nx:1|c|#{'unterminated\n");
     running.send(b"");
     running.send(b"\n\n");
-    // Larger than the receive buffer: truncated, the complete lines still count.
+    // Close to the largest UDP payload (65,507 bytes): taken whole, every line counted.
     let mut big = b"ok.big:1|c\n".to_vec();
-    while big.len() < 40_000 {
+    let mut pads = 0u32;
+    while big.len() < 65_000 {
         big.extend_from_slice(b"pad.metric:1|c\n");
+        pads += 1;
     }
     running.send(&big);
     running.send(b"ok.three:3|c");
@@ -236,10 +238,11 @@ fn malformed_datagrams_never_hurt_the_rest() {
         r#"monasca_sidecar_statsd_errors_total{reason="invalid_tags"}"#,
         1.0,
     );
+    assert_value(&text, "pad_metric_total", f64::from(pads));
     assert_value(
         &text,
         r#"monasca_sidecar_statsd_errors_total{reason="truncated"}"#,
-        1.0,
+        0.0,
     );
     // And the listener keeps working.
     let before = running.handle.lines_received();

@@ -225,3 +225,25 @@ fn negative_buckets_give_valid_openmetrics() {
     // Every render valid, in both formats (promtool and client_python).
     s.checked_metrics();
 }
+
+#[test]
+fn a_histogram_without_sum_gets_no_invented_sum() {
+    let s = Sidecar::start("");
+    let r = http(
+        s.ingest_addr(),
+        "PUT",
+        "/metrics/job/j/instance/w1",
+        &[(
+            "Content-Type",
+            "application/openmetrics-text; version=1.0.0",
+        )],
+        b"# TYPE h histogram\nh_bucket{le=\"1.0\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_count 2\n# EOF\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = s.checked_metrics();
+    assert_eq!(common::sample_value(&text, "h_count{job=\"j\"}"), Some(2.0));
+    assert!(
+        !text.contains("h_sum"),
+        "no _sum was sent, none is invented:\n{text}"
+    );
+}

@@ -159,7 +159,8 @@ pub fn render(
                     if !om || sum_is_counter || family.kind == MetricKind::Summary {
                         w.sample(name, "_count", labels, "", count);
                     }
-                    if !om || sum_is_counter {
+                    // A NaN sum is a sum no worker sent (or that cannot be known): not written.
+                    if (!om || sum_is_counter) && !sum.is_nan() {
                         w.sample(name, "_sum", labels, "", sum);
                     }
                 }

@@ -675,14 +675,15 @@ fn created_gauge_is_kept_when_it_is_not_pythons() {
 }
 
 #[test]
-fn histogram_count_defaults_to_inf_bucket_and_sum_to_zero() {
+fn histogram_count_defaults_to_inf_bucket_and_a_missing_sum_stays_missing() {
     let body =
         "# TYPE h histogram\nh_bucket{le=\"+Inf\",a=\"1\"} 7\nh_bucket{a=\"1\",le=\"2\"} 3\n";
     let fams = ok(body, false);
     let h = hist(&fams[0], &[("a", "1")]);
     assert_eq!(h.bounds, [2.0, f64::INFINITY]);
     assert_eq!(h.buckets, [3.0, 7.0]);
-    assert_eq!((h.count, h.sum), (7.0, 0.0));
+    assert_eq!(h.count, 7.0);
+    assert!(h.sum.is_nan(), "no _sum line: no sum (not an invented 0)");
 }
 
 #[test]

@@ -329,7 +329,7 @@ impl<'a> Current<'a> {
             TextKind::Summary => {
                 for (s, p) in series.iter_mut().zip(self.partial) {
                     s.value = Value::Summary {
-                        sum: p.sum.unwrap_or(0.0),
+                        sum: p.sum.unwrap_or(f64::NAN),
                         count: p.count.unwrap_or(0.0),
                     };
                 }
@@ -379,7 +379,7 @@ impl Partial {
         Ok(HistogramValue {
             bounds,
             buckets,
-            sum: self.sum.unwrap_or(0.0),
+            sum: self.sum.unwrap_or(f64::NAN),
             count: self.count.unwrap_or(inf_count),
         })
     }

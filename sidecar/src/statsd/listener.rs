@@ -17,10 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Datagrams per `recvmmsg` call.
 pub(crate) const BATCH: usize = 64;
-/// Receive buffer per datagram. Larger datagrams are truncated and counted
-/// (`errors_total{reason="truncated"}`); StatsD clients keep datagrams under the path MTU or
-/// at most 8 KiB (DogStatsD), so 16 KiB is ample.
-pub(crate) const DATAGRAM_BUFFER: usize = 16 * 1024;
+/// Receive buffer per datagram: the largest UDP payload (65,507 bytes over IPv4, 65,527 over
+/// IPv6 without jumbograms), so any datagram a client can send is taken whole. The buffers are
+/// allocated zeroed (untouched pages cost no memory) and only what arrives is written. A
+/// truncated datagram (impossible at this size) would be counted
+/// (`errors_total{reason="truncated"}`).
+pub(crate) const DATAGRAM_BUFFER: usize = 64 * 1024;
 /// Socket receive buffer asked for; the kernel caps it at `net.core.rmem_max` (the effective
 /// size is a self-metric).
 pub(crate) const RECV_BUFFER_BYTES: usize = 16 * 1024 * 1024;
