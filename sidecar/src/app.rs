@@ -26,6 +26,8 @@ pub struct App {
     config: RwLock<Arc<SidecarConfig>>,
     reporters: RwLock<Vec<Arc<dyn SelfMetrics>>>,
     refreshers: RwLock<Vec<Arc<dyn Refresh>>>,
+    /// The OTLP receiver's stream state (delta totals, start times) and self-metrics.
+    pub otlp: Arc<crate::otlp::Otlp>,
 }
 
 impl App {
@@ -35,6 +37,7 @@ impl App {
             config: RwLock::new(Arc::new(config)),
             reporters: RwLock::new(Vec::new()),
             refreshers: RwLock::new(Vec::new()),
+            otlp: Arc::new(crate::otlp::Otlp::new()),
         })
     }
 
