@@ -68,7 +68,8 @@ impl Gunicorn {
         cmd.args(["-m", "gunicorn", "--workers", &WORKERS.to_string()])
             .args(["--bind", &addr.to_string(), "--chdir"])
             .arg(script_dir())
-            .args(["-c", "otel_gunicorn_conf.py"])
+            .arg("-c")
+            .arg(script_dir().join("otel_gunicorn_conf.py"))
             .args(["--graceful-timeout", "2", "--log-level", "warning"])
             .arg("otel_gunicorn_app:app")
             .env(
@@ -90,8 +91,12 @@ impl Gunicorn {
             .process_group(0)
             .spawn()
             .expect("start gunicorn");
-        let g = Gunicorn { child, addr };
-        let up = wait_until(Duration::from_secs(30), || get(addr, "/pid").is_some());
+        let mut g = Gunicorn { child, addr };
+        let up = wait_until(Duration::from_secs(30), || {
+            let exited = g.child.try_wait().ok().flatten();
+            assert!(exited.is_none(), "gunicorn exited: {exited:?}");
+            get(addr, "/pid").is_some()
+        });
         assert!(up, "gunicorn did not answer on {addr}");
         g
     }
@@ -130,14 +135,15 @@ fn total(exposition: &str, name: &str) -> (f64, usize) {
 
 /// The scenario: N requests, all exported; a worker SIGKILLed; M more; exact totals in one
 /// series each, through Prometheus, never decreasing.
-fn gunicorn_scenario(env: &[(&str, &str)]) {
+fn gunicorn_scenario(env: &[(&str, &str)], temporality: &str, identity: &str) {
     let _serial = GUNICORN.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let sidecar = Sidecar::start("");
     let prom = Prometheus::start(&[sidecar.metrics_addr()]);
     let gunicorn = Gunicorn::start(otlp_addr(&sidecar), env);
     for _ in 0..N {
-        assert!(get(gunicorn.addr, "/hello").is_some(), "GET /hello");
+        let body = get(gunicorn.addr, "/hello").expect("GET /hello");
+        assert!(body.starts_with("hello "), "{body}");
     }
     // Every worker exports every 500 ms: wait until all N are in the sidecar.
     let exported = wait_until(Duration::from_secs(30), || {
@@ -159,15 +165,37 @@ fn gunicorn_scenario(env: &[(&str, &str)]) {
         .status()
         .expect("kill");
     assert!(killed.success());
-    let mut served = 0;
+    // M more requests, and until the worker gunicorn respawned (a new MeterProvider) has
+    // served at least one of them.
+    let children = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let before: Vec<u32> = children(gunicorn.child.id());
+    assert!(before.contains(&victim), "{victim} not among {before:?}");
+    let (mut served, mut by_new) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while served < M {
-        assert!(Instant::now() < deadline, "gunicorn stopped serving");
-        if get(gunicorn.addr, "/hello").is_some() {
+    while served < M || by_new == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "gunicorn stopped serving or never respawned (served {served}, by the new worker {by_new})"
+        );
+        if let Some(body) = get(gunicorn.addr, "/hello") {
             served += 1;
+            let pid: u32 = body
+                .trim()
+                .trim_start_matches("hello ")
+                .parse()
+                .expect("pid");
+            if !before.contains(&pid) {
+                by_new += 1;
+            }
         }
     }
-    let all = (N + M) as f64;
+    let all = (N + served) as f64;
     prom.check("app_requests_total", all, Duration::from_secs(60));
     prom.check(
         "app_request_duration_seconds_count",
@@ -208,25 +236,67 @@ fn gunicorn_scenario(env: &[(&str, &str)]) {
     assert_eq!(info.len(), 1, "{info:?}");
     assert_eq!(info[0]["metric"]["deployment_environment"], "test");
     assert!(info[0]["metric"].get("worker_id").is_none(), "{info:?}");
+    // Every process (4, and the one gunicorn respawned) was a worker of its own, named by the
+    // expected identity: a worker attribute or a stream start time.
+    let workers = http(sidecar.metrics_addr(), "GET", "/v1/workers", &[], b"").text();
+    let workers: serde_json::Value = serde_json::from_str(&workers).expect("workers JSON");
+    let named = workers["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter(|w| w["source"] == "otlp" && w["labels"].get(identity).is_some())
+        .count();
+    assert!(named > WORKERS, "{identity}: {workers}");
+    // The SDK really sent what the scenario is about.
+    let own = sidecar.metrics();
+    let points = |t: &str| {
+        sample_value(
+            &own,
+            &format!("monasca_sidecar_otlp_points_total{{temporality=\"{t}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let other = if temporality == "delta" {
+        "cumulative"
+    } else {
+        "delta"
+    };
+    assert!(points(temporality) > 0.0, "no {temporality} points:\n{own}");
+    // (Up-down counters stay cumulative under the SDK's delta preference.)
+    if temporality == "cumulative" {
+        assert_eq!(points(other), 0.0, "{own}");
+    }
     assert!(started.elapsed() < Duration::from_secs(240));
 }
 
 #[test]
 fn gunicorn_cumulative_identical_resources_through_prometheus() {
-    gunicorn_scenario(&[("OTEL_TEST_WORKER_ATTRIBUTES", "0")]);
+    gunicorn_scenario(
+        &[("OTEL_TEST_WORKER_ATTRIBUTES", "0")],
+        "cumulative",
+        "start",
+    );
 }
 
 #[test]
 fn gunicorn_cumulative_with_worker_attributes_through_prometheus() {
-    gunicorn_scenario(&[("OTEL_TEST_WORKER_ATTRIBUTES", "1")]);
+    gunicorn_scenario(
+        &[("OTEL_TEST_WORKER_ATTRIBUTES", "1")],
+        "cumulative",
+        "worker_id",
+    );
 }
 
 #[test]
 fn gunicorn_delta_temporality_through_prometheus() {
-    gunicorn_scenario(&[
-        ("OTEL_TEST_WORKER_ATTRIBUTES", "1"),
-        ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta"),
-    ]);
+    gunicorn_scenario(
+        &[
+            ("OTEL_TEST_WORKER_ATTRIBUTES", "1"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta"),
+        ],
+        "delta",
+        "worker_id",
+    );
 }
 
 /// Bodies the real SDK encodes: (protobuf, OTLP/JSON).

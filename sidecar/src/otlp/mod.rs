@@ -141,7 +141,16 @@ impl Rejections {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
     pub accepted: u64,
+    /// Accepted points by temporality (cumulative, delta, gauge).
+    pub by_temporality: [u64; 3],
     pub rejected: Rejections,
+}
+
+impl Outcome {
+    fn accept(&mut self, meta: &Meta, n: u64) {
+        self.accepted += n;
+        self.by_temporality[meta.temporality as usize] += n;
+    }
 }
 
 /// A stream of one worker: the family name and its labels.
@@ -190,6 +199,7 @@ impl Streams {
     pub fn apply(&mut self, store: &mut Store, t: Translation, now: Now) -> Outcome {
         let mut outcome = Outcome {
             accepted: 0,
+            by_temporality: [0; 3],
             rejected: t.rejected,
         };
         self.workers.retain(|id, _| store.has_worker(id));
@@ -218,13 +228,13 @@ impl Streams {
             let all: Vec<Family<'static>> = built.iter().map(|(f, _, _)| f.clone()).collect();
             match store.apply(&worker.key, &all, Scope::Series, now) {
                 Ok(_) => {
-                    for ((_, series), (_, _, n)) in families.iter().zip(&built) {
+                    for ((meta, series), (_, _, n)) in families.iter().zip(&built) {
                         self.commit(id, series);
-                        outcome.accepted += n;
+                        outcome.accept(&t.metas[*meta], *n);
                     }
                 }
                 Err(_) => {
-                    for ((_, series), (family, _, n)) in families.iter().zip(&built) {
+                    for ((meta, series), (family, _, n)) in families.iter().zip(&built) {
                         match store.apply(
                             &worker.key,
                             std::slice::from_ref(family),
@@ -233,7 +243,7 @@ impl Streams {
                         ) {
                             Ok(_) => {
                                 self.commit(id, series);
-                                outcome.accepted += n;
+                                outcome.accept(&t.metas[*meta], *n);
                             }
                             Err(e) => outcome.rejected.add(e.reason(), *n, e.to_string()),
                         }
@@ -504,7 +514,7 @@ fn build_family(
 pub struct Otlp {
     streams: Mutex<Streams>,
     requests: [AtomicU64; 2],
-    accepted: AtomicU64,
+    accepted: [AtomicU64; 3],
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -530,7 +540,9 @@ impl Otlp {
             streams.apply(&mut store, t, now)
         };
         self.requests[encoding as usize].fetch_add(1, Ordering::Relaxed);
-        self.accepted.fetch_add(outcome.accepted, Ordering::Relaxed);
+        for (a, n) in self.accepted.iter().zip(outcome.by_temporality) {
+            a.fetch_add(n, Ordering::Relaxed);
+        }
         let mut rejected = self.rejected.lock();
         for (reason, n) in &outcome.rejected.by_reason {
             *rejected.entry(reason).or_insert(0) += n;
@@ -554,14 +566,23 @@ impl SelfMetrics for Otlp {
             );
         }
         out.push(requests);
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_otlp_points_total",
-                MetricKind::Counter,
-                "OTLP data points accepted.",
-            )
-            .value(self.accepted.load(Ordering::Relaxed) as f64),
+        let mut accepted = SelfFamily::new(
+            "monasca_sidecar_otlp_points_total",
+            MetricKind::Counter,
+            "OTLP data points accepted, by temporality (gauge points are instant).",
         );
+        for t in [
+            Temporality::Cumulative,
+            Temporality::Delta,
+            Temporality::Instant,
+        ] {
+            accepted = accepted.labelled(
+                "temporality",
+                t.as_str(),
+                self.accepted[t as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
+        out.push(accepted);
         let mut rejected = SelfFamily::new(
             "monasca_sidecar_otlp_rejected_points_total",
             MetricKind::Counter,

@@ -26,6 +26,16 @@ pub enum Temporality {
     Instant,
 }
 
+impl Temporality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Temporality::Cumulative => "cumulative",
+            Temporality::Delta => "delta",
+            Temporality::Instant => "instant",
+        }
+    }
+}
+
 /// Settings for the translation (from `otlp` and `workerLabels` of the config).
 #[derive(Clone, Debug)]
 pub struct Settings {

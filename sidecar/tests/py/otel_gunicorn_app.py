@@ -3,7 +3,8 @@ tests under real gunicorn workers. The MeterProvider is created per worker in gu
 `post_fork` hook (otel_gunicorn_conf.py), as OpenTelemetry documents for pre-fork servers.
 
 GET /hello   counts one request (app.requests{path="/hello"}), records its latency
-             (app.request.duration, seconds) and moves an up-down counter (app.active)
+             (app.request.duration, seconds) and moves an up-down counter (app.active);
+             answers "hello <pid>"
 GET /pid     answers the serving worker's pid (not counted)
 """
 import os
@@ -35,7 +36,7 @@ def app(environ, start_response):
         requests, duration, active = instruments()
         start = time.perf_counter()
         active.add(1, {"path": path})
-        body = b"hello\n"
+        body = b"hello %d\n" % os.getpid()
         requests.add(1, {"path": path})
         duration.record(time.perf_counter() - start, {"path": path})
         active.add(-1, {"path": path})
