@@ -332,7 +332,7 @@ fn pending_families(
                     && cumulative
                     && meta.kind != MetricKind::Gauge
                     && remembered.is_some_and(|s| s.start != p.start);
-                let stream = (identified && cumulative).then(|| Stream {
+                let stream = (identified && cumulative).then_some(Stream {
                     start: p.start,
                     total: None,
                 });

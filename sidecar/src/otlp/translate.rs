@@ -172,7 +172,7 @@ impl Resource {
             let mut label = String::new();
             sanitize_label_name(k, &mut label);
             let is_worker = settings.worker_attributes.iter().any(|w| w == k)
-                || settings.worker_labels.iter().any(|w| *w == label);
+                || settings.worker_labels.contains(&label);
             if is_worker {
                 worker_labels.push((label, v.clone()));
             } else if !matches!(
