@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     HistogramDataPoint, NumberDataPoint, SummaryDataPoint, metric, number_data_point,
 };
+use std::collections::HashMap;
 
 /// `DataPointFlags.FLAG_NO_RECORDED_VALUE`: the stream has no value (it went stale).
 const FLAG_NO_RECORDED_VALUE: u32 = 1;
@@ -133,6 +134,9 @@ struct Resource {
     common: Vec<(String, String)>,
     /// Labels of `target_info`, when it is published.
     info: Option<Vec<(String, String)>>,
+    /// Worker index in the translation by start time (`None`: the resource itself), so a
+    /// worker id is built once per resource and start time, not once per point.
+    workers: std::cell::RefCell<HashMap<Option<u64>, usize>>,
 }
 
 fn attr_string(kv: &KeyValue) -> String {
@@ -190,6 +194,7 @@ impl Resource {
             worker_labels,
             common,
             info,
+            workers: Default::default(),
         }
     }
 
@@ -244,10 +249,14 @@ fn merge_labels<'a>(attrs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<
 
 impl Translation {
     fn worker_index(&mut self, resource: &Resource, start: Option<u64>) -> usize {
+        if let Some(&index) = resource.workers.borrow().get(&start) {
+            return index;
+        }
         let (id, worker) = resource.worker(start);
         let entry = self.workers.entry(id);
         let index = entry.index();
         entry.or_insert(worker);
+        resource.workers.borrow_mut().insert(start, index);
         index
     }
 
