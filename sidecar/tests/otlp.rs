@@ -100,12 +100,6 @@ impl Gunicorn {
         assert!(up, "gunicorn did not answer on {addr}");
         g
     }
-
-    fn worker_pid(&self) -> u32 {
-        get(self.addr, "/pid")
-            .and_then(|b| b.trim().parse().ok())
-            .expect("GET /pid")
-    }
 }
 
 impl Drop for Gunicorn {
@@ -141,9 +135,15 @@ fn gunicorn_scenario(env: &[(&str, &str)], temporality: &str, identity: &str) {
     let sidecar = Sidecar::start("");
     let prom = Prometheus::start(&[sidecar.metrics_addr()]);
     let gunicorn = Gunicorn::start(otlp_addr(&sidecar), env);
+    let mut served_by = std::collections::BTreeSet::new();
     for _ in 0..N {
         let body = get(gunicorn.addr, "/hello").expect("GET /hello");
-        assert!(body.starts_with("hello "), "{body}");
+        let pid: u32 = body
+            .trim()
+            .strip_prefix("hello ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected body {body:?}"));
+        served_by.insert(pid);
     }
     // Every worker exports every 500 ms: wait until all N are in the sidecar.
     let exported = wait_until(Duration::from_secs(30), || {
@@ -158,24 +158,34 @@ fn gunicorn_scenario(env: &[(&str, &str)], temporality: &str, identity: &str) {
     prom.wait_for_scrapes(2);
     prom.check("app_requests_total", N as f64, Duration::from_secs(30));
 
-    // SIGKILL the worker that answers; gunicorn respawns it (a new MeterProvider).
-    let victim = gunicorn.worker_pid();
+    // The workers now (every thread of the master may fork them), before the kill.
+    let master = gunicorn.child.id();
+    let children = || -> Vec<u32> {
+        let mut pids = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{master}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        pids
+    };
+    let before: Vec<u32> = children();
+    // SIGKILL a worker that served requests (its counts were exported: all N are in);
+    // gunicorn respawns it (a new MeterProvider).
+    let victim = *served_by.iter().next_back().expect("a worker served");
+    assert!(before.contains(&victim), "{victim} not among {before:?}");
     let killed = Command::new("kill")
         .args(["-KILL", &victim.to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
-    // M more requests, and until the worker gunicorn respawned (a new MeterProvider) has
-    // served at least one of them.
-    let children = |pid: u32| -> Vec<u32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    };
-    let before: Vec<u32> = children(gunicorn.child.id());
-    assert!(before.contains(&victim), "{victim} not among {before:?}");
+    // M more requests, and until the worker gunicorn respawned has served at least one.
     let (mut served, mut by_new) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while served < M || by_new == 0 {
@@ -240,13 +250,23 @@ fn gunicorn_scenario(env: &[(&str, &str)], temporality: &str, identity: &str) {
     // expected identity: a worker attribute or a stream start time.
     let workers = http(sidecar.metrics_addr(), "GET", "/v1/workers", &[], b"").text();
     let workers: serde_json::Value = serde_json::from_str(&workers).expect("workers JSON");
-    let named = workers["workers"]
+    let named: Vec<&serde_json::Value> = workers["workers"]
         .as_array()
         .expect("workers")
         .iter()
         .filter(|w| w["source"] == "otlp" && w["labels"].get(identity).is_some())
-        .count();
-    assert!(named > WORKERS, "{identity}: {workers}");
+        .collect();
+    assert!(named.len() > 1, "{identity}: {workers}");
+    if identity == "worker_id" {
+        // The killed process is still a worker: its last values stay counted.
+        let victim = victim.to_string();
+        assert!(
+            named
+                .iter()
+                .any(|w| w["labels"]["process_pid"] == victim.as_str()),
+            "victim {victim} not among {workers}"
+        );
+    }
     // The SDK really sent what the scenario is about.
     let own = sidecar.metrics();
     let points = |t: &str| {

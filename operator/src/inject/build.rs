@@ -42,6 +42,7 @@ pub const ENV_SCRAPE_PATH: &str = "MONASCA_SIDECAR_SCRAPE_PATH";
 pub const PORT_METRICS: &str = "sidecar-metrics";
 pub const PORT_INGEST: &str = "sidecar-ingest";
 pub const PORT_STATSD: &str = "sidecar-statsd";
+pub const PORT_OTLP: &str = "sidecar-otlp";
 /// The sidecar runs as this non-root user and group (the distroless `nonroot` ids), so
 /// `runAsNonRoot` holds whatever the image's `USER` says.
 pub const SIDECAR_UID: i64 = 65532;
@@ -617,6 +618,16 @@ fn sidecar_ports(plan: &Plan<'_>) -> Vec<ContainerPort> {
             name: Some(PORT_STATSD.into()),
             container_port: addr.port().into(),
             protocol: Some("UDP".into()),
+            ..ContainerPort::default()
+        });
+    }
+    if plan.spec.config.otlp.enabled
+        && let Some(addr) = external(&listen.otlp).filter(|a| a.port() != plan.metrics.port())
+    {
+        ports.push(ContainerPort {
+            name: Some(PORT_OTLP.into()),
+            container_port: addr.port().into(),
+            protocol: Some("TCP".into()),
             ..ContainerPort::default()
         });
     }

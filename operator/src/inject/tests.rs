@@ -505,9 +505,17 @@ fn otlp_inject_env_points_app_containers_at_the_sidecar() {
             {"name": "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "value": "http/protobuf"}
         ])
     );
-    // The sidecar container itself gets none of it.
+    // The sidecar container itself gets none of it, and declares the non-loopback OTLP port.
     let sidecar_env = out["spec"]["initContainers"][0]["env"].to_string();
     assert!(!sidecar_env.contains("OTEL_"), "{sidecar_env}");
+    let ports = &out["spec"]["initContainers"][0]["ports"];
+    assert!(
+        ports
+            .as_array()
+            .expect("ports")
+            .contains(&json!({"name": "sidecar-otlp", "containerPort": 4400, "protocol": "TCP"})),
+        "{ports}"
+    );
 }
 
 #[test]
