@@ -127,11 +127,26 @@ pub struct MetricsSidecarSpec {
     #[serde(default)]
     pub pod_monitor: bool,
 
+    /// OpenTelemetry SDKs in the application containers (the sidecar's OTLP receiver).
+    #[serde(default)]
+    pub otlp: OtlpSpec,
+
     /// The sidecar configuration, written to ConfigMap `<name>-monasca-sidecar`. Same schema as
     /// the `monasca-sidecar --config` file.
     #[serde(default)]
     #[schemars(schema_with = "schema::sidecar_config")]
     pub config: SidecarConfig,
+}
+
+/// How the application containers reach the sidecar's OTLP receiver.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpSpec {
+    /// Set `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (`http://127.0.0.1:<listen.otlp port>/v1/metrics`)
+    /// and `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL` (`http/protobuf`) in application containers
+    /// that do not set them, so OpenTelemetry SDKs export their metrics to the sidecar.
+    #[serde(default)]
+    pub inject_env: bool,
 }
 
 /// Observed state, written by the controller.
@@ -227,6 +242,7 @@ impl Default for MetricsSidecarSpec {
             prometheus_annotations: true,
             restart_on_change: false,
             pod_monitor: false,
+            otlp: OtlpSpec::default(),
             config: SidecarConfig::default(),
         }
     }
@@ -243,6 +259,9 @@ struct PodAffecting<'a> {
     native_sidecar: NativeSidecar,
     multiprocess: bool,
     prometheus_annotations: bool,
+    /// Left out when false, so hashes of specs without it are unchanged.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    otlp_inject_env: bool,
 }
 
 impl MetricsSidecarSpec {
@@ -288,6 +307,7 @@ impl MetricsSidecarSpec {
             native_sidecar: self.native_sidecar,
             multiprocess: self.multiprocess,
             prometheus_annotations: self.prometheus_annotations,
+            otlp_inject_env: self.otlp.inject_env,
         })?)
     }
 }

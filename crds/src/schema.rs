@@ -32,6 +32,18 @@ fn constraints() -> Vec<(&'static str, Value)> {
             "/properties/listen/properties/statsd",
             json!({"pattern": SOCKET_ADDR, "maxLength": 64}),
         ),
+        (
+            "/properties/listen/properties/otlp",
+            json!({"pattern": SOCKET_ADDR, "maxLength": 64}),
+        ),
+        (
+            "/properties/otlp/properties/workerAttributes",
+            json!({"maxItems": 64}),
+        ),
+        (
+            "/properties/otlp/properties/maxAttributes",
+            json!({"minimum": 1}),
+        ),
         ("/properties/workerLabels", json!({"maxItems": 64})),
         (
             "/properties/workerLabels/items",

@@ -34,7 +34,7 @@ impl Sidecar {
         let mut text = String::new();
         if !config.contains("listen:") {
             text.push_str(
-                "listen: {metrics: \"127.0.0.1:0\", ingest: \"127.0.0.1:0\", statsd: \"127.0.0.1:0\"}\n",
+                "listen: {metrics: \"127.0.0.1:0\", ingest: \"127.0.0.1:0\", statsd: \"127.0.0.1:0\", otlp: \"127.0.0.1:0\"}\n",
             );
         }
         text.push_str(config);

@@ -33,6 +33,8 @@ pub struct App {
     reporters: RwLock<Vec<Arc<dyn SelfMetrics>>>,
     refreshers: RwLock<Vec<Arc<dyn Refresh>>>,
     clearers: RwLock<Vec<Arc<dyn Clear>>>,
+    /// The OTLP receiver's stream state (delta totals, start times) and self-metrics.
+    pub otlp: Arc<crate::otlp::Otlp>,
 }
 
 impl App {
@@ -43,6 +45,7 @@ impl App {
             reporters: RwLock::new(Vec::new()),
             refreshers: RwLock::new(Vec::new()),
             clearers: RwLock::new(Vec::new()),
+            otlp: Arc::new(crate::otlp::Otlp::new()),
         })
     }
 

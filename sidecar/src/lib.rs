@@ -10,6 +10,7 @@ pub mod expose;
 pub mod ingest;
 pub mod model;
 pub mod multiprocess;
+pub mod otlp;
 pub mod parse;
 pub mod scrape;
 pub mod server;

@@ -59,11 +59,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let drain = Duration::from_secs(args.drain_seconds);
 
+    app.register(app.otlp.clone());
     let mut tasks = Vec::new();
-    for (role, addr) in [
+    let mut listeners = vec![
         (Role::Metrics, &config.listen.metrics),
         (Role::Ingest, &config.listen.ingest),
-    ] {
+    ];
+    // OTLP/HTTP; the listener follows the config at start (like the others).
+    if config.otlp.enabled {
+        listeners.push((Role::Otlp, &config.listen.otlp));
+    }
+    for (role, addr) in listeners {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} ({} listener)", role.as_str()))?;

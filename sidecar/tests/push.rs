@@ -742,8 +742,7 @@ fn config_reload_applies_rules_and_survives_a_bad_file() {
         "# TYPE inflight gauge\ninflight 5\n",
     );
     assert_eq!(s.value("inflight{job=\"j\"}"), Some(8.0));
-    let listen =
-        "listen: {metrics: \"127.0.0.1:0\", ingest: \"127.0.0.1:0\", statsd: \"127.0.0.1:0\"}\n";
+    let listen = "listen: {metrics: \"127.0.0.1:0\", ingest: \"127.0.0.1:0\", statsd: \"127.0.0.1:0\", otlp: \"127.0.0.1:0\"}\n";
     std::fs::write(
         &s.config_path,
         format!("{listen}aggregation: {{rules: [{{match: '^inflight$', mode: max}}]}}\n"),

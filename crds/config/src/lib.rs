@@ -64,6 +64,8 @@ pub struct SidecarConfig {
     pub push: Push,
     /// StatsD ingest.
     pub statsd: Statsd,
+    /// OTLP metrics ingest (OpenTelemetry SDKs) on `listen.otlp`.
+    pub otlp: Otlp,
     /// How series of different workers are combined.
     pub aggregation: Aggregation,
     /// Per-request and per-worker limits that protect the other workers' data.
@@ -86,6 +88,7 @@ impl Default for SidecarConfig {
             scrape: Scrape::default(),
             push: Push::default(),
             statsd: Statsd::default(),
+            otlp: Otlp::default(),
             aggregation: Aggregation::default(),
             limits: Limits::default(),
         }
@@ -102,6 +105,8 @@ pub struct Listen {
     pub ingest: String,
     /// StatsD, UDP and TCP.
     pub statsd: String,
+    /// OTLP/HTTP (`POST /v1/metrics`).
+    pub otlp: String,
 }
 
 impl Default for Listen {
@@ -110,6 +115,7 @@ impl Default for Listen {
             metrics: "0.0.0.0:9102".into(),
             ingest: "127.0.0.1:9091".into(),
             statsd: "127.0.0.1:8125".into(),
+            otlp: "127.0.0.1:4318".into(),
         }
     }
 }
@@ -207,6 +213,43 @@ pub enum StatsdDialect {
     Auto,
     /// Every line is monasca-statsd: gauge values are absolute.
     Monasca,
+}
+
+/// Resource attributes that name an OpenTelemetry worker (process) by default.
+pub const DEFAULT_OTLP_WORKER_ATTRIBUTES: [&str; 3] =
+    ["service.instance.id", "process.pid", "worker.id"];
+
+/// OTLP metrics ingest: OpenTelemetry SDK workers become one target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Otlp {
+    /// Serve OTLP/HTTP `POST /v1/metrics` on `listen.otlp`.
+    pub enabled: bool,
+    /// Resource attributes that identify a worker: part of its identity, never labels (like
+    /// `workerLabels`). Without any of them, a cumulative stream's start time tells workers
+    /// with identical resources apart.
+    pub worker_attributes: Vec<String>,
+    /// Publish the other resource attributes as `target_info` (otherwise they are dropped).
+    pub target_info: bool,
+    /// Add `otel_scope_name`/`otel_scope_version` labels from the instrumentation scope.
+    pub scope_labels: bool,
+    /// Most attributes one data point may carry; points with more are rejected.
+    pub max_attributes: u32,
+}
+
+impl Default for Otlp {
+    fn default() -> Self {
+        Otlp {
+            enabled: true,
+            worker_attributes: DEFAULT_OTLP_WORKER_ATTRIBUTES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            target_info: true,
+            scope_labels: true,
+            max_attributes: 128,
+        }
+    }
 }
 
 /// One StatsD mapping rule (like statsd_exporter's).
@@ -425,6 +468,7 @@ impl SidecarConfig {
             ("listen.metrics", &self.listen.metrics),
             ("listen.ingest", &self.listen.ingest),
             ("listen.statsd", &self.listen.statsd),
+            ("listen.otlp", &self.listen.otlp),
         ] {
             addr.parse::<SocketAddr>()
                 .map_err(|e| ConfigError::invalid(field, format!("{addr:?}: {e}")))?;
@@ -493,6 +537,12 @@ impl SidecarConfig {
                     )
                 })?;
             }
+        }
+        if self.otlp.max_attributes == 0 {
+            return Err(ConfigError::invalid(
+                "otlp.maxAttributes",
+                "must be greater than zero",
+            ));
         }
         if self.limits.max_body_bytes == 0 || self.limits.max_series_per_worker == 0 {
             return Err(ConfigError::invalid(

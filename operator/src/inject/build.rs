@@ -29,6 +29,9 @@ pub const MULTIPROC_VOLUME: &str = "monasca-sidecar-multiproc";
 pub const DEFAULT_MULTIPROC_DIR: &str = "/var/run/prometheus-multiproc";
 /// The environment variable prometheus_client (and the sidecar) read.
 pub const ENV_MULTIPROC_DIR: &str = "PROMETHEUS_MULTIPROC_DIR";
+/// The OpenTelemetry SDKs' metrics endpoint and protocol, set with `spec.otlp.injectEnv`.
+pub const ENV_OTLP_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+pub const ENV_OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
 /// Per-pod extra scrape targets for the sidecar (comma-separated `host:port`), taken from the
 /// pod's former `prometheus.io/port` annotation. Per pod because the ConfigMap is shared.
 pub const ENV_SCRAPE_TARGETS: &str = "MONASCA_SIDECAR_SCRAPE_TARGETS";
@@ -39,6 +42,7 @@ pub const ENV_SCRAPE_PATH: &str = "MONASCA_SIDECAR_SCRAPE_PATH";
 pub const PORT_METRICS: &str = "sidecar-metrics";
 pub const PORT_INGEST: &str = "sidecar-ingest";
 pub const PORT_STATSD: &str = "sidecar-statsd";
+pub const PORT_OTLP: &str = "sidecar-otlp";
 /// The sidecar runs as this non-root user and group (the distroless `nonroot` ids), so
 /// `runAsNonRoot` holds whatever the image's `USER` says.
 pub const SIDECAR_UID: i64 = 65532;
@@ -60,6 +64,14 @@ impl Ops {
             path: PointerBuf::from_tokens(path.iter().copied()),
             value,
         }));
+    }
+
+    /// True when an `add` of exactly `path` is already in the patch.
+    fn adds(&self, path: &[&str]) -> bool {
+        let path = PointerBuf::from_tokens(path.iter().copied());
+        self.0
+            .iter()
+            .any(|op| matches!(op, PatchOperation::Add(a) if a.path == path))
     }
 
     fn replace(&mut self, path: &[&str], value: Value) {
@@ -347,6 +359,19 @@ fn build_ops(
             }
         }
     }
+    // App containers: where OpenTelemetry SDKs export metrics.
+    if plan.spec.otlp.inject_env {
+        match otlp_endpoint(plan) {
+            Ok(endpoint) => {
+                for (index, container) in spec.containers.iter().enumerate() {
+                    if container.name != SIDECAR_CONTAINER_NAME {
+                        otlp_app_container(index, container, &endpoint, ops)?;
+                    }
+                }
+            }
+            Err(why) => warnings.push(why),
+        }
+    }
 
     if reinvocation {
         return Ok(());
@@ -505,6 +530,56 @@ fn multiprocess_app_container(
     Ok(())
 }
 
+/// The URL app containers reach the sidecar's OTLP/HTTP receiver at: the pod shares one
+/// network namespace, so loopback (or the listener's own address when it names one).
+fn otlp_endpoint(plan: &Plan<'_>) -> Result<String, String> {
+    let config = &plan.spec.config;
+    if !config.otlp.enabled {
+        return Err(format!(
+            "MetricsSidecar {:?} sets otlp.injectEnv but its config turns the OTLP receiver off              (otlp.enabled: false); no OTEL_* variables were set",
+            plan.name
+        ));
+    }
+    let addr: SocketAddr = config.listen.otlp.parse().map_err(|_| {
+        format!(
+            "MetricsSidecar {:?} has an invalid listen.otlp {:?}; no OTEL_* variables were set",
+            plan.name, config.listen.otlp
+        )
+    })?;
+    let ip = addr.ip();
+    let host = if ip.is_unspecified() || ip.is_loopback() {
+        "127.0.0.1".to_string()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    Ok(format!("http://{host}:{}/v1/metrics", addr.port()))
+}
+
+/// Sets the OTLP metrics endpoint and protocol in one app container, each only when the
+/// container does not set it (its own value wins).
+fn otlp_app_container(
+    index: usize,
+    container: &Container,
+    endpoint: &str,
+    ops: &mut Ops,
+) -> Result<(), serde_json::Error> {
+    let index = index.to_string();
+    let path = ["spec", "containers", index.as_str(), "env"];
+    let has = |name: &str| container.env.iter().flatten().any(|e| e.name == name);
+    let mut vars = Vec::new();
+    if !has(ENV_OTLP_METRICS_ENDPOINT) {
+        vars.push(env(ENV_OTLP_METRICS_ENDPOINT, endpoint));
+    }
+    if !has(ENV_OTLP_METRICS_PROTOCOL) {
+        vars.push(env(ENV_OTLP_METRICS_PROTOCOL, "http/protobuf"));
+    }
+    // The multiprocess step may have created the array in this patch already.
+    let exists = container.env.is_some() || ops.adds(&path);
+    ops.append(&path, exists, vars)
+}
+
 fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -543,6 +618,16 @@ fn sidecar_ports(plan: &Plan<'_>) -> Vec<ContainerPort> {
             name: Some(PORT_STATSD.into()),
             container_port: addr.port().into(),
             protocol: Some("UDP".into()),
+            ..ContainerPort::default()
+        });
+    }
+    if plan.spec.config.otlp.enabled
+        && let Some(addr) = external(&listen.otlp).filter(|a| a.port() != plan.metrics.port())
+    {
+        ports.push(ContainerPort {
+            name: Some(PORT_OTLP.into()),
+            container_port: addr.port().into(),
+            protocol: Some("TCP".into()),
             ..ContainerPort::default()
         });
     }

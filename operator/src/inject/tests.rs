@@ -466,3 +466,68 @@ fn requested_sidecar_agrees_with_the_webhook() {
         }
     }
 }
+
+#[test]
+fn otlp_inject_env_points_app_containers_at_the_sidecar() {
+    let mut spec = MetricsSidecarSpec {
+        multiprocess: true,
+        ..Default::default()
+    };
+    spec.otlp.inject_env = true;
+    spec.config.listen.otlp = "0.0.0.0:4400".into();
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "annotations": {"monasca.openstack.org/inject": "true"}},
+        "spec": {"containers": [
+            // No env at all: the multiprocess step creates the array, OTLP appends to it.
+            {"name": "app", "image": "app:1"},
+            // Sets its own endpoint: kept; only the protocol is added.
+            {"name": "other", "image": "other:1", "env": [
+                {"name": "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "value": "http://collector:4318/v1/metrics"}
+            ]}
+        ]}
+    });
+    let d = decide(&pod, &[sidecar("default", spec)]);
+    let out = patched(&pod, &d);
+    assert_eq!(
+        out["spec"]["containers"][0]["env"],
+        json!([
+            {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/var/run/prometheus-multiproc"},
+            {"name": "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "value": "http://127.0.0.1:4400/v1/metrics"},
+            {"name": "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "value": "http/protobuf"}
+        ])
+    );
+    assert_eq!(
+        out["spec"]["containers"][1]["env"],
+        json!([
+            {"name": "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "value": "http://collector:4318/v1/metrics"},
+            {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/var/run/prometheus-multiproc"},
+            {"name": "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "value": "http/protobuf"}
+        ])
+    );
+    // The sidecar container itself gets none of it, and declares the non-loopback OTLP port.
+    let sidecar_env = out["spec"]["initContainers"][0]["env"].to_string();
+    assert!(!sidecar_env.contains("OTEL_"), "{sidecar_env}");
+    let ports = &out["spec"]["initContainers"][0]["ports"];
+    assert!(
+        ports
+            .as_array()
+            .expect("ports")
+            .contains(&json!({"name": "sidecar-otlp", "containerPort": 4400, "protocol": "TCP"})),
+        "{ports}"
+    );
+}
+
+#[test]
+fn otlp_inject_env_is_off_by_default_and_warns_when_the_receiver_is_off() {
+    let pod = app_pod("true");
+    let d = decide(&pod, &[sidecar("default", MetricsSidecarSpec::default())]);
+    assert!(!patched(&pod, &d).to_string().contains("OTEL_"));
+    let mut spec = MetricsSidecarSpec::default();
+    spec.otlp.inject_env = true;
+    spec.config.otlp.enabled = false;
+    let d = decide(&pod, &[sidecar("default", spec)]);
+    assert!(!patched(&pod, &d).to_string().contains("OTEL_"));
+    let w = warnings(&d);
+    assert!(w.iter().any(|w| w.contains("otlp.enabled: false")), "{w:?}");
+}

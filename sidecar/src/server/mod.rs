@@ -1,5 +1,6 @@
 //! The HTTP listeners (hyper 1, HTTP/1.1): the metrics listener (`/metrics`, `/healthz`,
-//! `/readyz`, `/v1/workers`) and the ingest listener (Pushgateway API, JSON API).
+//! `/readyz`, `/v1/workers`), the ingest listener (Pushgateway API, JSON API) and the OTLP/HTTP
+//! listener (`POST /v1/metrics`).
 
 mod routes;
 mod stats;
@@ -21,6 +22,8 @@ use tokio::sync::watch;
 pub enum Role {
     Metrics,
     Ingest,
+    /// OTLP/HTTP: `POST /v1/metrics`.
+    Otlp,
 }
 
 impl Role {
@@ -28,6 +31,7 @@ impl Role {
         match self {
             Role::Metrics => "metrics",
             Role::Ingest => "ingest",
+            Role::Otlp => "otlp",
         }
     }
 }

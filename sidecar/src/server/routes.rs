@@ -24,6 +24,12 @@ pub(super) async fn handle(
 ) -> Resp {
     let path = req.uri().path().to_string();
     match (role, req.method(), path.as_str()) {
+        (Role::Otlp, &Method::POST, "/v1/metrics") => otlp_metrics(req, app, stats).await,
+        (Role::Otlp, _, "/v1/metrics") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (Role::Otlp, _, p) if p != "/healthz" && p != "/readyz" => text(
+            StatusCode::NOT_FOUND,
+            "not found (OTLP/HTTP serves POST /v1/metrics)\n",
+        ),
         // HEAD is answered like GET on every GET endpoint (hyper sends the headers only).
         (_, &Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (_, &Method::GET | &Method::HEAD, "/readyz") => text(StatusCode::OK, "ready\n"),
@@ -274,4 +280,74 @@ fn json_clear(app: &App) -> Resp {
     }
     app.clear();
     json_true()
+}
+
+/// `POST /v1/metrics`: OTLP/HTTP metrics export. Answers as the OTLP specification says:
+/// 200 with an `ExportMetricsServiceResponse` (with `partial_success` when points were
+/// rejected), or 400/413/415 with a `google.rpc.Status`, in the encoding of the request.
+async fn otlp_metrics(req: Request<Incoming>, app: &App, stats: &ServerStats) -> Resp {
+    use crate::otlp::decode::{
+        self, CODE_INVALID_ARGUMENT, CODE_RESOURCE_EXHAUSTED, CODE_UNIMPLEMENTED,
+    };
+    use crate::otlp::{Encoding, Settings};
+    let config = app.config();
+    let answer = |status: StatusCode, encoding: Encoding, body: Vec<u8>| {
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static(encoding.content_type()),
+        );
+        resp
+    };
+    let Some(encoding) = Encoding::from_content_type(header(&req, CONTENT_TYPE)) else {
+        stats.rejected("otlp", "unsupported_media_type");
+        let msg = "unsupported Content-Type: use application/x-protobuf or application/json";
+        return answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Encoding::Protobuf,
+            decode::status(CODE_UNIMPLEMENTED, msg, Encoding::Protobuf),
+        );
+    };
+    let body = match read_body(req, config.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            stats.rejected("otlp", e.reason());
+            let (status, code) = match e {
+                PushError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, CODE_RESOURCE_EXHAUSTED),
+                _ => (StatusCode::BAD_REQUEST, CODE_INVALID_ARGUMENT),
+            };
+            return answer(
+                status,
+                encoding,
+                decode::status(code, &e.to_string(), encoding),
+            );
+        }
+    };
+    let request = match decode::decode(&body, encoding) {
+        Ok(r) => r,
+        Err(e) => {
+            stats.rejected("otlp", e.reason());
+            tracing::debug!(error = %e, "OTLP request rejected");
+            return answer(
+                StatusCode::BAD_REQUEST,
+                encoding,
+                decode::status(CODE_INVALID_ARGUMENT, &e.to_string(), encoding),
+            );
+        }
+    };
+    let settings = Settings::from_config(&config);
+    let outcome = tokio::task::block_in_place(|| {
+        app.otlp
+            .ingest(&app.store, &request, &settings, encoding, app.now())
+    });
+    let message = outcome.rejected.message();
+    if outcome.rejected.count > 0 {
+        tracing::debug!(rejected = outcome.rejected.count, message = %message, "OTLP points rejected");
+    }
+    answer(
+        StatusCode::OK,
+        encoding,
+        decode::response(outcome.rejected.count, &message, encoding),
+    )
 }

@@ -67,6 +67,8 @@ pub enum Source {
     Statsd,
     Multiprocess,
     Scrape,
+    /// OTLP metrics (OpenTelemetry SDKs).
+    Otlp,
 }
 
 impl Source {
@@ -77,6 +79,7 @@ impl Source {
             Source::Statsd => "statsd",
             Source::Multiprocess => "multiprocess",
             Source::Scrape => "scrape",
+            Source::Otlp => "otlp",
         }
     }
 }
