@@ -19,6 +19,17 @@ struct Worker {
 
 impl Worker {
     fn start(gateway: &str, instance: &str, pushes: u32, interval: f64) -> Worker {
+        Worker::start_pausing(gateway, instance, pushes, interval, 0)
+    }
+
+    /// A worker that blocks after push `pause_after` (0: never), to be killed there.
+    fn start_pausing(
+        gateway: &str,
+        instance: &str,
+        pushes: u32,
+        interval: f64,
+        pause_after: u32,
+    ) -> Worker {
         let mut child = python(&["prometheus_client"])
             .arg(PUSH_WORKER)
             .args([
@@ -26,6 +37,7 @@ impl Worker {
                 instance,
                 &pushes.to_string(),
                 &interval.to_string(),
+                &pause_after.to_string(),
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -73,8 +85,13 @@ fn push_mode_totals_survive_a_killed_worker_in_prometheus() {
     let sidecar = Sidecar::start("");
     let prom = Prometheus::start(&[sidecar.metrics_addr()]);
     let gateway = sidecar.ingest_url();
+    // w1 blocks after its 6th push, where the test kills it: it cannot be killed between a
+    // push the sidecar took and the line that reports it, however loaded the machine.
     let mut workers: Vec<Worker> = (0..4)
-        .map(|i| Worker::start(&gateway, &format!("w{i}"), 40, 0.3))
+        .map(|i| {
+            let pause_after = if i == 1 { 6 } else { 0 };
+            Worker::start_pausing(&gateway, &format!("w{i}"), 40, 0.3, pause_after)
+        })
         .collect();
     // Every worker has pushed once; wait for Prometheus to see the series, then mark t0.
     for w in &mut workers {
@@ -85,10 +102,11 @@ fn push_mode_totals_survive_a_killed_worker_in_prometheus() {
     let t0 = unix_now();
     let at_t0 = prom.value_at(series, Some(t0)).expect("series scraped");
     println!("at t0 Prometheus has {series} = {at_t0}");
-    // SIGKILL worker w1 right after a push and restart it: its counter starts again at 0.
+    // SIGKILL worker w1 where it blocks, right after its 6th push, and restart it: its counter
+    // starts again at 0.
     let mut killed = workers.remove(1);
-    for _ in 0..5 {
-        killed.next_push();
+    while killed.last < 6 {
+        killed.next_push().expect("w1 pushes 6 times");
     }
     let _ = killed.child.kill();
     let killed_total = killed.finish();
