@@ -600,3 +600,19 @@ fn responses_and_json_decoding() {
     assert!(decode::decode(b"{", Encoding::Json).is_err());
     assert!(decode::decode(b"\xff\xff", Encoding::Protobuf).is_err());
 }
+
+#[test]
+fn a_histogram_point_without_sum_gives_no_sum_line() {
+    let mut h = Harness::new();
+    let mut m = hist("lat", CUMULATIVE, 5, vec![1, 2, 3], vec![0.1, 1.0]);
+    if let Some(metric::Data::Histogram(hg)) = &mut m.data {
+        hg.data_points[0].sum = None;
+    }
+    h.send(req(&[SVC, ("worker.id", "1")], vec![m]));
+    let text = h.render();
+    assert!(text.contains("lat_seconds_count"), "{text}");
+    assert!(
+        !text.contains("lat_seconds_sum"),
+        "no sum sent, none invented:\n{text}"
+    );
+}

@@ -621,8 +621,10 @@ fn histogram_points(
             );
             continue;
         }
-        let sum = p.sum.unwrap_or(0.0);
-        if !sum.is_finite() {
+        // A point without a sum (optional in OTLP) keeps none: NaN marks it absent, and the
+        // exposition then has no `_sum` line rather than an invented 0.
+        let sum = p.sum.unwrap_or(f64::NAN);
+        if p.sum.is_some() && !sum.is_finite() {
             t.rejected.add(
                 "non_finite",
                 1,
