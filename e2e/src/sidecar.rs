@@ -134,6 +134,17 @@ impl Sidecar {
         format!("http://{}", self.ingest_addr())
     }
 
+    /// A Pushgateway request (`PUT`/`POST`/`DELETE` on `path`) with a text 0.0.4 body.
+    pub fn push_text(&self, method: &str, path: &str, body: &str) -> Response {
+        http(
+            self.ingest_addr(),
+            method,
+            path,
+            &[("Content-Type", "text/plain; version=0.0.4")],
+            body.as_bytes(),
+        )
+    }
+
     /// `GET /metrics` (text 0.0.4) as a string; panics on non-200.
     pub fn metrics(&self) -> String {
         let r = http(self.metrics_addr(), "GET", "/metrics", &[], b"");

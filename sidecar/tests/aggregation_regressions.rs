@@ -9,18 +9,8 @@ use common::{Sidecar, http, wait_until};
 use multiprocess_support::{PyProcess, db_files, scratch};
 use std::time::Duration;
 
-fn push(s: &Sidecar, method: &str, path: &str, body: &str) -> common::Response {
-    http(
-        s.ingest_addr(),
-        method,
-        path,
-        &[("Content-Type", "text/plain; version=0.0.4")],
-        body.as_bytes(),
-    )
-}
-
 fn put_ok(s: &Sidecar, path: &str, body: &str) {
-    let r = push(s, "PUT", path, body);
+    let r = s.push_text("PUT", path, body);
     assert_eq!(r.status, 200, "PUT {path}: {}", r.text());
 }
 
@@ -49,7 +39,8 @@ fn gauge_of_a_returning_worker_replaces_its_departed_value() {
     let gauge = |v: u32| format!("# TYPE g gauge\ng {v}\n");
     put_ok(&s, "/metrics/job/j/instance/w1", &gauge(5));
     assert_eq!(
-        push(&s, "DELETE", "/metrics/job/j/instance/w1", "").status,
+        s.push_text("DELETE", "/metrics/job/j/instance/w1", "")
+            .status,
         202
     );
     assert_eq!(s.value("g{job=\"j\"}"), Some(5.0), "non-live modes keep it");
@@ -61,7 +52,7 @@ fn gauge_of_a_returning_worker_replaces_its_departed_value() {
     // `all` keeps one line per worker: the returning worker's line, once.
     let all = |v: u32| format!("# TYPE h gauge\nh{{_aggregate=\"all\"}} {v}\n");
     put_ok(&s, "/metrics/job/k/instance/w1", &all(1));
-    push(&s, "DELETE", "/metrics/job/k/instance/w1", "");
+    s.push_text("DELETE", "/metrics/job/k/instance/w1", "");
     put_ok(&s, "/metrics/job/k/instance/w1", &all(2));
     assert_eq!(lines_of(&s, "h"), ["h{job=\"k\",instance=\"w1\"} 2"]);
     // Every render valid, in both formats (promtool and client_python).
@@ -129,7 +120,7 @@ fn series_left_out_of_a_put_continues_when_it_comes_back() {
     assert_eq!(s.value("c_total{a=\"1\",job=\"j\"}"), Some(15.0));
     // The same across DELETE: a worker that returns continuing its counters is not counted
     // twice.
-    push(&s, "DELETE", path, "");
+    s.push_text("DELETE", path, "");
     put_ok(&s, path, &body(&[("1", 4), ("2", 1)]));
     assert_eq!(s.value("c_total{a=\"1\",job=\"j\"}"), Some(16.0));
     assert_eq!(s.value("c_total{a=\"2\",job=\"j\"}"), Some(1.0));
@@ -258,7 +249,7 @@ fn non_finite_counters_and_buckets_are_refused() {
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} +Inf\nh_sum 1\nh_count +Inf\n",
         "# TYPE s summary\ns_sum 1\ns_count NaN\n",
     ] {
-        let r = push(&s, "PUT", "/metrics/job/j/instance/w2", body);
+        let r = s.push_text("PUT", "/metrics/job/j/instance/w2", body);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
         assert!(r.text().contains("non-finite"), "{}", r.text());
     }
@@ -286,8 +277,7 @@ fn conflicting_aggregate_modes_are_refused() {
         "/metrics/job/j/instance/w1",
         "# TYPE g gauge\ng{_aggregate=\"max\"} 1\n",
     );
-    let r = push(
-        &s,
+    let r = s.push_text(
         "PUT",
         "/metrics/job/j/instance/w2",
         "# TYPE g gauge\ng{_aggregate=\"min\"} 5\n",

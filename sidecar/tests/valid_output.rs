@@ -6,21 +6,10 @@ mod common;
 
 use common::{Sidecar, http};
 
-fn push(s: &Sidecar, method: &str, path: &str, body: &str) -> common::Response {
-    http(
-        s.ingest_addr(),
-        method,
-        path,
-        &[("Content-Type", "text/plain; version=0.0.4")],
-        body.as_bytes(),
-    )
-}
-
 /// A sidecar holding one good counter from worker `good`.
 fn with_good_data() -> Sidecar {
     let s = Sidecar::start("");
-    let r = push(
-        &s,
+    let r = s.push_text(
         "PUT",
         "/metrics/job/j/instance/good",
         "# TYPE ok_total counter\nok_total 7\n",
@@ -30,7 +19,7 @@ fn with_good_data() -> Sidecar {
 }
 
 fn assert_refused(s: &Sidecar, path: &str, body: &str, needle: &str) {
-    let r = push(s, "PUT", path, body);
+    let r = s.push_text("PUT", path, body);
     assert_eq!(r.status, 400, "{path} {body:?} was accepted: {}", r.text());
     let reason = r.text();
     assert!(
@@ -69,8 +58,7 @@ fn reserved_and_structural_labels_are_refused() {
         "quantile",
     );
     // `le` is an ordinary label on a gauge.
-    let r = push(
-        &s,
+    let r = s.push_text(
         "PUT",
         "/metrics/job/j/instance/w3/le/5",
         "# TYPE g gauge\ng 1\n",
@@ -83,8 +71,7 @@ fn reserved_and_structural_labels_are_refused() {
 #[test]
 fn sample_name_collisions_across_families_are_refused() {
     let s = with_good_data();
-    let r = push(
-        &s,
+    let r = s.push_text(
         "PUT",
         "/metrics/job/j/instance/w1",
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n",
@@ -205,8 +192,7 @@ fn head_works_on_every_get_endpoint() {
 #[test]
 fn negative_buckets_give_valid_openmetrics() {
     let s = Sidecar::start("");
-    let r = push(
-        &s,
+    let r = s.push_text(
         "PUT",
         "/metrics/job/j/instance/w1",
         "# TYPE t histogram\nt_bucket{le=\"-5\"} 1\nt_bucket{le=\"0\"} 2\nt_bucket{le=\"+Inf\"} 3\nt_sum -2\nt_count 3\n",
