@@ -128,12 +128,6 @@ pub fn ingest(store: &mut Store, body: &[u8], now: Now) -> Result<IngestStats, J
     Ok(stats)
 }
 
-/// `POST /v1/clear`: forgets every worker and every retired value, as the original did.
-/// (The StatsD listener notices and restarts its accumulation from zero.)
-pub fn clear(store: &mut Store) {
-    store.clear();
-}
-
 /// The store identity of a JSON worker.
 pub fn worker_key(id: Option<&str>) -> WorkerKey {
     match id {
@@ -884,7 +878,7 @@ mod tests {
         let mut s = store();
         let now = Now::now();
         ingest(&mut s, with_worker("a", "sum", 1.0).as_bytes(), now).unwrap();
-        clear(&mut s);
+        s.clear();
         assert_eq!(s.worker_count(), 0);
         assert!(!text(&s, now).contains("test"));
     }

@@ -276,8 +276,6 @@ pub(crate) struct WorkerState {
     pub(crate) last_seen_wall: f64,
     families: Vec<WorkerFamily>,
     pub(crate) series: usize,
-    /// Sum of `families[].dropped`.
-    dropped: usize,
     /// The worker left (DELETE, a dead pid, a removed target) but may come back under the
     /// same id until `forgetAfter` after it was last seen: its values stay where they are
     /// (counters still counted, gauges for the non-live modes only), so a return continues
@@ -650,10 +648,9 @@ impl Store {
             let mut live = before + t.inserted + t.revived;
             let mut dropped = before_dropped - t.revived;
             if scope != Scope::Series && t.updated < before {
-                let swept = self.sweep_family(&family.name, worker_id, generation);
-                stats.removed += swept.dropped + swept.removed;
-                live -= (swept.dropped + swept.removed) as u32;
-                dropped += swept.dropped as u32;
+                stats.removed += self
+                    .sweep_family(&family.name, worker_id, generation)
+                    .settle(&mut live, &mut dropped);
             }
             if live > 0 || dropped > 0 {
                 held.insert(family.name.as_ref().into(), (live, dropped));
@@ -665,10 +662,9 @@ impl Store {
             }
             let (mut live, mut dropped) = (wf.series, wf.dropped);
             if scope == Scope::Worker && live > 0 {
-                let swept = self.sweep_family(&wf.name, worker_id, generation);
-                stats.removed += swept.dropped + swept.removed;
-                live -= (swept.dropped + swept.removed) as u32;
-                dropped += swept.dropped as u32;
+                stats.removed += self
+                    .sweep_family(&wf.name, worker_id, generation)
+                    .settle(&mut live, &mut dropped);
             }
             if live > 0 || dropped > 0 {
                 held.insert(wf.name, (live, dropped));
@@ -678,7 +674,6 @@ impl Store {
         if let Some(Some(w)) = self.workers.get_mut(worker_id as usize) {
             w.series = held.values().map(|&(n, _)| n as usize).sum();
             total_dropped = held.values().map(|&(_, d)| d as usize).sum();
-            w.dropped = total_dropped;
             w.families = held
                 .into_iter()
                 .map(|(name, (series, dropped))| WorkerFamily {
@@ -734,7 +729,6 @@ impl Store {
         let Some(Some(w)) = self.workers.get_mut(worker as usize) else {
             return;
         };
-        w.dropped = 0;
         let names: Vec<Box<str>> = w
             .families
             .iter_mut()
@@ -945,7 +939,6 @@ impl Store {
             last_seen_wall: now.wall,
             families: Vec::new(),
             series: 0,
-            dropped: 0,
             departed: false,
         };
         let id = match self.free_workers.pop() {
@@ -1196,6 +1189,17 @@ struct Swept {
     dropped: usize,
     /// Gauge entries forgotten.
     removed: usize,
+}
+
+impl Swept {
+    /// Moves the swept entries out of a family's `live` count (counter-like ones stay held,
+    /// as `dropped`). Returns how many left the live set.
+    fn settle(self, live: &mut u32, dropped: &mut u32) -> usize {
+        let left = self.dropped + self.removed;
+        *live -= left as u32;
+        *dropped += self.dropped as u32;
+        left
+    }
 }
 
 /// Whether the worker held the series before an update.
