@@ -161,47 +161,39 @@ impl Acc {
     }
 }
 
-/// The label names of canonical label text (`a="1",b="x\\"y"`).
-pub(crate) fn label_names(text: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let Some(eq) = text[i..].find('=') else { break };
-        names.push(&text[i..i + eq]);
+/// The `name="value"` pairs of canonical label text (`a="1",b="x\\"y"`), as (name, the
+/// pair's text).
+fn label_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let eq = rest.find('=')?;
         // Skip `="value"`, honouring escapes.
-        let mut j = i + eq + 2;
-        while j < bytes.len() && bytes[j] != b'"' {
-            j += if bytes[j] == b'\\' { 2 } else { 1 };
-        }
-        i = j + 2;
-    }
-    names
-}
-
-/// The label text of one `all`-mode line: the series labels, then the worker's labels whose
-/// names the series does not already have (a label never appears twice on a line).
-pub(crate) fn per_worker_labels(series: &str, worker: &str) -> String {
-    let taken = label_names(series);
-    let mut out = String::with_capacity(series.len() + worker.len() + 1);
-    out.push_str(series);
-    let mut rest = worker;
-    while !rest.is_empty() {
-        let Some(eq) = rest.find('=') else { break };
         let bytes = rest.as_bytes();
         let mut j = eq + 2;
         while j < bytes.len() && bytes[j] != b'"' {
             j += if bytes[j] == b'\\' { 2 } else { 1 };
         }
         let end = (j + 1).min(rest.len());
-        let pair = &rest[..end];
-        if !taken.contains(&&rest[..eq]) {
-            if !out.is_empty() {
-                out.push(',');
-            }
-            out.push_str(pair);
-        }
+        let pair = (&rest[..eq], &rest[..end]);
         rest = rest.get(end + 1..).unwrap_or("");
+        Some(pair)
+    })
+}
+
+/// The label text of one `all`-mode line: the series labels, then the worker's labels whose
+/// names the series does not already have (a label never appears twice on a line).
+pub(crate) fn per_worker_labels(series: &str, worker: &str) -> String {
+    let taken: Vec<&str> = label_pairs(series).map(|(name, _)| name).collect();
+    let mut out = String::with_capacity(series.len() + worker.len() + 1);
+    out.push_str(series);
+    for (name, pair) in label_pairs(worker) {
+        if taken.contains(&name) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(pair);
     }
     out
 }

@@ -378,18 +378,13 @@ impl DirState {
         }
 
         // 4. Liveness, per pid.
-        let quiet_before: FxHashSet<String> = self
-            .pids
-            .iter()
-            .filter(|(_, st)| st.quiet)
-            .map(|(pid, _)| pid.clone())
-            .collect();
         let mut by_pid: FxHashMap<String, Vec<String>> = FxHashMap::default();
         for (name, f) in &self.files {
             by_pid.entry(f.pid.clone()).or_default().push(name.clone());
         }
         let mut alive: FxHashMap<String, bool> = FxHashMap::default();
-        let mut dead_to_fold: Vec<String> = Vec::new();
+        // Dead pids to fold, and whether their files must be read once more first.
+        let mut dead_to_fold: Vec<(String, bool)> = Vec::new();
         let can_write =
             self.retired_loaded && self.retry_writes_at.is_none_or(|t| Instant::now() >= t);
         for (pid, names) in &by_pid {
@@ -408,23 +403,26 @@ impl DirState {
                     .check(&self.dir, pid, newest_write, last_change, stale_after)
             };
             alive.insert(pid.clone(), verdict.alive);
+            let mut was_quiet = false;
             if let Some(st) = self.pids.get_mut(pid) {
+                was_quiet = st.quiet;
                 st.quiet = !verdict.alive;
             }
             if !verdict.alive && verdict.reliable && compact && can_write {
-                dead_to_fold.push(pid.clone());
+                // Files read before the worker was found dead may miss its last writes, and a
+                // worker that looked dead earlier (unproven) had its files only checked, not
+                // read: a dead worker's files are final, so read them again, unless it was
+                // already gone before they were read this round.
+                let reread = !gone_before.contains(pid.as_str()) || was_quiet;
+                dead_to_fold.push((pid.clone(), reread));
             }
         }
 
         // 5. Fold: the dead workers, vanished files and counter resets, written before use.
         let mut newly_folded: Vec<(String, FoldedFile, bool)> = Vec::new();
-        for pid in &dead_to_fold {
+        for (pid, reread) in &dead_to_fold {
             for name in by_pid.get(pid).into_iter().flatten() {
-                // Files read before the worker was found dead may miss its last writes; a
-                // dead worker's files are final, so read them again (unless it was already
-                // gone before they were read this round; a worker that looked dead earlier,
-                // unproven, had its files only checked, not read).
-                if !gone_before.contains(pid.as_str()) || quiet_before.contains(pid) {
+                if *reread {
                     self.reread_final(name, stats);
                 }
                 let Some(f) = self.files.get(name) else {
@@ -489,7 +487,7 @@ impl DirState {
                 self.files.remove(&name);
                 self.folded.insert(name, (rec, keep));
             }
-            for pid in &dead_to_fold {
+            for (pid, _) in &dead_to_fold {
                 self.liveness.forget(pid);
                 stats.folded_workers.inc();
                 tracing::debug!(pid = %pid, "worker is dead: folded into the retired totals");
