@@ -3,82 +3,10 @@
 //! through Prometheus's HTTP API, printed with expected and actual values.
 
 use monasca_e2e::prometheus::{Prometheus, unix_now};
+use monasca_e2e::push_worker::PushWorker;
 use monasca_e2e::sidecar::{Sidecar, python};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::Duration;
-
-const PUSH_WORKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/push_worker.py");
-
-/// A python worker process whose "pushed N" lines are tracked.
-struct Worker {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<u64>,
-    last: u64,
-}
-
-impl Worker {
-    fn start(gateway: &str, instance: &str, pushes: u32, interval: f64) -> Worker {
-        Worker::start_pausing(gateway, instance, pushes, interval, 0)
-    }
-
-    /// A worker that blocks after push `pause_after` (0: never), to be killed there.
-    fn start_pausing(
-        gateway: &str,
-        instance: &str,
-        pushes: u32,
-        interval: f64,
-        pause_after: u32,
-    ) -> Worker {
-        let mut child = python(&["prometheus_client"])
-            .arg(PUSH_WORKER)
-            .args([
-                gateway,
-                instance,
-                &pushes.to_string(),
-                &interval.to_string(),
-                &pause_after.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start push worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("pushed ").and_then(|n| n.parse().ok()) {
-                    let _ = tx.send(n);
-                }
-            }
-        });
-        Worker {
-            child,
-            lines,
-            last: 0,
-        }
-    }
-
-    /// Waits for the next push to complete.
-    fn next_push(&mut self) -> Option<u64> {
-        let n = self.lines.recv_timeout(Duration::from_secs(30)).ok()?;
-        self.last = n;
-        Some(n)
-    }
-
-    /// Waits for the process to finish and returns what it last pushed.
-    fn finish(mut self) -> u64 {
-        while self.next_push().is_some() {}
-        let _ = self.child.wait();
-        self.last
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn push_mode_totals_survive_a_killed_worker_in_prometheus() {
@@ -87,10 +15,10 @@ fn push_mode_totals_survive_a_killed_worker_in_prometheus() {
     let gateway = sidecar.ingest_url();
     // w1 blocks after its 6th push, where the test kills it: it cannot be killed between a
     // push the sidecar took and the line that reports it, however loaded the machine.
-    let mut workers: Vec<Worker> = (0..4)
+    let mut workers: Vec<PushWorker> = (0..4)
         .map(|i| {
             let pause_after = if i == 1 { 6 } else { 0 };
-            Worker::start_pausing(&gateway, &format!("w{i}"), 40, 0.3, pause_after)
+            PushWorker::start_pausing(&gateway, &format!("w{i}"), 40, 0.3, pause_after)
         })
         .collect();
     // Every worker has pushed once; wait for Prometheus to see the series, then mark t0.
@@ -104,15 +32,10 @@ fn push_mode_totals_survive_a_killed_worker_in_prometheus() {
     println!("at t0 Prometheus has {series} = {at_t0}");
     // SIGKILL worker w1 where it blocks, right after its 6th push, and restart it: its counter
     // starts again at 0.
-    let mut killed = workers.remove(1);
-    while killed.last < 6 {
-        killed.next_push().expect("w1 pushes 6 times");
-    }
-    let _ = killed.child.kill();
-    let killed_total = killed.finish();
-    let restarted = Worker::start(&gateway, "w1", 25, 0.3);
+    let killed_total = workers.remove(1).kill_after(6);
+    let restarted = PushWorker::start(&gateway, "w1", 25, 0.3);
     workers.push(restarted);
-    let total: u64 = killed_total + workers.into_iter().map(Worker::finish).sum::<u64>();
+    let total: u64 = killed_total + workers.into_iter().map(PushWorker::finish).sum::<u64>();
     assert_eq!(total, 3 * 40 + killed_total + 25);
 
     prom.check(series, total as f64, Duration::from_secs(20));

@@ -9,13 +9,11 @@
 //! `e2e/py/requirements-monasca-agent.txt` under `~/.cache/monasca-sidecar/`), so that its
 //! dependencies never change the system's prometheus_client.
 
-use monasca_e2e::sidecar::{Sidecar, http, python};
-use std::io::{BufRead, BufReader};
+use monasca_e2e::push_worker::PushWorker;
+use monasca_e2e::sidecar::{Sidecar, http};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-const PUSH_WORKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/push_worker.py");
 const AGENT_CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py/monasca_agent_check.py");
 
 /// The python of the monasca-agent virtualenv (`MONASCA_AGENT_PYTHON` overrides).
@@ -37,58 +35,6 @@ fn agent_python() -> PathBuf {
         python.display()
     );
     python
-}
-
-/// A prometheus_client worker pushing its cumulative counter and histogram to the sidecar.
-struct Worker {
-    child: Child,
-    pushes: std::sync::mpsc::Receiver<u64>,
-    last: u64,
-}
-
-impl Worker {
-    fn start(gateway: &str, instance: &str, pushes: u32) -> Worker {
-        let mut child = python(&["prometheus_client"])
-            .arg(PUSH_WORKER)
-            .args([gateway, instance, &pushes.to_string(), "0.1"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start push worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("pushed ").and_then(|n| n.parse().ok()) {
-                    let _ = tx.send(n);
-                }
-            }
-        });
-        Worker {
-            child,
-            pushes: rx,
-            last: 0,
-        }
-    }
-
-    fn next_push(&mut self) -> Option<u64> {
-        let n = self.pushes.recv_timeout(Duration::from_secs(30)).ok()?;
-        self.last = n;
-        Some(n)
-    }
-
-    /// Waits for the process to end; returns the value it last pushed.
-    fn finish(mut self) -> u64 {
-        while self.next_push().is_some() {}
-        let _ = self.child.wait();
-        self.last
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs the agent's check once; returns its JSON report.
@@ -144,18 +90,17 @@ fn monasca_agent_prometheus_check_reports_the_aggregate_of_all_workers() {
     let gateway = sidecar.ingest_url();
 
     // Three workers push; w1 is SIGKILLed after a few pushes and comes back from zero.
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|i| Worker::start(&gateway, &format!("w{i}"), if i == 1 { 1000 } else { 12 }))
+    // w1 blocks after its 4th push, where it is killed: no push is in flight then.
+    let mut workers: Vec<PushWorker> = (0..3)
+        .map(|i| {
+            let (pushes, pause_after) = if i == 1 { (1000, 4) } else { (12, 0) };
+            PushWorker::start_pausing(&gateway, &format!("w{i}"), pushes, 0.1, pause_after)
+        })
         .collect();
-    let mut killed = workers.remove(1);
-    for _ in 0..4 {
-        killed.next_push().expect("w1 pushes");
-    }
-    killed.child.kill().expect("SIGKILL w1");
-    let killed_last = killed.finish();
-    let restarted = Worker::start(&gateway, "w1", 5);
+    let killed_last = workers.remove(1).kill_after(4);
+    let restarted = PushWorker::start(&gateway, "w1", 5, 0.1);
     workers.push(restarted);
-    let total = killed_last + workers.into_iter().map(Worker::finish).sum::<u64>();
+    let total = killed_last + workers.into_iter().map(PushWorker::finish).sum::<u64>();
     assert_eq!(total, 12 + 12 + killed_last + 5);
     println!("workers pushed {total} jobs in all (w1 killed at {killed_last}, then 5 more)");
 

@@ -295,15 +295,22 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn reload_keeps_last_good_config() {
-        let dir = std::env::temp_dir().join(format!("msc-reload-{}", std::process::id()));
+    /// A config file with `staleAfter: 10s` in a scratch directory named by `tag`, the app
+    /// started from it, and its watcher.
+    fn watched(tag: &str) -> (PathBuf, PathBuf, Arc<App>, ConfigWatcher) {
+        let dir = std::env::temp_dir().join(format!("msc-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.yaml");
         std::fs::write(&path, "staleAfter: 10s\n").unwrap();
         let first = load_config(Some(&path)).unwrap();
         let app = App::new(first.clone());
-        let mut w = ConfigWatcher::new(path.clone(), first);
+        let w = ConfigWatcher::new(path.clone(), first);
+        (dir, path, app, w)
+    }
+
+    #[test]
+    fn reload_keeps_last_good_config() {
+        let (dir, path, app, mut w) = watched("reload");
         std::fs::write(&path, "staleAfter: 20s\n").unwrap();
         w.check(&app);
         assert_eq!(app.config().stale_after, Duration::from_secs(20));
@@ -319,13 +326,7 @@ mod tests {
 
     #[test]
     fn a_file_with_an_unusable_statsd_mapping_is_applied_not_at_all() {
-        let dir = std::env::temp_dir().join(format!("msc-atomic-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.yaml");
-        std::fs::write(&path, "staleAfter: 10s\n").unwrap();
-        let first = load_config(Some(&path)).unwrap();
-        let app = App::new(first.clone());
-        let mut w = ConfigWatcher::new(path.clone(), first);
+        let (dir, path, app, mut w) = watched("atomic");
         let bad = "staleAfter: 20s\nstatsd:\n  mappings:\n    - {match: \"a.*\", name: \"a\", labels: {\"bad-name\": \"$1\"}}\n";
         std::fs::write(&path, bad).unwrap();
         w.check(&app);
