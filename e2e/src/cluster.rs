@@ -1,4 +1,4 @@
-//! Helpers for the cluster end-to-end tests (`tests/cluster.rs`): a kube client for the cluster
+//! Helpers for the cluster end-to-end tests (`tests/cluster/`): a kube client for the cluster
 //! (named by `KUBECONFIG`, or started by [`crate::control_plane`]), applying the committed YAML,
 //! polling, a kubeconfig for a ServiceAccount token, and running the operator binary
 //! out-of-cluster.

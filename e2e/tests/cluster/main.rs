@@ -43,8 +43,23 @@ const WAIT: Duration = Duration::from_secs(90);
 
 type Scenario = fn(Env) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
+// Scenarios by theme, each module with its own `SCENARIOS` list; the helpers below (`Env`,
+// `install`, `wait_*`, pod builders) are shared through `super::*`.
+mod hardening;
+mod injected_pod;
+mod promises;
+
 /// Every test, by name.
-const SCENARIOS: [(&str, Scenario); 6] = [
+fn scenarios() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
+    BASICS
+        .iter()
+        .chain(promises::SCENARIOS)
+        .chain(hardening::SCENARIOS)
+        .chain(injected_pod::SCENARIOS)
+}
+
+/// The first scenarios: injection, rollout, RBAC, opt-in and garbage collection.
+const BASICS: &[(&str, Scenario)] = &[
     (
         "operator_injects_reconciles_and_catches_pods_admitted_while_it_was_down",
         |env| Box::pin(injects_reconciles_and_catches_up(env)),
@@ -141,8 +156,7 @@ fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     // One at a time: each test owns the cluster-wide webhook configuration.
     args.test_threads = Some(1);
-    let probes: Vec<Trial> = SCENARIOS
-        .iter()
+    let probes: Vec<Trial> = scenarios()
         .map(|(name, _)| Trial::test(*name, || Ok(())))
         .collect();
     let any_runs = probes
@@ -155,8 +169,7 @@ fn main() -> ExitCode {
     } else {
         target()
     });
-    let trials = SCENARIOS
-        .iter()
+    let trials = scenarios()
         .map(|&(name, scenario)| {
             let target = target.clone();
             Trial::ignorable_test(name, move || match &*target {
