@@ -12,6 +12,7 @@ mod keys;
 mod schema;
 
 pub use keys::*;
+pub use schema::SOCKET_ADDR;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -33,6 +34,9 @@ pub enum Error {
     /// A value could not be serialized to JSON.
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
+    /// The object's name cannot name what the operator derives from it.
+    #[error("name {name:?}: {reason}")]
+    Name { name: String, reason: &'static str },
     /// The CRD could not be rendered as YAML.
     #[error("rendering YAML: {0}")]
     Yaml(String),
@@ -65,13 +69,13 @@ const CONFIG_HASH_HEX_LEN: usize = 16;
         name = "Injected",
         type_ = "integer",
         json_path = ".status.injectedPods",
-        description = "Running pods that carry this sidecar"
+        description = "Pending and Running pods that carry this sidecar"
     ),
     printcolumn(
         name = "Uninjected",
         type_ = "integer",
         json_path = ".status.uninjectedPods",
-        description = "Pods that ask for this sidecar but do not carry it"
+        description = "Pending and Running pods that ask for this sidecar and could carry it but do not"
     ),
     printcolumn(
         name = "Ready",
@@ -117,8 +121,10 @@ pub struct MetricsSidecarSpec {
 
     /// Restart the pods of this sidecar (by annotating the pod template of their Deployment,
     /// StatefulSet or DaemonSet) when a change needs new pods: image, resources, native mode,
-    /// multiprocess or Prometheus annotations. Changes of `config` alone never restart pods: the
-    /// sidecar reloads its ConfigMap.
+    /// multiprocess, Prometheus annotations or a listen address (the pod declares the ports, the
+    /// sidecar binds them only at start). Other changes of `config` never restart pods: the
+    /// sidecar reloads its ConfigMap. When false, such a change is reported in an Event naming
+    /// the pods to roll.
     #[serde(default)]
     pub restart_on_change: bool,
 
@@ -162,13 +168,15 @@ pub struct MetricsSidecarStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
-    /// Pods in the namespace that carry this sidecar.
+    /// Pending and Running pods in the namespace that carry this sidecar (Succeeded and Failed
+    /// pods are not counted).
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub injected_pods: i32,
 
-    /// Pods that ask for this sidecar but do not carry it (created while the webhook was
-    /// unavailable, or before this resource existed).
+    /// Pending and Running pods that ask for this sidecar but do not carry it (created while the
+    /// webhook was unavailable, or before this resource existed). Pods the webhook never injects
+    /// by rule (`hostNetwork`, their own `monasca-sidecar` container) are not counted.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub uninjected_pods: i32,
@@ -262,6 +270,15 @@ struct PodAffecting<'a> {
     /// Left out when false, so hashes of specs without it are unchanged.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     otlp_inject_env: bool,
+    /// The listeners: the pod declares their ports (probes, Services, discovery) and the sidecar
+    /// binds them only at start, so a change needs new pods. Left out at the defaults, so hashes
+    /// of specs that never moved a listener are unchanged.
+    #[serde(skip_serializing_if = "is_default_listen")]
+    listen: &'a monasca_config::Listen,
+}
+
+fn is_default_listen(listen: &&monasca_config::Listen) -> bool {
+    **listen == monasca_config::Listen::default()
 }
 
 impl MetricsSidecarSpec {
@@ -308,7 +325,45 @@ impl MetricsSidecarSpec {
             multiprocess: self.multiprocess,
             prometheus_annotations: self.prometheus_annotations,
             otlp_inject_env: self.otlp.inject_env,
+            listen: &self.config.listen,
         })?)
+    }
+}
+
+/// Longest label value (the name is the `monasca.openstack.org/sidecar` label's value).
+const MAX_LABEL_VALUE: usize = 63;
+/// Longest object name (the ConfigMap `<name>-monasca-sidecar`).
+const MAX_OBJECT_NAME: usize = 253;
+
+impl MetricsSidecar {
+    /// Everything the operator and the sidecar would refuse, checked once for both the webhook
+    /// (which then skips the pod) and the controller (which then reports `InvalidConfig`): a name
+    /// that cannot be a label value or name its ConfigMap, and [`SidecarConfig::validate`], the
+    /// sidecar's own check.
+    pub fn validate(&self) -> Result<()> {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        let bad = |reason| {
+            Err(Error::Name {
+                name: name.to_string(),
+                reason,
+            })
+        };
+        if name.is_empty() || name.len() > MAX_LABEL_VALUE {
+            return bad("must be 1 to 63 characters (it is a label value)");
+        }
+        if config_map_name(name).len() > MAX_OBJECT_NAME {
+            return bad("too long for its ConfigMap name");
+        }
+        let label_value = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !label_value {
+            return bad("is not a valid label value");
+        }
+        self.spec.config.validate()?;
+        Ok(())
     }
 }
 

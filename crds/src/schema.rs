@@ -10,8 +10,24 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
 /// `SocketAddr` syntax: an IPv4 or bracketed IPv6 literal and a port (no host names: the
-/// sidecar binds, it does not resolve).
-const SOCKET_ADDR: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$";
+/// sidecar binds, it does not resolve). Octets 0-255 without leading zeros and ports 0-65535, so that every match parses as a
+/// `SocketAddr` (a property test checks it); IPv6 literals are checked by the same test for the
+/// forms written in practice (`[::]`, `[::1]`, full and compressed).
+pub const SOCKET_ADDR: &str = concat!(
+    r"^(((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+    r"|\[(",
+    r"([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}",
+    r"|([0-9a-fA-F]{1,4}:){1,7}:",
+    r"|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}",
+    r"|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}",
+    r"|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}",
+    r"|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}",
+    r"|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}",
+    r"|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}",
+    r"|:((:[0-9a-fA-F]{1,4}){1,7}|:)",
+    r")\]):",
+    r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)$",
+);
 /// A Prometheus label name.
 const LABEL_NAME: &str = r"^[a-zA-Z_][a-zA-Z0-9_]*$";
 /// `host:port`, `host:first-last` or `unix:/absolute/path` (see `ScrapeTarget::parse`).

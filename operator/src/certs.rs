@@ -411,7 +411,7 @@ pub fn webhook_configuration(
             rules: Some(vec![RuleWithOperations {
                 api_groups: Some(vec![String::new()]),
                 api_versions: Some(vec!["v1".into()]),
-                operations: Some(vec!["CREATE".into()]),
+                operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
                 resources: Some(vec!["pods".into()]),
                 scope: Some("Namespaced".into()),
             }]),

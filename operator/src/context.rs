@@ -21,8 +21,9 @@ pub struct Context {
     pub sidecars: Store<MetricsSidecar>,
     /// Every Namespace's metadata (for the namespace-wide `inject` annotation).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// Every Pod's metadata (counting injected and uninjected pods).
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Every Pod, slimmed to what counting needs (metadata, phase, `hostNetwork`, container
+    /// names: see [`crate::controller::status::slim`]).
+    pub pods: Store<Pod>,
     /// Injected pods (label `monasca.openstack.org/sidecar`), slimmed to metadata, phase and IP
     /// (discovery needs the IP, which metadata-only watches do not carry).
     pub injected_pods: Store<Pod>,
@@ -61,11 +62,7 @@ impl Context {
     }
 
     /// Adds the pod stores; readiness then also waits for them.
-    pub fn with_pods(
-        mut self,
-        pods: Store<PartialObjectMeta<Pod>>,
-        injected_pods: Store<Pod>,
-    ) -> Context {
+    pub fn with_pods(mut self, pods: Store<Pod>, injected_pods: Store<Pod>) -> Context {
         self.pods = pods;
         self.injected_pods = injected_pods;
         self.pods_synced = AtomicBool::new(false);
@@ -99,8 +96,8 @@ impl Context {
         self.certs.get().is_none_or(|c| c.is_loaded())
     }
 
-    /// The metadata of the pods of one namespace.
-    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<PartialObjectMeta<Pod>>> {
+    /// The (slimmed) pods of one namespace.
+    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
         self.pods
             .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
     }

@@ -3,10 +3,11 @@
 //! finds all sidecars cluster-wide from one URL, without kubernetes_sd relabeling recipes.
 //!
 //! Pure: built from the in-memory store of injected pods (watched by label, with only the
-//! metadata and IP kept) and the `MetricsSidecar`s (for a non-default metrics port).
+//! metadata, IP and the sidecar container's ports kept); the port is the one the pod declares,
+//! so a `MetricsSidecar` moved to another port never points Prometheus at pods still on the old.
 
-use k8s_openapi::api::core::v1::Pod;
-use monasca_crds::{DEFAULT_METRICS_PORT, LABEL_SIDECAR, MetricsSidecar};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use monasca_crds::{DEFAULT_METRICS_PORT, LABEL_SIDECAR, MetricsSidecar, SIDECAR_CONTAINER_NAME};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -40,8 +41,13 @@ pub fn sanitize(key: &str) -> String {
     out
 }
 
-/// The metrics port the named sidecar listens on (its `listen.metrics`, else 9102).
-fn metrics_port(sidecars: &[Arc<MetricsSidecar>], namespace: &str, name: &str) -> u16 {
+/// The port to scrape: the one the pod's sidecar container declares (what runs there, even
+/// after its `MetricsSidecar` moved to another port), else the named sidecar's
+/// `listen.metrics` (pods injected before ports were declared), else 9102.
+fn metrics_port(pod: &Pod, sidecars: &[Arc<MetricsSidecar>], namespace: &str, name: &str) -> u16 {
+    if let Some(port) = crate::inject::declared_metrics_port(pod) {
+        return port;
+    }
     sidecars
         .iter()
         .find(|s| {
@@ -67,7 +73,7 @@ pub fn targets(pods: &[Arc<Pod>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<Targe
             }
             let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
             let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-            let port = metrics_port(sidecars, &namespace, sidecar);
+            let port = metrics_port(pod, sidecars, &namespace, sidecar);
             let mut out = BTreeMap::from([
                 ("namespace".to_string(), namespace),
                 (
@@ -99,10 +105,28 @@ pub fn render(pods: &[Arc<Pod>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<u8> {
     serde_json::to_vec(&targets(pods, sidecars)).unwrap_or_else(|_| b"[]".to_vec())
 }
 
-/// Keeps only what discovery and counting need of a pod, so a cluster-wide store stays small.
+/// Keeps only what discovery and counting need of a pod, so a cluster-wide store stays small:
+/// metadata, phase, IP, and the `monasca-sidecar` container's name and ports.
 pub fn slim(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
-    pod.spec = None;
+    pod.spec = pod.spec.take().map(|spec| {
+        let keep = |containers: Vec<Container>| -> Vec<Container> {
+            containers
+                .into_iter()
+                .filter(|c| c.name == SIDECAR_CONTAINER_NAME)
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Container::default()
+                })
+                .collect()
+        };
+        PodSpec {
+            containers: keep(spec.containers),
+            init_containers: spec.init_containers.map(keep),
+            ..PodSpec::default()
+        }
+    });
     pod.status = pod
         .status
         .take()
@@ -198,6 +222,41 @@ mod tests {
         )];
         let groups = targets(&pods, &[Arc::new(sidecar)]);
         assert_eq!(groups[0].targets, vec!["10.1.2.3:9200".to_string()]);
+    }
+
+    #[test]
+    fn the_port_the_pod_declares_wins_over_the_sidecars_current_config() {
+        let mut sidecar = MetricsSidecar::new("custom", Default::default());
+        sidecar.metadata.namespace = Some("monasca".into());
+        sidecar.spec.config.listen.metrics = "0.0.0.0:9300".into();
+        let mut injected: Pod = (*pod(
+            "old",
+            &[(LABEL_SIDECAR, "custom")],
+            Some("10.1.2.3"),
+            "Running",
+        ))
+        .clone();
+        injected.spec = Some(
+            serde_json::from_value(json!({"containers": [
+                {"name": "app", "ports": [{"name": "sidecar-metrics", "containerPort": 8000}]},
+                {"name": "monasca-sidecar", "image": "x", "args": ["--config", "y"],
+                 "ports": [{"name": "sidecar-metrics", "containerPort": 9102}]},
+            ]}))
+            .expect("spec"),
+        );
+        slim(&mut injected);
+        let spec = injected
+            .spec
+            .as_ref()
+            .expect("the sidecar's ports are kept");
+        assert_eq!(
+            spec.containers.len(),
+            1,
+            "only the sidecar container is kept"
+        );
+        assert_eq!(spec.containers[0].image, None, "only its name and ports");
+        let groups = targets(&[Arc::new(injected)], &[Arc::new(sidecar)]);
+        assert_eq!(groups[0].targets, vec!["10.1.2.3:9102".to_string()]);
     }
 
     #[test]

@@ -129,8 +129,9 @@ async fn main() -> Result<()> {
     let client = client(args.kubeconfig.as_deref()).await?;
     // Fail fast, with a clear message, when the CRD is missing (instead of a watch that retries
     // forever and a webhook that never becomes ready).
+    // Metadata only: one MetricsSidecar that does not parse must not stop the operator.
     match Api::<MetricsSidecar>::all(client.clone())
-        .list(&ListParams::default().limit(1))
+        .list_metadata(&ListParams::default().limit(1))
         .await
     {
         Ok(_) => {}
@@ -244,20 +245,39 @@ async fn main() -> Result<()> {
     };
     tracing::info!("shutting down: draining in-flight admissions");
     let _ = stop_tx.send(true);
-    if let Some(result) = lease_result {
-        // The Lease task ended on its own: exit non-zero so Kubernetes restarts the pod.
-        let _ = webhook_task.await;
-        result.context("lease task")??;
-        anyhow::bail!("the leader-election task ended unexpectedly");
+    let finish = async {
+        if let Some(result) = lease_result {
+            // The Lease task ended on its own: exit non-zero so Kubernetes restarts the pod.
+            let _ = webhook_task.await;
+            result.context("lease task")??;
+            anyhow::bail!("the leader-election task ended unexpectedly");
+        }
+        webhook_task.await.context("webhook task")??;
+        admin_task.await.context("admin task")?;
+        controller_task.await.context("controller task")?;
+        if let Some(result) = lease_died.await {
+            result.context("lease task")??;
+        }
+        Ok(())
+    };
+    // Whatever a task is doing (a reconcile waiting on the apiserver, a watch retrying), the
+    // process ends within the deadline: a rollout of the operator never waits for the kill.
+    match tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                deadline = ?SHUTDOWN_DEADLINE,
+                "shutdown: tasks still running at the deadline; exiting without them"
+            );
+            // Not a return: dropping the runtime would wait for any blocking task still running.
+            std::process::exit(0);
+        }
     }
-    webhook_task.await.context("webhook task")??;
-    admin_task.await.context("admin task")?;
-    controller_task.await.context("controller task")?;
-    if let Some(result) = lease_died.await {
-        result.context("lease task")??;
-    }
-    Ok(())
 }
+
+/// How long the tasks get to finish after the stop signal (well within Kubernetes' default
+/// 30 s grace period).
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// This replica's Lease identity: the pod name in-cluster, else host and process.
 fn identity() -> String {

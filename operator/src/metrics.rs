@@ -172,6 +172,8 @@ pub struct Metrics {
     reconciles: [AtomicU64; ReconcileResult::ALL.len()],
     reconcile_errors: [AtomicU64; ErrorReason::ALL.len()],
     reconcile_duration: Histogram,
+    /// `namespace/name` of the MetricsSidecars that do not parse (a set, so the gauge is exact).
+    malformed: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Metrics {
@@ -184,6 +186,7 @@ impl Default for Metrics {
             reconciles: std::array::from_fn(|_| AtomicU64::new(0)),
             reconcile_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             reconcile_duration: Histogram::new(&RECONCILE_BUCKETS),
+            malformed: std::sync::Mutex::default(),
         }
     }
 }
@@ -223,6 +226,27 @@ impl Metrics {
     /// Counts the reason of one failed reconcile.
     pub fn reconcile_error(&self, reason: ErrorReason) {
         self.reconcile_errors[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records whether the MetricsSidecar `key` (`namespace/name`) is malformed (does not parse).
+    pub fn set_malformed(&self, key: String, malformed: bool) {
+        let mut set = self
+            .malformed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if malformed {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    /// How many MetricsSidecars do not parse now.
+    pub fn malformed(&self) -> usize {
+        self.malformed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Reconciles counted with `result` so far.
@@ -340,6 +364,16 @@ impl Metrics {
         );
         self.reconcile_duration
             .render(&mut out, "monasca_operator_reconcile_duration_seconds");
+        let _ = writeln!(
+            out,
+            "# HELP monasca_operator_malformed_objects MetricsSidecars stored in the cluster that the operator cannot read (reported in their status and Events)."
+        );
+        let _ = writeln!(out, "# TYPE monasca_operator_malformed_objects gauge");
+        let _ = writeln!(
+            out,
+            "monasca_operator_malformed_objects{{kind=\"MetricsSidecar\"}} {}",
+            self.malformed()
+        );
         if let Some(g) = gauges {
             for (name, help, value) in [
                 (

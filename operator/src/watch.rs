@@ -7,6 +7,7 @@
 
 use crate::inject::Settings;
 use crate::leader::Leadership;
+use crate::metrics::Metrics;
 use crate::{Context, discovery};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -33,6 +34,35 @@ fn tombstone(invalid: InvalidObject) -> MetricsSidecar {
     );
     tombstone.metadata = invalid.metadata;
     tombstone
+}
+
+/// `namespace/name` of an object, for the malformed-objects gauge.
+fn key(meta: &kube::api::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Records in the malformed-objects gauge whether each object of `event` parses.
+fn count_malformed(metrics: &Metrics, event: &watcher::Event<DeserializeGuard<MetricsSidecar>>) {
+    use watcher::Event;
+    match event {
+        Event::Apply(DeserializeGuard(parsed)) | Event::InitApply(DeserializeGuard(parsed)) => {
+            match parsed {
+                Ok(sidecar) => metrics.set_malformed(key(&sidecar.metadata), false),
+                Err(invalid) => metrics.set_malformed(key(&invalid.metadata), true),
+            }
+        }
+        Event::Delete(DeserializeGuard(Ok(sidecar))) => {
+            metrics.set_malformed(key(&sidecar.metadata), false)
+        }
+        Event::Delete(DeserializeGuard(Err(invalid))) => {
+            metrics.set_malformed(key(&invalid.metadata), false)
+        }
+        Event::Init | Event::InitDone => {}
+    }
 }
 
 /// Turns guarded events into plain ones: invalid objects become deletions.
@@ -74,7 +104,7 @@ where
 pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<Context> {
     let mut sidecar_writer: Writer<MetricsSidecar> = Writer::default();
     let namespace_writer: Writer<PartialObjectMeta<Namespace>> = Writer::default();
-    let pod_writer: Writer<PartialObjectMeta<Pod>> = Writer::default();
+    let pod_writer: Writer<Pod> = Writer::default();
     let injected_writer: Writer<Pod> = Writer::default();
     let ctx = Arc::new(
         Context::new(
@@ -86,6 +116,7 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
         .with_leadership(leadership),
     );
 
+    let metrics = ctx.metrics.clone();
     let sidecars = watcher(
         Api::<DeserializeGuard<MetricsSidecar>>::all(client.clone()),
         watcher::Config::default(),
@@ -93,6 +124,7 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
     .default_backoff()
     .map(move |item| {
         item.map(|event| {
+            count_malformed(&metrics, &event);
             if let Some(event) = unguard(event) {
                 sidecar_writer.apply_watcher_event(&event);
             }
@@ -111,14 +143,15 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
         "Namespace",
     ));
 
-    // Every pod's metadata, for the controller's counts. Metadata only: a pod's spec is most of
-    // its size and the controller needs only labels, annotations and owners.
+    // Every pod, for the controller's counts, slimmed as it arrives: a pod's spec is most of its
+    // size and the controller needs only metadata, the phase (only Pending and Running pods
+    // count) and what the webhook's skip rules read (hostNetwork, container names).
     let pods = watcher(
-        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        Api::<Pod>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(|pod| pod.metadata.managed_fields = None);
+    .modify(crate::controller::status::slim);
     tokio::spawn(drive(reflector::reflector(pod_writer, pods), "Pod"));
 
     // Injected pods in full (discovery needs their IP), slimmed down to what it reads.

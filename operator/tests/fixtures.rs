@@ -205,7 +205,9 @@ fn dry_run_gets_the_same_patch() {
 
 #[test]
 fn named_sidecar_with_multiprocess_native_sidecar_and_prometheus_annotations() {
-    let cluster = Cluster::fixtures();
+    // The recorded review, answered as on a server with native sidecars (1.29+); on the
+    // recording 1.24 server `always` falls back (the next test).
+    let cluster = Cluster::fixtures_on(monasca_operator::inject::ServerVersion::NATIVE_SIDECARS);
     let (answer, original, patched) = run(&cluster, PERSISTER);
     let patch = answer.patch.as_ref().expect("a patch");
     assert_eq!(
@@ -421,6 +423,38 @@ fn only_sidecar_in_namespace_serves_inject_true() {
     assert_eq!(
         patched["metadata"]["annotations"]["monasca.openstack.org/injected"],
         "persister-workers"
+    );
+}
+
+#[test]
+fn native_sidecar_always_falls_back_to_a_regular_container_on_an_older_server() {
+    // The fixtures' 1.24 apiserver refuses an init container with probes: `always` there must
+    // not produce a pod the apiserver rejects.
+    let cluster = Cluster::fixtures();
+    let (answer, _, patched) = run(&cluster, PERSISTER);
+    let ops = ops(answer.patch.as_ref().expect("still injected"));
+    assert!(
+        ops.contains(&("add".into(), "/spec/containers/-".into())),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.iter()
+            .any(|(_, path)| path.starts_with("/spec/initContainers")),
+        "{ops:?}"
+    );
+    let sidecar = patched["spec"]["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "monasca-sidecar"))
+        .expect("a regular sidecar container");
+    assert!(sidecar.get("restartPolicy").is_none());
+    assert!(sidecar.get("startupProbe").is_none());
+    assert!(
+        answer
+            .warnings
+            .iter()
+            .any(|w| w.contains("nativeSidecar: always") && w.contains("1.24")),
+        "{:?}",
+        answer.warnings
     );
 }
 

@@ -8,6 +8,16 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(std::time::Duration);
 
+/// The most nanoseconds one component may add (beyond it, `f64` loses the integer part).
+const MAX_NANOS: f64 = 1.8e28;
+
+/// The CRD pattern of a duration: bounded components so that every accepted string parses
+/// (see [`Duration::parse`]; a property test in the operator checks the two agree).
+pub const DURATION_PATTERN: &str =
+    "^([0-9]{1,12}(\\.[0-9]{1,9})?(ns|us|ms|s|m|h|d))+$|^[0-9]{1,18}$";
+/// Longest duration string the CRD admits (keeps the sum of components in range).
+pub const DURATION_MAX_LENGTH: u64 = 64;
+
 /// Why a duration did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration {0:?}: expected e.g. 500ms, 30s, 5m, 1h30m")]
@@ -66,13 +76,17 @@ impl Duration {
             };
             rest = &rest[unit_len..];
             let ns = number * scale;
-            if !ns.is_finite() || ns > 1e20 {
+            if !ns.is_finite() || ns > MAX_NANOS {
                 return Err(err());
             }
             total_ns += ns as u128;
         }
-        let total_ns = u64::try_from(total_ns).map_err(|_| err())?;
-        Ok(Duration(std::time::Duration::from_nanos(total_ns)))
+        // Up to `std::time::Duration`'s own range (u64 seconds): every string the CRD schema's
+        // pattern admits parses (`300000d` once passed the schema but not this parser, which
+        // made the whole MetricsSidecar unreadable).
+        let secs = u64::try_from(total_ns / 1_000_000_000).map_err(|_| err())?;
+        let nanos = u32::try_from(total_ns % 1_000_000_000).map_err(|_| err())?;
+        Ok(Duration(std::time::Duration::new(secs, nanos)))
     }
 }
 
@@ -139,7 +153,8 @@ impl JsonSchema for Duration {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": "^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h|d))+$|^[0-9]+$",
+            "pattern": DURATION_PATTERN,
+            "maxLength": DURATION_MAX_LENGTH,
             "description": "A duration such as 500ms, 30s, 5m or 1h30m."
         })
     }

@@ -5,7 +5,7 @@
 
 mod duration;
 
-pub use duration::{Duration, DurationError};
+pub use duration::{DURATION_MAX_LENGTH, DURATION_PATTERN, Duration, DurationError};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -473,6 +473,7 @@ impl SidecarConfig {
             addr.parse::<SocketAddr>()
                 .map_err(|e| ConfigError::invalid(field, format!("{addr:?}: {e}")))?;
         }
+        self.check_listeners_apart()?;
         for (field, d) in [
             ("staleAfter", self.stale_after),
             ("forgetAfter", self.forget_after),
@@ -552,6 +553,57 @@ impl SidecarConfig {
         }
         Ok(())
     }
+}
+
+impl SidecarConfig {
+    /// The TCP listeners the sidecar binds, by field name (ingest always; OTLP and StatsD-over-TCP
+    /// only when enabled). Addresses that do not parse are left out (reported elsewhere).
+    fn tcp_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let listen = &self.listen;
+        let mut out = vec![
+            ("listen.metrics", listen.metrics.as_str()),
+            ("listen.ingest", listen.ingest.as_str()),
+        ];
+        if self.otlp.enabled {
+            out.push(("listen.otlp", listen.otlp.as_str()));
+        }
+        if self.statsd.enabled && self.statsd.tcp {
+            out.push(("listen.statsd", listen.statsd.as_str()));
+        }
+        out.into_iter()
+            .filter_map(|(field, addr)| addr.parse().ok().map(|a| (field, a)))
+            .collect()
+    }
+
+    /// Two TCP listeners on one port whose addresses overlap (equal, or one is a wildcard that
+    /// covers the other) cannot both bind: the sidecar would exit at start. Port 0 (any free
+    /// port) never collides.
+    fn check_listeners_apart(&self) -> Result<(), ConfigError> {
+        let listeners = self.tcp_listeners();
+        for (i, (field, a)) in listeners.iter().enumerate() {
+            for (other, b) in &listeners[i + 1..] {
+                if a.port() != 0 && a.port() == b.port() && overlap(a.ip(), b.ip()) {
+                    return Err(ConfigError::invalid(
+                        *other,
+                        format!(
+                            "{b} uses port {} like {field} ({a}): both cannot bind",
+                            b.port()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether binding `a` and `b` on one port collide: the same address, or a wildcard covering the
+/// other (`0.0.0.0` covers IPv4; `[::]` is dual-stack on Linux and covers both).
+fn overlap(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a == b || covers(a, b) || covers(b, a)
 }
 
 /// A parsed scrape target specification.

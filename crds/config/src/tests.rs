@@ -169,3 +169,54 @@ proptest::proptest! {
         let _ = SidecarConfig::from_yaml(&s);
     }
 }
+
+#[test]
+fn listeners_sharing_a_port_on_overlapping_addresses_are_refused() {
+    let refused = |metrics: &str, ingest: &str| {
+        let mut c = SidecarConfig::default();
+        c.listen.metrics = metrics.into();
+        c.listen.ingest = ingest.into();
+        match c.validate() {
+            Err(ConfigError::Invalid { field, reason }) => {
+                assert_eq!(field, "listen.ingest", "{reason}");
+                assert!(reason.contains("both cannot bind"), "{reason}");
+                true
+            }
+            Ok(()) => false,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    };
+    // The case: same port, the wildcard covers the other address.
+    assert!(refused("0.0.0.0:9102", "127.0.0.1:9102"));
+    assert!(refused("127.0.0.1:9300", "127.0.0.1:9300"));
+    assert!(refused("[::]:9102", "127.0.0.1:9102"));
+    // Apart: other ports, two distinct addresses, or any free port.
+    assert!(!refused("0.0.0.0:9102", "127.0.0.1:9091"));
+    assert!(!refused("127.0.0.1:9102", "127.0.0.2:9102"));
+    assert!(!refused("127.0.0.1:0", "127.0.0.1:0"));
+    assert!(!refused("0.0.0.0:9102", "[::1]:9102"));
+}
+
+#[test]
+fn disabled_listeners_do_not_collide() {
+    let mut c = SidecarConfig::default();
+    c.listen.otlp = "0.0.0.0:9102".into();
+    assert!(c.validate().is_err(), "OTLP on the metrics port");
+    c.otlp.enabled = false;
+    c.validate()
+        .expect("a disabled OTLP receiver binds nothing");
+    c.listen.statsd = "0.0.0.0:9102".into();
+    assert!(c.validate().is_err(), "StatsD over TCP on the metrics port");
+    c.statsd.tcp = false;
+    c.validate()
+        .expect("StatsD over UDP only does not collide with TCP");
+}
+
+#[test]
+fn very_long_durations_parse_up_to_the_std_range() {
+    let d = Duration::parse("300000d").expect("300000 days parse");
+    assert_eq!(d.as_std().as_secs(), 300_000 * 86_400);
+    let back = Duration::parse(&d.to_string()).expect("written back");
+    assert_eq!(back, d);
+    assert!(Duration::parse("99999999999999999999999999999d").is_err());
+}

@@ -112,7 +112,7 @@ fn webhook_configuration_in_cluster_uses_the_service() {
     assert_eq!(hook["timeoutSeconds"], 5);
     assert_eq!(
         hook["rules"][0]["operations"],
-        serde_json::json!(["CREATE"])
+        serde_json::json!(["CREATE", "UPDATE"])
     );
     assert_eq!(hook["rules"][0]["resources"], serde_json::json!(["pods"]));
     assert_eq!(

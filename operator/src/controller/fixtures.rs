@@ -11,7 +11,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::core::PartialObjectMeta;
-use kube::core::metadata::PartialObjectMetaExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use kube::{Client, Resource};
@@ -45,13 +44,14 @@ pub fn sidecar(name: &str, spec: MetricsSidecarSpec) -> MetricsSidecar {
     sidecar
 }
 
-/// Pod metadata with labels, annotations and an optional controller owner `(kind, name)`.
+/// A Running pod (as the census store keeps it) with labels, annotations and an optional
+/// controller owner `(kind, name)`.
 pub fn pod(
     name: &str,
     labels: &[(&str, &str)],
     annotations: &[(&str, &str)],
     owner: Option<(&str, &str)>,
-) -> PartialObjectMeta<Pod> {
+) -> Pod {
     let map = |kv: &[(&str, &str)]| -> Option<BTreeMap<String, String>> {
         (!kv.is_empty()).then(|| {
             kv.iter()
@@ -59,7 +59,7 @@ pub fn pod(
                 .collect()
         })
     };
-    ObjectMeta {
+    let metadata = ObjectMeta {
         name: Some(name.into()),
         namespace: Some(NAMESPACE.into()),
         labels: map(labels),
@@ -75,8 +75,21 @@ pub fn pod(
             }]
         }),
         ..ObjectMeta::default()
+    };
+    Pod {
+        metadata,
+        spec: None,
+        status: Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        }),
     }
-    .into_response_partial()
+}
+
+/// `pod` in another phase.
+pub fn in_phase(mut pod: Pod, phase: &str) -> Pod {
+    pod.status.get_or_insert_default().phase = Some(phase.into());
+    pod
 }
 
 /// The owner reference the controller puts on what it creates.
@@ -206,7 +219,7 @@ pub struct Harness {
     pub ctx: Arc<Context>,
     pub verifier: Option<ApiServerVerifier>,
     sidecars: Writer<MetricsSidecar>,
-    pods: Writer<PartialObjectMeta<Pod>>,
+    pods: Writer<Pod>,
     _namespaces: Writer<PartialObjectMeta<Namespace>>,
 }
 
@@ -217,7 +230,7 @@ impl Harness {
         let client = Client::new(mock, "default");
         let sidecars: Writer<MetricsSidecar> = Writer::default();
         let namespaces: Writer<PartialObjectMeta<Namespace>> = Writer::default();
-        let pods: Writer<PartialObjectMeta<Pod>> = Writer::default();
+        let pods: Writer<Pod> = Writer::default();
         let injected: Writer<Pod> = Writer::default();
         let (tx, leadership) = Leadership::channel(leader);
         // The sender is not needed: leadership stays fixed for a test.
@@ -251,7 +264,7 @@ impl Harness {
         self
     }
 
-    pub fn with_pod(mut self, pod: PartialObjectMeta<Pod>) -> Harness {
+    pub fn with_pod(mut self, pod: Pod) -> Harness {
         self.pods.apply_watcher_event(&Event::Apply(pod));
         self
     }
@@ -271,7 +284,10 @@ impl Harness {
         let ctx = self.ctx.clone();
         let result = tokio::time::timeout(
             Duration::from_secs(5),
-            super::reconcile(Arc::new(sidecar), ctx.clone()),
+            super::reconcile(
+                Arc::new(kube::core::error_boundary::DeserializeGuard(Ok(sidecar))),
+                ctx.clone(),
+            ),
         )
         .await
         .expect("reconcile finished in time");

@@ -13,13 +13,15 @@ use crate::metrics::ReconcileResult;
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -28,7 +30,7 @@ use monasca_crds::{
     config_map_name,
 };
 use serde_json::json;
-use status::{ConfigState, Note, Observed, Reason};
+use status::{ConfigState, Note, Observed};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -46,25 +48,24 @@ const DEBOUNCE: Duration = Duration::from_secs(1);
 /// Error backoff: doubled per consecutive failure of one object, up to the resync interval.
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 
-/// What reconciles share (controller-rs' `Context`): the API client, the Event recorder, and
+/// What reconciles share (controller-rs' `Context`): the API client, the Event reporter, and
 /// the operator-wide state (stores, settings, leadership, metrics).
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub reporter: Reporter,
     pub shared: Arc<crate::Context>,
     /// Whether the `monitoring.coreos.com/v1` `PodMonitor` CRD is installed (checked at start).
     pub pod_monitors: bool,
     /// The clock (fixed in tests, so that request bodies are exact).
     pub now: fn() -> Timestamp,
-    failures: Mutex<HashMap<ObjectRef<MetricsSidecar>, u32>>,
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, shared: Arc<crate::Context>, pod_monitors: bool) -> Context {
-        let recorder = Recorder::new(client.clone(), reporter());
         Context {
             client,
-            recorder,
+            reporter: reporter(),
             shared,
             pod_monitors,
             now: Timestamp::now,
@@ -97,21 +98,41 @@ pub fn pod_monitor_resource() -> ApiResource {
     )
 }
 
+/// The controller's object: a `MetricsSidecar`, or what is left of one that does not parse
+/// (its metadata and the error), so one malformed object never stops the others' reconciles.
+pub type Guarded = DeserializeGuard<MetricsSidecar>;
+
+/// `namespace/name` of a guarded object (the failure counts' key).
+fn key_of(sidecar: &Guarded) -> String {
+    let meta = match &sidecar.0 {
+        Ok(s) => &s.metadata,
+        Err(invalid) => &invalid.metadata,
+    };
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// Reconciles one `MetricsSidecar`, counting the outcome.
-pub async fn reconcile(sidecar: Arc<MetricsSidecar>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(sidecar: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
     if !ctx.shared.leadership.is_leader() {
         // A follower keeps its caches warm and does nothing else; not counted as a reconcile.
         return Ok(Action::await_change());
     }
     let started = Instant::now();
-    let result = apply(&sidecar, &ctx).await;
+    let result = match &sidecar.0 {
+        Ok(parsed) => apply(parsed, &ctx).await,
+        Err(invalid) => report_malformed(invalid, &ctx).await,
+    };
     let metrics = &ctx.shared.metrics;
     match &result {
         Ok(_) => {
             ctx.failures
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&ObjectRef::from_obj(&*sidecar));
+                .remove(&key_of(&sidecar));
             metrics.reconciled(ReconcileResult::Ok, started.elapsed());
         }
         Err(Error::NotLeader) => {}
@@ -125,19 +146,19 @@ pub async fn reconcile(sidecar: Arc<MetricsSidecar>, ctx: Arc<Context>) -> Resul
 
 /// Requeues a failed object with exponential backoff (5 s doubling to 5 min); a follower's
 /// refusal to write waits for leadership instead.
-pub fn error_policy(sidecar: Arc<MetricsSidecar>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(sidecar: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     if matches!(error, Error::NotLeader) {
         return Action::await_change();
     }
+    let key = key_of(&sidecar);
     let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-    let n = failures.entry(ObjectRef::from_obj(&*sidecar)).or_insert(0);
+    let n = failures.entry(key.clone()).or_insert(0);
     *n = n.saturating_add(1);
     let delay = BACKOFF_MIN
         .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16)))
         .min(RESYNC);
     tracing::warn!(
-        namespace = sidecar.namespace().unwrap_or_default(),
-        name = sidecar.name_any(),
+        sidecar = key,
         error = %error,
         reason = error.reconcile_reason().label(),
         retry_in = ?delay,
@@ -168,11 +189,9 @@ async fn apply(sidecar: &MetricsSidecar, ctx: &Context) -> Result<Action> {
         .ok_or(Error::MissingField("metadata.uid"))?;
 
     let spec = &sidecar.spec;
-    let rendered = spec
-        .config
-        .validate()
-        .map_err(monasca_crds::Error::from)
-        .and_then(|()| spec.rendered_config());
+    // One check for the webhook and the controller (and the sidecar's own for `config`): what
+    // the webhook refuses to inject is exactly what is reported here as `InvalidConfig`.
+    let rendered = sidecar.validate().and_then(|()| spec.rendered_config());
     let hashes = spec
         .config_hash()
         .and_then(|full| spec.pod_template_hash().map(|template| (full, template)));
@@ -198,8 +217,14 @@ async fn apply(sidecar: &MetricsSidecar, ctx: &Context) -> Result<Action> {
     let config = match &rendered {
         Ok((yaml, (hash, template))) => {
             let census = status::census(sidecar, &observed, Some(hash));
-            if spec.restart_on_change {
-                roll_if_pod_shape_changed(ctx, sidecar, &namespace, template, &census).await?;
+            if let Some(stale) =
+                pod_shape_changed(ctx, sidecar, &namespace, template, &census).await?
+            {
+                if spec.restart_on_change {
+                    roll(ctx, sidecar, &namespace, template, &stale).await?;
+                } else {
+                    publish(ctx, sidecar, status::outdated_note(&stale)).await;
+                }
             }
             apply_config_map(ctx, &namespace, &name, &owner, yaml, hash, template).await?;
             if ctx.pod_monitors {
@@ -218,7 +243,9 @@ async fn apply(sidecar: &MetricsSidecar, ctx: &Context) -> Result<Action> {
     };
     let census = status::census(sidecar, &observed, hash);
     let now = Time((ctx.now)());
-    let new = status::status(sidecar, &census, config, &now);
+    let native =
+        crate::inject::native_sidecar(spec.native_sidecar, ctx.shared.settings.server_version);
+    let new = status::status(sidecar, &census, config, native, &now);
     if sidecar.status.as_ref() != Some(&new) {
         patch_status(ctx, &namespace, &name, &new).await?;
     }
@@ -230,6 +257,39 @@ async fn apply(sidecar: &MetricsSidecar, ctx: &Context) -> Result<Action> {
         // Nothing to retry until the spec changes.
         ConfigState::Invalid { .. } => Action::await_change(),
     })
+}
+
+/// A `MetricsSidecar` that does not parse (stored before a schema change, or with a value the
+/// schema admits and the parser refuses): reported in its status (`Ready=False`, `Malformed`),
+/// an Event and the `monasca_operator_malformed_objects` gauge; nothing else is touched. The
+/// webhook skips pods that ask for it (`unknown_sidecar`: its store drops the object).
+async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Action> {
+    let namespace = invalid
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = invalid
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    tracing::warn!(%namespace, %name, error = %invalid.error, "a MetricsSidecar does not parse");
+    let now = Time((ctx.now)());
+    let new = status::malformed_status(&invalid.error, invalid.metadata.generation, &now);
+    patch_status(ctx, &namespace, &name, &new).await?;
+    let regarding = ObjectReference {
+        api_version: Some(MetricsSidecar::api_version(&()).into()),
+        kind: Some(MetricsSidecar::kind(&()).into()),
+        name: Some(name),
+        namespace: Some(namespace),
+        uid: invalid.metadata.uid.clone(),
+        resource_version: invalid.metadata.resource_version.clone(),
+        ..ObjectReference::default()
+    };
+    publish_to(ctx, regarding, status::malformed_note(&invalid.error)).await;
+    // Retried only when the object changes (or leadership moves): nothing else can fix it.
+    Ok(Action::await_change())
 }
 
 /// The ConfigMap mounted by every injected pod, server-side applied.
@@ -308,20 +368,62 @@ async fn patch_status(
 /// Events are best effort: a failure is logged, never fails the reconcile (the status already
 /// says the same).
 async fn publish(ctx: &Context, sidecar: &MetricsSidecar, note: Note) {
+    publish_to(ctx, sidecar.object_ref(&()), note).await;
+}
+
+/// Creates one `events.k8s.io/v1` Event per note. Not kube's `Recorder`: it folds every Event of
+/// one reason into a series that keeps the *first* message ("1 pod carries the sidecar (was 0)"
+/// with count 3), while each change here has its own message.
+async fn publish_to(ctx: &Context, regarding: ObjectReference, note: Note) {
     if ctx.writable().is_err() {
         return;
     }
-    let event = Event {
-        type_: note.type_,
-        reason: note.reason.as_str().into(),
+    let now = (ctx.now)();
+    let namespace = regarding.namespace.clone().unwrap_or_default();
+    let base = regarding.name.clone().unwrap_or_default();
+    let event = K8sEvent {
+        metadata: ObjectMeta {
+            // Unique per Event, like kubectl's: `<object>.<hex nanoseconds>` (plus a counter, as
+            // one reconcile may publish twice within the fixed test clock's nanosecond).
+            name: Some(format!(
+                "{base}.{:x}{:x}",
+                now.as_nanosecond(),
+                EVENT_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )),
+            namespace: Some(namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(now)),
+        action: Some(note.action.into()),
+        reason: Some(note.reason.as_str().into()),
         note: Some(note.note),
-        action: note.action.into(),
-        secondary: None,
+        regarding: Some(regarding),
+        reporting_controller: Some(ctx.reporter.controller.clone()),
+        reporting_instance: Some(
+            ctx.reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| ctx.reporter.controller.clone()),
+        ),
+        type_: Some(
+            match note.type_ {
+                kube::runtime::events::EventType::Normal => "Normal",
+                kube::runtime::events::EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        ..K8sEvent::default()
     };
-    if let Err(e) = ctx.recorder.publish(&event, &sidecar.object_ref(&())).await {
+    if let Err(e) = Api::<K8sEvent>::namespaced(ctx.client.clone(), &namespace)
+        .create(&PostParams::default(), &event)
+        .await
+    {
         tracing::warn!(error = %e, reason = note.reason.as_str(), "cannot publish an Event");
     }
 }
+
+/// Makes Event names unique within one process.
+static EVENT_SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A workload whose pod template the controller annotates to roll it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -339,18 +441,18 @@ fn controller_of(meta: &kube::api::ObjectMeta) -> Option<&OwnerReference> {
         .find(|o| o.controller == Some(true))
 }
 
-/// Rolls the workloads of out-of-date pods when the pod-shaping fields changed since the
-/// ConfigMap was last written (`restartOnChange`). Config-only changes never roll: the
-/// ConfigMap update reaches the running sidecars.
-async fn roll_if_pod_shape_changed(
+/// The injected pods made for an older pod shape, when the pod-shaping fields (image, resources,
+/// listen addresses...) changed since the ConfigMap was last written: `None` when nothing
+/// changed. Config-only changes never count: the ConfigMap update reaches the running sidecars.
+async fn pod_shape_changed(
     ctx: &Context,
     sidecar: &MetricsSidecar,
     namespace: &str,
     template_hash: &str,
     census: &status::PodCensus,
-) -> Result<()> {
+) -> Result<Option<Vec<Arc<Pod>>>> {
     if census.outdated.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let previous = config_maps
@@ -362,9 +464,22 @@ async fn roll_if_pod_shape_changed(
         .and_then(|a| a.get(ANNOTATION_POD_TEMPLATE_HASH));
     // No previous ConfigMap: the pods were made for this very spec or by hand; nothing to roll.
     if previous.is_none_or(|p| p == template_hash) {
-        return Ok(());
+        return Ok(None);
     }
-    let workloads = owning_workloads(ctx, namespace, &census.outdated).await?;
+    Ok(Some(census.outdated.clone()))
+}
+
+/// Rolls the workloads of `stale` pods (`restartOnChange`), then says so in one Event naming
+/// every workload restarted.
+async fn roll(
+    ctx: &Context,
+    sidecar: &MetricsSidecar,
+    namespace: &str,
+    template_hash: &str,
+    stale: &[Arc<Pod>],
+) -> Result<()> {
+    let workloads = owning_workloads(ctx, namespace, stale).await?;
+    let mut restarted = Vec::new();
     for workload in &workloads {
         ctx.writable()?;
         let patch = json!({"spec": {"template": {"metadata": {"annotations": {
@@ -397,20 +512,25 @@ async fn roll_if_pod_shape_changed(
             .await
             .map(drop),
         };
-        result?;
+        if let Err(e) = result {
+            // Say what was restarted before failing on the rest.
+            if !restarted.is_empty() {
+                publish(
+                    ctx,
+                    sidecar,
+                    status::rollout_note(&restarted, template_hash),
+                )
+                .await;
+            }
+            return Err(e.into());
+        }
+        restarted.push(workload.clone());
+    }
+    if !restarted.is_empty() {
         publish(
             ctx,
             sidecar,
-            Note {
-                type_: kube::runtime::events::EventType::Normal,
-                reason: Reason::RolloutTriggered,
-                action: "Rollout",
-                note: format!(
-                    "restarting {} {} for pod template {template_hash} (restartOnChange)",
-                    workload.plural.trim_end_matches('s'),
-                    workload.name
-                ),
-            },
+            status::rollout_note(&restarted, template_hash),
         )
         .await;
     }
@@ -422,7 +542,7 @@ async fn roll_if_pod_shape_changed(
 async fn owning_workloads(
     ctx: &Context,
     namespace: &str,
-    pods: &[Arc<PartialObjectMeta<Pod>>],
+    pods: &[Arc<Pod>],
 ) -> Result<BTreeSet<Workload>> {
     let mut workloads = BTreeSet::new();
     let mut replica_sets = BTreeSet::new();
@@ -519,12 +639,12 @@ async fn reconcile_pod_monitor(
 fn sidecars_of_pod(
     shared: &crate::Context,
     pod: &PartialObjectMeta<Pod>,
-) -> Vec<ObjectRef<MetricsSidecar>> {
+) -> Vec<ObjectRef<Guarded>> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     shared
         .sidecars_in(namespace)
         .iter()
-        .map(|s| ObjectRef::from_obj(&**s))
+        .map(|s| ObjectRef::new(&s.name_any()).within(namespace))
         .collect()
 }
 
@@ -532,8 +652,9 @@ fn sidecars_of_pod(
 ///
 /// Known cost: the pod trigger below is a second metadata-only pod watch beside the one that
 /// feeds [`crate::Context::pods`] (kube's stable API cannot share one stream between a store
-/// and a controller; `unstable-runtime-subscribe` can). And unlike the webhook's store, the
-/// controller's own `MetricsSidecar` watch does not skip objects that fail to parse.
+/// and a controller; `unstable-runtime-subscribe` can). The `MetricsSidecar` watch is guarded
+/// ([`Guarded`]): an object that does not parse is reconciled as such (reported), never a
+/// failed relist that would stop every other object's reconciles.
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -542,7 +663,7 @@ pub async fn run(
     let shared = ctx.shared.clone();
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     Controller::new(
-        Api::<MetricsSidecar>::all(client.clone()),
+        Api::<Guarded>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .owns(Api::<ConfigMap>::all(client.clone()), managed)

@@ -2,11 +2,11 @@
 //! namespace's annotations, the namespace's sidecars): no I/O and no clock, so tests feed
 //! objects in and compare the status out.
 
-use crate::inject::{Settings, requested_sidecar};
-use k8s_openapi::api::core::v1::Pod;
+use super::Workload;
+use crate::inject::{Native, Settings, native_fallback_note, requested_sidecar, skipped_by_rule};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use kube::core::PartialObjectMeta;
 use kube::runtime::events::EventType;
 use monasca_crds::{ANNOTATION_CONFIG_HASH, LABEL_SIDECAR, MetricsSidecar, MetricsSidecarStatus};
 use std::collections::BTreeMap;
@@ -15,6 +15,8 @@ use std::sync::Arc;
 /// Condition types.
 pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
+/// Present only when `nativeSidecar: always` cannot be honoured (status False).
+pub const NATIVE_SIDECAR: &str = "NativeSidecar";
 
 /// Condition and event reasons: a fixed set, so alerts and scripts can match on them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +33,14 @@ pub enum Reason {
     InjectedPodsChanged,
     /// Event: pods were rolled to pick up a pod-shaping change (`restartOnChange`).
     RolloutTriggered,
+    /// Event: a pod-shaping change (image, listen ports...) left pods on the old shape, and
+    /// `restartOnChange` is off.
+    PodsOutdated,
+    /// Not ready: the object does not parse (stored before a schema change, or a value the
+    /// schema admits and the parser refuses).
+    Malformed,
+    /// `nativeSidecar: always` on a server without native sidecars: regular containers instead.
+    NativeSidecarUnsupported,
 }
 
 impl Reason {
@@ -42,6 +52,9 @@ impl Reason {
             Reason::AllPodsInjected => "AllPodsInjected",
             Reason::InjectedPodsChanged => "InjectedPodsChanged",
             Reason::RolloutTriggered => "RolloutTriggered",
+            Reason::PodsOutdated => "PodsOutdated",
+            Reason::Malformed => "Malformed",
+            Reason::NativeSidecarUnsupported => "NativeSidecarUnsupported",
         }
     }
 }
@@ -49,8 +62,8 @@ impl Reason {
 /// What the controller sees of the sidecar's namespace.
 #[derive(Clone, Copy, Debug)]
 pub struct Observed<'a> {
-    /// Metadata of the namespace's pods.
-    pub pods: &'a [Arc<PartialObjectMeta<Pod>>],
+    /// The namespace's pods, slimmed by [`slim`].
+    pub pods: &'a [Arc<Pod>],
     /// The namespace's annotations (for a namespace-wide `inject`).
     pub namespace_annotations: Option<&'a BTreeMap<String, String>>,
     /// The namespace's `MetricsSidecar`s (which one `inject: "true"` means depends on them).
@@ -61,26 +74,64 @@ pub struct Observed<'a> {
 /// The pods of one sidecar, by state. Names are `namespace`-relative pod names, sorted.
 #[derive(Clone, Debug, Default)]
 pub struct PodCensus {
-    /// Pods carrying the sidecar label.
+    /// Pending and Running pods carrying the sidecar label.
     pub injected: Vec<String>,
     /// Injected pods whose `config-hash` differs from the current one.
-    pub outdated: Vec<Arc<PartialObjectMeta<Pod>>>,
-    /// Pods asking for this sidecar (by the webhook's own rules) without carrying it.
+    pub outdated: Vec<Arc<Pod>>,
+    /// Pending and Running pods asking for this sidecar (by the webhook's own rules) without
+    /// carrying it, although nothing in their spec keeps the webhook from injecting them.
     pub uninjected: Vec<String>,
+    /// Pods asking for this sidecar that the webhook never injects by rule (`hostNetwork`, their
+    /// own `monasca-sidecar` container): not a fault, so not counted as uninjected.
+    pub excluded: Vec<String>,
 }
 
-/// Sorts the namespace's pods for `sidecar`. Terminating pods are left out: they are leaving.
-///
-/// "Carries the sidecar" is read from the label the webhook sets with the container; the
-/// controller watches pod metadata only, so a pod that asks for the sidecar but was skipped for
-/// a reason visible only in its spec (hostNetwork, its own `monasca-sidecar` container) counts
-/// as uninjected, which it is.
+/// Keeps only what the census reads of a pod (metadata, phase, `hostNetwork`, container names),
+/// so the cluster-wide pod store stays small.
+pub fn slim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.spec = pod.spec.take().map(|spec| {
+        let names = |containers: Vec<Container>| -> Vec<Container> {
+            containers
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    ..Container::default()
+                })
+                .collect()
+        };
+        PodSpec {
+            host_network: spec.host_network,
+            containers: names(spec.containers),
+            init_containers: spec.init_containers.map(names),
+            ..PodSpec::default()
+        }
+    });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        ..PodStatus::default()
+    });
+}
+
+/// Whether a pod is one the status counts: Pending or Running (a pod just created has no phase
+/// yet). Succeeded and Failed pods have stopped; whatever they carried no longer runs.
+fn counted(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        None | Some("Pending" | "Running")
+    )
+}
+
+/// Sorts the namespace's pods for `sidecar`. Terminating, Succeeded and Failed pods are left out:
+/// they are leaving or gone. "Carries the sidecar" is read from the label the webhook sets with
+/// the container; a pod that asks for the sidecar but that the webhook skips by rule
+/// ([`skipped_by_rule`]) is `excluded`, not uninjected.
 pub fn census(sidecar: &MetricsSidecar, observed: &Observed<'_>, hash: Option<&str>) -> PodCensus {
     let name = sidecar.name_any();
     let namespace = sidecar.namespace().unwrap_or_default();
     let mut census = PodCensus::default();
     for pod in observed.pods {
-        if pod.metadata.deletion_timestamp.is_some() {
+        if pod.metadata.deletion_timestamp.is_some() || !counted(pod) {
             continue;
         }
         let labels = pod.metadata.labels.as_ref();
@@ -107,13 +158,18 @@ pub fn census(sidecar: &MetricsSidecar, observed: &Observed<'_>, hash: Option<&s
                     observed.settings,
                 );
                 if wanted.is_some_and(|s| s.name_any() == name) {
-                    census.uninjected.push(pod_name);
+                    if skipped_by_rule(pod).is_some() {
+                        census.excluded.push(pod_name);
+                    } else {
+                        census.uninjected.push(pod_name);
+                    }
                 }
             }
         }
     }
     census.injected.sort();
     census.uninjected.sort();
+    census.excluded.sort();
     census
 }
 
@@ -177,11 +233,13 @@ fn condition(
     }
 }
 
-/// The status of `sidecar`, given its pods' census and configuration state, at `now`.
+/// The status of `sidecar`, given its pods' census, configuration state and what its
+/// `nativeSidecar` means on this server, at `now`.
 pub fn status(
     sidecar: &MetricsSidecar,
     census: &PodCensus,
     config: ConfigState<'_>,
+    native: Native,
     now: &Time,
 ) -> MetricsSidecarStatus {
     let previous = sidecar.status.as_ref();
@@ -238,9 +296,21 @@ pub fn status(
             now,
         )
     };
+    let mut conditions = vec![ready, degraded];
+    if let Native::Unsupported(version) = native {
+        conditions.push(condition(
+            previous,
+            NATIVE_SIDECAR,
+            false,
+            Reason::NativeSidecarUnsupported,
+            native_fallback_note(version),
+            generation,
+            now,
+        ));
+    }
     MetricsSidecarStatus {
         observed_generation: generation,
-        conditions: vec![ready, degraded],
+        conditions,
         injected_pods: count(census.injected.len()),
         uninjected_pods: count(uninjected.len()),
         config_hash,
@@ -306,6 +376,18 @@ pub fn events(
             note: uninjected_note(&census.uninjected),
         });
     }
+    if let Some(fallback) = new.conditions.iter().find(|c| c.type_ == NATIVE_SIDECAR) {
+        let already =
+            previous.is_some_and(|p| p.conditions.iter().any(|c| c.type_ == NATIVE_SIDECAR));
+        if !already {
+            notes.push(Note {
+                type_: EventType::Warning,
+                reason: Reason::NativeSidecarUnsupported,
+                action: "Inject",
+                note: fallback.message.clone(),
+            });
+        }
+    }
     if let ConfigState::Invalid { error } = config {
         let already = previous.is_some_and(|p| {
             p.conditions
@@ -322,4 +404,73 @@ pub fn events(
         }
     }
     notes
+}
+
+/// The one Event of a rollout, naming every workload restarted (a Deployment and a StatefulSet
+/// rolled together are both in it).
+pub fn rollout_note(workloads: &[Workload], template_hash: &str) -> Note {
+    let names = workloads
+        .iter()
+        .map(|w| format!("{} {}", w.plural.trim_end_matches('s'), w.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Note {
+        type_: EventType::Normal,
+        reason: Reason::RolloutTriggered,
+        action: "Rollout",
+        note: format!("restarting {names} for pod template {template_hash} (restartOnChange)"),
+    }
+}
+
+/// The Event for pods left on an older pod shape when `restartOnChange` is off.
+pub fn outdated_note(pods: &[Arc<Pod>]) -> Note {
+    let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    Note {
+        type_: EventType::Warning,
+        reason: Reason::PodsOutdated,
+        action: "Rollout",
+        note: format!(
+            "{} {} {} an older pod shape (image, resources, listen ports...) than this spec: {}; \
+             roll them, or set restartOnChange: true",
+            names.len(),
+            plural(names.len()),
+            if names.len() == 1 { "runs" } else { "run" },
+            list(&names)
+        ),
+    }
+}
+
+/// The status of a `MetricsSidecar` that does not parse: only `Ready=False` with the reason.
+pub fn malformed_status(error: &str, generation: Option<i64>, now: &Time) -> MetricsSidecarStatus {
+    MetricsSidecarStatus {
+        observed_generation: generation,
+        conditions: vec![condition(
+            None,
+            READY,
+            false,
+            Reason::Malformed,
+            malformed_message(error),
+            generation,
+            now,
+        )],
+        ..MetricsSidecarStatus::default()
+    }
+}
+
+fn malformed_message(error: &str) -> String {
+    format!(
+        "the operator cannot read this MetricsSidecar ({}); pods asking for it are admitted \
+         without the sidecar until it is fixed",
+        error.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// The Event for a `MetricsSidecar` that does not parse.
+pub fn malformed_note(error: &str) -> Note {
+    Note {
+        type_: EventType::Warning,
+        reason: Reason::Malformed,
+        action: "Read",
+        note: malformed_message(error),
+    }
 }

@@ -1,6 +1,7 @@
 use super::fixtures::*;
 use super::status::{self, ConfigState, Observed, PodCensus};
 use super::*;
+use crate::inject::Native;
 use http::{Method, StatusCode};
 use monasca_crds::{ANNOTATION_INJECT, MetricsSidecarSpec};
 use serde_json::{Value, json};
@@ -8,6 +9,10 @@ use serde_json::{Value, json};
 const CM_URI: &str = "/api/v1/namespaces/monasca/configmaps/default-monasca-sidecar?&force=true&fieldManager=monasca-operator";
 const STATUS_URI: &str = "/apis/monasca.openstack.org/v1alpha1/namespaces/monasca/metricssidecars/default/status?&force=true&fieldManager=monasca-operator";
 const EVENTS_URI: &str = "/apis/events.k8s.io/v1/namespaces/monasca/events?";
+
+fn guarded(cr: &MetricsSidecar) -> Arc<Guarded> {
+    Arc::new(DeserializeGuard(Ok(cr.clone())))
+}
 
 fn hashes(spec: &MetricsSidecarSpec) -> (String, String) {
     (
@@ -98,7 +103,7 @@ fn expect_event(type_: &str, reason: &str, note: &str) -> Expect {
     )
 }
 
-fn injected_pod(name: &str, hash: &str, owner: Option<(&str, &str)>) -> PartialObjectMeta<Pod> {
+fn injected_pod(name: &str, hash: &str, owner: Option<(&str, &str)>) -> Pod {
     pod(
         name,
         &[(LABEL_SIDECAR, "default")],
@@ -372,19 +377,21 @@ async fn api_error_fails_the_reconcile_and_backs_off() {
             .render()
             .contains("monasca_operator_reconcile_errors_total{reason=\"forbidden\"} 1")
     );
-    let cr = Arc::new(cr);
     assert_eq!(
-        error_policy(cr.clone(), &error, ctx.clone()),
+        error_policy(guarded(&cr), &error, ctx.clone()),
         Action::requeue(Duration::from_secs(5))
     );
     assert_eq!(
-        error_policy(cr.clone(), &error, ctx.clone()),
+        error_policy(guarded(&cr), &error, ctx.clone()),
         Action::requeue(Duration::from_secs(10))
     );
     for _ in 0..20 {
-        error_policy(cr.clone(), &error, ctx.clone());
+        error_policy(guarded(&cr), &error, ctx.clone());
     }
-    assert_eq!(error_policy(cr, &error, ctx), Action::requeue(RESYNC));
+    assert_eq!(
+        error_policy(guarded(&cr), &error, ctx),
+        Action::requeue(RESYNC)
+    );
 }
 
 #[tokio::test]
@@ -457,7 +464,7 @@ fn settings() -> crate::inject::Settings {
 fn census_of(
     cr: &MetricsSidecar,
     others: &[MetricsSidecar],
-    pods: Vec<PartialObjectMeta<Pod>>,
+    pods: Vec<Pod>,
     namespace_annotations: Option<&BTreeMap<String, String>>,
 ) -> PodCensus {
     let pods: Vec<_> = pods.into_iter().map(Arc::new).collect();
@@ -530,10 +537,22 @@ fn status_keeps_transition_times_of_unchanged_conditions() {
         ..PodCensus::default()
     };
     let earlier = Time(Timestamp::from_second(NOW_SECONDS - 3600).expect("time"));
-    let first = status::status(&cr, &census, ConfigState::Valid { hash: "h1" }, &earlier);
+    let first = status::status(
+        &cr,
+        &census,
+        ConfigState::Valid { hash: "h1" },
+        Native::No,
+        &earlier,
+    );
     cr.status = Some(first.clone());
     let later = Time(now());
-    let second = status::status(&cr, &census, ConfigState::Valid { hash: "h1" }, &later);
+    let second = status::status(
+        &cr,
+        &census,
+        ConfigState::Valid { hash: "h1" },
+        Native::No,
+        &later,
+    );
     assert_eq!(first, second, "nothing changed, nothing to write");
     assert!(status::events(&cr, &second, &census, ConfigState::Valid { hash: "h1" }).is_empty());
 
@@ -542,7 +561,13 @@ fn status_keeps_transition_times_of_unchanged_conditions() {
         uninjected: vec!["b".into()],
         ..PodCensus::default()
     };
-    let third = status::status(&cr, &census, ConfigState::Valid { hash: "h1" }, &later);
+    let third = status::status(
+        &cr,
+        &census,
+        ConfigState::Valid { hash: "h1" },
+        Native::No,
+        &later,
+    );
     let degraded = third
         .conditions
         .iter()
@@ -565,7 +590,13 @@ fn long_lists_of_pods_are_cut_in_messages() {
         uninjected: (0..8).map(|i| format!("p{i}")).collect(),
         ..PodCensus::default()
     };
-    let new = status::status(&cr, &census, ConfigState::Valid { hash: "h" }, &Time(now()));
+    let new = status::status(
+        &cr,
+        &census,
+        ConfigState::Valid { hash: "h" },
+        Native::No,
+        &Time(now()),
+    );
     let degraded = &new.conditions[1];
     assert!(
         degraded.message.contains("p0, p1, p2, p3, p4 and 3 more"),

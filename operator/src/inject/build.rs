@@ -50,13 +50,11 @@ pub const SIDECAR_GID: i64 = 65532;
 
 /// The path on which the sidecar serves its metrics.
 const METRICS_PATH: &str = "/metrics";
-/// A label value is at most 63 characters; the sidecar's name is one.
-const MAX_LABEL_VALUE: usize = 63;
 
 /// JSON patch operations under construction. Paths are built from unescaped tokens; `jsonptr`
 /// escapes `~` as `~0` and `/` as `~1` (annotation keys contain `/`).
 #[derive(Default)]
-struct Ops(Vec<PatchOperation>);
+pub(super) struct Ops(pub(super) Vec<PatchOperation>);
 
 impl Ops {
     fn add(&mut self, path: &[&str], value: Value) {
@@ -83,7 +81,7 @@ impl Ops {
 
     /// Sets `entries` in the string map at `path`: one `add` of a new map when the map is
     /// absent, otherwise an `add` per missing key and a `replace` per differing value.
-    fn set_entries(
+    pub(super) fn set_entries(
         &mut self,
         path: &[&str],
         existing: Option<&BTreeMap<String, String>>,
@@ -151,6 +149,42 @@ struct Plan<'a> {
     metrics: SocketAddr,
     multiproc_dir: Option<String>,
     native: bool,
+    native_mode: Native,
+}
+
+/// Whether the sidecar runs as a native sidecar, and why not when asked to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Native {
+    /// An init container with `restartPolicy: Always`.
+    Yes,
+    /// A regular container (`never`, or `auto` on a server without native sidecars).
+    No,
+    /// `always` on a server known to be older than 1.29: the apiserver would refuse the pod
+    /// (an init container with probes), so the sidecar falls back to a regular container.
+    Unsupported(ServerVersion),
+}
+
+/// What `nativeSidecar` means on a server of `version` (`None`: unknown).
+pub fn native_sidecar(mode: NativeSidecar, version: Option<ServerVersion>) -> Native {
+    let supported = version.map(|v| v >= ServerVersion::NATIVE_SIDECARS);
+    match (mode, supported) {
+        (NativeSidecar::Never, _) | (NativeSidecar::Auto, Some(false) | None) => Native::No,
+        (NativeSidecar::Auto, Some(true)) | (NativeSidecar::Always, Some(true) | None) => {
+            Native::Yes
+        }
+        (NativeSidecar::Always, Some(false)) => {
+            Native::Unsupported(version.unwrap_or(ServerVersion::NATIVE_SIDECARS))
+        }
+    }
+}
+
+/// The admission warning (and condition message) for [`Native::Unsupported`].
+pub fn native_fallback_note(version: ServerVersion) -> String {
+    format!(
+        "nativeSidecar: always, but Kubernetes {}.{} has no native sidecars (1.29 or newer): \
+         monasca-sidecar runs as a regular container",
+        version.major, version.minor
+    )
 }
 
 fn invalid(name: &str, why: impl std::fmt::Display) -> Decision {
@@ -162,8 +196,10 @@ fn invalid(name: &str, why: impl std::fmt::Display) -> Decision {
 
 fn plan<'a>(sidecar: &'a MetricsSidecar, settings: &Settings) -> Result<Plan<'a>, Decision> {
     let name = sidecar.metadata.name.as_deref().unwrap_or_default();
-    if name.is_empty() || name.len() > MAX_LABEL_VALUE {
-        return Err(invalid(name, "has a name that is not a valid label value"));
+    // The same check the controller reports as `InvalidConfig` and the sidecar refuses at start:
+    // a pod whose declared ports and probes disagree with what runs is never admitted.
+    if let Err(e) = sidecar.validate() {
+        return Err(invalid(name, format_args!("is invalid ({e})")));
     }
     let spec = &sidecar.spec;
     let metrics: SocketAddr = spec.config.listen.metrics.parse().map_err(|_| {
@@ -192,20 +228,15 @@ fn plan<'a>(sidecar: &'a MetricsSidecar, settings: &Settings) -> Result<Plan<'a>
             format_args!("has an unusable multiprocessDir {dir:?}"),
         ));
     }
-    let native = match spec.native_sidecar {
-        NativeSidecar::Always => true,
-        NativeSidecar::Never => false,
-        NativeSidecar::Auto => settings
-            .server_version
-            .is_some_and(|v| v >= ServerVersion::NATIVE_SIDECARS),
-    };
+    let native = native_sidecar(spec.native_sidecar, settings.server_version);
     Ok(Plan {
         name,
         spec,
         hash,
         metrics,
         multiproc_dir,
-        native,
+        native: native == Native::Yes,
+        native_mode: native,
     })
 }
 
@@ -236,6 +267,9 @@ pub(super) fn build(
     };
     let mut ops = Ops::default();
     let mut warnings = Vec::new();
+    if let Native::Unsupported(version) = plan.native_mode {
+        warnings.push(native_fallback_note(version));
+    }
     match build_ops(
         pod,
         spec,

@@ -14,6 +14,7 @@
 //! gets the multiprocess env and mount).
 
 mod build;
+mod update;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::Operation;
@@ -26,9 +27,10 @@ use std::sync::Arc;
 
 pub use build::{
     CONFIG_MOUNT_PATH, CONFIG_VOLUME, DEFAULT_MULTIPROC_DIR, ENV_MULTIPROC_DIR, ENV_SCRAPE_PATH,
-    ENV_SCRAPE_TARGETS, MULTIPROC_VOLUME, PORT_INGEST, PORT_METRICS, PORT_STATSD, SIDECAR_GID,
-    SIDECAR_UID,
+    ENV_SCRAPE_TARGETS, MULTIPROC_VOLUME, Native, PORT_INGEST, PORT_METRICS, PORT_STATSD,
+    SIDECAR_GID, SIDECAR_UID, native_fallback_note, native_sidecar,
 };
+pub use update::{declared_metrics_port, keep_rewrite};
 
 /// The namespace whose pods are never injected, whatever they ask: the control plane must not
 /// depend on a webhook it may itself be needed to run.
@@ -281,28 +283,10 @@ pub fn inject(
         }
     };
 
-    if spec.host_network == Some(true) {
-        return Decision::skip_warning(
-            SkipReason::HostNetwork,
-            "monasca-sidecar not injected: hostNetwork pods would bind the sidecar's ports on the node"
-                .into(),
-        );
+    if let Some((reason, warning)) = skipped_by_rule(pod) {
+        return Decision::skip_warning(reason, warning);
     }
-
-    let has_container = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == SIDECAR_CONTAINER_NAME);
-    let injected_by_us = pod_annotations.is_some_and(|a| a.contains_key(ANNOTATION_INJECTED));
-    if has_container && !injected_by_us {
-        return Decision::skip_warning(
-            SkipReason::HasContainer,
-            format!(
-                "monasca-sidecar not injected: the pod already has a container named {SIDECAR_CONTAINER_NAME}"
-            ),
-        );
-    }
+    let has_container = has_sidecar_container(spec);
 
     let sidecar = match select(&wanted, &in_namespace(sidecars, namespace)) {
         Ok(s) => s,
@@ -310,6 +294,41 @@ pub fn inject(
     };
 
     build::build(pod, spec, sidecar, has_container, settings)
+}
+
+/// Why a pod that asks for a sidecar is never injected, by rule (what its spec says, not the
+/// webhook's availability), with the warning the webhook returns. The controller's census uses
+/// it too: such pods are not "uninjected" and never make a sidecar Degraded.
+pub fn skipped_by_rule(pod: &Pod) -> Option<(SkipReason, String)> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return Some((
+            SkipReason::HostNetwork,
+            "monasca-sidecar not injected: hostNetwork pods would bind the sidecar's ports on the node"
+                .into(),
+        ));
+    }
+    let injected_by_us = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ANNOTATION_INJECTED));
+    if has_sidecar_container(spec) && !injected_by_us {
+        return Some((
+            SkipReason::HasContainer,
+            format!(
+                "monasca-sidecar not injected: the pod already has a container named {SIDECAR_CONTAINER_NAME}"
+            ),
+        ));
+    }
+    None
+}
+
+fn has_sidecar_container(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == SIDECAR_CONTAINER_NAME)
 }
 
 /// The `MetricsSidecar`s of `sidecars` that live in `namespace`.

@@ -3,13 +3,13 @@
 //! recorded apiserver requests.
 
 use crate::context::Context;
-use crate::inject::{Decision, PodRequest, SkipReason, inject};
+use crate::inject::{Decision, PodRequest, SkipReason, inject, keep_rewrite};
 use crate::metrics::Outcome;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -73,18 +73,22 @@ pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
         .unwrap_or("default");
     let namespace_meta = ctx.namespace(namespace);
     let sidecars = ctx.sidecars_in(namespace);
-    let decision = inject(
-        &PodRequest {
-            operation: &request.operation,
-            namespace,
-            pod,
-        },
-        namespace_meta
-            .as_ref()
-            .and_then(|ns| ns.metadata.annotations.as_ref()),
-        &sidecars,
-        &ctx.settings,
-    );
+    let decision = match (&request.operation, request.old_object.as_ref()) {
+        // An UPDATE never injects; it only keeps the rewrite of an injected pod.
+        (Operation::Update, Some(old)) => keep_rewrite(old, pod),
+        _ => inject(
+            &PodRequest {
+                operation: &request.operation,
+                namespace,
+                pod,
+            },
+            namespace_meta
+                .as_ref()
+                .and_then(|ns| ns.metadata.annotations.as_ref()),
+            &sidecars,
+            &ctx.settings,
+        ),
+    };
     log_decision(&request, namespace, pod, &decision);
     respond(&request, decision)
 }

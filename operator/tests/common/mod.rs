@@ -109,7 +109,12 @@ impl Cluster {
     /// The fixtures' cluster: namespace `demo` (no annotation) with sidecars `default` and
     /// `persister-workers`.
     pub fn fixtures() -> Cluster {
-        let mut cluster = Cluster::new(settings(Some(FIXTURE_APISERVER)));
+        Cluster::fixtures_on(FIXTURE_APISERVER)
+    }
+
+    /// [`Cluster::fixtures`] as if the apiserver were `version`.
+    pub fn fixtures_on(version: ServerVersion) -> Cluster {
+        let mut cluster = Cluster::new(settings(Some(version)));
         cluster.namespace("demo", &[]);
         cluster.sidecar(sidecar("demo", "default", MetricsSidecarSpec::default()));
         cluster.sidecar(sidecar(
