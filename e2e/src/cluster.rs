@@ -164,6 +164,31 @@ impl Operator {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends SIGTERM and waits up to `within` for the process to exit by itself: its exit
+    /// status, or `None` when it is still running (it is then killed on drop). `within` is a
+    /// bound on a hang, not a speed measurement.
+    pub fn sigterm_and_wait(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// The operator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Stops it as Kubernetes would (SIGTERM: drain, release the Lease) and waits.
     pub fn stop(mut self) {
         self.terminate();

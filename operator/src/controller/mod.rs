@@ -59,6 +59,9 @@ pub struct Context {
     /// The clock (fixed in tests, so that request bodies are exact).
     pub now: fn() -> Timestamp,
     failures: Mutex<HashMap<String, u32>>,
+    /// Malformed objects already reported, with the `(uid, generation)` reported: writing their
+    /// status again would trigger another reconcile, and another Event, forever.
+    reported_malformed: Mutex<HashMap<String, (Option<String>, Option<i64>)>>,
 }
 
 impl Context {
@@ -70,6 +73,7 @@ impl Context {
             pod_monitors,
             now: Timestamp::now,
             failures: Mutex::new(HashMap::new()),
+            reported_malformed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -123,8 +127,14 @@ pub async fn reconcile(sidecar: Arc<Guarded>, ctx: Arc<Context>) -> Result<Actio
     }
     let started = Instant::now();
     let result = match &sidecar.0 {
-        Ok(parsed) => apply(parsed, &ctx).await,
-        Err(invalid) => report_malformed(invalid, &ctx).await,
+        Ok(parsed) => {
+            ctx.reported_malformed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key_of(&sidecar));
+            apply(parsed, &ctx).await
+        }
+        Err(invalid) => report_malformed(invalid, &key_of(&sidecar), &ctx).await,
     };
     let metrics = &ctx.shared.metrics;
     match &result {
@@ -263,7 +273,17 @@ async fn apply(sidecar: &MetricsSidecar, ctx: &Context) -> Result<Action> {
 /// schema admits and the parser refuses): reported in its status (`Ready=False`, `Malformed`),
 /// an Event and the `monasca_operator_malformed_objects` gauge; nothing else is touched. The
 /// webhook skips pods that ask for it (`unknown_sidecar`: its store drops the object).
-async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Action> {
+async fn report_malformed(invalid: &InvalidObject, key: &str, ctx: &Context) -> Result<Action> {
+    let seen = (invalid.metadata.uid.clone(), invalid.metadata.generation);
+    if ctx
+        .reported_malformed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(key)
+        == Some(&seen)
+    {
+        return Ok(Action::await_change());
+    }
     let namespace = invalid
         .metadata
         .namespace
@@ -277,7 +297,24 @@ async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Acti
     tracing::warn!(%namespace, %name, error = %invalid.error, "a MetricsSidecar does not parse");
     let now = Time((ctx.now)());
     let new = status::malformed_status(&invalid.error, invalid.metadata.generation, &now);
-    patch_status(ctx, &namespace, &name, &new).await?;
+    // Untyped: the answer is the object, which does not parse either.
+    ctx.writable()?;
+    let body = json!({
+        "apiVersion": MetricsSidecar::api_version(&()),
+        "kind": MetricsSidecar::kind(&()),
+        "status": new,
+    });
+    Api::<DynamicObject>::namespaced_with(
+        ctx.client.clone(),
+        &namespace,
+        &ApiResource::erase::<MetricsSidecar>(&()),
+    )
+    .patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
     let regarding = ObjectReference {
         api_version: Some(MetricsSidecar::api_version(&()).into()),
         kind: Some(MetricsSidecar::kind(&()).into()),
@@ -288,6 +325,10 @@ async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Acti
         ..ObjectReference::default()
     };
     publish_to(ctx, regarding, status::malformed_note(&invalid.error)).await;
+    ctx.reported_malformed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key.to_string(), seen);
     // Retried only when the object changes (or leadership moves): nothing else can fix it.
     Ok(Action::await_change())
 }
