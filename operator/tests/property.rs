@@ -398,3 +398,78 @@ proptest! {
         prop_assert!(again.patch().is_none(), "re-injection yielded a patch: {:?}", again);
     }
 }
+
+/// A CRD `pattern` as a generator: proptest's regex strategies have no anchors, and these
+/// patterns use `^`/`$` only as anchors.
+fn matching(pattern: &str) -> impl Strategy<Value = String> + use<> {
+    proptest::string::string_regex(&pattern.replace(['^', '$'], ""))
+        .expect("the pattern is a supported regex")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// The CRD schema and the parser agree on durations: whatever the apiserver admits
+    /// (`pattern` and `maxLength`), the operator and the sidecar can read. `300000d` once passed
+    /// the schema but not the parser, and made the whole MetricsSidecar unreadable.
+    #[test]
+    fn every_duration_the_schema_admits_parses(
+        text in matching(monasca_crds::config::DURATION_PATTERN)
+            .prop_filter("maxLength", |s| s.len() as u64 <= monasca_crds::config::DURATION_MAX_LENGTH)
+    ) {
+        let parsed = monasca_crds::config::Duration::parse(&text);
+        prop_assert!(parsed.is_ok(), "{text:?} passes the schema but not the parser");
+        let parsed = parsed.expect("checked");
+        // And it is written back as something that reads the same.
+        prop_assert_eq!(monasca_crds::config::Duration::parse(&parsed.to_string()).ok(), Some(parsed));
+    }
+
+    /// The same for listen addresses: octets, ports and IPv6 forms the schema admits parse as a
+    /// `SocketAddr`, the type the sidecar binds.
+    #[test]
+    fn every_listen_address_the_schema_admits_parses(text in matching(monasca_crds::SOCKET_ADDR)) {
+        prop_assert!(
+            text.parse::<std::net::SocketAddr>().is_ok(),
+            "{text:?} passes the schema but not the parser"
+        );
+    }
+}
+
+#[test]
+fn the_schema_still_refuses_what_the_parsers_refuse() {
+    // Not vacuous: the patterns are anchored and bounded.
+    let duration = matcher(monasca_crds::config::DURATION_PATTERN);
+    let address = matcher(monasca_crds::SOCKET_ADDR);
+    for bad in ["", "5 m", "1x", "9999999999999d", "-1s", "1.5"] {
+        assert!(!duration(bad), "{bad:?}");
+    }
+    for ok in ["300000d", "1h30m", "500ms", "1.5s", "60"] {
+        assert!(duration(ok), "{ok:?}");
+    }
+    for bad in [
+        "256.1.1.1:80",
+        "1.2.3.4:65536",
+        "01.2.3.4:80",
+        "[:::]:80",
+        "host:80",
+        "[::1]",
+    ] {
+        assert!(!address(bad), "{bad:?}");
+    }
+    for ok in [
+        "0.0.0.0:9102",
+        "[::]:9102",
+        "[::1]:0",
+        "[fd00::7]:65535",
+        "[1:2:3:4:5:6:7:8]:1",
+    ] {
+        assert!(address(ok), "{ok:?}");
+    }
+}
+
+/// Whether `text` matches the CRD `pattern` (Go's RE2 and Rust's `regex` agree on these
+/// constructs).
+fn matcher(pattern: &'static str) -> impl Fn(&str) -> bool {
+    let regex = regex::Regex::new(pattern).expect("the pattern compiles");
+    move |text: &str| regex.is_match(text)
+}

@@ -8,8 +8,8 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(std::time::Duration);
 
-/// The most nanoseconds one component may add (beyond it, `f64` loses the integer part).
-const MAX_NANOS: f64 = 1.8e28;
+/// The most nanoseconds one duration may hold: `std::time::Duration`'s range (u64 seconds).
+const MAX_NANOS: u128 = u64::MAX as u128 * 1_000_000_000;
 
 /// The CRD pattern of a duration: bounded components so that every accepted string parses
 /// (see [`Duration::parse`]; a property test in the operator checks the two agree).
@@ -59,27 +59,24 @@ impl Duration {
             if num_len == 0 {
                 return Err(err());
             }
-            let number: f64 = rest[..num_len].parse().map_err(|_| err())?;
+            let number = &rest[..num_len];
             rest = &rest[num_len..];
             let unit_len = rest
                 .find(|c: char| c.is_ascii_digit() || c == '.')
                 .unwrap_or(rest.len());
-            let scale: f64 = match &rest[..unit_len] {
-                "ns" => 1.0,
-                "us" | "µs" => 1e3,
-                "ms" => 1e6,
-                "s" => 1e9,
-                "m" => 60e9,
-                "h" => 3600e9,
-                "d" => 86400e9,
+            let scale: u128 = match &rest[..unit_len] {
+                "ns" => 1,
+                "us" | "µs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                "d" => 86_400_000_000_000,
                 _ => return Err(err()),
             };
             rest = &rest[unit_len..];
-            let ns = number * scale;
-            if !ns.is_finite() || ns > MAX_NANOS {
-                return Err(err());
-            }
-            total_ns += ns as u128;
+            let ns = component_nanos(number, scale).ok_or_else(err)?;
+            total_ns = total_ns.checked_add(ns).ok_or_else(err)?;
         }
         // Up to `std::time::Duration`'s own range (u64 seconds): every string the CRD schema's
         // pattern admits parses (`300000d` once passed the schema but not this parser, which
@@ -88,6 +85,35 @@ impl Duration {
         let nanos = u32::try_from(total_ns % 1_000_000_000).map_err(|_| err())?;
         Ok(Duration(std::time::Duration::new(secs, nanos)))
     }
+}
+
+/// `number` (`12`, `1.5`, `.5`, `2.`) times `scale` nanoseconds, exactly (integer arithmetic:
+/// a float loses the last digits of long durations, which then do not read back the same);
+/// sub-nanosecond fractions are dropped.
+fn component_nanos(number: &str, scale: u128) -> Option<u128> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+        return None;
+    }
+    let digits = |s: &str| -> Option<u128> {
+        if s.is_empty() {
+            Some(0)
+        } else {
+            s.parse().ok()
+        }
+    };
+    let mut ns = digits(whole)?.checked_mul(scale)?;
+    // Only the digits that can matter: scale is at most 8.64e13 ns, so 14 fraction digits reach
+    // below a nanosecond.
+    let fraction = &fraction[..fraction.len().min(14)];
+    if !fraction.is_empty() {
+        let denominator = 10u128.pow(u32::try_from(fraction.len()).ok()?);
+        ns = ns.checked_add(digits(fraction)?.checked_mul(scale)? / denominator)?;
+    }
+    if ns > MAX_NANOS {
+        return None;
+    }
+    Some(ns)
 }
 
 impl From<std::time::Duration> for Duration {

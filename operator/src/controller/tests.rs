@@ -621,3 +621,229 @@ fn pod_monitor_selects_the_sidecar_label_on_the_metrics_port() {
     );
     assert_eq!(value["metadata"]["ownerReferences"][0]["uid"], UID);
 }
+
+#[test]
+fn census_counts_pending_and_running_pods_and_not_pods_skipped_by_rule() {
+    let cr = sidecar("default", MetricsSidecarSpec::default());
+    let asks = || pod("x", &[], &[(ANNOTATION_INJECT, "true")], None);
+    let named = |mut p: Pod, name: &str| {
+        p.metadata.name = Some(name.into());
+        p
+    };
+    let mut host = named(asks(), "host-network");
+    host.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        host_network: Some(true),
+        ..Default::default()
+    });
+    let mut own = named(asks(), "own-container");
+    own.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        containers: vec![k8s_openapi::api::core::v1::Container {
+            name: monasca_crds::SIDECAR_CONTAINER_NAME.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let mut no_phase = named(asks(), "just-created");
+    no_phase.status = None;
+    let census = census_of(
+        &cr,
+        &[],
+        vec![
+            injected_pod("running", "h1", None),
+            in_phase(injected_pod("pending", "h1", None), "Pending"),
+            in_phase(injected_pod("succeeded", "h1", None), "Succeeded"),
+            in_phase(injected_pod("failed", "h0", None), "Failed"),
+            in_phase(named(asks(), "uninjected-done"), "Succeeded"),
+            named(asks(), "uninjected"),
+            no_phase,
+            host,
+            own,
+        ],
+        None,
+    );
+    assert_eq!(census.injected, ["pending", "running"]);
+    assert!(census.outdated.is_empty(), "a Failed pod is not rolled");
+    assert_eq!(census.uninjected, ["just-created", "uninjected"]);
+    assert_eq!(census.excluded, ["host-network", "own-container"]);
+
+    // Pods skipped by rule alone do not make the sidecar Degraded.
+    let only_excluded = PodCensus {
+        excluded: vec!["host-network".into()],
+        ..PodCensus::default()
+    };
+    let new = status::status(
+        &cr,
+        &only_excluded,
+        ConfigState::Valid { hash: "h1" },
+        Native::No,
+        &Time(now()),
+    );
+    assert_eq!(new.uninjected_pods, 0);
+    let degraded = new.conditions.iter().find(|c| c.type_ == "Degraded");
+    assert_eq!(degraded.map(|c| c.status.as_str()), Some("False"));
+}
+
+#[test]
+fn the_census_store_keeps_only_what_it_reads() {
+    let mut full: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "namespace": "monasca", "labels": {"a": "b"},
+                     "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"hostNetwork": true, "containers": [
+            {"name": "app", "image": "app:1", "env": [{"name": "X", "value": "y"}]}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .expect("pod");
+    status::slim(&mut full);
+    assert_eq!(
+        serde_json::to_value(&full).expect("JSON"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "monasca", "labels": {"a": "b"}},
+            "spec": {"hostNetwork": true, "containers": [{"name": "app"}]},
+            "status": {"phase": "Running"},
+        })
+    );
+}
+
+#[test]
+fn each_count_change_has_its_own_message() {
+    let census = |n: usize| PodCensus {
+        injected: (0..n).map(|i| format!("p{i}")).collect(),
+        ..PodCensus::default()
+    };
+    let mut cr = sidecar("default", MetricsSidecarSpec::default());
+    let mut notes = Vec::new();
+    for n in [1, 2, 3, 2] {
+        let new = status::status(
+            &cr,
+            &census(n),
+            ConfigState::Valid { hash: "h1" },
+            Native::No,
+            &Time(now()),
+        );
+        notes.extend(
+            status::events(&cr, &new, &census(n), ConfigState::Valid { hash: "h1" })
+                .into_iter()
+                .map(|n| n.note),
+        );
+        cr.status = Some(new);
+    }
+    assert_eq!(
+        notes,
+        [
+            "1 pod carries the sidecar (was 0)",
+            "2 pods carry the sidecar (was 1)",
+            "3 pods carry the sidecar (was 2)",
+            "2 pods carry the sidecar (was 3)",
+        ]
+    );
+}
+
+#[test]
+fn one_rollout_event_names_every_workload() {
+    let workloads = [
+        Workload {
+            plural: "deployments",
+            name: "api".into(),
+        },
+        Workload {
+            plural: "statefulsets",
+            name: "db".into(),
+        },
+        Workload {
+            plural: "daemonsets",
+            name: "agent".into(),
+        },
+    ];
+    let note = status::rollout_note(&workloads, "t2");
+    assert_eq!(note.reason.as_str(), "RolloutTriggered");
+    assert_eq!(
+        note.note,
+        "restarting deployment api, statefulset db, daemonset agent for pod template t2 \
+         (restartOnChange)"
+    );
+    let pods: Vec<Arc<Pod>> = ["a", "b"]
+        .iter()
+        .map(|n| Arc::new(pod(n, &[], &[], None)))
+        .collect();
+    let outdated = status::outdated_note(&pods);
+    assert_eq!(outdated.reason.as_str(), "PodsOutdated");
+    assert!(
+        outdated.note.starts_with("2 pods run an older pod shape"),
+        "{}",
+        outdated.note
+    );
+    assert!(outdated.note.contains("a, b"), "{}", outdated.note);
+}
+
+#[test]
+fn native_sidecar_fallback_is_a_condition_and_one_event() {
+    let cr = sidecar("default", MetricsSidecarSpec::default());
+    let fallback = Native::Unsupported(crate::inject::ServerVersion {
+        major: 1,
+        minor: 28,
+    });
+    let census = PodCensus::default();
+    let config = ConfigState::Valid { hash: "h1" };
+    let new = status::status(&cr, &census, config, fallback, &Time(now()));
+    let condition = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::NATIVE_SIDECAR)
+        .expect("a NativeSidecar condition");
+    assert_eq!(condition.status, "False");
+    assert_eq!(condition.reason, "NativeSidecarUnsupported");
+    assert!(condition.message.contains("1.28"), "{}", condition.message);
+    let notes = status::events(&cr, &new, &census, config);
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.reason.as_str() == "NativeSidecarUnsupported")
+            .count(),
+        1
+    );
+    let mut again = cr.clone();
+    again.status = Some(new.clone());
+    assert!(status::events(&again, &new, &census, config).is_empty());
+    // Supported: no such condition at all (existing statuses are unchanged).
+    let plain = status::status(&cr, &census, config, Native::Yes, &Time(now()));
+    assert!(
+        plain
+            .conditions
+            .iter()
+            .all(|c| c.type_ != status::NATIVE_SIDECAR)
+    );
+}
+
+#[test]
+fn a_malformed_object_is_not_ready_with_the_parse_error() {
+    let status = status::malformed_status(
+        "invalid duration \"9d\"\n  at line 1",
+        Some(3),
+        &Time(now()),
+    );
+    assert_eq!(status.observed_generation, Some(3));
+    let ready = &status.conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str()),
+        ("Ready", "False")
+    );
+    assert_eq!(ready.reason, "Malformed");
+    assert!(
+        ready.message.contains("invalid duration \"9d\" at line 1"),
+        "one line: {}",
+        ready.message
+    );
+    assert_eq!(status::malformed_note("e").reason.as_str(), "Malformed");
+}
+
+#[test]
+fn a_name_too_long_for_a_label_is_invalid_config_not_an_api_error() {
+    let long = sidecar(&"n".repeat(64), MetricsSidecarSpec::default());
+    let error = long.validate().expect_err("refused");
+    assert!(error.to_string().contains("63 characters"), "{error}");
+    let dotted = sidecar("a..b", MetricsSidecarSpec::default());
+    assert!(dotted.validate().is_ok(), "dots are valid in a label value");
+    let bad = sidecar("-a", MetricsSidecarSpec::default());
+    assert!(bad.validate().is_err());
+}

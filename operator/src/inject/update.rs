@@ -91,3 +91,194 @@ pub fn keep_rewrite(old: &Pod, new: &Pod) -> Decision {
         sidecar: sidecar.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::{Native, PodRequest, ServerVersion, Settings, inject, native_sidecar};
+    use kube::core::admission::Operation;
+    use monasca_crds::{MetricsSidecar, MetricsSidecarSpec, NativeSidecar};
+    use serde_json::{Value, json};
+    use std::sync::Arc;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).expect("test pod")
+    }
+
+    fn settings(version: Option<ServerVersion>) -> Settings {
+        Settings {
+            operator_namespace: "monasca-system".into(),
+            sidecar_image: "img".into(),
+            server_version: version,
+        }
+    }
+
+    fn app(annotations: Value) -> Pod {
+        pod(json!({
+            "metadata": {"name": "app", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        }))
+    }
+
+    fn create(pod: &Pod, spec: MetricsSidecarSpec, version: Option<ServerVersion>) -> Decision {
+        let mut sidecar = MetricsSidecar::new("default", spec);
+        sidecar.metadata.namespace = Some("demo".into());
+        inject(
+            &PodRequest {
+                operation: &Operation::Create,
+                namespace: "demo",
+                pod,
+            },
+            None,
+            &[Arc::new(sidecar)],
+            &settings(version),
+        )
+    }
+
+    fn apply(pod: &Pod, decision: &Decision) -> Pod {
+        let mut value = serde_json::to_value(pod).expect("pod JSON");
+        if let Some(patch) = decision.patch() {
+            json_patch::patch(&mut value, patch).expect("patch applies");
+        }
+        serde_json::from_value(value).expect("patched pod")
+    }
+
+    fn app_annotations() -> Value {
+        json!({
+            "monasca.openstack.org/inject": "true",
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "8000",
+            "prometheus.io/path": "/app",
+        })
+    }
+
+    #[test]
+    fn reapplying_the_manifest_keeps_the_rewrite_and_only_the_annotations_are_patched() {
+        let manifest = app(app_annotations());
+        let injected = apply(
+            &manifest,
+            &create(&manifest, MetricsSidecarSpec::default(), None),
+        );
+        assert_eq!(declared_metrics_port(&injected), Some(9102));
+        // `kubectl apply` of the same manifest: the app's values are back.
+        let mut updated = injected.clone();
+        updated
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .extend([
+                ("prometheus.io/port".to_string(), "8000".to_string()),
+                ("prometheus.io/path".to_string(), "/app".to_string()),
+            ]);
+        let decision = keep_rewrite(&injected, &updated);
+        let patch = decision.patch().expect("a patch");
+        assert!(
+            patch
+                .0
+                .iter()
+                .all(|op| op.path().to_string().starts_with("/metadata/annotations/")),
+            "only annotations may change on UPDATE: {patch:?}"
+        );
+        let kept = apply(&updated, &decision);
+        let annotations = kept.metadata.annotations.expect("annotations");
+        assert_eq!(annotations["prometheus.io/port"], "9102");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics");
+        // The restored pod updated again yields nothing.
+        assert_eq!(
+            keep_rewrite(&injected, &apply(&updated, &decision)).patch(),
+            None
+        );
+    }
+
+    #[test]
+    fn pods_that_were_not_rewritten_are_left_alone_on_update() {
+        // Never injected.
+        let plain = app(app_annotations());
+        let mut edited = plain.clone();
+        edited
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("prometheus.io/port".into(), "8001".into());
+        assert_eq!(keep_rewrite(&plain, &edited).patch(), None);
+        // Injected with prometheusAnnotations off: the app's annotations were kept at CREATE.
+        let off = MetricsSidecarSpec {
+            prometheus_annotations: false,
+            ..MetricsSidecarSpec::default()
+        };
+        let injected = apply(&plain, &create(&plain, off, None));
+        let mut edited = injected.clone();
+        edited
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("prometheus.io/port".into(), "8001".into());
+        assert_eq!(keep_rewrite(&injected, &edited).patch(), None);
+    }
+
+    #[test]
+    fn a_sidecar_the_sidecar_would_refuse_is_never_injected() {
+        let manifest = app(app_annotations());
+        let mut spec = MetricsSidecarSpec::default();
+        spec.config.listen.ingest = "127.0.0.1:9102".into();
+        match create(&manifest, spec, None) {
+            Decision::Skip {
+                reason: SkipReason::InvalidSidecar,
+                warning: Some(warning),
+            } => assert!(warning.contains("listen.ingest"), "{warning}"),
+            other => panic!("expected an invalid_sidecar skip, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn native_sidecar_always_falls_back_only_on_a_server_known_to_lack_it() {
+        let old = Some(ServerVersion {
+            major: 1,
+            minor: 28,
+        });
+        let new = Some(ServerVersion::NATIVE_SIDECARS);
+        let table = [
+            (NativeSidecar::Always, new, Native::Yes),
+            (NativeSidecar::Always, None, Native::Yes),
+            (
+                NativeSidecar::Always,
+                old,
+                Native::Unsupported(ServerVersion {
+                    major: 1,
+                    minor: 28,
+                }),
+            ),
+            (NativeSidecar::Auto, new, Native::Yes),
+            (NativeSidecar::Auto, old, Native::No),
+            (NativeSidecar::Auto, None, Native::No),
+            (NativeSidecar::Never, new, Native::No),
+        ];
+        for (mode, version, expected) in table {
+            assert_eq!(
+                native_sidecar(mode, version),
+                expected,
+                "{mode:?} on {version:?}"
+            );
+        }
+        let always = MetricsSidecarSpec {
+            native_sidecar: NativeSidecar::Always,
+            ..MetricsSidecarSpec::default()
+        };
+        let manifest = app(json!({"monasca.openstack.org/inject": "true"}));
+        let decision = create(&manifest, always, old);
+        let Decision::Patch { warnings, .. } = &decision else {
+            panic!("still injected: {decision:?}");
+        };
+        assert!(warnings.iter().any(|w| w.contains("1.28")), "{warnings:?}");
+        let patched = apply(&manifest, &decision);
+        let spec = patched.spec.expect("spec");
+        assert!(spec.init_containers.is_none());
+        let sidecar = spec
+            .containers
+            .iter()
+            .find(|c| c.name == SIDECAR_CONTAINER_NAME)
+            .expect("a regular container");
+        assert_eq!(sidecar.restart_policy, None);
+        assert_eq!(sidecar.startup_probe, None);
+    }
+}
