@@ -61,8 +61,11 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Malformed objects already reported, with the `(uid, generation)` reported: writing their
     /// status again would trigger another reconcile, and another Event, forever.
-    reported_malformed: Mutex<HashMap<String, (Option<String>, Option<i64>)>>,
+    reported_malformed: Mutex<HashMap<String, Seen>>,
 }
+
+/// Which version of an object was seen: its uid and generation.
+type Seen = (Option<String>, Option<i64>);
 
 impl Context {
     pub fn new(client: Client, shared: Arc<crate::Context>, pod_monitors: bool) -> Context {
