@@ -524,6 +524,7 @@ async fn roll(
 ) -> Result<()> {
     let workloads = owning_workloads(ctx, namespace, stale).await?;
     let mut restarted = Vec::new();
+    let mut failure = None;
     for workload in &workloads {
         ctx.writable()?;
         let patch = json!({"spec": {"template": {"metadata": {"annotations": {
@@ -557,19 +558,12 @@ async fn roll(
             .map(drop),
         };
         if let Err(e) = result {
-            // Say what was restarted before failing on the rest.
-            if !restarted.is_empty() {
-                publish(
-                    ctx,
-                    sidecar,
-                    status::rollout_note(&restarted, template_hash),
-                )
-                .await;
-            }
-            return Err(e.into());
+            failure = Some(e);
+            break;
         }
         restarted.push(workload.clone());
     }
+    // What was restarted is said even when a later workload failed.
     if !restarted.is_empty() {
         publish(
             ctx,
@@ -578,7 +572,7 @@ async fn roll(
         )
         .await;
     }
-    Ok(())
+    failure.map_or(Ok(()), |e| Err(e.into()))
 }
 
 /// The Deployments, StatefulSets and DaemonSets that own `pods` (through their ReplicaSet for
