@@ -847,3 +847,62 @@ fn a_name_too_long_for_a_label_is_invalid_config_not_an_api_error() {
     let bad = sidecar("-a", MetricsSidecarSpec::default());
     assert!(bad.validate().is_err());
 }
+
+#[tokio::test]
+async fn a_listen_change_without_restart_on_change_names_the_pods_to_roll() {
+    // restartOnChange off: nothing is patched, and the pods still declaring the old port are
+    // named in a PodsOutdated Event (the sidecar rebinds only at start).
+    let old = MetricsSidecarSpec::default();
+    let (old_hash, old_template) = hashes(&old);
+    let mut spec = old.clone();
+    spec.config.listen.metrics = "0.0.0.0:9300".into();
+    let (hash, template) = hashes(&spec);
+    assert_ne!(template, old_template, "a listen address shapes the pod");
+    let mut cr = sidecar("default", spec.clone());
+    cr.status = Some(MetricsSidecarStatus {
+        observed_generation: Some(1),
+        injected_pods: 1,
+        config_hash: Some(old_hash.clone()),
+        ..MetricsSidecarStatus::default()
+    });
+    let harness = Harness::new(true).with_pod(injected_pod(
+        "api-7d9f-a",
+        &old_hash,
+        Some(("ReplicaSet", "api-7d9f")),
+    ));
+    let (result, _) = harness
+        .reconcile(
+            cr.clone(),
+            vec![
+                Expect::new(
+                    Method::GET,
+                    "/api/v1/namespaces/monasca/configmaps/default-monasca-sidecar",
+                    BodyCheck::None,
+                    json!({
+                        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": "default-monasca-sidecar", "namespace": "monasca",
+                                     "annotations": {ANNOTATION_POD_TEMPLATE_HASH: old_template}},
+                    }),
+                ),
+                expect_event(
+                    "Warning",
+                    "PodsOutdated",
+                    "1 pod runs an older pod shape (image, resources, listen ports...) than this \
+                     spec: api-7d9f-a; roll them, or set restartOnChange: true",
+                ),
+                expect_config_map(&spec),
+                expect_status(
+                    &cr,
+                    json!({
+                        "observedGeneration": 1,
+                        "conditions": [ready(&hash), not_degraded()],
+                        "injectedPods": 1,
+                        "uninjectedPods": 0,
+                        "configHash": hash,
+                    }),
+                ),
+            ],
+        )
+        .await;
+    result.expect("reconciled");
+}
