@@ -497,9 +497,11 @@ def cross_checks(name, objs, report):
                       "timeoutSeconds": 5, "admissionReviewVersions": ["v1"]}
             for key, value in expect.items():
                 report.check(wh.get(key) == value, where, f"{key} must be {value!r}, is {wh.get(key)!r}")
-            report.check(any(r.get("operations") == ["CREATE"] and "pods" in r.get("resources", [])
+            # CREATE injects; UPDATE keeps the prometheus.io rewrite of injected pods (issue 21).
+            report.check(any(sorted(r.get("operations") or []) == ["CREATE", "UPDATE"]
+                             and "pods" in r.get("resources", [])
                              and r.get("apiGroups") == [""] for r in wh.get("rules") or []),
-                         where, "must intercept pods CREATE (core/v1)")
+                         where, "must intercept pods CREATE and UPDATE (core/v1)")
             svc_ref = (wh.get("clientConfig") or {}).get("service")
             if report.check(svc_ref is not None, where, "clientConfig must name the operator's Service"):
                 report.check(svc_ref.get("path") == "/mutate", where, "the webhook path is /mutate")
