@@ -43,6 +43,7 @@ CLUSTER_SCOPED = {
     "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
     "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "PriorityClass",
     "StorageClass", "PersistentVolume", "ClusterIssuer", "APIService",
+    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
 }
 OPERATOR = "monasca-operator"
 WEBHOOK_CONFIGURATION = "monasca-sidecar-injector"
@@ -494,7 +495,7 @@ def cross_checks(name, objs, report):
                      f"the operator owns a MutatingWebhookConfiguration named {WEBHOOK_CONFIGURATION}")
         for wh in wh_conf.get("webhooks") or []:
             expect = {"failurePolicy": "Ignore", "sideEffects": "None", "reinvocationPolicy": "IfNeeded",
-                      "timeoutSeconds": 5, "admissionReviewVersions": ["v1"]}
+                      "timeoutSeconds": 3, "admissionReviewVersions": ["v1"]}
             for key, value in expect.items():
                 report.check(wh.get(key) == value, where, f"{key} must be {value!r}, is {wh.get(key)!r}")
             # CREATE injects; UPDATE keeps the prometheus.io rewrite of injected pods (issue 21).

@@ -159,6 +159,11 @@ impl Operator {
         Operator { child, log }
     }
 
+    /// Its process id (to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether it is still running (a start-up error makes it exit).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

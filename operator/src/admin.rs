@@ -16,11 +16,16 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Futu
     server::serve(
         listener,
         None,
-        move |request| {
+        {
             let ctx = ctx.clone();
-            async move { handle(&request, &ctx) }
+            move |request| {
+                let ctx = ctx.clone();
+                async move { handle(&request, &ctx) }
+            }
         },
         shutdown,
+        server::Limits::ADMIN,
+        ctx.metrics.clone(),
     )
     .await;
 }
@@ -45,6 +50,7 @@ pub fn handle(request: &Request<Incoming>, ctx: &Context) -> HttpResponse {
                 injected_pods: ctx.injected_pods.len(),
                 leader: ctx.leadership.is_leader(),
                 cert_loaded: ctx.cert_loaded(),
+                cert_expiry: ctx.cert_expiry(),
             })),
         ),
         "/discovery/targets" => server::response(
@@ -54,13 +60,14 @@ pub fn handle(request: &Request<Incoming>, ctx: &Context) -> HttpResponse {
         ),
         "/healthz" => server::text(StatusCode::OK, "ok"),
         _ if ctx.is_ready() => server::text(StatusCode::OK, "ready"),
+        _ if ctx.is_draining() => server::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
         _ if !ctx.cert_loaded() => server::text(
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the webhook serving certificate",
         ),
         _ => server::text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the MetricsSidecar, Namespace and Pod caches",
+            "waiting for the MetricsSidecar and Namespace caches",
         ),
     }
 }

@@ -34,6 +34,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 
 /// Secret keys. `tls.crt`/`tls.key` make it a valid `kubernetes.io/tls` Secret; the CA's key
 /// stays beside them so that any future leader can renew the serving certificate.
@@ -41,11 +42,27 @@ pub const KEY_CA_CERT: &str = "ca.crt";
 pub const KEY_CA_KEY: &str = "ca.key";
 pub const KEY_TLS_CERT: &str = "tls.crt";
 pub const KEY_TLS_KEY: &str = "tls.key";
+/// The CAs replaced by the last CA change, and until when they stay trusted (Unix seconds).
+pub const KEY_PREVIOUS_CA: &str = "ca.previous.crt";
+pub const KEY_PREVIOUS_UNTIL: &str = "ca.previous.until";
 
 /// The field manager of every write the operator makes (server-side apply and patches).
 pub const FIELD_MANAGER: &str = "monasca-operator";
-/// The name of the one webhook inside the configuration.
+/// The webhook for pods that opt in by their own annotation.
 pub const WEBHOOK_NAME: &str = "inject.monasca.openstack.org";
+/// The webhook for pods in namespaces that opt in by label (and say nothing themselves).
+pub const NAMESPACE_WEBHOOK_NAME: &str = "namespace.inject.monasca.openstack.org";
+/// The field manager of the webhook configuration's `clientConfig` (and `caBundle`): the only
+/// fields the operator applies, so an admin's edits of any other field stay. A manager of its
+/// own: releases that applied the whole object as `monasca-operator` keep that (dormant)
+/// ownership, which never reverts anything since that manager no longer applies.
+pub const WEBHOOK_FIELD_MANAGER: &str = "monasca-operator-webhook-ca";
+/// How long CAs replaced by a new one stay in `caBundle`: far longer than replicas take to load
+/// the new certificate from the Secret they watch (seconds).
+const CA_OVERLAP: Duration = Duration::from_secs(10 * 60);
+/// Between trusting a new CA in `caBundle` and serving a certificate from it: the apiserver's
+/// webhook configuration cache must have the new bundle before any replica switches.
+const CA_PROPAGATION: Duration = Duration::from_secs(2);
 
 /// CA lifetime: long, because replacing the CA briefly breaks trust (see [`Plan::NewCa`]).
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -65,6 +82,23 @@ pub struct Bundle {
     pub ca_key: String,
     pub cert: String,
     pub key: String,
+    /// CAs replaced by `ca_cert` (PEM, possibly several; empty when none), still trusted in
+    /// `caBundle` until `previous_until` so that replicas serving a certificate from them keep
+    /// working while they switch.
+    pub previous_cas: String,
+    /// Unix seconds.
+    pub previous_until: i64,
+}
+
+impl Bundle {
+    /// The `caBundle` at `now`: the CA, and the previous ones during the overlap.
+    pub fn ca_bundle(&self, now: i64) -> String {
+        if now < self.previous_until && !self.previous_cas.trim().is_empty() {
+            format!("{}{}", self.ca_cert, self.previous_cas)
+        } else {
+            self.ca_cert.clone()
+        }
+    }
 }
 
 /// The validity window of a certificate, in Unix seconds.
@@ -141,10 +175,9 @@ pub enum Plan {
     Create,
     /// Issue a new serving certificate from the existing CA.
     RenewServing(RenewReason),
-    /// The CA itself is unusable or near expiry: start over. Trust breaks for the seconds
-    /// between the webhook configuration update and the replicas loading the new certificate;
-    /// with `failurePolicy: Ignore` pods are admitted uninjected meanwhile (and counted in
-    /// `uninjectedPods`). Once in about seven years.
+    /// The CA itself is unusable or near expiry: start over. Trust does not break: the old CA
+    /// stays in `caBundle` beside the new one until every replica serves the new certificate
+    /// (see [`Bundle::ca_bundle`]). Once in about seven years.
     NewCa,
 }
 
@@ -169,11 +202,59 @@ pub fn plan(bundle: Option<&Bundle>, names: &[String], now: i64) -> Plan {
         Ok((_, covered)) if !names.iter().all(|n| covered.contains(n)) => {
             Plan::RenewServing(RenewReason::Names)
         }
-        Ok(_) if KeyPair::from_pem(&bundle.key).is_err() => {
-            Plan::RenewServing(RenewReason::Invalid)
-        }
+        Ok(_) if !serving_matches(bundle, names, now) => Plan::RenewServing(RenewReason::Invalid),
         Ok(_) => Plan::Keep,
     }
+}
+
+/// Whether the serving certificate is usable as the Secret stands: `tls.key` is the key of
+/// `tls.crt`, and `tls.crt` chains to `ca.crt` for the first name at `now` (what the apiserver
+/// will check, done with the same WebPKI rules).
+pub fn serving_matches(bundle: &Bundle, names: &[String], now: i64) -> bool {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    let provider = crate::webhook::tls::provider();
+    let Ok(chain) = CertificateDer::pem_slice_iter(bundle.cert.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    let (Some(leaf), Ok(key), Ok(ca)) = (
+        chain.first(),
+        PrivateKeyDer::from_pem_slice(bundle.key.as_bytes()),
+        CertificateDer::from_pem_slice(bundle.ca_cert.as_bytes()),
+    ) else {
+        return false;
+    };
+    if rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider).is_err() {
+        return false;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (Ok(()), Some(name), Ok(now)) = (
+        roots.add(ca),
+        names
+            .first()
+            .and_then(|n| ServerName::try_from(n.clone()).ok()),
+        u64::try_from(now),
+    ) else {
+        return false;
+    };
+    let Ok(verifier) =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()
+    else {
+        return false;
+    };
+    verifier
+        .verify_server_cert(
+            leaf,
+            &chain[1..],
+            &name,
+            &[],
+            UnixTime::since_unix_epoch(Duration::from_secs(now)),
+        )
+        .is_ok()
 }
 
 fn at(unix: i64) -> Result<OffsetDateTime> {
@@ -244,12 +325,49 @@ pub fn execute(
         _ => generate_ca(now)?,
     };
     let (cert, key) = issue_serving(&ca_cert, &ca_key, names, now)?;
+    let (previous_cas, previous_until) = existing
+        .map(|b| (b.previous_cas.clone(), b.previous_until))
+        .unwrap_or_default();
     Ok(Some(Bundle {
         ca_cert,
         ca_key,
         cert,
         key,
+        previous_cas,
+        previous_until,
     }))
+}
+
+/// The CA certificates (PEM blocks) of a `caBundle`.
+pub fn pem_blocks(pem: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN") {
+            current.clear();
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.starts_with("-----END") {
+            blocks.push(std::mem::take(&mut current));
+        }
+    }
+    blocks
+}
+
+/// The CAs to keep trusting after the CA changes to `new_ca`: those trusted until now (the
+/// webhook configuration's bundle, the Secret's old CA) that still parse and are valid at `now`,
+/// without duplicates and without `new_ca`.
+pub fn previous_cas(trusted: &[String], new_ca: &str, now: i64) -> String {
+    let mut kept: Vec<String> = Vec::new();
+    for block in trusted.iter().flat_map(|pem| pem_blocks(pem)) {
+        let valid =
+            Validity::of(&block).is_ok_and(|(v, _)| v.not_before <= now && now < v.not_after);
+        if valid && block.trim() != new_ca.trim() && !kept.contains(&block) {
+            kept.push(block);
+        }
+    }
+    kept.concat()
 }
 
 impl Bundle {
@@ -265,20 +383,30 @@ impl Bundle {
             ca_key: get(KEY_CA_KEY)?,
             cert: get(KEY_TLS_CERT)?,
             key: get(KEY_TLS_KEY)?,
+            previous_cas: get(KEY_PREVIOUS_CA).unwrap_or_default(),
+            previous_until: get(KEY_PREVIOUS_UNTIL)
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0),
         })
     }
 
     /// The Secret holding this bundle.
     pub fn to_secret(&self, namespace: &str) -> Secret {
-        let data = [
+        let until = self.previous_until.to_string();
+        let mut entries = vec![
             (KEY_CA_CERT, &self.ca_cert),
             (KEY_CA_KEY, &self.ca_key),
             (KEY_TLS_CERT, &self.cert),
             (KEY_TLS_KEY, &self.key),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-        .collect();
+        ];
+        if !self.previous_cas.is_empty() {
+            entries.push((KEY_PREVIOUS_CA, &self.previous_cas));
+            entries.push((KEY_PREVIOUS_UNTIL, &until));
+        }
+        let data = entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect();
         Secret {
             metadata: ObjectMeta {
                 name: Some(WEBHOOK_TLS_SECRET_NAME.into()),
@@ -368,18 +496,75 @@ impl WebhookClient {
     }
 }
 
-/// The webhook configuration the operator keeps applied. `ca_bundle` is `None` in cert-manager
-/// mode: the operator then does not own `caBundle`, so cert-manager's CA injector (annotation
-/// `cert-manager.io/inject-ca-from`) can manage it without the two fighting.
+/// The label (and annotation) key pods and namespaces opt in with.
+const INJECT_KEY: &str = monasca_crds::ANNOTATION_INJECT;
+
+/// The CEL condition of the pod webhook: the pod's own annotation asks for injection.
+pub fn pod_opt_in_condition() -> String {
+    format!(
+        "has(object.metadata.annotations) && '{INJECT_KEY}' in object.metadata.annotations && \
+         object.metadata.annotations['{INJECT_KEY}'] != 'false'"
+    )
+}
+
+/// The CEL condition of the namespace webhook: the pod says nothing itself (the pod webhook
+/// handles pods that do, and a pod's `"false"` wins over its namespace).
+pub fn pod_silent_condition() -> String {
+    format!("!has(object.metadata.annotations) || !('{INJECT_KEY}' in object.metadata.annotations)")
+}
+
+/// The webhook configuration the operator creates when it is absent (out-of-cluster, or
+/// deleted), the same as `manifests/base/mutatingwebhookconfiguration.yaml`. Two webhooks, so
+/// that the apiserver calls the operator only for pods that opted in: one matched by the pod
+/// annotation (`matchConditions`), one by the namespace label (`namespaceSelector`). Neither is
+/// called for `kube-system` or the operator's namespace. `ca_bundle` is `None` in cert-manager
+/// mode (cert-manager's CA injector owns it).
 pub fn webhook_configuration(
     client: &WebhookClient,
     ca_bundle: Option<&str>,
     operator_namespace: &str,
 ) -> MutatingWebhookConfiguration {
-    let excluded = vec![
-        crate::inject::KUBE_SYSTEM.to_string(),
-        operator_namespace.to_string(),
-    ];
+    use k8s_openapi::api::admissionregistration::v1::MatchCondition;
+    let excluded = LabelSelectorRequirement {
+        key: "kubernetes.io/metadata.name".into(),
+        operator: "NotIn".into(),
+        values: Some(vec![
+            crate::inject::KUBE_SYSTEM.to_string(),
+            operator_namespace.to_string(),
+        ]),
+    };
+    let webhook =
+        |name: &str, selector: Vec<LabelSelectorRequirement>, condition: (&str, String)| {
+            MutatingWebhook {
+                name: name.into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: client.client_config(ca_bundle),
+                failure_policy: Some("Ignore".into()),
+                side_effects: "None".into(),
+                reinvocation_policy: Some("IfNeeded".into()),
+                // Admission answers in microseconds from memory; 3 s covers a cold connection. A
+                // replica that cannot answer sheds at once (see `server::Limits`), so this bounds
+                // only a dead endpoint's cost to pod creation.
+                timeout_seconds: Some(3),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: Some(LabelSelector {
+                    match_expressions: Some(selector),
+                    match_labels: None,
+                }),
+                match_conditions: Some(vec![MatchCondition {
+                    name: condition.0.into(),
+                    expression: condition.1,
+                }]),
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec![String::new()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["pods".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                ..MutatingWebhook::default()
+            }
+        };
     MutatingWebhookConfiguration {
         metadata: ObjectMeta {
             name: Some(WEBHOOK_CONFIGURATION_NAME.into()),
@@ -389,59 +574,154 @@ pub fn webhook_configuration(
             )])),
             ..ObjectMeta::default()
         },
-        webhooks: Some(vec![MutatingWebhook {
-            name: WEBHOOK_NAME.into(),
-            admission_review_versions: vec!["v1".into()],
-            client_config: client.client_config(ca_bundle),
-            failure_policy: Some("Ignore".into()),
-            side_effects: "None".into(),
-            reinvocation_policy: Some("IfNeeded".into()),
-            timeout_seconds: Some(5),
-            match_policy: Some("Equivalent".into()),
-            // The apiserver does not even call us for these namespaces (the webhook also skips
-            // them, for configurations edited by hand).
-            namespace_selector: Some(LabelSelector {
-                match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: "kubernetes.io/metadata.name".into(),
-                    operator: "NotIn".into(),
-                    values: Some(excluded),
-                }]),
-                match_labels: None,
-            }),
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec![String::new()]),
-                api_versions: Some(vec!["v1".into()]),
-                operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            ..MutatingWebhook::default()
-        }]),
+        webhooks: Some(vec![
+            webhook(
+                WEBHOOK_NAME,
+                vec![excluded.clone()],
+                ("pod-opted-in", pod_opt_in_condition()),
+            ),
+            webhook(
+                NAMESPACE_WEBHOOK_NAME,
+                vec![
+                    excluded,
+                    LabelSelectorRequirement {
+                        key: INJECT_KEY.into(),
+                        operator: "Exists".into(),
+                        values: None,
+                    },
+                    LabelSelectorRequirement {
+                        key: INJECT_KEY.into(),
+                        operator: "NotIn".into(),
+                        values: Some(vec![monasca_crds::INJECT_FALSE.into()]),
+                    },
+                ],
+                ("pod-silent", pod_silent_condition()),
+            ),
+        ]),
     }
 }
 
-/// Server-side applies the webhook configuration (creating it when absent). Fields the operator
-/// does not set (an `objectSelector` a user added) are left alone.
-pub async fn apply_webhook_configuration(
-    client: &Client,
-    configuration: &MutatingWebhookConfiguration,
-) -> Result<()> {
-    let mut value = serde_json::to_value(configuration).map_err(Error::Json)?;
-    if let Some(object) = value.as_object_mut() {
-        object.insert(
-            "apiVersion".into(),
-            "admissionregistration.k8s.io/v1".into(),
-        );
-        object.insert("kind".into(), "MutatingWebhookConfiguration".into());
+/// What the operator applies to an existing webhook configuration: for each of its webhooks
+/// present there (an admin may have removed one), the `clientConfig` alone, or nothing when it
+/// is already right.
+pub fn client_config_patch(
+    existing: &MutatingWebhookConfiguration,
+    client: &WebhookClient,
+    ca_bundle: Option<&str>,
+) -> Option<serde_json::Value> {
+    let desired = client.client_config(ca_bundle);
+    let ours: Vec<&MutatingWebhook> = existing
+        .webhooks
+        .iter()
+        .flatten()
+        .filter(|w| w.name == WEBHOOK_NAME || w.name == NAMESPACE_WEBHOOK_NAME)
+        .collect();
+    let right = |w: &MutatingWebhook| {
+        w.client_config.service == desired.service
+            && w.client_config.url == desired.url
+            && (ca_bundle.is_none() || w.client_config.ca_bundle == desired.ca_bundle)
+    };
+    if ours.iter().all(|w| right(w)) {
+        return None;
     }
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .patch(
-            WEBHOOK_CONFIGURATION_NAME,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(value),
+    let webhooks: Vec<serde_json::Value> = ours
+        .iter()
+        .map(|w| serde_json::json!({"name": w.name, "clientConfig": desired}))
+        .collect();
+    Some(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIGURATION_NAME},
+        "webhooks": webhooks,
+    }))
+}
+
+/// A JSON patch that switches our webhooks between Service and URL registration (removing the
+/// other field, which another manager may own, so server-side apply alone cannot: both would
+/// remain and the object would be invalid). `None` when no webhook needs the switch.
+pub fn registration_switch(
+    existing: &MutatingWebhookConfiguration,
+    client: &WebhookClient,
+) -> Option<serde_json::Value> {
+    let desired = client.client_config(None);
+    let mut ops = Vec::new();
+    for (i, hook) in existing.webhooks.iter().flatten().enumerate() {
+        let ours = hook.name == WEBHOOK_NAME || hook.name == NAMESPACE_WEBHOOK_NAME;
+        let (has_service, has_url) = (
+            hook.client_config.service.is_some(),
+            hook.client_config.url.is_some(),
+        );
+        if !ours || (has_service == desired.service.is_some() && has_url == desired.url.is_some()) {
+            continue;
+        }
+        let at = format!("/webhooks/{i}/clientConfig");
+        ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": hook.name}));
+        if has_service {
+            ops.push(serde_json::json!({"op": "remove", "path": format!("{at}/service")}));
+        }
+        if has_url {
+            ops.push(serde_json::json!({"op": "remove", "path": format!("{at}/url")}));
+        }
+        match (&desired.service, &desired.url) {
+            (Some(service), _) => ops.push(
+                serde_json::json!({"op": "add", "path": format!("{at}/service"), "value": service}),
+            ),
+            (_, Some(url)) => ops
+                .push(serde_json::json!({"op": "add", "path": format!("{at}/url"), "value": url})),
+            _ => {}
+        }
+    }
+    (!ops.is_empty()).then(|| serde_json::Value::Array(ops))
+}
+
+/// Keeps the webhook configuration's `clientConfig` (and `caBundle`) right: creates the whole
+/// object when it is absent, else server-side applies only those fields with its own field
+/// manager ([`WEBHOOK_FIELD_MANAGER`]), never reverting an admin's edits of selectors,
+/// conditions, timeouts or policies. Returns the `caBundle` PEM it found there before.
+pub async fn sync_webhook_configuration(
+    manager: &Manager,
+    ca_bundle: Option<&str>,
+) -> Result<Option<String>> {
+    let api = Api::<MutatingWebhookConfiguration>::all(manager.client.clone());
+    let Some(existing) = api.get_opt(WEBHOOK_CONFIGURATION_NAME).await? else {
+        tracing::info!("creating the webhook configuration {WEBHOOK_CONFIGURATION_NAME}");
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        api.create(
+            &params,
+            &webhook_configuration(&manager.webhook, ca_bundle, &manager.namespace),
         )
         .await?;
-    Ok(())
+        return Ok(None);
+    };
+    let before = existing
+        .webhooks
+        .iter()
+        .flatten()
+        .find_map(|w| w.client_config.ca_bundle.as_ref())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    if let Some(switch) = registration_switch(&existing, &manager.webhook) {
+        tracing::info!("switching the webhook registration between Service and URL");
+        let patch: json_patch::Patch = serde_json::from_value(switch).map_err(Error::Json)?;
+        api.patch(
+            WEBHOOK_CONFIGURATION_NAME,
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await?;
+    }
+    if let Some(patch) = client_config_patch(&existing, &manager.webhook, ca_bundle) {
+        tracing::info!("updating the webhook configuration's clientConfig");
+        api.patch(
+            WEBHOOK_CONFIGURATION_NAME,
+            &PatchParams::apply(WEBHOOK_FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    }
+    Ok(before)
 }
 
 /// What the leader needs to keep certificates and the webhook configuration right.
@@ -458,13 +738,30 @@ fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// One pass of the leader's duties. Creates or renews the Secret as [`plan`] says and applies
-/// the webhook configuration with its CA. Returns the bundle now in the Secret.
+/// The CAs the webhook configuration trusts now (PEM), if it exists.
+async fn trusted_now(manager: &Manager) -> Result<Option<String>> {
+    let api = Api::<MutatingWebhookConfiguration>::all(manager.client.clone());
+    Ok(api
+        .get_opt(WEBHOOK_CONFIGURATION_NAME)
+        .await?
+        .and_then(|c| {
+            c.webhooks?
+                .into_iter()
+                .find_map(|w| w.client_config.ca_bundle)
+        })
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+}
+
+/// One pass of the leader's duties. Creates or renews the Secret as [`plan`] says and keeps the
+/// webhook configuration trusting its CA. Returns the bundle now in the Secret.
+///
+/// A new CA (first start, a deleted Secret, an expiring CA) is trusted in `caBundle` beside the
+/// CAs trusted so far **before** the Secret with the certificate it signed is written, so that no
+/// replica serves a certificate the apiserver does not trust at any moment.
 pub async fn ensure(manager: &Manager, leadership: &Leadership) -> Result<Option<Bundle>> {
     if !manager.self_managed {
         if leadership.is_leader() {
-            let config = webhook_configuration(&manager.webhook, None, &manager.namespace);
-            apply_webhook_configuration(&manager.client, &config).await?;
+            sync_webhook_configuration(manager, None).await?;
         }
         return Ok(None);
     }
@@ -474,36 +771,75 @@ pub async fn ensure(manager: &Manager, leadership: &Leadership) -> Result<Option
     let names = manager.webhook.names();
     let now = now_unix();
     let decision = plan(bundle.as_ref(), &names, now);
+    let mut synced = false;
     let current = match execute(decision, bundle.as_ref(), &names, now)? {
         None => bundle,
         Some(_) if !leadership.is_leader() => return Err(Error::NotLeader),
-        Some(new) => {
+        Some(mut new) => {
+            let ca_changed = bundle.as_ref().is_none_or(|b| b.ca_cert != new.ca_cert);
+            let mut reissued_after_loss = false;
+            if ca_changed {
+                let mut trusted: Vec<String> = trusted_now(manager).await?.into_iter().collect();
+                trusted.extend(bundle.as_ref().map(|b| b.ca_cert.clone()));
+                new.previous_cas = previous_cas(&trusted, &new.ca_cert, now);
+                new.previous_until = now.saturating_add(CA_OVERLAP.as_secs() as i64);
+                reissued_after_loss = existing.is_none() && !new.previous_cas.is_empty();
+                sync_webhook_configuration(manager, Some(&new.ca_bundle(now))).await?;
+                synced = true;
+                if !new.previous_cas.is_empty() {
+                    tokio::time::sleep(CA_PROPAGATION).await;
+                }
+            }
             tracing::info!(plan = ?decision, "writing the webhook certificate Secret");
             let mut secret = new.to_secret(&manager.namespace);
-            match existing {
-                None => {
-                    secrets.create(&PostParams::default(), &secret).await?;
-                }
+            let written = match existing {
+                None => secrets.create(&PostParams::default(), &secret).await?,
                 Some(old) => {
                     // Replace with the resourceVersion read above: if another writer got there
                     // first, this fails with 409 and the next pass starts from their Secret.
                     secret.metadata.resource_version = old.metadata.resource_version;
                     secrets
                         .replace(WEBHOOK_TLS_SECRET_NAME, &PostParams::default(), &secret)
-                        .await?;
+                        .await?
                 }
+            };
+            if reissued_after_loss {
+                report_new_ca(manager, &written).await;
             }
             Some(new)
         }
     };
     if let Some(bundle) = &current
         && leadership.is_leader()
+        && !synced
     {
-        let config =
-            webhook_configuration(&manager.webhook, Some(&bundle.ca_cert), &manager.namespace);
-        apply_webhook_configuration(&manager.client, &config).await?;
+        sync_webhook_configuration(manager, Some(&bundle.ca_bundle(now))).await?;
     }
     Ok(current)
+}
+
+/// A Warning Event on the new Secret: the old one was deleted, so its CA (and key) are gone and
+/// a new CA was issued. Best effort.
+async fn report_new_ca(manager: &Manager, secret: &Secret) {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder};
+    let recorder = Recorder::new(manager.client.clone(), crate::controller::reporter());
+    let note = format!(
+        "Secret {WEBHOOK_TLS_SECRET_NAME} was deleted: its CA cannot be recovered, so a new webhook \
+         CA was issued; caBundle trusts the old and new CAs for {} min while replicas switch",
+        CA_OVERLAP.as_secs() / 60
+    );
+    tracing::warn!("{note}");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "WebhookCAReissued".into(),
+        note: Some(note),
+        action: "IssueCertificate".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &secret.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish the WebhookCAReissued Event");
+    }
 }
 
 /// How long the leader may sleep before the next [`ensure`].
@@ -516,13 +852,19 @@ fn next_check(bundle: Option<&Bundle>, now: i64) -> Duration {
             Duration::from_secs(renew_at.saturating_sub(now).max(1) as u64)
         })
         .unwrap_or(RECHECK);
-    until_renewal.min(RECHECK)
+    let until_overlap_ends = bundle
+        .filter(|b| b.previous_until > now && !b.previous_cas.is_empty())
+        .map(|b| Duration::from_secs((b.previous_until - now).max(1) as u64 + 1))
+        .unwrap_or(RECHECK);
+    until_renewal.min(until_overlap_ends).min(RECHECK)
 }
 
-/// The leader's certificate loop: runs [`ensure`] on becoming leader, at each renewal time and
-/// every ten minutes; idles while this replica is a follower. Ends when the lease manager is
-/// gone.
-pub async fn run(manager: Manager, leadership: Leadership) {
+/// The leader's certificate loop: runs [`ensure`] on becoming leader, at each renewal time,
+/// every ten minutes, and at once when `recheck` is notified (the Secret or the webhook
+/// configuration was deleted or changed: see [`watch_secret`] and
+/// [`watch_webhook_configuration`]); idles while this replica is a follower. Ends when the
+/// elector is gone.
+pub async fn run(manager: Manager, leadership: Leadership, recheck: Arc<Notify>) {
     loop {
         if !leadership.acquired().await {
             return;
@@ -532,32 +874,70 @@ pub async fn run(manager: Manager, leadership: Leadership) {
             Err(Error::NotLeader) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, reason = e.metric_label(), "cannot ensure the webhook certificate; retrying");
-                Duration::from_secs(10)
+                Duration::from_secs(5)
             }
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = recheck.notified() => {}
             _ = leadership.lost() => {}
         }
     }
 }
 
 /// Every replica: watches the Secret and loads each new serving certificate into `resolver`.
-pub async fn watch_secret(client: Client, namespace: String, resolver: Arc<CertResolver>) {
+/// A deletion keeps the certificate being served (the leader writes a new Secret) and wakes the
+/// leader through `recheck`, as does any change.
+pub async fn watch_secret(
+    client: Client,
+    namespace: String,
+    resolver: Arc<CertResolver>,
+    recheck: Arc<Notify>,
+) {
     let secrets: Api<Secret> = Api::namespaced(client, &namespace);
     let config =
         watcher::Config::default().fields(&format!("metadata.name={WEBHOOK_TLS_SECRET_NAME}"));
-    let mut stream = std::pin::pin!(watcher(secrets, config).default_backoff().applied_objects());
+    let mut stream = std::pin::pin!(watcher(secrets, config).default_backoff());
     while let Some(item) = stream.next().await {
         match item {
-            Ok(secret) => match apply_secret(&resolver, &secret) {
-                Ok(true) => tracing::info!("serving certificate loaded from the Secret"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "the webhook Secret holds no usable certificate")
+            Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
+                match apply_secret(&resolver, &secret) {
+                    Ok(true) => tracing::info!("serving certificate loaded from the Secret"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the webhook Secret holds no usable certificate")
+                    }
                 }
-            },
+                recheck.notify_one();
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                tracing::warn!(
+                    "the webhook Secret was deleted; still serving the certificate loaded"
+                );
+                recheck.notify_one();
+            }
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "watching the webhook Secret; retrying"),
+        }
+    }
+}
+
+/// Every replica: wakes the leader through `recheck` when the webhook configuration is deleted
+/// or changed, so that it is recreated or its `clientConfig` restored within seconds.
+pub async fn watch_webhook_configuration(client: Client, recheck: Arc<Notify>) {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let config =
+        watcher::Config::default().fields(&format!("metadata.name={WEBHOOK_CONFIGURATION_NAME}"));
+    let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(watcher::Event::Delete(_)) => {
+                tracing::warn!("the webhook configuration was deleted; recreating it");
+                recheck.notify_one();
+            }
+            Ok(watcher::Event::Apply(_)) => recheck.notify_one(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watching the webhook configuration; retrying"),
         }
     }
 }

@@ -36,6 +36,7 @@ pub struct Context {
     sidecars_synced: AtomicBool,
     namespaces_synced: AtomicBool,
     pods_synced: AtomicBool,
+    draining: AtomicBool,
 }
 
 impl Context {
@@ -58,6 +59,7 @@ impl Context {
             namespaces_synced: AtomicBool::new(false),
             // Without pod stores (webhook-only use) there is nothing to wait for.
             pods_synced: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -96,6 +98,11 @@ impl Context {
         self.certs.get().is_none_or(|c| c.is_loaded())
     }
 
+    /// When the served webhook certificate expires (Unix seconds), if one is loaded.
+    pub fn cert_expiry(&self) -> Option<i64> {
+        self.certs.get().and_then(|c| c.expiry())
+    }
+
     /// The (slimmed) pods of one namespace.
     pub fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
         self.pods
@@ -112,14 +119,28 @@ impl Context {
         self.namespaces_synced.store(true, Ordering::Release);
     }
 
-    /// Ready to answer reviews: answering before the stores are synced would skip pods whose
-    /// `MetricsSidecar` simply is not known yet. Until then the Service has no endpoint for this
-    /// replica, and the apiserver asks another one (or, with `failurePolicy: Ignore`, none).
+    /// Ready to answer reviews: answering before the stores admission reads are synced would
+    /// skip pods whose `MetricsSidecar` simply is not known yet. Until then the Service has no
+    /// endpoint for this replica, and the apiserver asks another one (or, with
+    /// `failurePolicy: Ignore`, none). Gated only on what admission needs: the cluster-wide pod
+    /// lists (status counts, discovery) can take long on a big cluster and admission never reads
+    /// them. Not ready either once shutdown began (see [`Context::start_draining`]).
     pub fn is_ready(&self) -> bool {
         self.sidecars_synced.load(Ordering::Acquire)
             && self.namespaces_synced.load(Ordering::Acquire)
-            && self.pods_synced()
             && self.cert_loaded()
+            && !self.is_draining()
+    }
+
+    /// Shutdown began: still serving, but reporting not ready so that endpoints drop this
+    /// replica before it closes its listeners.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// The `MetricsSidecar`s of one namespace.

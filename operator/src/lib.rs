@@ -73,9 +73,12 @@ pub enum Error {
     /// A certificate validity time is out of range.
     #[error("certificate time: {0}")]
     CertTime(String),
-    /// Leader election failed.
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// The lease duration flag is out of range.
+    #[error("lease duration {0} s is outside 30-60 s")]
+    LeaseDuration(u64),
+    /// A Lease round did not finish in time.
+    #[error("the Lease round timed out")]
+    LeaseTimeout,
     /// This replica does not hold the Lease: it must not write.
     #[error("not the leader")]
     NotLeader,
@@ -96,7 +99,8 @@ impl Error {
             Error::MissingField(_) => "missing_field",
             Error::CertTime(_) => "cert_time",
             Error::NotLeader => "not_leader",
-            Error::Lease(_) => "lease",
+            Error::LeaseDuration(_) => "lease_duration",
+            Error::LeaseTimeout => "lease_timeout",
         }
     }
 

@@ -56,6 +56,17 @@ struct Args {
     )]
     leader_election: bool,
 
+    /// Lease duration in seconds (30-60). This replica writes only until the start of its last
+    /// successful renewal plus this minus a third of it; another replica takes over once the
+    /// Lease has not changed for this long.
+    #[arg(
+        long,
+        env = "MONASCA_OPERATOR_LEASE_DURATION",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(30..=60)
+    )]
+    lease_duration: u64,
+
     /// The operator's namespace (never injected; home of its Secret). Default: $POD_NAMESPACE,
     /// else monasca-system.
     #[arg(long, env = "MONASCA_OPERATOR_NAMESPACE")]
@@ -91,6 +102,12 @@ struct Args {
     )]
     admin_listen: SocketAddr,
 
+    /// How long to keep serving admission after SIGTERM (reporting not ready) before closing the
+    /// listeners: the time for the Service's endpoints to drop this replica everywhere. Keep it
+    /// below the pod's terminationGracePeriodSeconds minus the preStop sleep.
+    #[arg(long, env = "MONASCA_OPERATOR_SHUTDOWN_DELAY", default_value_t = 5)]
+    shutdown_delay_seconds: u64,
+
     /// Log format.
     #[arg(
         long,
@@ -100,6 +117,10 @@ struct Args {
     )]
     log_format: LogFormat,
 }
+
+/// How long a start-up question to the apiserver (CRD installed? version?) may take before the
+/// operator starts without the answer.
+const STARTUP_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum LogFormat {
@@ -127,26 +148,43 @@ async fn main() -> Result<()> {
         .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_string());
 
     let client = client(args.kubeconfig.as_deref()).await?;
-    // Fail fast, with a clear message, when the CRD is missing (instead of a watch that retries
-    // forever and a webhook that never becomes ready).
-    // Metadata only: one MetricsSidecar that does not parse must not stop the operator.
-    match Api::<MetricsSidecar>::all(client.clone())
-        .list_metadata(&ListParams::default().limit(1))
-        .await
+    // Nothing below waits for the apiserver: the operator starts, and serves admission with the
+    // certificate it has (or reads later), while the apiserver is unreachable. Only a definite
+    // answer that the CRD is missing stops it. Metadata only: one MetricsSidecar that does not
+    // parse must not stop the operator.
+    match tokio::time::timeout(
+        STARTUP_PROBE_TIMEOUT,
+        Api::<MetricsSidecar>::all(client.clone()).list_metadata(&ListParams::default().limit(1)),
+    )
+    .await
     {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => anyhow::bail!(
+        Ok(Ok(_)) => {}
+        Ok(Err(kube::Error::Api(status))) if status.code == 404 => anyhow::bail!(
             "the MetricsSidecar CRD is not installed (kubectl apply -k manifests/): {}",
             status.message
         ),
-        Err(e) => {
-            return Err(e).context("cannot list MetricsSidecars (apiserver reachable? RBAC?)");
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot list MetricsSidecars yet (apiserver reachable? RBAC?); starting anyway, the watches retry");
+        }
+        Err(_) => {
+            tracing::warn!("the apiserver did not answer; starting anyway, the watches retry")
         }
     }
-    let server_version = match client.apiserver_version().await {
-        Ok(info) => ServerVersion::parse(&info.major, &info.minor),
-        Err(e) => {
+    let server_version = match tokio::time::timeout(
+        STARTUP_PROBE_TIMEOUT,
+        client.apiserver_version(),
+    )
+    .await
+    {
+        Ok(Ok(info)) => ServerVersion::parse(&info.major, &info.minor),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot read the apiserver version; nativeSidecar: auto will use regular containers");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the apiserver did not answer the version request; nativeSidecar: auto will use regular containers"
+            );
             None
         }
     };
@@ -160,12 +198,11 @@ async fn main() -> Result<()> {
     // Leadership first: the stores and the controller read it.
     let (leadership, lease_task) = if args.leader_election {
         let identity = identity();
-        let manager = leader::lease_manager(client.clone(), &namespace, &identity)
-            .await
-            .context("setting up the leader-election Lease")?;
-        let (state_tx, state_rx) = signal_watch::channel(false);
-        tracing::info!(%identity, lease = leader::LEASE_NAME, "competing for the Lease");
-        let task = tokio::spawn(leader::run_lease(manager, state_tx, stop_rx.clone()));
+        let timing = leader::LeaseTiming::new(args.lease_duration)?;
+        let elector = leader::Elector::new(client.clone(), &namespace, &identity, timing);
+        let (state_tx, state_rx) = signal_watch::channel(None);
+        tracing::info!(%identity, lease = leader::LEASE_NAME, ?timing, "competing for the Lease");
+        let task = tokio::spawn(leader::run_lease(elector, state_tx, stop_rx.clone()));
         (Leadership::from_receiver(state_rx), Some(task))
     } else {
         tracing::warn!("leader election off: this replica always writes");
@@ -191,13 +228,20 @@ async fn main() -> Result<()> {
         _ => CertResolver::empty(Some(ctx.metrics.clone())),
     });
     ctx.set_certs(certs.clone());
+    // Deleting or editing the Secret or the webhook configuration wakes the leader at once.
+    let recheck = Arc::new(tokio::sync::Notify::new());
     if self_managed {
         tokio::spawn(certs::watch_secret(
             client.clone(),
             namespace.clone(),
             certs.clone(),
+            recheck.clone(),
         ));
     }
+    tokio::spawn(certs::watch_webhook_configuration(
+        client.clone(),
+        recheck.clone(),
+    ));
     let webhook_client = match &args.webhook_url {
         Some(url) => WebhookClient::Url(url.clone()),
         None => WebhookClient::Service {
@@ -214,9 +258,12 @@ async fn main() -> Result<()> {
             self_managed,
         },
         leadership.clone(),
+        recheck,
     ));
 
-    let pod_monitors = pod_monitors_installed(&client).await;
+    let pod_monitors = tokio::time::timeout(STARTUP_PROBE_TIMEOUT, pod_monitors_installed(&client))
+        .await
+        .unwrap_or(false);
     let controller_ctx = Arc::new(controller::Context::new(client, ctx.clone(), pod_monitors));
     let controller_task = tokio::spawn(controller::run(controller_ctx, stopped(stop_rx.clone())));
 
@@ -230,33 +277,26 @@ async fn main() -> Result<()> {
         ctx.clone(),
         stopped(stop_rx.clone()),
     ));
-    let admin_task = tokio::spawn(admin::serve(admin_listener, ctx, stopped(stop_rx)));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, ctx.clone(), stopped(stop_rx)));
 
-    let lease_died = async {
-        match lease_task {
-            Some(task) => Some(task.await),
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(lease_died);
-    let lease_result = tokio::select! {
-        () = shutdown_signal() => None,
-        result = &mut lease_died => result,
-    };
+    shutdown_signal().await;
+    // Keep serving while the endpoint removal propagates (kube-proxy, the apiserver's endpoint
+    // cache): reviews still arrive here for a few seconds after SIGTERM. /readyz says not ready
+    // meanwhile, so nothing new is routed here.
+    ctx.start_draining();
+    tracing::info!(
+        seconds = args.shutdown_delay_seconds,
+        "SIGTERM: still serving during the shutdown delay"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(args.shutdown_delay_seconds)).await;
     tracing::info!("shutting down: draining in-flight admissions");
     let _ = stop_tx.send(true);
     let finish = async {
-        if let Some(result) = lease_result {
-            // The Lease task ended on its own: exit non-zero so Kubernetes restarts the pod.
-            let _ = webhook_task.await;
-            result.context("lease task")??;
-            anyhow::bail!("the leader-election task ended unexpectedly");
-        }
         webhook_task.await.context("webhook task")??;
         admin_task.await.context("admin task")?;
         controller_task.await.context("controller task")?;
-        if let Some(result) = lease_died.await {
-            result.context("lease task")??;
+        if let Some(task) = lease_task {
+            task.await.context("lease task")?;
         }
         Ok(())
     };

@@ -18,16 +18,129 @@ pub enum Outcome {
     Skipped,
     /// Not an AdmissionReview: answered HTTP 400.
     Invalid,
+    /// A body over the size cap (HTTP 413), or a pod too large to parse safely (admitted
+    /// unchanged with a warning).
+    TooLarge,
+    /// The body did not arrive, or was not answered, within the request deadline.
+    Timeout,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Injected, Outcome::Skipped, Outcome::Invalid];
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Injected,
+        Outcome::Skipped,
+        Outcome::Invalid,
+        Outcome::TooLarge,
+        Outcome::Timeout,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Injected => "injected",
             Outcome::Skipped => "skipped",
             Outcome::Invalid => "invalid",
+            Outcome::TooLarge => "too_large",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Why a connection or request was turned away before being handled (load shedding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// The connection cap was reached: the new connection was closed at once.
+    Connections,
+    /// The in-flight cap was reached: HTTP 503 at once.
+    InFlight,
+}
+
+impl Shed {
+    pub const ALL: [Shed; 2] = [Shed::Connections, Shed::InFlight];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Shed::Connections => "connections",
+            Shed::InFlight => "in_flight",
+        }
+    }
+}
+
+/// Which listener (for the in-flight gauge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Webhook,
+    Admin,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 2] = [Listener::Webhook, Listener::Admin];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Listener::Webhook => "webhook",
+            Listener::Admin => "admin",
+        }
+    }
+}
+
+/// Why a TLS handshake on the webhook listener failed (fixed labels, never the error text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client did not finish the handshake within the handshake timeout.
+    Timeout,
+    /// The client rejected our certificate (unknown CA, bad or expired certificate): what a
+    /// `caBundle` that does not trust the served certificate looks like.
+    CertificateRejected,
+    /// No serving certificate is loaded yet.
+    NoCertificate,
+    /// The client closed the connection during the handshake.
+    Closed,
+    /// Anything else (protocol errors, not TLS at all).
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 5] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::CertificateRejected,
+        HandshakeFailure::NoCertificate,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::CertificateRejected => "certificate_rejected",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// Classifies the error of a failed server handshake.
+    pub fn of(error: &std::io::Error) -> HandshakeFailure {
+        use rustls::AlertDescription as Alert;
+        if error.kind() == std::io::ErrorKind::UnexpectedEof
+            || error.kind() == std::io::ErrorKind::ConnectionReset
+        {
+            return HandshakeFailure::Closed;
+        }
+        match error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                | Alert::UnknownCA
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::DecryptError,
+            )) => HandshakeFailure::CertificateRejected,
+            Some(rustls::Error::General(_)) => HandshakeFailure::NoCertificate,
+            _ => HandshakeFailure::Other,
         }
     }
 }
@@ -174,6 +287,9 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     /// `namespace/name` of the MetricsSidecars that do not parse (a set, so the gauge is exact).
     malformed: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    shed: [AtomicU64; Shed::ALL.len()],
+    handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
+    in_flight: [AtomicU64; Listener::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -187,6 +303,9 @@ impl Default for Metrics {
             reconcile_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             reconcile_duration: Histogram::new(&RECONCILE_BUCKETS),
             malformed: std::sync::Mutex::default(),
+            shed: std::array::from_fn(|_| AtomicU64::new(0)),
+            handshake_failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            in_flight: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -200,6 +319,8 @@ pub struct Gauges {
     pub leader: bool,
     /// Whether a serving certificate is loaded.
     pub cert_loaded: bool,
+    /// When the served certificate expires (Unix seconds), if one is loaded.
+    pub cert_expiry: Option<i64>,
 }
 
 impl Metrics {
@@ -215,6 +336,41 @@ impl Metrics {
     /// Counts one serving-certificate reload attempt.
     pub fn cert_reload(&self, result: ReloadResult) {
         self.cert_reloads[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one connection or request turned away by a cap.
+    pub fn shed(&self, reason: Shed) {
+        self.shed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections or requests turned away for `reason` so far.
+    pub fn sheds(&self, reason: Shed) -> u64 {
+        self.shed[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// A request on `listener` started (`true`) or ended (`false`) being handled.
+    pub fn in_flight_change(&self, listener: Listener, started: bool) {
+        let gauge = &self.in_flight[listener as usize];
+        if started {
+            gauge.fetch_add(1, Ordering::Relaxed);
+        } else {
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests being handled on `listener` now.
+    pub fn in_flight(&self, listener: Listener) -> u64 {
+        self.in_flight[listener as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts one failed TLS handshake.
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TLS handshakes failed for `reason` so far.
+    pub fn handshake_failures(&self, reason: HandshakeFailure) -> u64 {
+        self.handshake_failures[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Counts one reconcile and its duration.
@@ -374,7 +530,58 @@ impl Metrics {
             "monasca_operator_malformed_objects{{kind=\"MetricsSidecar\"}} {}",
             self.malformed()
         );
+        let _ = writeln!(
+            out,
+            "# HELP monasca_operator_admission_shed_total Webhook connections closed or requests refused (503) at once because a cap was reached, by cap."
+        );
+        let _ = writeln!(out, "# TYPE monasca_operator_admission_shed_total counter");
+        for reason in Shed::ALL {
+            let _ = writeln!(
+                out,
+                "monasca_operator_admission_shed_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.sheds(reason)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP monasca_operator_tls_handshake_failures_total Failed TLS handshakes on the webhook listener, by reason."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE monasca_operator_tls_handshake_failures_total counter"
+        );
+        for reason in HandshakeFailure::ALL {
+            let _ = writeln!(
+                out,
+                "monasca_operator_tls_handshake_failures_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.handshake_failures(reason)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP monasca_operator_requests_in_flight Requests being handled now, by listener."
+        );
+        let _ = writeln!(out, "# TYPE monasca_operator_requests_in_flight gauge");
+        for listener in Listener::ALL {
+            let _ = writeln!(
+                out,
+                "monasca_operator_requests_in_flight{{listener=\"{}\"}} {}",
+                listener.label(),
+                self.in_flight(listener)
+            );
+        }
         if let Some(g) = gauges {
+            if let Some(expiry) = g.cert_expiry {
+                let name = "monasca_operator_certificate_expiry_timestamp_seconds";
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} When the served webhook certificate expires (Unix time)."
+                );
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                let _ = writeln!(out, "{name} {expiry}");
+            }
             for (name, help, value) in [
                 (
                     "monasca_operator_injected_pods",
@@ -435,12 +642,18 @@ mod tests {
             injected_pods: 3,
             leader: true,
             cert_loaded: true,
+            cert_expiry: Some(1_900_000_000),
         }));
         assert!(text.contains("monasca_operator_reconciles_total{result=\"ok\"} 1"));
         assert!(text.contains("monasca_operator_reconcile_errors_total{reason=\"conflict\"} 1"));
         assert!(text.contains("monasca_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("monasca_operator_injected_pods 3"));
         assert!(text.contains("monasca_operator_leader 1"));
+        assert!(text.contains("monasca_operator_certificate_expiry_timestamp_seconds 1900000000"));
+        assert!(text.contains("monasca_operator_admission_shed_total{reason=\"in_flight\"} 0"));
+        assert!(
+            text.contains("monasca_operator_tls_handshake_failures_total{reason=\"timeout\"} 0")
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap_or_default();
             assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");

@@ -6,8 +6,8 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use monasca_operator::webhook::{self, tls::CertResolver};
@@ -44,31 +44,6 @@ fn client_config(ca_der: &[u8]) -> Arc<rustls::ClientConfig> {
         .add(CertificateDer::from(ca_der.to_vec()))
         .expect("CA");
     tls_client(roots)
-}
-
-async fn send(
-    sender: &mut SendRequest<Full<Bytes>>,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> (StatusCode, Bytes) {
-    sender.ready().await.expect("connection ready");
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .expect("request");
-    let response = sender.send_request(request).await.expect("response");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, body)
 }
 
 async fn post_fixture(sender: &mut SendRequest<Full<Bytes>>, body: &Bytes) -> bool {

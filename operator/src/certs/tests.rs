@@ -84,6 +84,116 @@ fn broken_or_expiring_ca_starts_over() {
 }
 
 #[test]
+fn a_key_that_is_not_the_certificates_or_a_certificate_from_another_ca_is_reissued() {
+    let bundle = fresh();
+    let other = fresh();
+    let mut wrong_key = bundle.clone();
+    wrong_key.key = other.key.clone();
+    assert_eq!(
+        plan(Some(&wrong_key), &names(), NOW),
+        Plan::RenewServing(RenewReason::Invalid)
+    );
+    let mut foreign = bundle.clone();
+    foreign.cert = other.cert.clone();
+    foreign.key = other.key.clone();
+    assert_eq!(
+        plan(Some(&foreign), &names(), NOW),
+        Plan::RenewServing(RenewReason::Invalid),
+        "tls.crt does not chain to ca.crt"
+    );
+    let reissued = execute(
+        plan(Some(&foreign), &names(), NOW),
+        Some(&foreign),
+        &names(),
+        NOW,
+    )
+    .expect("issues")
+    .expect("bundle");
+    assert!(serving_matches(&reissued, &names(), NOW));
+    assert_eq!(plan(Some(&reissued), &names(), NOW), Plan::Keep);
+}
+
+#[test]
+fn ca_bundle_keeps_previous_cas_during_the_overlap_only() {
+    let old = fresh();
+    let mut new = fresh();
+    let previous = previous_cas(
+        &[
+            format!("{}{}", old.ca_cert, new.ca_cert),
+            old.ca_cert.clone(),
+            "garbage".into(),
+        ],
+        &new.ca_cert,
+        NOW,
+    );
+    assert_eq!(
+        pem_blocks(&previous),
+        vec![old.ca_cert.clone()],
+        "deduplicated, new CA and garbage dropped"
+    );
+    new.previous_cas = previous;
+    new.previous_until = NOW + 600;
+    assert_eq!(
+        pem_blocks(&new.ca_bundle(NOW)),
+        vec![new.ca_cert.clone(), old.ca_cert.clone()]
+    );
+    assert_eq!(new.ca_bundle(NOW + 600), new.ca_cert);
+    let secret = new.to_secret("monasca-system");
+    assert_eq!(
+        Bundle::from_secret(&secret),
+        Some(new),
+        "the overlap survives a restart"
+    );
+}
+
+#[test]
+fn only_a_wrong_client_config_is_applied_and_nothing_else() {
+    let client = WebhookClient::Url("https://127.0.0.1:8443/mutate".into());
+    let mut existing = webhook_configuration(&client, Some("PEM"), "ops");
+    assert_eq!(
+        client_config_patch(&existing, &client, Some("PEM")),
+        None,
+        "already right"
+    );
+    // An admin's edits elsewhere are not ours to revert.
+    if let Some(hooks) = existing.webhooks.as_mut() {
+        hooks[0].timeout_seconds = Some(10);
+        hooks[0].object_selector = Some(Default::default());
+        hooks.truncate(1);
+    }
+    assert_eq!(client_config_patch(&existing, &client, Some("PEM")), None);
+    let patch = client_config_patch(&existing, &client, Some("NEW")).expect("caBundle changed");
+    assert_eq!(
+        patch["webhooks"],
+        serde_json::json!([{"name": WEBHOOK_NAME,
+            "clientConfig": {"url": "https://127.0.0.1:8443/mutate", "caBundle": "TkVX"}}]),
+        "only clientConfig, only for the webhooks still there"
+    );
+}
+
+#[test]
+fn switching_from_service_to_url_removes_the_service() {
+    let service = WebhookClient::Service {
+        namespace: "monasca-system".into(),
+        name: "monasca-operator".into(),
+        port: 443,
+    };
+    let url = WebhookClient::Url("https://127.0.0.1:8443/mutate".into());
+    let shipped = webhook_configuration(&service, None, "monasca-system");
+    assert_eq!(registration_switch(&shipped, &service), None);
+    let patch = registration_switch(&shipped, &url).expect("a switch");
+    let mut value = serde_json::to_value(&shipped).expect("json");
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("patch");
+    json_patch::patch(&mut value, &patch).expect("applies");
+    for hook in value["webhooks"].as_array().expect("webhooks") {
+        assert_eq!(
+            hook["clientConfig"],
+            serde_json::json!({"url": "https://127.0.0.1:8443/mutate"})
+        );
+    }
+}
+
+#[test]
 fn secret_round_trips_the_bundle() {
     let bundle = fresh();
     let secret = bundle.to_secret("monasca-system");
@@ -109,7 +219,18 @@ fn webhook_configuration_in_cluster_uses_the_service() {
     assert_eq!(hook["failurePolicy"], "Ignore");
     assert_eq!(hook["sideEffects"], "None");
     assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
-    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(hook["timeoutSeconds"], 3);
+    assert_eq!(
+        hook["matchConditions"][0]["expression"],
+        pod_opt_in_condition()
+    );
+    let namespace_hook = &value["webhooks"][1];
+    assert_eq!(namespace_hook["name"], NAMESPACE_WEBHOOK_NAME);
+    assert_eq!(
+        namespace_hook["namespaceSelector"]["matchExpressions"][1],
+        serde_json::json!({"key": "monasca.openstack.org/inject", "operator": "Exists"})
+    );
+    assert_eq!(namespace_hook["clientConfig"], hook["clientConfig"]);
     assert_eq!(
         hook["rules"][0]["operations"],
         serde_json::json!(["CREATE", "UPDATE"])
@@ -163,7 +284,9 @@ mod api {
 
     const SECRET_URI: &str =
         "/api/v1/namespaces/monasca-system/secrets/monasca-sidecar-webhook-tls";
-    const WEBHOOK_URI: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/monasca-sidecar-injector?&force=true&fieldManager=monasca-operator";
+    const WEBHOOK_GET: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/monasca-sidecar-injector";
+    const WEBHOOK_APPLY: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/monasca-sidecar-injector?&force=true&fieldManager=monasca-operator-webhook-ca";
+    const WEBHOOK_CREATE: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations?&fieldManager=monasca-operator";
 
     fn service() -> WebhookClient {
         WebhookClient::Service {
@@ -221,6 +344,7 @@ mod api {
         let bundle = execute(Plan::Create, None, &service().names(), now_unix())
             .expect("generates")
             .expect("bundle");
+        let client_config = webhook_body(&bundle.ca_cert)["webhooks"][0]["clientConfig"].clone();
         let result = run(
             true,
             vec![
@@ -230,10 +354,25 @@ mod api {
                     BodyCheck::None,
                     secret_json(&bundle),
                 ),
+                // The configuration trusts an old CA: only clientConfig is applied.
+                Expect::new(
+                    Method::GET,
+                    WEBHOOK_GET,
+                    BodyCheck::None,
+                    webhook_body("OLD"),
+                ),
                 Expect::new(
                     Method::PATCH,
-                    WEBHOOK_URI,
-                    BodyCheck::Exact(webhook_body(&bundle.ca_cert)),
+                    WEBHOOK_APPLY,
+                    BodyCheck::Exact(json!({
+                        "apiVersion": "admissionregistration.k8s.io/v1",
+                        "kind": "MutatingWebhookConfiguration",
+                        "metadata": {"name": "monasca-sidecar-injector"},
+                        "webhooks": [
+                            {"name": WEBHOOK_NAME, "clientConfig": client_config.clone()},
+                            {"name": NAMESPACE_WEBHOOK_NAME, "clientConfig": client_config},
+                        ],
+                    })),
                     Value::Null,
                 ),
             ],
@@ -267,6 +406,20 @@ mod api {
             vec![
                 Expect::new(Method::GET, SECRET_URI, BodyCheck::None, Value::Null)
                     .failing(StatusCode::NOT_FOUND, "NotFound"),
+                // Nothing was trusted before: nothing to keep in the bundle. The configuration
+                // is absent: created whole (before the Secret), then found right.
+                Expect::new(Method::GET, WEBHOOK_GET, BodyCheck::None, Value::Null)
+                    .failing(StatusCode::NOT_FOUND, "NotFound"),
+                Expect::new(Method::GET, WEBHOOK_GET, BodyCheck::None, Value::Null)
+                    .failing(StatusCode::NOT_FOUND, "NotFound"),
+                Expect::new(
+                    Method::POST,
+                    WEBHOOK_CREATE,
+                    BodyCheck::Subset(json!({
+                        "metadata": {"name": "monasca-sidecar-injector"},
+                    })),
+                    Value::Null,
+                ),
                 Expect::new(
                     Method::POST,
                     "/api/v1/namespaces/monasca-system/secrets?",
@@ -274,15 +427,6 @@ mod api {
                         "metadata": {"name": "monasca-sidecar-webhook-tls",
                                      "namespace": "monasca-system"},
                         "type": "kubernetes.io/tls",
-                    })),
-                    Value::Null,
-                ),
-                Expect::new(
-                    Method::PATCH,
-                    WEBHOOK_URI,
-                    BodyCheck::Subset(json!({
-                        "kind": "MutatingWebhookConfiguration",
-                        "metadata": {"name": "monasca-sidecar-injector"},
                     })),
                     Value::Null,
                 ),
@@ -295,4 +439,21 @@ mod api {
             Plan::Keep
         );
     }
+}
+
+#[test]
+fn shipped_webhook_configuration_matches_the_one_the_operator_creates() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/base/mutatingwebhookconfiguration.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("manifest");
+    let shipped: MutatingWebhookConfiguration = serde_saphyr::from_str(&text).expect("parses");
+    let client = WebhookClient::Service {
+        namespace: "monasca-system".into(),
+        name: "monasca-operator".into(),
+        port: 443,
+    };
+    let created = webhook_configuration(&client, None, "monasca-system");
+    assert_eq!(shipped.webhooks, created.webhooks);
 }

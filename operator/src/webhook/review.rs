@@ -10,7 +10,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
-use serde::Serialize;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 /// The request body is not an AdmissionReview with a request: HTTP 400 with this one-line
@@ -34,9 +36,20 @@ pub struct Reviewed {
 /// the webhook did, so `kubectl get events`/audit logs explain a pod without operator logs.
 const AUDIT_DECISION: &str = "decision";
 
+/// Most JSON values (objects, arrays, strings, numbers...) a review may hold before it is parsed
+/// into a typed Pod. The typed parse inflates a body of many tiny values a hundredfold (`{}` as a
+/// container is 3 bytes of JSON and over a kilobyte of `Container`): without this bound a 3 MiB
+/// body of empty containers costs gigabytes. Real pods, even with a service mesh's sidecars and
+/// long env lists, hold a few thousand values.
+pub const MAX_JSON_VALUES: usize = 20_000;
+
 /// Answers one AdmissionReview. Never denies: the webhook only ever adds a sidecar, and a pod
-/// it cannot inject is better created without one than not at all.
+/// it cannot inject is better created without one than not at all. A review with more than
+/// [`MAX_JSON_VALUES`] values is admitted unchanged, with a warning, without the typed parse.
 pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
+    if exceeds_json_values(body, MAX_JSON_VALUES) {
+        return admit_too_large(body);
+    }
     // The typed parse is the fast path. When it fails, a generic parse tells a review of
     // something that is not a valid Pod (admit unchanged) from a body that is no review (400).
     let request: AdmissionRequest<Pod> = match serde_json::from_slice::<AdmissionReview<Pod>>(body)
@@ -73,6 +86,7 @@ pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
         .unwrap_or("default");
     let namespace_meta = ctx.namespace(namespace);
     let sidecars = ctx.sidecars_in(namespace);
+    let namespace_opt_in = namespace_opt_in(namespace_meta.as_deref().map(|ns| &ns.metadata));
     let decision = match (&request.operation, request.old_object.as_ref()) {
         // An UPDATE never injects; it only keeps the rewrite of an injected pod.
         (Operation::Update, Some(old)) => keep_rewrite(old, pod),
@@ -82,15 +96,159 @@ pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
                 namespace,
                 pod,
             },
-            namespace_meta
-                .as_ref()
-                .and_then(|ns| ns.metadata.annotations.as_ref()),
+            namespace_opt_in.as_ref(),
             &sidecars,
             &ctx.settings,
         ),
     };
     log_decision(&request, namespace, pod, &decision);
     respond(&request, decision)
+}
+
+/// The namespace's opt-in as [`inject`] reads it (an annotation map): the namespace **label**
+/// `monasca.openstack.org/inject` (what the webhook configuration's `namespaceSelector`
+/// matches, so the apiserver calls the webhook for such namespaces' pods), else the older
+/// namespace annotation of the same key, which still decides for pods that reach the webhook
+/// through their own annotation but no longer makes the apiserver call it by itself.
+fn namespace_opt_in(
+    meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+) -> Option<BTreeMap<String, String>> {
+    let meta = meta?;
+    let mut view = meta.annotations.clone().unwrap_or_default();
+    if let Some(label) = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(monasca_crds::ANNOTATION_INJECT))
+    {
+        view.insert(monasca_crds::ANNOTATION_INJECT.to_string(), label.clone());
+    }
+    Some(view)
+}
+
+/// Whether `body` holds more than `limit` JSON values. Counts without building anything (keys
+/// and strings are borrowed or skipped), so it costs no memory whatever the body holds; a body
+/// that is not JSON counts as not exceeding (the typed parse then reports it).
+pub fn exceeds_json_values(body: &[u8], limit: usize) -> bool {
+    let left = Cell::new(limit);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let counted = Count { left: &left }.deserialize(&mut de);
+    counted.is_err() && left.get() == 0
+}
+
+/// A serde visitor that counts values down from `left` and fails when none are left.
+struct Count<'a> {
+    left: &'a Cell<usize>,
+}
+
+impl Count<'_> {
+    fn take<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.left.get() {
+            0 => Err(E::custom("too many JSON values")),
+            n => {
+                self.left.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Count<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.take()?;
+        while seq.next_element_seed(Count { left: self.left })?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.take()?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Count { left: self.left })?;
+        }
+        Ok(())
+    }
+}
+
+/// Just enough of a review to answer it: the uid (and the version to answer in).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(default)]
+    api_version: Option<String>,
+    request: Option<EnvelopeRequest>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeRequest {
+    uid: String,
+}
+
+/// Admits a review too large to parse safely, unchanged, with a warning the client sees.
+fn admit_too_large(body: &[u8]) -> Result<Reviewed, InvalidReview> {
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        InvalidReview(format!(
+            "not an AdmissionReview: {}",
+            one_line(&e.to_string())
+        ))
+    })?;
+    let request = envelope
+        .request
+        .ok_or_else(|| InvalidReview("AdmissionReview has no request".into()))?;
+    tracing::warn!(uid = %request.uid, limit = MAX_JSON_VALUES, "admitting a pod too large to inspect unchanged");
+    let warnings = [format!(
+        "monasca-sidecar: the pod has more than {MAX_JSON_VALUES} JSON values; not injected"
+    )];
+    let out = ReviewOut {
+        api_version: envelope
+            .api_version
+            .as_deref()
+            .unwrap_or(REVIEW_API_VERSION),
+        kind: REVIEW_KIND,
+        response: ResponseOut {
+            uid: &request.uid,
+            allowed: true,
+            patch_type: None,
+            patch: None,
+            warnings: &warnings,
+            audit_annotations: BTreeMap::from([(AUDIT_DECISION, "too_large")]),
+        },
+    };
+    let body = serde_json::to_vec(&out)
+        .map_err(|e| InvalidReview(format!("cannot serialize response: {e}")))?;
+    Ok(Reviewed {
+        body,
+        outcome: Outcome::TooLarge,
+        skip: None,
+    })
 }
 
 /// The body did not parse as a review of a Pod.

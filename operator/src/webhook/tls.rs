@@ -210,6 +210,14 @@ impl CertResolver {
         CertResolver::fixed(vec![cert.der().clone()], key)
     }
 
+    /// When the served certificate expires (Unix seconds), if one is loaded and parses.
+    pub fn expiry(&self) -> Option<i64> {
+        let current = self.current.load_full()?;
+        let leaf = current.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// The certificate chain now being served, if any.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current.load_full()

@@ -369,3 +369,27 @@ pub async fn connect(
     tokio::spawn(conn);
     Ok((sender, peer))
 }
+
+/// One HTTP/1.1 request on an open connection; the status and the whole body.
+pub async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    method: http::Method,
+    path: &str,
+    body: bytes::Bytes,
+) -> (http::StatusCode, bytes::Bytes) {
+    sender.ready().await.expect("connection ready");
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(body))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
