@@ -671,7 +671,7 @@ pub fn registration_switch(
             _ => {}
         }
     }
-    (!ops.is_empty()).then(|| serde_json::Value::Array(ops))
+    (!ops.is_empty()).then_some(serde_json::Value::Array(ops))
 }
 
 /// Keeps the webhook configuration's `clientConfig` (and `caBundle`) right: creates the whole
