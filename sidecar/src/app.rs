@@ -2,10 +2,11 @@
 //! every component.
 
 use crate::expose::SelfFamily;
+use crate::state::{Persister, StatePart};
 use crate::store::{Now, Store, StoreSettings};
 use monasca_config::SidecarConfig;
-use parking_lot::RwLock;
-use std::sync::Arc;
+use parking_lot::{Mutex, RwLock};
+use std::sync::{Arc, OnceLock};
 
 /// A component that reports its own `monasca_sidecar_*` metrics at render time.
 pub trait SelfMetrics: Send + Sync {
@@ -35,6 +36,11 @@ pub struct App {
     clearers: RwLock<Vec<Arc<dyn Clear>>>,
     /// The OTLP receiver's stream state (delta totals, start times) and self-metrics.
     pub otlp: Arc<crate::otlp::Otlp>,
+    /// The state writer, when `stateDir` is set (see [`crate::state`]).
+    state: OnceLock<Arc<Persister>>,
+    state_parts: RwLock<Vec<Arc<dyn StatePart>>>,
+    /// StatsD accumulators read from the state file, taken by the StatsD listener at start.
+    restored_statsd: Mutex<Option<crate::statsd::accumulate::Restored>>,
 }
 
 impl App {
@@ -46,7 +52,42 @@ impl App {
             refreshers: RwLock::new(Vec::new()),
             clearers: RwLock::new(Vec::new()),
             otlp: Arc::new(crate::otlp::Otlp::new()),
+            state: OnceLock::new(),
+            state_parts: RwLock::new(Vec::new()),
+            restored_statsd: Mutex::new(None),
         })
+    }
+
+    /// Installs the state writer (once, at start).
+    pub fn set_persister(&self, persister: Arc<Persister>) {
+        let _ = self.state.set(persister);
+    }
+
+    /// Waits until the store at `version` is persisted (no-op without `stateDir`).
+    pub async fn durable(&self, version: u64) {
+        if let Some(p) = self.state.get() {
+            p.durable(version).await;
+        }
+    }
+
+    /// Registers a source whose own state goes into the state file.
+    pub fn register_state_part(&self, part: Arc<dyn StatePart>) {
+        self.state_parts.write().push(part);
+    }
+
+    /// The registered state parts.
+    pub fn state_parts(&self) -> Vec<Arc<dyn StatePart>> {
+        self.state_parts.read().clone()
+    }
+
+    /// Hands restored StatsD accumulators to the StatsD listener (see [`crate::state::install`]).
+    pub fn set_restored_statsd(&self, restored: crate::statsd::accumulate::Restored) {
+        *self.restored_statsd.lock() = Some(restored);
+    }
+
+    /// Takes the restored StatsD accumulators, if any.
+    pub fn take_restored_statsd(&self) -> Option<crate::statsd::accumulate::Restored> {
+        self.restored_statsd.lock().take()
     }
 
     /// The configuration in force.

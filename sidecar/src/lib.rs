@@ -14,5 +14,6 @@ pub mod otlp;
 pub mod parse;
 pub mod scrape;
 pub mod server;
+pub mod state;
 pub mod statsd;
 pub mod store;

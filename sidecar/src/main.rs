@@ -54,6 +54,15 @@ fn init_tracing(format: &str) {
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     let app = App::new(config.clone());
+    // Persisted state first: it must be in place before any listener accepts data.
+    let persister = config.state_dir.as_ref().map(|dir| {
+        let dir = PathBuf::from(dir);
+        let outcome = monasca_sidecar::state::load(&app, &dir);
+        let persister = monasca_sidecar::state::Persister::new(&app, dir, outcome);
+        app.set_persister(persister.clone());
+        app.register(persister.clone());
+        persister
+    });
     let stats = ServerStats::new(&app);
     app.register(stats.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -110,6 +119,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
     };
 
+    let writer = persister.clone().map(|p| tokio::spawn(p.run(app.clone())));
+
     let watcher = args.config.clone().map(|path| {
         let app = app.clone();
         tokio::spawn(ConfigWatcher::new(path, config).run(app))
@@ -128,6 +139,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     sweeper.abort();
     if let Some(w) = watcher {
         w.abort();
+    }
+    if let Some(w) = writer {
+        w.abort();
+    }
+    if let Some(p) = persister {
+        p.write(&app).await;
+        tracing::info!(dir = %p.dir().display(), "state written");
     }
     Ok(())
 }

@@ -58,6 +58,14 @@ pub struct SidecarConfig {
     /// shares its process namespace, set by the operator), `mtime` (file changes only: never
     /// deletes files).
     pub multiprocess_liveness: MultiprocessLiveness,
+    /// Directory where the sidecar persists its state (every worker's last values, retired
+    /// totals, StatsD accumulators, OTLP delta totals) so a restarted sidecar continues its
+    /// counters; off when absent. `/metrics` shows only values already persisted there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// How often the state is written when something changed (also on shutdown and before
+    /// each `/metrics` response that shows unwritten values).
+    pub state_interval: Duration,
     /// Pull `/metrics` from worker ports or unix sockets.
     pub scrape: Scrape,
     /// The Pushgateway-compatible and JSON ingest APIs on the ingest listener.
@@ -85,6 +93,8 @@ impl Default for SidecarConfig {
             multiprocess_dir: None,
             multiprocess_compact: true,
             multiprocess_liveness: MultiprocessLiveness::Auto,
+            state_dir: None,
+            state_interval: Duration::from_secs(5),
             scrape: Scrape::default(),
             push: Push::default(),
             statsd: Statsd::default(),
@@ -477,12 +487,21 @@ impl SidecarConfig {
         for (field, d) in [
             ("staleAfter", self.stale_after),
             ("forgetAfter", self.forget_after),
+            ("stateInterval", self.state_interval),
             ("scrape.interval", self.scrape.interval),
             ("scrape.timeout", self.scrape.timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(field, "must be greater than zero"));
             }
+        }
+        if let Some(dir) = &self.state_dir
+            && !dir.starts_with('/')
+        {
+            return Err(ConfigError::invalid(
+                "stateDir",
+                format!("{dir:?} must be an absolute path"),
+            ));
         }
         for (i, label) in self.worker_labels.iter().enumerate() {
             if !is_label_name(label) {

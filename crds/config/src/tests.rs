@@ -78,6 +78,8 @@ fn invalid_values_name_the_field() {
         ("statsd: {buckets: [1, 0.5]}", "statsd.buckets"),
         ("statsd: {expireAfter: 0s}", "statsd.expireAfter"),
         ("statsd: {dialect: graphite}", "dialect"),
+        ("stateDir: relative/state", "stateDir"),
+        ("stateInterval: 0s", "stateInterval"),
     ] {
         let err = SidecarConfig::from_yaml(yaml).unwrap_err().to_string();
         assert!(err.contains(field), "{yaml}: {err}");
@@ -86,6 +88,16 @@ fn invalid_values_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("soon"), "{err}");
+}
+
+#[test]
+fn state_dir_is_off_by_default_and_parses() {
+    let c = SidecarConfig::from_yaml("").unwrap();
+    assert_eq!(c.state_dir, None);
+    assert_eq!(c.state_interval, Duration::from_secs(5));
+    let c = SidecarConfig::from_yaml("stateDir: /var/lib/monasca\nstateInterval: 2s").unwrap();
+    assert_eq!(c.state_dir.as_deref(), Some("/var/lib/monasca"));
+    assert_eq!(c.state_interval, Duration::from_secs(2));
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub use translate::{Settings, Temporality, Translation, translate};
 use crate::app::SelfMetrics;
 use crate::expose::SelfFamily;
 use crate::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
+use crate::state::DecodeError as StateError;
+use crate::state::codec::{Dec as StateDec, Enc as StateEnc};
 use crate::store::{Now, Scope, Store};
 use indexmap::IndexMap;
 use monasca_config::GaugeMode;
@@ -592,5 +594,104 @@ impl SelfMetrics for Otlp {
             rejected = rejected.labelled("reason", reason, *n as f64);
         }
         out.push(rejected);
+    }
+}
+
+/// Stream state read back from a state file, installed by [`Otlp::restore`].
+#[derive(Debug, Default)]
+pub struct RestoredStreams(Streams);
+
+impl Otlp {
+    /// Appends the OTLP part of the state file: every stream's cumulative start time and
+    /// delta running total, so delta streams continue after a restart.
+    pub fn encode_state(&self, e: &mut StateEnc) {
+        let streams = self.streams.lock();
+        e.len(streams.workers.len());
+        for (worker, map) in &streams.workers {
+            e.str(worker);
+            e.len(map.len());
+            for ((family, labels), stream) in map {
+                e.str(family);
+                e.pairs(labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                e.u64(stream.start);
+                match &stream.total {
+                    None => e.u8(0),
+                    Some(PointValue::Scalar(v)) => {
+                        e.u8(1);
+                        e.f64(*v);
+                    }
+                    Some(PointValue::Histogram {
+                        bounds,
+                        counts,
+                        sum,
+                        count,
+                    }) => {
+                        e.u8(2);
+                        e.f64s(bounds);
+                        e.len(counts.len());
+                        for c in counts {
+                            e.u64(*c);
+                        }
+                        e.f64(*sum);
+                        e.u64(*count);
+                    }
+                    Some(PointValue::Summary { sum, count }) => {
+                        e.u8(3);
+                        e.f64(*sum);
+                        e.u64(*count);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the OTLP part of a state file (nothing is installed yet).
+    pub fn decode_state(d: &mut StateDec<'_>) -> Result<RestoredStreams, StateError> {
+        let mut streams = Streams::default();
+        let n = d.len(8)?;
+        for _ in 0..n {
+            let worker = d.str()?.to_string();
+            let ns = d.len(17)?;
+            let mut map = HashMap::with_capacity(ns);
+            for _ in 0..ns {
+                let family = d.str()?.to_string();
+                let labels = d.pairs()?;
+                let start = d.u64()?;
+                let total = match d.u8()? {
+                    0 => None,
+                    1 => Some(PointValue::Scalar(d.finite()?)),
+                    2 => {
+                        let bounds = d.f64s()?;
+                        let nc = d.len(8)?;
+                        let counts = (0..nc).map(|_| d.u64()).collect::<Result<Vec<_>, _>>()?;
+                        let sum = d.f64()?;
+                        let count = d.u64()?;
+                        if counts.len() != bounds.len() + 1 {
+                            return Err(StateError::Corrupt("an OTLP histogram is malformed"));
+                        }
+                        Some(PointValue::Histogram {
+                            bounds,
+                            counts,
+                            sum,
+                            count,
+                        })
+                    }
+                    3 => Some(PointValue::Summary {
+                        sum: d.f64()?,
+                        count: d.u64()?,
+                    }),
+                    _ => return Err(StateError::Corrupt("unknown OTLP stream value")),
+                };
+                map.insert((family, labels), Stream { start, total });
+            }
+            streams.workers.insert(worker, map);
+        }
+        Ok(RestoredStreams(streams))
+    }
+
+    /// Installs restored stream state. Streams of workers the store does not know are
+    /// dropped at the next request, as always.
+    pub fn restore(&self, restored: RestoredStreams) {
+        *self.streams.lock() = restored.0;
     }
 }

@@ -35,8 +35,11 @@ pub(super) async fn handle(
         (_, &Method::GET | &Method::HEAD, "/readyz") => text(StatusCode::OK, "ready\n"),
         // Refreshing multiprocess files and rendering are CPU work: keep the runtime's other
         // connections moving while they run.
+        // With `stateDir`, the response waits until what it shows is persisted.
         (_, &Method::GET | &Method::HEAD, "/metrics") => {
-            tokio::task::block_in_place(|| metrics(&req, app, stats))
+            let (resp, version) = tokio::task::block_in_place(|| metrics(&req, app, stats));
+            app.durable(version).await;
+            resp
         }
         (Role::Metrics, &Method::GET | &Method::HEAD, "/v1/workers") => workers(app),
         (Role::Ingest, &Method::POST, "/v1/ingest") => json_ingest(req, app, stats).await,
@@ -91,16 +94,18 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
     })
 }
 
-fn metrics<B>(req: &Request<B>, app: &App, stats: &ServerStats) -> Resp {
+/// Renders `/metrics`; also returns the store version rendered (see [`App::durable`]).
+fn metrics<B>(req: &Request<B>, app: &App, stats: &ServerStats) -> (Resp, u64) {
     let started = Instant::now();
     app.refresh();
     let format = expose::negotiate(header(req, ACCEPT));
     let own = app.self_families();
     let mut body = Vec::with_capacity(64 * 1024);
-    {
+    let version = {
         let store = app.store.read();
         expose::render(&store, format, app.now().mono, &own, &mut body);
-    }
+        store.version()
+    };
     let gzip = accepts_gzip(req);
     if gzip {
         let mut enc = flate2::write::GzEncoder::new(
@@ -112,7 +117,10 @@ fn metrics<B>(req: &Request<B>, app: &App, stats: &ServerStats) -> Resp {
         {
             body = compressed;
         } else {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "gzip failed");
+            return (
+                error(StatusCode::INTERNAL_SERVER_ERROR, "gzip failed"),
+                version,
+            );
         }
     }
     stats.rendered(started.elapsed());
@@ -129,7 +137,7 @@ fn metrics<B>(req: &Request<B>, app: &App, stats: &ServerStats) -> Resp {
     if gzip {
         headers.insert(CONTENT_ENCODING, http::HeaderValue::from_static("gzip"));
     }
-    resp
+    (resp, version)
 }
 
 fn workers(app: &App) -> Resp {

@@ -50,6 +50,8 @@
 use super::line::{self, Line, LineError, SampleType, TagStyle};
 use super::mapping::{Mapped, MappedName, Mapper, MappingError};
 use crate::model::{Family, HistogramValue, Label, MetricKind, Series, Value};
+use crate::state::DecodeError;
+use crate::state::codec::{Dec, Enc};
 use crate::store::{AGGREGATE_LABEL, escape_label_value};
 use monasca_config::{SidecarConfig, StatsdDialect, StatsdMetricType, is_label_name};
 use smallvec::SmallVec;
@@ -656,5 +658,123 @@ fn value_of(v: &AccValue) -> Value {
                 count: *count,
             })
         }
+    }
+}
+
+/// The accumulated series read back from a state file, installed by [`Accumulator::restore`].
+#[derive(Debug, Default)]
+pub struct Restored {
+    families: HashMap<Box<str>, FamilyAcc>,
+    series: usize,
+}
+
+impl Accumulator {
+    /// Appends the accumulator's part of the state file: every series with its cumulative
+    /// value and the wall-clock time it was last updated (for `statsd.expireAfter`).
+    pub fn encode_state(&self, now: crate::store::Now, e: &mut Enc) {
+        e.len(self.families.len());
+        for (name, family) in &self.families {
+            e.str(name);
+            e.u8(crate::state::kind_code(family.kind));
+            e.len(family.series.len());
+            for (key, s) in &family.series {
+                e.str(key);
+                e.pairs(s.labels.iter().map(|(n, v)| (&**n, &**v)));
+                let age = now.mono.saturating_duration_since(s.updated).as_secs_f64();
+                e.f64(now.wall - age);
+                match &s.value {
+                    AccValue::Scalar(v) => {
+                        e.u8(0);
+                        e.f64(*v);
+                    }
+                    AccValue::Histogram {
+                        bounds,
+                        counts,
+                        sum,
+                        count,
+                    } => {
+                        e.u8(1);
+                        e.f64s(bounds);
+                        e.f64s(counts);
+                        e.f64(*sum);
+                        e.f64(*count);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the accumulator's part of a state file (nothing is installed yet).
+    pub fn decode_state(d: &mut Dec<'_>, now: crate::store::Now) -> Result<Restored, DecodeError> {
+        let mut out = Restored::default();
+        let n = d.len(8)?;
+        for _ in 0..n {
+            let name: Box<str> = d.str()?.into();
+            let kind = crate::state::kind_from(d.u8()?)?;
+            let ns = d.len(8)?;
+            let mut series = HashMap::with_capacity(ns);
+            for _ in 0..ns {
+                let key: Box<str> = d.str()?.into();
+                let labels: SeriesLabels = d
+                    .pairs()?
+                    .into_iter()
+                    .map(|(n, v)| (n.into_boxed_str(), v.into_boxed_str()))
+                    .collect();
+                let age = (now.wall - d.f64()?).max(0.0);
+                let updated = std::time::Duration::try_from_secs_f64(age)
+                    .ok()
+                    .and_then(|age| now.mono.checked_sub(age))
+                    .unwrap_or(now.mono);
+                let value = match (d.u8()?, kind) {
+                    (0, MetricKind::Counter) => AccValue::Scalar(d.finite()?),
+                    (0, MetricKind::Gauge) => AccValue::Scalar(d.f64()?),
+                    (1, MetricKind::Histogram) => {
+                        let bounds: Arc<[f64]> = d.f64s()?.into();
+                        let counts = d.f64s()?;
+                        let sum = d.f64()?;
+                        let count = d.finite()?;
+                        if bounds.is_empty()
+                            || counts.len() != bounds.len()
+                            || counts.iter().any(|c| !c.is_finite())
+                        {
+                            return Err(DecodeError::Corrupt("a StatsD histogram is malformed"));
+                        }
+                        AccValue::Histogram {
+                            bounds,
+                            counts: counts.into(),
+                            sum,
+                            count,
+                        }
+                    }
+                    _ => return Err(DecodeError::Corrupt("a StatsD value does not fit its kind")),
+                };
+                let acc = SeriesAcc {
+                    labels,
+                    value,
+                    dirty: true,
+                    updated,
+                };
+                if series.insert(key, acc).is_some() {
+                    return Err(DecodeError::Corrupt("a StatsD series appears twice"));
+                }
+            }
+            out.series += series.len();
+            let family = FamilyAcc {
+                kind,
+                series,
+                dirty: true,
+            };
+            if out.families.insert(name, family).is_some() {
+                return Err(DecodeError::Corrupt("a StatsD family appears twice"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs restored series in place of the current ones, all marked changed so the next
+    /// flush hands them to the store (which holds the same or older values: they continue).
+    pub fn restore(&mut self, restored: Restored) {
+        self.families = restored.families;
+        self.series = restored.series;
     }
 }

@@ -56,6 +56,12 @@ pub fn worker_key() -> WorkerKey {
     )
 }
 
+impl crate::state::StatePart for Shared {
+    fn encode_state(&self, now: crate::store::Now, e: &mut crate::state::codec::Enc) {
+        self.acc.lock().encode_state(now, e);
+    }
+}
+
 /// Self-metric counters, updated once per receive batch.
 #[derive(Default)]
 pub(crate) struct Metrics {
@@ -463,7 +469,12 @@ pub async fn spawn(app: Arc<App>) -> io::Result<StatsdHandle> {
         .statsd
         .parse()
         .map_err(|e| invalid(format!("listen.statsd {:?}: {e}", config.listen.statsd)))?;
-    let acc = Accumulator::new(&config).map_err(|e| invalid(e.to_string()))?;
+    let mut acc = Accumulator::new(&config).map_err(|e| invalid(e.to_string()))?;
+    let restored = app.take_restored_statsd();
+    let was_restored = restored.is_some();
+    if let Some(r) = restored {
+        acc.restore(r);
+    }
     let (udp, receive_buffer, tcp) = bind(addr, config.statsd.tcp)?;
     let udp_addr = udp.local_addr()?;
     let tcp_addr = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
@@ -475,6 +486,16 @@ pub async fn spawn(app: Arc<App>) -> io::Result<StatsdHandle> {
         .store(receive_buffer as u64, Ordering::Relaxed);
     app.register(shared.clone());
     app.register_clear(shared.clone());
+    app.register_state_part(shared.clone());
+    if was_restored {
+        // The store holds the restored StatsD worker: keep it seen (it must not expire
+        // before the first flush hands it the restored values again).
+        app.store.write().touch(WORKER_ID, app.now());
+        shared
+            .metrics
+            .series
+            .store(shared.acc.lock().series_count() as u64, Ordering::Relaxed);
+    }
 
     // Everything fallible first, so an error leaves no thread or task running.
     let tcp = tcp.map(tokio::net::TcpListener::from_std).transpose()?;

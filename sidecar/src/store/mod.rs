@@ -11,6 +11,7 @@
 //! tested by feeding values in (see `tests.rs`).
 
 mod key;
+pub(crate) mod persist;
 #[cfg(test)]
 mod tests;
 
@@ -464,6 +465,8 @@ pub struct Store {
     pub resets: u64,
     /// Incremented by [`Store::clear`].
     epoch: u64,
+    /// Incremented by every change of values (see [`Store::version`]).
+    version: u64,
 }
 
 /// An update after validation: canonical keys computed, nothing applied yet.
@@ -489,6 +492,7 @@ impl Store {
             layout_mismatches: 0,
             resets: 0,
             epoch: 0,
+            version: 0,
         }
     }
 
@@ -575,6 +579,7 @@ impl Store {
         let prepared = self.prepare(worker, existing_worker, families, scope)?;
         self.generation = self.generation.wrapping_add(1) & !DROPPED;
         let generation = self.generation;
+        self.version += 1;
         let worker_id = match existing_worker {
             Some(w) => w,
             None => self.add_worker(worker, now),
@@ -967,6 +972,7 @@ impl Store {
         match self.workers.get_mut(worker_id as usize) {
             Some(Some(w)) if !w.departed => {
                 w.departed = true;
+                self.version += 1;
                 true
             }
             _ => false,
@@ -999,6 +1005,7 @@ impl Store {
         else {
             return false;
         };
+        self.version += 1;
         for wf in &state.families {
             let Some(family) = self.families.get_mut(&wf.name) else {
                 continue;
@@ -1049,6 +1056,7 @@ impl Store {
         self.worker_index.clear();
         self.free_workers.clear();
         self.epoch += 1;
+        self.version += 1;
     }
 
     /// Changes on every [`Store::clear`]: a source that applies only what changed must apply

@@ -1,0 +1,557 @@
+//! Persisted state (`stateDir`): what lives only in the sidecar's memory survives a restart
+//! of the sidecar container, so counters never go backwards across it.
+//!
+//! **What is kept.** Every worker's last values, the retired totals and departed gauges, the
+//! departed/dropped bookkeeping and last-seen times (as wall-clock seconds, so stale and forget
+//! timers continue), the StatsD accumulators and the OTLP delta totals. Multiprocess workers
+//! are not: their `*.db` files and the reader's own `*_retired.db` totals are the truth for
+//! them (see [`crate::multiprocess`]), and the reader rebuilds them from the directory.
+//!
+//! **File.** One file, [`FILE_NAME`], written atomically (temp file, fsync, rename, fsync of
+//! the directory):
+//!
+//! ```text
+//! "MSCSTATE" | format version u32 | body length u64 | body | FNV-1a 64 of everything before
+//! body = snapshot wall time f64 | section count u32 | (tag u8 | length u64 | bytes)*
+//! ```
+//! All integers little-endian. A file that is missing, empty, truncated, corrupt (checksum,
+//! garbage, a value that does not decode) or of a newer format version is never half-loaded:
+//! the sidecar starts empty, logs one line, counts it in
+//! `monasca_sidecar_state_loads_total{outcome}` and renames the file to
+//! `monasca-sidecar.state.bad-<unix seconds>` (the last [`BAD_FILES_KEPT`] are kept).
+//!
+//! **When.** Every `stateInterval` when something changed, on graceful shutdown, and before a
+//! `/metrics` response shows values not yet written: what a scrape saw is on disk, so a
+//! SIGKILL can never make a scraped counter go backwards. The snapshot is encoded under the
+//! store's read lock (ingest waits that long, readers do not); the file is written on a
+//! blocking thread, off the runtime.
+
+pub mod codec;
+
+use crate::app::{App, SelfMetrics};
+use crate::expose::SelfFamily;
+use crate::model::MetricKind;
+use crate::store::{Now, Store, StoreSettings};
+use codec::{Dec, Enc};
+use parking_lot::Mutex;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub(crate) use crate::store::persist::{kind_code, kind_from};
+
+/// The state file's name inside `stateDir` (not `*.db`: the directory may be the multiprocess
+/// directory, whose reader globs those).
+pub const FILE_NAME: &str = "monasca-sidecar.state";
+const MAGIC: &[u8; 8] = b"MSCSTATE";
+/// The format this build writes and reads; a larger one is refused as `future_version`.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 8;
+/// Bad state files kept for inspection (older ones are deleted).
+pub const BAD_FILES_KEPT: usize = 3;
+/// The longest a `/metrics` response waits for its values to be written; past it, the
+/// response goes out anyway (a stuck disk must not stop scrapes; the write error is counted).
+const MAX_DURABLE_WAIT: Duration = Duration::from_secs(5);
+
+const SECTION_STORE: u8 = 1;
+const SECTION_STATSD: u8 = 2;
+const SECTION_OTLP: u8 = 3;
+
+/// Why a state file was not loaded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is truncated")]
+    Truncated,
+    #[error("the file is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("the file has format version {0}, newer than this sidecar's {FORMAT_VERSION}")]
+    FutureVersion(u32),
+}
+
+/// How loading the state went (label of `monasca_sidecar_state_loads_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Loaded,
+    Missing,
+    Empty,
+    Truncated,
+    Corrupt,
+    FutureVersion,
+    /// The path cannot be read as a file (a directory, no permission) or the directory
+    /// cannot be created.
+    Unreadable,
+}
+
+impl LoadOutcome {
+    pub const ALL: [LoadOutcome; 7] = [
+        LoadOutcome::Loaded,
+        LoadOutcome::Missing,
+        LoadOutcome::Empty,
+        LoadOutcome::Truncated,
+        LoadOutcome::Corrupt,
+        LoadOutcome::FutureVersion,
+        LoadOutcome::Unreadable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadOutcome::Loaded => "loaded",
+            LoadOutcome::Missing => "missing",
+            LoadOutcome::Empty => "empty",
+            LoadOutcome::Truncated => "truncated",
+            LoadOutcome::Corrupt => "corrupt",
+            LoadOutcome::FutureVersion => "future_version",
+            LoadOutcome::Unreadable => "unreadable",
+        }
+    }
+
+    fn of(e: &DecodeError) -> LoadOutcome {
+        match e {
+            DecodeError::Empty => LoadOutcome::Empty,
+            DecodeError::Truncated => LoadOutcome::Truncated,
+            DecodeError::Corrupt(_) => LoadOutcome::Corrupt,
+            DecodeError::FutureVersion(_) => LoadOutcome::FutureVersion,
+        }
+    }
+}
+
+/// Everything a state file holds, decoded in full and not yet installed.
+#[derive(Debug)]
+pub struct Restored {
+    pub store: Store,
+    pub statsd: Option<crate::statsd::accumulate::Restored>,
+    pub otlp: Option<crate::otlp::RestoredStreams>,
+}
+
+/// One snapshot, encoded: the bytes of a whole state file.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub bytes: Vec<u8>,
+    /// The store version it holds (see [`Store::version`]).
+    pub version: u64,
+    /// How long the store's read lock was held.
+    pub locked: Duration,
+}
+
+/// Encodes the whole state of `app` (the store first, then the StatsD accumulator and the
+/// OTLP streams, which are never behind the store: a restored accumulator at or above the
+/// store's values continues them, where one behind would count its difference twice).
+/// `buf` is reused to avoid regrowing.
+pub fn snapshot(app: &App, mut buf: Vec<u8>) -> Snapshot {
+    buf.clear();
+    let mut e = Enc { buf };
+    e.buf.extend_from_slice(MAGIC);
+    e.u32(FORMAT_VERSION);
+    e.u64(0); // body length, set below
+    let now = app.now();
+    e.f64(now.wall);
+    let parts = app.state_parts();
+    e.len(2 + parts.len());
+    let started = Instant::now();
+    let version = {
+        let store = app.store.read();
+        section(&mut e, SECTION_STORE, |e| store.encode_state(now, e));
+        store.version()
+    };
+    let locked = started.elapsed();
+    for part in parts {
+        section(&mut e, SECTION_STATSD, |e| part.encode_state(now, e));
+    }
+    section(&mut e, SECTION_OTLP, |e| app.otlp.encode_state(e));
+    let body = (e.buf.len() - HEADER) as u64;
+    e.buf[12..20].copy_from_slice(&body.to_le_bytes());
+    let sum = crate::multiprocess::retired::fnv1a(&e.buf);
+    e.u64(sum);
+    Snapshot {
+        bytes: e.buf,
+        version,
+        locked,
+    }
+}
+
+fn section(e: &mut Enc, tag: u8, f: impl FnOnce(&mut Enc)) {
+    e.u8(tag);
+    let at = e.buf.len();
+    e.u64(0);
+    f(e);
+    let len = (e.buf.len() - at - 8) as u64;
+    e.buf[at..at + 8].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes a whole state file for a store with `settings`. Pure: time comes in as `now`.
+pub fn decode(data: &[u8], settings: StoreSettings, now: Now) -> Result<Restored, DecodeError> {
+    if data.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let magic_len = data.len().min(MAGIC.len());
+    if data[..magic_len] != MAGIC[..magic_len] {
+        return Err(DecodeError::Corrupt("not a monasca-sidecar state file"));
+    }
+    if data.len() < HEADER {
+        return Err(DecodeError::Truncated);
+    }
+    let mut header = Dec::new(&data[8..HEADER]);
+    let version = header.u32()?;
+    if version > FORMAT_VERSION {
+        return Err(DecodeError::FutureVersion(version));
+    }
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::Corrupt("unknown format version"));
+    }
+    let body = usize::try_from(header.u64()?).unwrap_or(usize::MAX);
+    let end = HEADER
+        .checked_add(body)
+        .and_then(|n| n.checked_add(8))
+        .ok_or(DecodeError::Corrupt("impossible body length"))?;
+    if data.len() < end {
+        return Err(DecodeError::Truncated);
+    }
+    if data.len() > end {
+        return Err(DecodeError::Corrupt("bytes after the checksum"));
+    }
+    let mut sum = [0u8; 8];
+    sum.copy_from_slice(&data[end - 8..]);
+    if crate::multiprocess::retired::fnv1a(&data[..end - 8]) != u64::from_le_bytes(sum) {
+        return Err(DecodeError::Corrupt("checksum mismatch"));
+    }
+    let mut d = Dec::new(&data[HEADER..end - 8]);
+    let _written = d.f64()?;
+    let sections = d.len(9)?;
+    let (mut store, mut statsd, mut otlp) = (None, None, None);
+    for _ in 0..sections {
+        let tag = d.u8()?;
+        let len = usize::try_from(d.u64()?).unwrap_or(usize::MAX);
+        let bytes = d.bytes(len)?;
+        let mut s = Dec::new(bytes);
+        match tag {
+            SECTION_STORE if store.is_none() => {
+                store = Some(Store::decode_state(settings.clone(), &mut s, now)?);
+            }
+            SECTION_STATSD if statsd.is_none() => {
+                statsd = Some(crate::statsd::Accumulator::decode_state(&mut s, now)?);
+            }
+            SECTION_OTLP if otlp.is_none() => {
+                otlp = Some(crate::otlp::Otlp::decode_state(&mut s)?);
+            }
+            _ => return Err(DecodeError::Corrupt("unknown or repeated section")),
+        }
+        if !s.is_empty() {
+            return Err(DecodeError::Corrupt("a section has bytes left over"));
+        }
+    }
+    if !d.is_empty() {
+        return Err(DecodeError::Corrupt("bytes after the last section"));
+    }
+    Ok(Restored {
+        store: store.ok_or(DecodeError::Corrupt("no store section"))?,
+        statsd,
+        otlp,
+    })
+}
+
+/// A source that keeps state of its own beside the store (the StatsD accumulator) and writes
+/// it into the state file.
+pub trait StatePart: Send + Sync {
+    fn encode_state(&self, now: Now, e: &mut Enc);
+}
+
+/// Writes `bytes` as `dir/FILE_NAME` atomically: temp file, fsync, rename, fsync directory.
+pub fn write_file(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, dir.join(FILE_NAME))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads the state file in `dir` and installs it in `app` (which must be fresh: nothing
+/// listens yet). Never fails: a bad file is set aside and the sidecar starts empty.
+pub fn load(app: &App, dir: &Path) -> LoadOutcome {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::error!(dir = %dir.display(), error = %e,
+            "cannot create stateDir; starting with empty state, state will not be kept");
+        return LoadOutcome::Unreadable;
+    }
+    let path = dir.join(FILE_NAME);
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %path.display(), "no state file; starting with empty state");
+            return LoadOutcome::Missing;
+        }
+        Err(e) => {
+            let aside = set_aside(dir);
+            tracing::error!(path = %path.display(), error = %e, moved_to = ?aside,
+                "state file unreadable; starting with empty state");
+            return LoadOutcome::Unreadable;
+        }
+    };
+    let config = app.config();
+    match decode(&data, StoreSettings::from_config(&config), app.now()) {
+        Ok(restored) => {
+            let workers = restored.store.worker_count();
+            let series = restored.store.series_count();
+            install(app, restored);
+            tracing::info!(path = %path.display(), workers, series, bytes = data.len(),
+                "state loaded");
+            LoadOutcome::Loaded
+        }
+        Err(e) => {
+            let aside = set_aside(dir);
+            tracing::error!(path = %path.display(), error = %e, moved_to = ?aside,
+                "state file not loaded; starting with empty state");
+            LoadOutcome::of(&e)
+        }
+    }
+}
+
+/// Installs decoded state. The StatsD accumulators only come with the store's StatsD worker:
+/// when that was already retired (forgotten while the sidecar was down), the accumulated
+/// values are in the retired totals and must start again from zero.
+pub fn install(app: &App, restored: Restored) {
+    let has_statsd = restored.store.has_worker(crate::statsd::WORKER_ID);
+    *app.store.write() = restored.store;
+    if let Some(statsd) = restored.statsd.filter(|_| has_statsd) {
+        app.set_restored_statsd(statsd);
+    }
+    if let Some(otlp) = restored.otlp {
+        app.otlp.restore(otlp);
+    }
+}
+
+/// Renames a bad state file (or directory) to `FILE_NAME.bad-<unix seconds>` and deletes
+/// the oldest bad files beyond [`BAD_FILES_KEPT`]. Returns the new path.
+fn set_aside(dir: &Path) -> Option<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let prefix = format!("{FILE_NAME}.bad-");
+    let mut to = dir.join(format!("{prefix}{secs}"));
+    let mut n = 1;
+    while to.exists() {
+        to = dir.join(format!("{prefix}{secs}.{n}"));
+        n += 1;
+    }
+    if let Err(e) = std::fs::rename(dir.join(FILE_NAME), &to) {
+        tracing::warn!(error = %e, "cannot move the bad state file aside");
+        return None;
+    }
+    let mut bad: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    bad.sort();
+    while bad.len() > BAD_FILES_KEPT {
+        let (_, path) = bad.remove(0);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
+    Some(to)
+}
+
+/// Self-metrics of the state writer.
+#[derive(Default)]
+struct Metrics {
+    loads: [AtomicU64; LoadOutcome::ALL.len()],
+    writes: AtomicU64,
+    write_errors: AtomicU64,
+    bytes: AtomicU64,
+    last_write_ns: AtomicU64,
+    last_locked_ns: AtomicU64,
+    last_write_wall_ms: AtomicU64,
+}
+
+/// The state writer: writes at `stateInterval` when something changed, on demand for
+/// `/metrics` (see [`Persister::durable`]) and on shutdown.
+pub struct Persister {
+    dir: PathBuf,
+    /// The highest store version a `/metrics` response waits for.
+    wanted: watch::Sender<u64>,
+    /// The highest store version a write was attempted for (written, or failed and counted).
+    done: watch::Sender<u64>,
+    /// The highest store version written successfully.
+    written: AtomicU64,
+    /// Serializes writes (periodic, on demand, shutdown); holds the reusable buffer.
+    writing: tokio::sync::Mutex<Vec<u8>>,
+    failing: Mutex<bool>,
+    metrics: Metrics,
+}
+
+impl Persister {
+    /// A writer for `dir`, after [`load`] gave `outcome`. The version already on disk is the
+    /// store's current one (just loaded, or zero for an empty store).
+    pub fn new(app: &App, dir: PathBuf, outcome: LoadOutcome) -> Arc<Persister> {
+        let version = app.store.read().version();
+        let p = Persister {
+            dir,
+            wanted: watch::Sender::new(version),
+            done: watch::Sender::new(version),
+            written: AtomicU64::new(version),
+            writing: tokio::sync::Mutex::new(Vec::new()),
+            failing: Mutex::new(false),
+            metrics: Metrics::default(),
+        };
+        p.metrics.loads[outcome as usize].store(1, Ordering::Relaxed);
+        Arc::new(p)
+    }
+
+    /// The directory written to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the state now if the store changed since the last write.
+    pub async fn write(&self, app: &Arc<App>) {
+        let mut buf = self.writing.lock().await;
+        if app.store.read().version() <= self.written.load(Ordering::Acquire) {
+            return;
+        }
+        let (dir, app2, reuse) = (self.dir.clone(), app.clone(), std::mem::take(&mut *buf));
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let snap = snapshot(&app2, reuse);
+            let written = write_file(&dir, &snap.bytes);
+            (snap, written)
+        })
+        .await;
+        let Ok((snap, written)) = result else {
+            return;
+        };
+        let m = &self.metrics;
+        match written {
+            Ok(()) => {
+                self.written.fetch_max(snap.version, Ordering::AcqRel);
+                m.writes.fetch_add(1, Ordering::Relaxed);
+                m.bytes.store(snap.bytes.len() as u64, Ordering::Relaxed);
+                let wall = app.now().wall;
+                m.last_write_wall_ms
+                    .store((wall * 1000.0) as u64, Ordering::Relaxed);
+                if std::mem::replace(&mut *self.failing.lock(), false) {
+                    tracing::info!(dir = %self.dir.display(), "state written again");
+                }
+            }
+            Err(e) => {
+                m.write_errors.fetch_add(1, Ordering::Relaxed);
+                if !std::mem::replace(&mut *self.failing.lock(), true) {
+                    tracing::error!(dir = %self.dir.display(), error = %e,
+                        "cannot write the state file; counters will restart from zero if the sidecar restarts");
+                }
+            }
+        }
+        m.last_write_ns
+            .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        m.last_locked_ns
+            .store(snap.locked.as_nanos() as u64, Ordering::Relaxed);
+        self.done.send_modify(|d| *d = (*d).max(snap.version));
+        *buf = snap.bytes;
+    }
+
+    /// Waits until the store at `version` (or later) is written, so that a `/metrics`
+    /// response never shows a value a SIGKILL could take back. Bounded by
+    /// [`MAX_DURABLE_WAIT`]; a failed write releases the waiters too (it is counted).
+    pub async fn durable(&self, version: u64) {
+        if *self.done.borrow() >= version {
+            return;
+        }
+        let mut done = self.done.subscribe();
+        self.wanted.send_modify(|w| *w = (*w).max(version));
+        let _ = tokio::time::timeout(MAX_DURABLE_WAIT, done.wait_for(|d| *d >= version)).await;
+    }
+
+    /// The writer loop: every `interval`, and whenever a `/metrics` response waits.
+    pub async fn run(self: Arc<Self>, app: Arc<App>) {
+        let mut wanted = self.wanted.subscribe();
+        loop {
+            let interval = app.config().state_interval.as_std();
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            self.write(&app).await;
+        }
+    }
+}
+
+impl SelfMetrics for Persister {
+    fn families(&self, out: &mut Vec<SelfFamily>) {
+        let m = &self.metrics;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let mut loads = SelfFamily::new(
+            "monasca_sidecar_state_loads_total",
+            MetricKind::Counter,
+            "State file loads at start, by outcome (loaded, missing, empty, truncated, corrupt, future_version, unreadable).",
+        );
+        for o in LoadOutcome::ALL {
+            loads = loads.labelled("outcome", o.as_str(), load(&m.loads[o as usize]));
+        }
+        out.push(loads);
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_state_writes_total",
+                MetricKind::Counter,
+                "State files written.",
+            )
+            .value(load(&m.writes)),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_state_write_errors_total",
+                MetricKind::Counter,
+                "State writes that failed (see the log).",
+            )
+            .value(load(&m.write_errors)),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_state_bytes",
+                MetricKind::Gauge,
+                "Size of the last state file written.",
+            )
+            .value(load(&m.bytes)),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_state_write_last_seconds",
+                MetricKind::Gauge,
+                "Duration of the last state write (snapshot, encode, write, fsync).",
+            )
+            .value(load(&m.last_write_ns) / 1e9),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_state_snapshot_lock_last_seconds",
+                MetricKind::Gauge,
+                "How long the last snapshot held the store's read lock (ingest waits that long).",
+            )
+            .value(load(&m.last_locked_ns) / 1e9),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_state_last_write_timestamp_seconds",
+                MetricKind::Gauge,
+                "Unix time of the last successful state write.",
+            )
+            .value(load(&m.last_write_wall_ms) / 1000.0),
+        );
+    }
+}
