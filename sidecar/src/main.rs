@@ -69,6 +69,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let drain = Duration::from_secs(args.drain_seconds);
 
     app.register(app.otlp.clone());
+    // StatsD first: restored StatsD values reach the store before `/metrics` can be read.
+    let statsd = monasca_sidecar::statsd::spawn(app.clone())
+        .await
+        .context("cannot start the StatsD listener")?;
     let mut tasks = Vec::new();
     let mut listeners = vec![
         (Role::Metrics, &config.listen.metrics),
@@ -93,10 +97,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             drain,
         )));
     }
-
-    let statsd = monasca_sidecar::statsd::spawn(app.clone())
-        .await
-        .context("cannot start the StatsD listener")?;
 
     // prometheus_client multiprocess files (config `multiprocessDir` or PROMETHEUS_MULTIPROC_DIR)
     // and scrape-mode workers; both idle until configured and follow config reloads.

@@ -488,13 +488,9 @@ pub async fn spawn(app: Arc<App>) -> io::Result<StatsdHandle> {
     app.register_clear(shared.clone());
     app.register_state_part(shared.clone());
     if was_restored {
-        // The store holds the restored StatsD worker: keep it seen (it must not expire
-        // before the first flush hands it the restored values again).
-        app.store.write().touch(WORKER_ID, app.now());
-        shared
-            .metrics
-            .series
-            .store(shared.acc.lock().series_count() as u64, Ordering::Relaxed);
+        // The restored accumulators may be ahead of the restored store (lines received after
+        // the store's part of the snapshot): hand them over now, before anything is served.
+        shared.flush(&app);
     }
 
     // Everything fallible first, so an error leaves no thread or task running.
