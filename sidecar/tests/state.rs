@@ -381,7 +381,12 @@ fn sigkill_at_random_moments_under_push_json_and_statsd_load_never_goes_backward
 /// A state directory holding a valid state file with `rq_total 7`; returns its bytes.
 fn valid_state(state: &Path) -> Vec<u8> {
     let mut s = Sidecar::start(&config(state));
-    push(&s, "PUT", "/metrics/job/api/instance/a", "# TYPE rq_total counter\nrq_total 7\n");
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/api/instance/a",
+        "# TYPE rq_total counter\nrq_total 7\n",
+    );
     assert!(s.terminate().success());
     let bytes = std::fs::read(state.join(STATE_FILE)).expect("state written at shutdown");
     // The file loads: this is the baseline the damaged copies are compared with.
@@ -396,8 +401,10 @@ fn bad_files(state: &Path) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("monasca-sidecar.state.bad-"))
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with("monasca-sidecar.state.bad-")
+            })
         })
         .collect()
 }
@@ -411,9 +418,15 @@ fn bad_state_files_start_empty_with_one_line_a_metric_and_the_file_kept_aside() 
     flipped[middle] ^= 0x10;
     let mut future = good.clone();
     future[8..12].copy_from_slice(&99u32.to_le_bytes());
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let cases: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
-        ("truncated", Some(good[..good.len() / 2].to_vec()), "truncated"),
+        (
+            "truncated",
+            Some(good[..good.len() / 2].to_vec()),
+            "truncated",
+        ),
         ("truncated header", Some(good[..10].to_vec()), "truncated"),
         ("one bit flipped", Some(flipped), "corrupt"),
         ("future version", Some(future), "future_version"),
@@ -441,15 +454,30 @@ fn bad_state_files_start_empty_with_one_line_a_metric_and_the_file_kept_aside() 
         let log = started.log();
         assert_eq!(loads(&text, outcome), Some(1.0), "{case}: {text}\n{log}");
         assert_eq!(loads(&text, "loaded"), Some(0.0), "{case}");
-        assert_eq!(sample_value(&text, r#"rq_total{job="api"}"#), None, "{case}: half-loaded");
-        let lines = log.lines().filter(|l| l.contains("starting with empty state")).count();
+        assert_eq!(
+            sample_value(&text, r#"rq_total{job="api"}"#),
+            None,
+            "{case}: half-loaded"
+        );
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("starting with empty state"))
+            .count();
         assert_eq!(lines, 1, "{case}: {log}");
         // The bad file is kept aside (the last few), and a new state is written in its place.
         let aside = bad_files(&state);
         assert_eq!(aside.len(), (n + 1).min(3), "{case}: {aside:?}");
-        push(&started, "PUT", "/metrics/job/api/instance/b", "# TYPE rq_total counter\nrq_total 3\n");
+        push(
+            &started,
+            "PUT",
+            "/metrics/job/api/instance/b",
+            "# TYPE rq_total counter\nrq_total 3\n",
+        );
         assert_eq!(started.value(r#"rq_total{job="api"}"#), Some(3.0), "{case}");
-        assert!(state.join(STATE_FILE).is_file(), "{case}: no new state file");
+        assert!(
+            state.join(STATE_FILE).is_file(),
+            "{case}: no new state file"
+        );
         s = Some(started);
     }
     // After all that, the state written last loads.
@@ -467,7 +495,12 @@ fn unwritable_state_dir_is_a_clear_error_and_a_metric_and_the_sidecar_keeps_serv
     std::fs::write(scratch.join("file"), b"").unwrap();
     let state = scratch.join("file").join("state");
     let s = Sidecar::start(&config(&state));
-    push(&s, "PUT", "/metrics/job/api/instance/a", "# TYPE rq_total counter\nrq_total 4\n");
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/api/instance/a",
+        "# TYPE rq_total counter\nrq_total 4\n",
+    );
     let text = s.metrics();
     assert_eq!(sample_value(&text, r#"rq_total{job="api"}"#), Some(4.0));
     assert_eq!(loads(&text, "unreadable"), Some(1.0), "{text}");
@@ -476,9 +509,18 @@ fn unwritable_state_dir_is_a_clear_error_and_a_metric_and_the_sidecar_keeps_serv
     let text = s.metrics();
     let errors = sample_value(&text, "monasca_sidecar_state_write_errors_total").unwrap();
     assert!(errors >= 1.0, "{text}");
-    push(&s, "PUT", "/metrics/job/api/instance/a", "# TYPE rq_total counter\nrq_total 5\n");
+    push(
+        &s,
+        "PUT",
+        "/metrics/job/api/instance/a",
+        "# TYPE rq_total counter\nrq_total 5\n",
+    );
     assert_eq!(s.value(r#"rq_total{job="api"}"#), Some(5.0));
-    let failures = s.log().lines().filter(|l| l.contains("cannot write the state file")).count();
+    let failures = s
+        .log()
+        .lines()
+        .filter(|l| l.contains("cannot write the state file"))
+        .count();
     assert_eq!(failures, 1, "{}", s.log());
     let _ = std::fs::remove_dir_all(&scratch);
 }

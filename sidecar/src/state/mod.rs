@@ -555,3 +555,6 @@ impl SelfMetrics for Persister {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -340,9 +340,18 @@ impl Store {
                     }
                     _ => return Err(DecodeError::Corrupt("series data does not fit its kind")),
                 };
-                if series.insert(key, SeriesState { mode, data }).is_some() {
+                let state = SeriesState { mode, data };
+                // Series held only by workers left out (multiprocess) are rebuilt by their
+                // source, or not at all.
+                if state.is_empty(kind) {
+                    continue;
+                }
+                if series.insert(key, state).is_some() {
                     return Err(DecodeError::Corrupt("a series appears twice"));
                 }
+            }
+            if series.is_empty() {
+                continue;
             }
             let state = FamilyState {
                 kind,
