@@ -24,6 +24,9 @@ pub const CONFIG_VOLUME: &str = "monasca-sidecar-config";
 pub const CONFIG_MOUNT_PATH: &str = "/etc/monasca-sidecar";
 /// Pod volume (emptyDir) shared for prometheus_client multiprocess files.
 pub const MULTIPROC_VOLUME: &str = "monasca-sidecar-multiproc";
+/// Pod volume (emptyDir) for the sidecar's `stateDir` when multiprocess is off (with
+/// multiprocess, the multiprocess emptyDir is mounted at `stateDir` too: one volume).
+pub const STATE_VOLUME: &str = "monasca-sidecar-state";
 /// `PROMETHEUS_MULTIPROC_DIR` given to app containers that do not set it, when the sidecar
 /// config names no `multiprocessDir`.
 pub const DEFAULT_MULTIPROC_DIR: &str = "/var/run/prometheus-multiproc";
@@ -148,6 +151,9 @@ struct Plan<'a> {
     hash: String,
     metrics: SocketAddr,
     multiproc_dir: Option<String>,
+    /// The sidecar config's `stateDir`, backed by an emptyDir: it survives container restarts,
+    /// not the pod's deletion.
+    state_dir: Option<String>,
     native: bool,
     native_mode: Native,
 }
@@ -228,6 +234,15 @@ fn plan<'a>(sidecar: &'a MetricsSidecar, settings: &Settings) -> Result<Plan<'a>
             format_args!("has an unusable multiprocessDir {dir:?}"),
         ));
     }
+    let state_dir = spec.config.state_dir.clone();
+    if let Some(dir) = &state_dir
+        && (!dir.starts_with('/') || same_path(dir, CONFIG_MOUNT_PATH))
+    {
+        return Err(invalid(
+            name,
+            format_args!("has an unusable stateDir {dir:?}"),
+        ));
+    }
     let native = native_sidecar(spec.native_sidecar, settings.server_version);
     Ok(Plan {
         name,
@@ -235,6 +250,7 @@ fn plan<'a>(sidecar: &'a MetricsSidecar, settings: &Settings) -> Result<Plan<'a>
         hash,
         metrics,
         multiproc_dir,
+        state_dir,
         native: native == Native::Yes,
         native_mode: native,
     })
@@ -379,6 +395,13 @@ fn build_ops(
     if plan.multiproc_dir.is_some() && !has_volume(MULTIPROC_VOLUME) {
         new_volumes.push(Volume {
             name: MULTIPROC_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+    }
+    if plan.state_dir.is_some() && plan.multiproc_dir.is_none() && !has_volume(STATE_VOLUME) {
+        new_volumes.push(Volume {
+            name: STATE_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
         });
@@ -701,6 +724,23 @@ fn sidecar_container(
         env_vars.push(env(ENV_MULTIPROC_DIR, dir));
         mounts.push(VolumeMount {
             name: MULTIPROC_VOLUME.into(),
+            mount_path: dir.clone(),
+            ..VolumeMount::default()
+        });
+    }
+    if let Some(dir) = &plan.state_dir
+        && !plan
+            .multiproc_dir
+            .as_deref()
+            .is_some_and(|m| same_path(m, dir))
+    {
+        let volume = if plan.multiproc_dir.is_some() {
+            MULTIPROC_VOLUME
+        } else {
+            STATE_VOLUME
+        };
+        mounts.push(VolumeMount {
+            name: volume.into(),
             mount_path: dir.clone(),
             ..VolumeMount::default()
         });

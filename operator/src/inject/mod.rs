@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use build::{
     CONFIG_MOUNT_PATH, CONFIG_VOLUME, DEFAULT_MULTIPROC_DIR, ENV_MULTIPROC_DIR, ENV_SCRAPE_PATH,
     ENV_SCRAPE_TARGETS, MULTIPROC_VOLUME, Native, PORT_INGEST, PORT_METRICS, PORT_STATSD,
-    SIDECAR_GID, SIDECAR_UID, native_fallback_note, native_sidecar,
+    SIDECAR_GID, SIDECAR_UID, STATE_VOLUME, native_fallback_note, native_sidecar,
 };
 pub use update::{declared_metrics_port, keep_rewrite};
 

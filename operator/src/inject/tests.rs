@@ -531,3 +531,64 @@ fn otlp_inject_env_is_off_by_default_and_warns_when_the_receiver_is_off() {
     let w = warnings(&d);
     assert!(w.iter().any(|w| w.contains("otlp.enabled: false")), "{w:?}");
 }
+
+/// `config.stateDir` is backed by an emptyDir in the sidecar container: its own volume, or,
+/// with multiprocess, the multiprocess emptyDir (one volume, mounted at both paths unless
+/// they are the same).
+#[test]
+fn state_dir_is_an_emptydir_in_the_sidecar_shared_with_multiprocess() {
+    let with = |multiprocess: bool, state_dir: &str| {
+        let mut spec = MetricsSidecarSpec {
+            multiprocess,
+            ..Default::default()
+        };
+        spec.config.state_dir = Some(state_dir.to_string());
+        let pod = app_pod("true");
+        patched(&pod, &decide(&pod, &[sidecar("default", spec)]))
+    };
+    let mounts = |out: &Value| out["spec"]["initContainers"][0]["volumeMounts"].clone();
+
+    let out = with(false, "/var/lib/monasca-sidecar");
+    assert!(
+        out["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .contains(&json!({"name": STATE_VOLUME, "emptyDir": {}})),
+        "{out}"
+    );
+    assert!(
+        mounts(&out)
+            .as_array()
+            .expect("mounts")
+            .contains(&json!({"name": STATE_VOLUME, "mountPath": "/var/lib/monasca-sidecar"})),
+        "{out}"
+    );
+
+    let out = with(true, "/var/lib/monasca-sidecar");
+    let volumes = out["spec"]["volumes"].to_string();
+    assert!(!volumes.contains(STATE_VOLUME), "{volumes}");
+    assert!(
+        mounts(&out)
+            .as_array()
+            .expect("mounts")
+            .contains(&json!({"name": MULTIPROC_VOLUME, "mountPath": "/var/lib/monasca-sidecar"})),
+        "{out}"
+    );
+
+    let out = with(true, DEFAULT_MULTIPROC_DIR);
+    let same = mounts(&out)
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter(|m| m["name"] == MULTIPROC_VOLUME)
+        .count();
+    assert_eq!(same, 1, "one mount for both: {out}");
+}
+
+#[test]
+fn state_dir_over_the_config_mount_is_refused() {
+    let mut spec = MetricsSidecarSpec::default();
+    spec.config.state_dir = Some(CONFIG_MOUNT_PATH.to_string());
+    let d = decide(&app_pod("true"), &[sidecar("default", spec)]);
+    assert_eq!(skip_reason(&d), Some(SkipReason::InvalidSidecar));
+}
