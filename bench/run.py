@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 RUNS = int(os.environ.get("RUNS", "5"))
 PUSH_SECONDS = int(os.environ.get("PUSH_SECONDS", "5"))
-SECTIONS = os.environ.get("SECTIONS", "footprint,push,render,statsd,multiprocess,admission").split(",")
+SECTIONS = os.environ.get("SECTIONS", "footprint,push,render,statsd,multiprocess,admission,state").split(",")
 
 
 def log(*args):
@@ -244,6 +244,17 @@ def section_admission(out):
     out.append("## Admission review latency over TLS (monasca-operator webhook)\n\n" + table + "\n")
 
 
+def section_state(out):
+    env = dict(os.environ, STATE_RUNS=str(RUNS))
+    text = subprocess.run(["cargo", "bench", "-q", "-p", "monasca-sidecar", "--bench", "state", "--",
+                           "--table-only"], check=True, text=True, capture_output=True, cwd=ROOT, env=env).stdout
+    table = "\n".join(l for l in text.splitlines() if l.startswith("|") or l.startswith("State file"))
+    out.append("## Persisted state (`stateDir`) at 500k worker-series\n\n"
+               "`sidecar/benches/state.rs`, median of the runs. The snapshot is the only part under a lock "
+               "(the store's read lock: `/metrics` renders go on, ingest waits); the file is written on a "
+               "blocking thread.\n\n" + table + "\n")
+
+
 def main():
     build()
     out = [
@@ -263,6 +274,7 @@ def main():
         "statsd": section_statsd,
         "multiprocess": section_multiprocess,
         "admission": section_admission,
+        "state": section_state,
     }
     for name in SECTIONS:
         log(f"== {name}")

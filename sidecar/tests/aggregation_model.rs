@@ -4,7 +4,8 @@
 //! any sequence of operations: PUT, POST and series-scope upserts from worker processes that
 //! do work, restart (their values drop) and leave series out; DELETE; time passing (staleness
 //! and `forgetAfter`, with a controlled clock); `clear`; `_aggregate` mode conflicts; histogram
-//! layout mismatches; non-finite values. proptest drives the real [`Store`] and the model
+//! layout mismatches; non-finite values; a sidecar restart on its `stateDir` (the store saved
+//! and restored: the aggregate after the restore equals the one before). proptest drives the real [`Store`] and the model
 //! through the same random sequence and compares every render with the model, and checks
 //! that no counter, bucket or `_count` ever decreases (except across a clear) and that the
 //! exposition is well formed (one `# TYPE` per family, no series twice, no label twice).
@@ -14,6 +15,7 @@
 use monasca_config::{GaugeMode, SidecarConfig};
 use monasca_sidecar::expose::{Format, render};
 use monasca_sidecar::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
+use monasca_sidecar::state::codec::{Dec, Enc};
 use monasca_sidecar::store::{Now, Scope, Source, Store, StoreSettings, WorkerKey};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,6 +92,9 @@ enum Op {
         ms: u32,
     },
     Clear,
+    /// The sidecar restarts on its `stateDir`: the store is saved and restored (nothing may
+    /// change in what `/metrics` shows, and later steps continue from the restored store).
+    SidecarRestart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -120,6 +125,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => w.prop_map(|w| Op::Delete { w }),
         2 => prop_oneof![1..2_000u32, 50_000..200_000u32].prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Clear),
+        1 => Just(Op::SidecarRestart),
     ]
 }
 
@@ -673,6 +679,23 @@ fn run(usual: [usize; GAUGE_SERIES], ops: &[Op]) -> Result<(), TestCaseError> {
                 store.clear();
                 model = Model::default();
                 cleared = true;
+            }
+            Op::SidecarRestart => {
+                let now = t0.after(Duration::from_millis(ms));
+                let mut saved = Enc::default();
+                store.encode_state(now, &mut saved);
+                let restored = Store::decode_state(
+                    StoreSettings::from_config(&config),
+                    &mut Dec::new(&saved.buf),
+                    now,
+                );
+                prop_assert!(
+                    restored.is_ok(),
+                    "step {}: restore failed: {:?}",
+                    step,
+                    restored.err()
+                );
+                store = restored.unwrap();
             }
         }
         let now = t0.after(Duration::from_millis(ms));
