@@ -23,8 +23,9 @@ const STATE_FILE: &str = "monasca-sidecar.state";
 /// state directory.
 fn config(state: &Path) -> String {
     format!(
-        "listen: {{metrics: \"127.0.0.1:{}\", ingest: \"127.0.0.1:{}\", statsd: \"127.0.0.1:{}\", otlp: \"127.0.0.1:0\"}}\n\
+        "listen: {{metrics: \"127.0.0.1:{}\", ingest: \"127.0.0.1:{}\", statsd: \"127.0.0.1:{}\", otlp: \"127.0.0.1:{}\"}}\n\
          stateDir: {}\nstateInterval: 200ms\nstatsd: {{tcp: true}}\n",
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -523,4 +524,48 @@ fn unwritable_state_dir_is_a_clear_error_and_a_metric_and_the_sidecar_keeps_serv
         .count();
     assert_eq!(failures, 1, "{}", s.log());
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// An OTLP/JSON request with one delta counter point from `worker.id` 1.
+fn otlp_delta(value: u64) -> String {
+    format!(
+        r#"{{"resourceMetrics":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"api"}}}},{{"key":"worker.id","value":{{"stringValue":"1"}}}}]}},
+        "scopeMetrics":[{{"metrics":[{{"name":"reqs","sum":{{"aggregationTemporality":1,"isMonotonic":true,
+        "dataPoints":[{{"timeUnixNano":"6","asInt":"{value}"}}]}}}}]}}]}}]}}"#
+    )
+}
+
+#[test]
+fn otlp_delta_totals_continue_across_sigkill() {
+    let state = scratch_dir("state");
+    let s = Sidecar::start(&config(&state));
+    let send = |s: &Sidecar, v: u64| {
+        let r = common::http(
+            s.addrs["otlp"],
+            "POST",
+            "/v1/metrics",
+            &[("Content-Type", "application/json")],
+            otlp_delta(v).as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    send(&s, 2);
+    send(&s, 3);
+    assert_eq!(
+        s.value(r#"reqs_total{job="api"}"#),
+        Some(5.0),
+        "{}",
+        s.metrics()
+    );
+    let s = s.restart();
+    assert_eq!(s.value(r#"reqs_total{job="api"}"#), Some(5.0));
+    // The running delta total was restored: 5 + 7, not a new total of 7.
+    send(&s, 7);
+    assert_eq!(
+        s.value(r#"reqs_total{job="api"}"#),
+        Some(12.0),
+        "{}",
+        s.metrics()
+    );
+    let _ = std::fs::remove_dir_all(&state);
 }
