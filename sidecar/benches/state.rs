@@ -16,26 +16,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::worker_body;
+
 const WORKERS: usize = 5;
 const SERIES: usize = 100_000;
-
-fn worker_body(series: usize, scale: u64) -> String {
-    let mut out = String::with_capacity(series * 80);
-    let per_family = 1000;
-    for f in 0..series.div_ceil(per_family) {
-        let kind = if f % 4 == 3 { "gauge" } else { "counter" };
-        let name = format!("app_family_{f}_total");
-        out.push_str(&format!("# TYPE {name} {kind}\n"));
-        for i in 0..per_family.min(series - f * per_family) {
-            out.push_str(&format!(
-                "{name}{{method=\"GET\",endpoint=\"/v2.0/metrics/{i}\",status=\"{}\"}} {}\n",
-                200 + i % 5,
-                scale * (i as u64 + 1)
-            ));
-        }
-    }
-    out
-}
 
 fn filled_app() -> Arc<App> {
     let mut config = SidecarConfig::default();

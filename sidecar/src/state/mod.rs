@@ -34,7 +34,6 @@ use crate::model::MetricKind;
 use crate::store::{Now, Store, StoreSettings};
 use codec::{Dec, Enc};
 use parking_lot::Mutex;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -260,21 +259,11 @@ pub trait StatePart: Send + Sync {
     fn encode_state(&self, now: Now, e: &mut Enc);
 }
 
-/// Writes `bytes` as `dir/FILE_NAME` atomically: temp file, fsync, rename, fsync directory.
+/// Writes `bytes` as `dir/FILE_NAME` atomically: temp file, fsync, rename, fsync directory
+/// (the multiprocess reader's retired totals are written the same way).
 pub fn write_file(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, dir.join(FILE_NAME))?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::multiprocess::retired::write_atomic(dir, FILE_NAME, bytes)?;
+    crate::multiprocess::retired::sync_dir(dir)
 }
 
 /// Reads the state file in `dir` and installs it in `app` (which must be fresh: nothing
