@@ -379,6 +379,9 @@ pub struct Persister {
     /// Serializes writes (periodic, on demand, shutdown); holds the reusable buffer.
     writing: tokio::sync::Mutex<Vec<u8>>,
     failing: Mutex<bool>,
+    /// Held by the blocking thread while it writes the file: a write still running after its
+    /// task was aborted (shutdown) never interleaves with the final one on the temp file.
+    file: Arc<Mutex<()>>,
     metrics: Metrics,
 }
 
@@ -394,6 +397,7 @@ impl Persister {
             written: AtomicU64::new(version),
             writing: tokio::sync::Mutex::new(Vec::new()),
             failing: Mutex::new(false),
+            file: Arc::new(Mutex::new(())),
             metrics: Metrics::default(),
         };
         p.metrics.loads[outcome as usize].store(1, Ordering::Relaxed);
@@ -412,8 +416,10 @@ impl Persister {
             return;
         }
         let (dir, app2, reuse) = (self.dir.clone(), app.clone(), std::mem::take(&mut *buf));
+        let file = self.file.clone();
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
+            let _file = file.lock();
             let snap = snapshot(&app2, reuse);
             let written = write_file(&dir, &snap.bytes);
             (snap, written)
