@@ -104,7 +104,11 @@ pub struct MetricsSidecarSpec {
     pub resources: ResourceRequirements,
 
     /// Run the sidecar as a Kubernetes native sidecar (an init container with
-    /// `restartPolicy: Always`, started before and stopped after the application).
+    /// `restartPolicy: Always`, started before and stopped after the application). A native
+    /// sidecar comes before the app containers: when its image cannot be pulled or it never
+    /// starts, the app never starts either. `auto` therefore chooses native only for pods that
+    /// need it to finish (`restartPolicy: Never`/`OnFailure`, Jobs); a long-running pod gets a
+    /// regular container, which can fail without stopping the app from starting.
     #[serde(default)]
     pub native_sidecar: NativeSidecar,
 
@@ -113,6 +117,15 @@ pub struct MetricsSidecarSpec {
     /// kept), so prometheus_client multiprocess files are aggregated by the sidecar.
     #[serde(default)]
     pub multiprocess: bool,
+
+    /// With `multiprocess`, whether the pod gets `spec.shareProcessNamespace: true`, so the
+    /// sidecar sees the workers in `/proc`, can prove them dead and compact the directory.
+    /// Caveat: in a shared process namespace the pause container is pid 1 for every
+    /// container, so an app that expects to be pid 1 (signal handling, zombie reaping) sees
+    /// another process there, and every container can see (not signal, unless it runs as the
+    /// same uid) the others' processes.
+    #[serde(default, skip_serializing_if = "ShareProcessNamespace::is_auto")]
+    pub share_process_namespace: ShareProcessNamespace,
 
     /// Point the pod's `prometheus.io/scrape|port|path` annotations at the sidecar. Annotations
     /// that pointed at the application become the sidecar's scrape targets.
@@ -205,12 +218,34 @@ impl ImagePullPolicy {
     }
 }
 
+/// Whether a multiprocess pod shares its process namespace (`spec.shareProcessNamespace`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareProcessNamespace {
+    /// Shared, unless the pod sets `shareProcessNamespace: false` itself.
+    #[default]
+    Auto,
+    /// Shared, even when the pod sets it false.
+    Always,
+    /// Left as the pod has it: the sidecar sees the workers only if the pod shares anyway.
+    Never,
+}
+
+impl ShareProcessNamespace {
+    /// For `skip_serializing_if`: the default is left out of rendered specs and hashes.
+    pub fn is_auto(&self) -> bool {
+        *self == ShareProcessNamespace::Auto
+    }
+}
+
 /// Whether the sidecar runs as a native sidecar (init container with `restartPolicy: Always`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NativeSidecar {
-    /// Native when the apiserver is 1.29 or newer (sidecar containers on by default), else a
-    /// regular container.
+    /// Native for pods that run to completion (`restartPolicy: Never` or `OnFailure`: a
+    /// regular sidecar would keep them from completing) when the apiserver is 1.29 or newer
+    /// (sidecar containers on by default); a regular container otherwise, so that a sidecar
+    /// that cannot start (image not pullable, crash loop) never holds back the app.
     #[default]
     Auto,
     /// Always native (the cluster must support sidecar containers).
@@ -247,6 +282,7 @@ impl Default for MetricsSidecarSpec {
             resources: default_resources(),
             native_sidecar: NativeSidecar::Auto,
             multiprocess: false,
+            share_process_namespace: ShareProcessNamespace::Auto,
             prometheus_annotations: true,
             restart_on_change: false,
             pod_monitor: false,
@@ -266,6 +302,9 @@ struct PodAffecting<'a> {
     resources: &'a ResourceRequirements,
     native_sidecar: NativeSidecar,
     multiprocess: bool,
+    /// Left out when `auto`, so hashes of specs without it are unchanged.
+    #[serde(skip_serializing_if = "ShareProcessNamespace::is_auto")]
+    share_process_namespace: ShareProcessNamespace,
     prometheus_annotations: bool,
     /// Left out when false, so hashes of specs without it are unchanged.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -323,6 +362,7 @@ impl MetricsSidecarSpec {
             resources: &self.resources,
             native_sidecar: self.native_sidecar,
             multiprocess: self.multiprocess,
+            share_process_namespace: self.share_process_namespace,
             prometheus_annotations: self.prometheus_annotations,
             otlp_inject_env: self.otlp.inject_env,
             listen: &self.config.listen,

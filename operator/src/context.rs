@@ -31,6 +31,8 @@ pub struct Context {
     pub leadership: Leadership,
     /// Self-metrics.
     pub metrics: Arc<Metrics>,
+    /// Conflicts found at admission, published as Events on their `MetricsSidecar`.
+    pub admission_events: crate::webhook::events::Sink,
     /// The webhook's certificate source, once `main` has one (readiness needs it loaded).
     certs: OnceLock<Arc<CertResolver>>,
     sidecars_synced: AtomicBool,
@@ -54,6 +56,7 @@ impl Context {
             injected_pods: Writer::default().as_reader(),
             leadership: Leadership::standalone(),
             metrics: Arc::new(Metrics::default()),
+            admission_events: Default::default(),
             certs: OnceLock::new(),
             sidecars_synced: AtomicBool::new(false),
             namespaces_synced: AtomicBool::new(false),

@@ -261,6 +261,9 @@ async fn main() -> Result<()> {
         recheck,
     ));
 
+    if let Some(queue) = ctx.admission_events.channel() {
+        tokio::spawn(webhook::events::run(client.clone(), ctx.clone(), queue));
+    }
     let pod_monitors = tokio::time::timeout(STARTUP_PROBE_TIMEOUT, pod_monitors_installed(&client))
         .await
         .unwrap_or(false);

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use monasca_crds::{MetricsSidecarSpec, NativeSidecar};
+use monasca_operator::inject::SkipReason;
 use serde_json::{Value, json};
 
 const REPLICASET: &str = "create-replicaset-pod-generatename.json";
@@ -48,7 +49,6 @@ fn default_container() -> Value {
         "image": "monasca/monasca-sidecar:test",
         "args": ["--config", "/etc/monasca-sidecar/config.yaml"],
         "ports": [{"name": "sidecar-metrics", "containerPort": 9102, "protocol": "TCP"}],
-        "readinessProbe": probe("/readyz", 10, 3),
         "livenessProbe": probe("/healthz", 20, 3),
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": security_context(),
@@ -228,6 +228,8 @@ fn named_sidecar_with_multiprocess_native_sidecar_and_prometheus_annotations() {
             ("add", "/spec/volumes/-"),
             // The user's PROMETHEUS_MULTIPROC_DIR is kept: only the shared volume is mounted there.
             ("add", "/spec/containers/0/volumeMounts/-"),
+            // Multiprocess: the sidecar sees the workers in /proc and can compact.
+            ("add", "/spec/shareProcessNamespace"),
             ("add", "/spec/initContainers/-"),
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -280,11 +282,14 @@ fn named_sidecar_with_multiprocess_native_sidecar_and_prometheus_annotations() {
         init[0], original["spec"]["initContainers"][0],
         "existing init container untouched"
     );
+    assert_eq!(patched["spec"]["shareProcessNamespace"], true);
     let mut expected = default_container();
     expected["restartPolicy"] = json!("Always");
-    expected["startupProbe"] = probe("/readyz", 1, 60);
-    expected["env"] =
-        json!([{"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/var/run/prometheus-multiproc"}]);
+    // No startup probe: a native sidecar's would hold the app back until it passed.
+    expected["env"] = json!([
+        {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/var/run/prometheus-multiproc"},
+        {"name": "MONASCA_SIDECAR_MULTIPROCESS_LIVENESS", "value": "proc"}
+    ]);
     expected["volumeMounts"] = json!([
         {"name": "monasca-sidecar-config", "mountPath": "/etc/monasca-sidecar", "readOnly": true},
         {"name": "monasca-sidecar-multiproc", "mountPath": "/var/run/prometheus-multiproc"}
@@ -305,11 +310,9 @@ fn app_prometheus_annotations_become_sidecar_scrape_targets() {
     // The same pod with a sidecar that does not use multiprocess: the app's endpoint is the only
     // source of its metrics, so the sidecar scrapes it.
     let mut cluster = Cluster::fixtures();
-    cluster.sidecar(sidecar(
-        "demo",
-        "persister-workers",
-        MetricsSidecarSpec::default(),
-    ));
+    let mut spec = MetricsSidecarSpec::default();
+    spec.config.listen.ingest = "127.0.0.1:9095".into();
+    cluster.sidecar(sidecar("demo", "persister-workers", spec));
     let (answer, _, patched) = run(&cluster, PERSISTER);
     assert!(answer.warnings.is_empty(), "{:?}", answer.warnings);
     assert_eq!(
@@ -459,35 +462,55 @@ fn native_sidecar_always_falls_back_to_a_regular_container_on_an_older_server() 
 }
 
 #[test]
-fn native_sidecar_auto_follows_the_apiserver_version() {
+fn native_sidecar_auto_is_native_only_for_pods_that_complete() {
     use monasca_operator::inject::ServerVersion;
-    let mut cluster = Cluster::new(settings(Some(ServerVersion {
-        major: 1,
-        minor: 29,
-    })));
-    cluster.namespace("demo", &[]);
-    cluster.sidecar(sidecar(
-        "demo",
-        "default",
-        MetricsSidecarSpec {
-            native_sidecar: NativeSidecar::Auto,
-            ..Default::default()
-        },
-    ));
-    let (answer, _, patched) = run(&cluster, REPLICASET);
+    let cluster_at = |minor| {
+        let mut cluster = Cluster::new(settings(Some(ServerVersion { major: 1, minor })));
+        cluster.namespace("demo", &[]);
+        cluster.sidecar(sidecar(
+            "demo",
+            "default",
+            MetricsSidecarSpec {
+                native_sidecar: NativeSidecar::Auto,
+                ..Default::default()
+            },
+        ));
+        cluster
+    };
+    // A long-running pod: a regular container, even where native sidecars exist, so an
+    // unpullable or crashing sidecar never keeps the app from starting.
+    let (_, _, patched) = run(&cluster_at(29), REPLICASET);
+    assert!(patched["spec"].get("initContainers").is_none());
+    assert_eq!(patched["spec"]["containers"][1]["name"], "monasca-sidecar");
+
+    // A pod that runs to completion: native (a regular sidecar would keep it from completing).
+    let mut job = fixture(REPLICASET);
+    job["request"]["object"]["spec"]["restartPolicy"] = json!("Never");
+    let answer = answer_json(&cluster_at(29), &job);
     let ops = ops(answer.patch.as_ref().expect("patch"));
     // No initContainers in the pod: the array is created whole, once.
     assert!(
         ops.contains(&("add".into(), "/spec/initContainers".into())),
         "{ops:?}"
     );
-    assert_eq!(
-        patched["spec"]["initContainers"][0]["restartPolicy"],
-        "Always"
-    );
+    let mut patched = request_object(&job);
+    json_patch::patch(&mut patched, answer.patch.as_ref().expect("patch")).expect("applies");
+    let native = &patched["spec"]["initContainers"][0];
+    assert_eq!(native["restartPolicy"], "Always");
+    assert!(native.get("startupProbe").is_none() && native.get("readinessProbe").is_none());
     assert_eq!(
         patched["spec"]["containers"].as_array().map(Vec::len),
         Some(1)
+    );
+    // Too old for native sidecars: a regular container and a warning.
+    let answer = answer_json(&cluster_at(28), &job);
+    assert!(
+        answer
+            .warnings
+            .iter()
+            .any(|w| w.contains("will not complete")),
+        "{:?}",
+        answer.warnings
     );
 }
 
@@ -527,6 +550,132 @@ fn a_review_of_something_that_is_not_a_pod_is_admitted_unchanged() {
     review["request"]["object"] = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "b"}});
     let answer = answer_json(&cluster, &review);
     assert_skipped(&answer, "not_a_pod");
+}
+
+/// The persister declares its own metrics port 9091, which the default sidecar config binds for
+/// the Pushgateway API: with a native sidecar the app could never bind it. Admitted unchanged,
+/// with the warning, the skip reason and an Event for the MetricsSidecar (not for a dry run).
+#[test]
+fn persister_on_the_pushgateway_port_is_admitted_unchanged_with_a_port_conflict() {
+    let mut cluster = Cluster::fixtures();
+    let spec = MetricsSidecarSpec {
+        multiprocess: true,
+        ..Default::default()
+    };
+    cluster.sidecar(sidecar("demo", "persister-workers", spec));
+    let mut events = cluster.ctx.admission_events.channel().expect("one queue");
+    let (answer, _, _) = run(&cluster, PERSISTER);
+    assert_skipped(&answer, "port_conflict");
+    assert_eq!(answer.warnings.len(), 1);
+    assert!(
+        answer.warnings[0].contains("9091/TCP") && answer.warnings[0].contains("ingest"),
+        "{:?}",
+        answer.warnings
+    );
+    let event = events.try_recv().expect("an Event queued");
+    assert_eq!(event.sidecar, "persister-workers");
+    assert_eq!(event.namespace, "demo");
+    assert_eq!(event.reason, SkipReason::PortConflict);
+    assert_eq!(event.message, answer.warnings[0]);
+
+    let mut dry = fixture(PERSISTER);
+    dry["request"]["dryRun"] = json!(true);
+    assert_skipped(&answer_json(&cluster, &dry), "port_conflict");
+    assert!(events.try_recv().is_err(), "no Event for a dry run");
+}
+
+#[test]
+fn a_volume_named_like_the_sidecars_for_something_else_is_a_name_conflict() {
+    let cluster = Cluster::fixtures();
+    let mut review = fixture(REPLICASET);
+    let volumes = review["request"]["object"]["spec"]["volumes"]
+        .as_array_mut()
+        .expect("volumes");
+    volumes.push(json!({"name": "monasca-sidecar-config", "emptyDir": {}}));
+    let answer = answer_json(&cluster, &review);
+    assert_skipped(&answer, "name_conflict");
+    assert!(
+        answer.warnings[0].contains("monasca-sidecar-config"),
+        "{:?}",
+        answer.warnings
+    );
+
+    // A port named like the sidecar's.
+    let mut review = fixture(REPLICASET);
+    review["request"]["object"]["spec"]["containers"][0]["ports"] =
+        json!([{"name": "sidecar-metrics", "containerPort": 8080}]);
+    assert_skipped(&answer_json(&cluster, &review), "name_conflict");
+}
+
+#[test]
+fn multiprocess_pods_share_their_process_namespace_and_the_sidecar_is_told() {
+    use monasca_crds::ShareProcessNamespace;
+    let liveness = |patched: &Value| {
+        let sidecar = patched["spec"]["containers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "monasca-sidecar"))
+            .cloned()
+            .expect("sidecar container");
+        sidecar["env"]
+            .as_array()
+            .and_then(|e| {
+                e.iter()
+                    .find(|v| v["name"] == "MONASCA_SIDECAR_MULTIPROCESS_LIVENESS")
+            })
+            .map(|v| v["value"].clone())
+    };
+    // (choice, the pod's own setting) -> (shared, rendered liveness)
+    let table = [
+        (ShareProcessNamespace::Auto, None, true, "proc"),
+        (ShareProcessNamespace::Auto, Some(false), false, "mtime"),
+        (ShareProcessNamespace::Auto, Some(true), true, "proc"),
+        (ShareProcessNamespace::Always, Some(false), true, "proc"),
+        (ShareProcessNamespace::Never, None, false, "mtime"),
+        (ShareProcessNamespace::Never, Some(true), true, "proc"),
+    ];
+    for (choice, pod_setting, shared, rendered) in table {
+        let mut cluster = Cluster::fixtures();
+        cluster.sidecar(sidecar(
+            "demo",
+            "default",
+            MetricsSidecarSpec {
+                multiprocess: true,
+                share_process_namespace: choice,
+                ..Default::default()
+            },
+        ));
+        let mut review = fixture(REPLICASET);
+        if let Some(v) = pod_setting {
+            review["request"]["object"]["spec"]["shareProcessNamespace"] = json!(v);
+        }
+        let answer = answer_json(&cluster, &review);
+        let mut patched = request_object(&review);
+        json_patch::patch(&mut patched, answer.patch.as_ref().expect("patch")).expect("applies");
+        let case = format!("{choice:?} with the pod at {pod_setting:?}");
+        assert_eq!(
+            patched["spec"]["shareProcessNamespace"]
+                .as_bool()
+                .unwrap_or(false),
+            shared,
+            "{case}"
+        );
+        assert_eq!(liveness(&patched), Some(json!(rendered)), "{case}");
+        let sets = ops(answer.patch.as_ref().expect("patch"))
+            .iter()
+            .any(|(_, path)| path == "/spec/shareProcessNamespace");
+        assert_eq!(
+            sets,
+            shared && pod_setting != Some(true),
+            "{case}: only set when needed"
+        );
+    }
+    // Without multiprocess, the pod's namespace is none of the sidecar's business.
+    let (_, original, patched) = run(&Cluster::fixtures(), REPLICASET);
+    assert_eq!(
+        patched["spec"].get("shareProcessNamespace"),
+        original["spec"].get("shareProcessNamespace")
+    );
+    assert_eq!(liveness(&patched), None);
 }
 
 fn answer_json(cluster: &Cluster, review: &Value) -> Answer {

@@ -9,11 +9,12 @@ use common::undo;
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::Operation;
-use monasca_crds::{MetricsSidecar, MetricsSidecarSpec, NativeSidecar};
-use monasca_operator::inject::{Decision, PodRequest, ServerVersion, Settings, inject};
+use monasca_crds::{MetricsSidecar, MetricsSidecarSpec, NativeSidecar, ShareProcessNamespace};
+use monasca_operator::inject::{Decision, PodRequest, ServerVersion, Settings, SkipReason, inject};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 const NAMESPACE: &str = "demo";
@@ -112,8 +113,20 @@ fn container(name: String) -> impl Strategy<Value = Value> {
                 .collect::<Vec<_>>()
         })
     });
+    // The sidecar's default ports (metrics 9102, ingest 9091, StatsD 8125, OTLP 4318), with
+    // either protocol, and others.
     let ports = prop::option::of(prop::collection::vec(
-        prop_oneof![Just(9102), Just(8080), 1024u16..2000],
+        (
+            prop_oneof![
+                Just(9102),
+                Just(9091),
+                Just(8125),
+                Just(4318),
+                Just(8080),
+                1024u16..2000
+            ],
+            prop_oneof![Just(None), Just(Some("TCP")), Just(Some("UDP"))],
+        ),
         0..2,
     ));
     (env, mounts, ports).prop_map(move |(env, mounts, ports)| {
@@ -127,12 +140,15 @@ fn container(name: String) -> impl Strategy<Value = Value> {
             c.insert("volumeMounts".into(), Value::Array(mounts));
         }
         if let Some(ports) = ports {
-            let unique: std::collections::BTreeSet<u16> = ports.into_iter().collect();
+            let unique: BTreeMap<u16, Option<&str>> = ports.into_iter().collect();
             c.insert(
                 "ports".into(),
                 unique
                     .into_iter()
-                    .map(|p| json!({"containerPort": p}))
+                    .map(|(p, proto)| match proto {
+                        Some(proto) => json!({"containerPort": p, "protocol": proto}),
+                        None => json!({"containerPort": p}),
+                    })
                     .collect(),
             );
         }
@@ -174,11 +190,12 @@ fn pod() -> impl Strategy<Value = Value> {
             Just("OnFailure")
         ]),
         prop::bool::weighted(0.05),
+        prop::option::of(any::<bool>()),
     );
     (metadata, spec).prop_map(
         |(
             (annotations, inject, labels, named),
-            (mut app, init, volumes, host_network, restart, has_sidecar),
+            (mut app, init, volumes, host_network, restart, has_sidecar, share_pids),
         )| {
             let mut annotations = annotations;
             if let Some(v) = inject {
@@ -236,6 +253,9 @@ fn pod() -> impl Strategy<Value = Value> {
             if let Some(r) = restart {
                 spec.insert("restartPolicy".into(), json!(r));
             }
+            if let Some(shared) = share_pids {
+                spec.insert("shareProcessNamespace".into(), json!(shared));
+            }
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
         },
     )
@@ -263,6 +283,11 @@ fn sidecar_spec() -> impl Strategy<Value = MetricsSidecarSpec> {
         ],
         prop::option::of(mount_path()),
         prop::option::of(Just("example/sidecar:1".to_string())),
+        prop_oneof![
+            Just(ShareProcessNamespace::Auto),
+            Just(ShareProcessNamespace::Always),
+            Just(ShareProcessNamespace::Never)
+        ],
     )
         .prop_map(
             |(
@@ -273,12 +298,14 @@ fn sidecar_spec() -> impl Strategy<Value = MetricsSidecarSpec> {
                 ingest,
                 dir,
                 image,
+                share_process_namespace,
             )| {
                 let mut spec = MetricsSidecarSpec {
                     multiprocess,
                     prometheus_annotations,
                     native_sidecar,
                     image,
+                    share_process_namespace,
                     ..MetricsSidecarSpec::default()
                 };
                 spec.config.listen.metrics = metrics.into();
@@ -397,6 +424,104 @@ proptest! {
         let again = decide(&patched, &sidecars, &settings);
         prop_assert!(again.patch().is_none(), "re-injection yielded a patch: {:?}", again);
     }
+
+    #[test]
+    fn the_sidecar_never_gates_the_app_and_conflicts_are_skipped(pod_json in pod(), sidecars in sidecars(), settings in settings()) {
+        // First injections only (a reinvocation keeps the container it finds).
+        let has_sidecar = pod_json["spec"]["containers"].as_array().into_iter().flatten().any(|c| c["name"] == "monasca-sidecar");
+        prop_assume!(!has_sidecar);
+        let decision = decide(&pod_json, &sidecars, &settings);
+        let declared = declared_ports(&pod_json);
+        match &decision {
+            Decision::Patch { patch, sidecar, .. } => {
+                let spec = &sidecars.iter().find(|s| s.metadata.name.as_deref() == Some(sidecar.as_str())).expect("the chosen sidecar").spec;
+                let mut patched = pod_json.clone();
+                json_patch::patch(&mut patched, patch).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let pod_spec = &patched["spec"];
+                let injected = pod_spec["containers"].as_array().into_iter().flatten()
+                    .chain(pod_spec["initContainers"].as_array().into_iter().flatten())
+                    .find(|c| c["name"] == "monasca-sidecar")
+                    .expect("the sidecar container");
+                prop_assert!(injected.get("readinessProbe").is_none(), "a readinessProbe gates the app");
+                prop_assert!(injected.get("startupProbe").is_none(), "a startupProbe holds the app back");
+                // Native only when asked for, or for pods that run to completion.
+                if injected.get("restartPolicy").is_some() {
+                    let completes = matches!(pod_spec["restartPolicy"].as_str(), Some("Never" | "OnFailure"));
+                    prop_assert!(spec.native_sidecar == NativeSidecar::Always || completes);
+                }
+                // The liveness rendered for the sidecar matches the pod as patched.
+                let liveness = injected["env"].as_array().into_iter().flatten()
+                    .find(|e| e["name"] == "MONASCA_SIDECAR_MULTIPROCESS_LIVENESS")
+                    .and_then(|e| e["value"].as_str());
+                let shared = pod_spec["shareProcessNamespace"].as_bool().unwrap_or(false);
+                if spec.multiprocess {
+                    prop_assert_eq!(liveness, Some(if shared { "proc" } else { "mtime" }));
+                    let pod_said = pod_json["spec"]["shareProcessNamespace"].as_bool();
+                    let expected = match spec.share_process_namespace {
+                        ShareProcessNamespace::Always => true,
+                        ShareProcessNamespace::Auto => pod_said != Some(false),
+                        ShareProcessNamespace::Never => pod_said == Some(true),
+                    };
+                    prop_assert_eq!(shared, expected);
+                } else {
+                    prop_assert_eq!(liveness, None);
+                    prop_assert_eq!(&pod_spec["shareProcessNamespace"], &pod_json["spec"]["shareProcessNamespace"]);
+                }
+                // Never injected next to a container that declares a port a listener binds.
+                for bound in bound_ports(spec) {
+                    prop_assert!(!declared.contains(&bound), "injected although a container declares {:?}", bound);
+                }
+            }
+            Decision::Conflict { reason, sidecar, .. } => {
+                let spec = &sidecars.iter().find(|s| s.metadata.name.as_deref() == Some(sidecar.as_str())).expect("the chosen sidecar").spec;
+                match reason {
+                    SkipReason::PortConflict => prop_assert!(
+                        bound_ports(spec).iter().any(|p| declared.contains(p)),
+                        "port_conflict without a clash"
+                    ),
+                    SkipReason::NameConflict => {}
+                    other => prop_assert!(false, "a conflict with reason {:?}", other),
+                }
+            }
+            Decision::Skip { reason, .. } => prop_assert!(
+                !matches!(reason, SkipReason::PortConflict | SkipReason::NameConflict),
+                "a conflict without the MetricsSidecar's name"
+            ),
+        }
+    }
+}
+
+/// Every (port, protocol) a container of the pod declares.
+fn declared_ports(pod: &Value) -> HashSet<(u16, String)> {
+    let spec = &pod["spec"];
+    spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["initContainers"].as_array().into_iter().flatten())
+        .filter(|c| c["name"] != "monasca-sidecar")
+        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| {
+            let port = u16::try_from(p["containerPort"].as_u64()?).ok()?;
+            Some((port, p["protocol"].as_str().unwrap_or("TCP").to_string()))
+        })
+        .collect()
+}
+
+/// What the sidecar with this spec binds, written from the contract (DESIGN.md listeners), not
+/// from the operator's code.
+fn bound_ports(spec: &MetricsSidecarSpec) -> Vec<(u16, String)> {
+    let listen = &spec.config.listen;
+    let port = |a: &str| a.parse::<SocketAddr>().map(|a| a.port()).ok();
+    let mut out = Vec::new();
+    out.extend(port(&listen.metrics).map(|p| (p, "TCP".to_string())));
+    out.extend(port(&listen.ingest).map(|p| (p, "TCP".to_string())));
+    out.extend(port(&listen.otlp).map(|p| (p, "TCP".to_string())));
+    if let Some(p) = port(&listen.statsd) {
+        out.push((p, "UDP".to_string()));
+        out.push((p, "TCP".to_string()));
+    }
+    out
 }
 
 /// A CRD `pattern` as a generator: proptest's regex strategies have no anchors, and these

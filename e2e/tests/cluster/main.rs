@@ -65,7 +65,7 @@ const BASICS: &[(&str, Scenario)] = &[
         |env| Box::pin(injects_reconciles_and_catches_up(env)),
     ),
     (
-        "native_sidecar_auto_is_an_init_container_with_restart_policy_always",
+        "native_sidecar_auto_is_native_only_for_pods_that_run_to_completion",
         |env| Box::pin(native_sidecar(env)),
     ),
     (
@@ -520,8 +520,10 @@ async fn injects_reconciles_and_catches_up(env: Env) {
     operator.stop();
 }
 
-/// `nativeSidecar: auto` on this (>= 1.29) apiserver: the sidecar is an init container with
-/// `restartPolicy: Always`, not a regular container; `never` gives a regular container.
+/// `nativeSidecar: auto` on this (>= 1.29) apiserver: a pod that runs to completion
+/// (`restartPolicy: Never`) gets an init container with `restartPolicy: Always`, not a regular
+/// container; a long-running pod gets a regular container (a native sidecar that cannot start
+/// would keep its app from starting); `never` gives a regular container.
 async fn native_sidecar(env: Env) {
     install(&env.client).await;
     let operator_namespace = env.namespace("op").await;
@@ -547,7 +549,21 @@ async fn native_sidecar(env: Env) {
     wait_until_injecting(&pods).await;
 
     let pod = pods
-        .create(&PostParams::default(), &annotated_pod("native-1"))
+        .create(&PostParams::default(), &annotated_pod("service-1"))
+        .await
+        .expect("create pod");
+    let spec = pod.spec.as_ref().expect("pod spec");
+    assert!(
+        spec.containers
+            .iter()
+            .any(|c| c.name == SIDECAR_CONTAINER_NAME && c.restart_policy.is_none()),
+        "auto on a long-running pod is a regular container: {spec:?}"
+    );
+
+    let mut job_pod = annotated_pod("native-1");
+    job_pod.spec.get_or_insert_default().restart_policy = Some("Never".into());
+    let pod = pods
+        .create(&PostParams::default(), &job_pod)
         .await
         .expect("create pod");
     let spec = pod.spec.as_ref().expect("pod spec");

@@ -8,10 +8,11 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, Pod, PodSpec, Probe, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use monasca_crds::config::MultiprocessLiveness;
 use monasca_crds::{
     ANNOTATION_CONFIG_HASH, ANNOTATION_INJECTED, CONFIG_MAP_KEY, LABEL_SIDECAR, MetricsSidecar,
     MetricsSidecarSpec, NativeSidecar, PROMETHEUS_PATH, PROMETHEUS_PORT, PROMETHEUS_SCHEME,
-    PROMETHEUS_SCRAPE, SIDECAR_CONTAINER_NAME, config_map_name,
+    PROMETHEUS_SCRAPE, SIDECAR_CONTAINER_NAME, ShareProcessNamespace, config_map_name,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -40,6 +41,10 @@ pub const ENV_OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL
 pub const ENV_SCRAPE_TARGETS: &str = "MONASCA_SIDECAR_SCRAPE_TARGETS";
 /// The HTTP path for [`ENV_SCRAPE_TARGETS`] (the pod's former `prometheus.io/path`).
 pub const ENV_SCRAPE_PATH: &str = "MONASCA_SIDECAR_SCRAPE_PATH";
+/// `proc` or `mtime`: whether this pod's sidecar sees the app's processes (the pod shares its
+/// process namespace). Per pod, like the scrape targets, because the ConfigMap is shared by
+/// pods that may differ; the sidecar uses it when its config says `multiprocessLiveness: auto`.
+pub const ENV_MULTIPROCESS_LIVENESS: &str = "MONASCA_SIDECAR_MULTIPROCESS_LIVENESS";
 /// Port names, prefixed so they never clash with the app's (`metrics` is a common app port name;
 /// a Service `targetPort: metrics` must keep meaning the app's). At most 15 characters.
 pub const PORT_METRICS: &str = "sidecar-metrics";
@@ -156,6 +161,32 @@ struct Plan<'a> {
     state_dir: Option<String>,
     native: bool,
     native_mode: Native,
+    /// With multiprocess: whether the pod will share its process namespace, and whether the
+    /// patch must set it so.
+    shared_pids: Option<SharedPids>,
+}
+
+/// The pod's process namespace, as the patch leaves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SharedPids {
+    shared: bool,
+    /// The patch sets `spec.shareProcessNamespace: true`.
+    set: bool,
+}
+
+impl SharedPids {
+    /// `spec.shareProcessNamespace` chosen by the `MetricsSidecar` and the pod.
+    fn decide(choice: ShareProcessNamespace, pod: Option<bool>) -> SharedPids {
+        let shared = match choice {
+            ShareProcessNamespace::Always => true,
+            ShareProcessNamespace::Auto => pod != Some(false),
+            ShareProcessNamespace::Never => pod == Some(true),
+        };
+        SharedPids {
+            shared,
+            set: shared && pod != Some(true),
+        }
+    }
 }
 
 /// Whether the sidecar runs as a native sidecar, and why not when asked to.
@@ -170,7 +201,8 @@ pub enum Native {
     Unsupported(ServerVersion),
 }
 
-/// What `nativeSidecar` means on a server of `version` (`None`: unknown).
+/// What `nativeSidecar` means on a server of `version` (`None`: unknown). The injection
+/// narrows `auto` further to pods that run to completion (see `plan`).
 pub fn native_sidecar(mode: NativeSidecar, version: Option<ServerVersion>) -> Native {
     let supported = version.map(|v| v >= ServerVersion::NATIVE_SIDECARS);
     match (mode, supported) {
@@ -200,7 +232,11 @@ fn invalid(name: &str, why: impl std::fmt::Display) -> Decision {
     )
 }
 
-fn plan<'a>(sidecar: &'a MetricsSidecar, settings: &Settings) -> Result<Plan<'a>, Decision> {
+fn plan<'a>(
+    sidecar: &'a MetricsSidecar,
+    pod: &PodSpec,
+    settings: &Settings,
+) -> Result<Plan<'a>, Decision> {
     let name = sidecar.metadata.name.as_deref().unwrap_or_default();
     // The same check the controller reports as `InvalidConfig` and the sidecar refuses at start:
     // a pod whose declared ports and probes disagree with what runs is never admitted.
@@ -243,7 +279,19 @@ fn plan<'a>(sidecar: &'a MetricsSidecar, settings: &Settings) -> Result<Plan<'a>
             format_args!("has an unusable stateDir {dir:?}"),
         ));
     }
-    let native = native_sidecar(spec.native_sidecar, settings.server_version);
+    // `auto`: native only where a regular container would break the pod (it would never
+    // complete). Elsewhere a regular container, because a native sidecar runs before the app
+    // containers: an unpullable image or a sidecar that never starts would keep the app from
+    // starting at all, and the sidecar must never gate the app.
+    let native = match native_sidecar(spec.native_sidecar, settings.server_version) {
+        Native::Yes if spec.native_sidecar == NativeSidecar::Auto && !runs_to_completion(pod) => {
+            Native::No
+        }
+        other => other,
+    };
+    let shared_pids = multiproc_dir
+        .is_some()
+        .then(|| SharedPids::decide(spec.share_process_namespace, pod.share_process_namespace));
     Ok(Plan {
         name,
         spec,
@@ -253,7 +301,13 @@ fn plan<'a>(sidecar: &'a MetricsSidecar, settings: &Settings) -> Result<Plan<'a>
         state_dir,
         native: native == Native::Yes,
         native_mode: native,
+        shared_pids,
     })
+}
+
+/// A pod whose containers are not restarted when they exit (a Job's): it completes.
+fn runs_to_completion(pod: &PodSpec) -> bool {
+    matches!(pod.restart_policy.as_deref(), Some("Never" | "OnFailure"))
 }
 
 /// Mount paths compare equal regardless of a trailing slash.
@@ -277,10 +331,17 @@ pub(super) fn build(
     reinvocation: bool,
     settings: &Settings,
 ) -> Decision {
-    let plan = match plan(sidecar, settings) {
+    let plan = match plan(sidecar, spec, settings) {
         Ok(plan) => plan,
         Err(decision) => return decision,
     };
+    if !reinvocation && let Some((reason, why)) = conflict(spec, &plan) {
+        return Decision::Conflict {
+            reason,
+            warning: format!("monasca-sidecar not injected: {why}"),
+            sidecar: plan.name.to_string(),
+        };
+    }
     let mut ops = Ops::default();
     let mut warnings = Vec::new();
     if let Native::Unsupported(version) = plan.native_mode {
@@ -434,26 +495,27 @@ fn build_ops(
         return Ok(());
     }
 
-    // Warnings about the pod that injection cannot fix.
-    let sidecar_ports = sidecar_ports(plan);
-    for container in spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-    {
-        for port in container.ports.iter().flatten() {
-            if sidecar_ports
-                .iter()
-                .any(|p| p.container_port == port.container_port)
-            {
-                warnings.push(format!(
-                    "container {:?} declares port {}, which the monasca-sidecar also listens on",
-                    container.name, port.container_port
-                ));
-            }
+    // A shared process namespace, so the sidecar sees the workers in /proc (see SharedPids).
+    if let Some(SharedPids { set: true, .. }) = plan.shared_pids {
+        if spec.share_process_namespace.is_some() {
+            ops.replace(&["spec", "shareProcessNamespace"], Value::Bool(true));
+        } else {
+            ops.add(&["spec", "shareProcessNamespace"], Value::Bool(true));
         }
     }
-    if !plan.native && matches!(spec.restart_policy.as_deref(), Some("Never" | "OnFailure")) {
+    if plan.shared_pids.is_some_and(|p| !p.shared)
+        && plan.spec.config.multiprocess_liveness == MultiprocessLiveness::Proc
+    {
+        warnings.push(format!(
+            "MetricsSidecar {:?} sets multiprocessLiveness: proc but this pod does not share its \
+             process namespace: the sidecar cannot see the workers and may take live workers' \
+             files for dead ones",
+            plan.name
+        ));
+    }
+
+    // Warnings about the pod that injection cannot fix.
+    if !plan.native && runs_to_completion(spec) {
         warnings.push(
             "monasca-sidecar runs as a regular container: the pod will not complete when the \
              application exits (use nativeSidecar: always on Kubernetes >= 1.29)"
@@ -645,6 +707,95 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// Why the patch would clash with the pod, if it would: a container declares a port one of
+/// the sidecar's listeners binds (whatever its address: the pod has one network namespace, so
+/// an app on `0.0.0.0:9091` and the sidecar on `127.0.0.1:9091` exclude each other), or the
+/// pod already uses a volume or port name the patch adds, for something else.
+fn conflict(spec: &PodSpec, plan: &Plan<'_>) -> Option<(SkipReason, String)> {
+    let listeners = bound_ports(plan);
+    let declared_names: Vec<String> = sidecar_ports(plan)
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    for container in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for port in container.ports.iter().flatten() {
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            if let Some((listener, _, _)) = listeners
+                .iter()
+                .find(|(_, p, proto)| i32::from(*p) == port.container_port && *proto == protocol)
+            {
+                return Some((
+                    SkipReason::PortConflict,
+                    format!(
+                        "container {:?} declares port {}/{protocol}, which the sidecar's {listener} \
+                         listener of MetricsSidecar {:?} binds; change one of them",
+                        container.name, port.container_port, plan.name
+                    ),
+                ));
+            }
+            if let Some(name) = port.name.as_ref().filter(|n| declared_names.contains(n)) {
+                return Some((
+                    SkipReason::NameConflict,
+                    format!(
+                        "container {:?} declares a port named {name:?}, a name the sidecar's \
+                         container uses",
+                        container.name
+                    ),
+                ));
+            }
+        }
+    }
+    for volume in spec.volumes.iter().flatten() {
+        let ours = match volume.name.as_str() {
+            CONFIG_VOLUME => volume
+                .config_map
+                .as_ref()
+                .is_some_and(|c| c.name == config_map_name(plan.name)),
+            MULTIPROC_VOLUME if plan.multiproc_dir.is_some() => volume.empty_dir.is_some(),
+            STATE_VOLUME if plan.state_dir.is_some() && plan.multiproc_dir.is_none() => {
+                volume.empty_dir.is_some()
+            }
+            _ => true,
+        };
+        if !ours {
+            return Some((
+                SkipReason::NameConflict,
+                format!(
+                    "the pod already has a volume named {:?} for something else",
+                    volume.name
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// Every port a sidecar listener binds: (listener, port, protocol).
+fn bound_ports(plan: &Plan<'_>) -> Vec<(&'static str, u16, &'static str)> {
+    let config = &plan.spec.config;
+    let port = |addr: &str| addr.parse::<SocketAddr>().ok().map(|a| a.port());
+    let mut ports = vec![("metrics", plan.metrics.port(), "TCP")];
+    ports.extend(port(&config.listen.ingest).map(|p| ("ingest", p, "TCP")));
+    if config.otlp.enabled {
+        ports.extend(port(&config.listen.otlp).map(|p| ("otlp", p, "TCP")));
+    }
+    if config.statsd.enabled
+        && let Some(p) = port(&config.listen.statsd)
+    {
+        ports.push(("statsd", p, "UDP"));
+        if config.statsd.tcp {
+            ports.push(("statsd", p, "TCP"));
+        }
+    }
+    // Port 0 asks the kernel for any free port: it cannot clash.
+    ports.retain(|(_, p, _)| *p != 0);
+    ports
+}
+
 /// Only listeners reachable from outside the pod get a declared port: declaring a loopback
 /// listener would advertise something nobody can reach.
 fn sidecar_ports(plan: &Plan<'_>) -> Vec<ContainerPort> {
@@ -722,6 +873,13 @@ fn sidecar_container(
     }];
     if let Some(dir) = &plan.multiproc_dir {
         env_vars.push(env(ENV_MULTIPROC_DIR, dir));
+        // What this pod lets the sidecar see; it applies when the config says `auto`.
+        if let Some(pids) = plan.shared_pids
+            && spec.config.multiprocess_liveness == MultiprocessLiveness::Auto
+        {
+            let liveness = if pids.shared { "proc" } else { "mtime" };
+            env_vars.push(env(ENV_MULTIPROCESS_LIVENESS, liveness));
+        }
         mounts.push(VolumeMount {
             name: MULTIPROC_VOLUME.into(),
             mount_path: dir.clone(),
@@ -773,11 +931,13 @@ fn sidecar_container(
         ]),
         env: (!env_vars.is_empty()).then_some(env_vars),
         ports: Some(sidecar_ports(plan)),
-        readiness_probe: probed.then(|| probe("/readyz", 10, 3)),
+        // The sidecar never gates the app: no readiness probe (it would count toward the pod's
+        // readiness, so a failing sidecar would take the app out of its Service), and no
+        // startup probe (with a native sidecar it would hold the app containers back until it
+        // passed). The liveness probe restarts only the sidecar.
+        readiness_probe: None,
         liveness_probe: probed.then(|| probe("/healthz", 20, 3)),
-        // A native sidecar holds back the app containers until it has started: a quick, patient
-        // startup probe keeps that short without failing a slow node.
-        startup_probe: (probed && plan.native).then(|| probe("/readyz", 1, 60)),
+        startup_probe: None,
         restart_policy: plan.native.then(|| "Always".into()),
         resources: has_resources.then(|| resources.clone()),
         security_context: Some(SecurityContext {

@@ -26,9 +26,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use build::{
-    CONFIG_MOUNT_PATH, CONFIG_VOLUME, DEFAULT_MULTIPROC_DIR, ENV_MULTIPROC_DIR, ENV_SCRAPE_PATH,
-    ENV_SCRAPE_TARGETS, MULTIPROC_VOLUME, Native, PORT_INGEST, PORT_METRICS, PORT_STATSD,
-    SIDECAR_GID, SIDECAR_UID, STATE_VOLUME, native_fallback_note, native_sidecar,
+    CONFIG_MOUNT_PATH, CONFIG_VOLUME, DEFAULT_MULTIPROC_DIR, ENV_MULTIPROC_DIR,
+    ENV_MULTIPROCESS_LIVENESS, ENV_SCRAPE_PATH, ENV_SCRAPE_TARGETS, MULTIPROC_VOLUME, Native,
+    PORT_INGEST, PORT_METRICS, PORT_STATSD, SIDECAR_GID, SIDECAR_UID, STATE_VOLUME,
+    native_fallback_note, native_sidecar,
 };
 pub use update::{declared_metrics_port, keep_rewrite};
 
@@ -113,11 +114,17 @@ pub enum SkipReason {
     NoDefaultSidecar,
     /// The `MetricsSidecar` cannot produce a valid pod (bad listen address, name too long...).
     InvalidSidecar,
+    /// A container of the pod declares a port the sidecar would listen on: one of the two
+    /// could not bind it (with a native sidecar, the app would never start).
+    PortConflict,
+    /// A volume or port name the patch would add already exists in the pod with another
+    /// meaning.
+    NameConflict,
 }
 
 impl SkipReason {
     /// Every reason, in label order (for metrics exposition).
-    pub const ALL: [SkipReason; 12] = [
+    pub const ALL: [SkipReason; 14] = [
         SkipReason::NotCreate,
         SkipReason::NotAPod,
         SkipReason::ExcludedNamespace,
@@ -130,6 +137,8 @@ impl SkipReason {
         SkipReason::UnknownSidecar,
         SkipReason::NoDefaultSidecar,
         SkipReason::InvalidSidecar,
+        SkipReason::PortConflict,
+        SkipReason::NameConflict,
     ];
 
     /// The metric label value.
@@ -147,6 +156,8 @@ impl SkipReason {
             SkipReason::UnknownSidecar => "unknown_sidecar",
             SkipReason::NoDefaultSidecar => "no_default_sidecar",
             SkipReason::InvalidSidecar => "invalid_sidecar",
+            SkipReason::PortConflict => "port_conflict",
+            SkipReason::NameConflict => "name_conflict",
         }
     }
 
@@ -164,6 +175,15 @@ pub enum Decision {
     Skip {
         reason: SkipReason,
         warning: Option<String>,
+    },
+    /// Admit unchanged: the pod and the patch would clash (a port, a volume name). Injecting
+    /// anyway could keep the app from starting; the `MetricsSidecar` gets an Event so its
+    /// owner learns about it, not only the pod's creator.
+    Conflict {
+        reason: SkipReason,
+        warning: String,
+        /// The `MetricsSidecar` the pod asked for.
+        sidecar: String,
     },
     /// Admit with this patch.
     Patch {
@@ -194,7 +214,15 @@ impl Decision {
     pub fn patch(&self) -> Option<&json_patch::Patch> {
         match self {
             Decision::Patch { patch, .. } => Some(patch),
-            Decision::Skip { .. } => None,
+            Decision::Skip { .. } | Decision::Conflict { .. } => None,
+        }
+    }
+
+    /// Why the pod was admitted unchanged, if it was.
+    pub fn skip_reason(&self) -> Option<SkipReason> {
+        match self {
+            Decision::Skip { reason, .. } | Decision::Conflict { reason, .. } => Some(*reason),
+            Decision::Patch { .. } => None,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use json_patch::Patch;
-use monasca_crds::{MetricsSidecarSpec, NativeSidecar};
+use monasca_crds::{MetricsSidecarSpec, NativeSidecar, SIDECAR_CONTAINER_NAME};
 use serde_json::{Value, json};
 
 fn settings() -> Settings {
@@ -66,15 +66,13 @@ fn patched(pod_json: &Value, decision: &Decision) -> Value {
 }
 
 fn skip_reason(decision: &Decision) -> Option<SkipReason> {
-    match decision {
-        Decision::Skip { reason, .. } => Some(*reason),
-        Decision::Patch { .. } => None,
-    }
+    decision.skip_reason()
 }
 
 fn warnings(decision: &Decision) -> Vec<String> {
     match decision {
         Decision::Skip { warning, .. } => warning.iter().cloned().collect(),
+        Decision::Conflict { warning, .. } => vec![warning.clone()],
         Decision::Patch { warnings, .. } => warnings.clone(),
     }
 }
@@ -204,8 +202,10 @@ fn missing_maps_and_arrays_are_created_whole() {
             "/spec/volumes",
             "/spec/containers/0/env",
             "/spec/containers/0/volumeMounts",
-            // 1.30 and `auto`: a native sidecar, and the pod had no initContainers yet.
-            "/spec/initContainers",
+            // Multiprocess: the sidecar must see the workers in /proc.
+            "/spec/shareProcessNamespace",
+            // `auto` on a long-running pod: a regular container, appended.
+            "/spec/containers/-",
         ]
     );
     let out = patched(&pod, &d);
@@ -337,9 +337,9 @@ fn loopback_metrics_listener_gets_no_probes_and_a_warning() {
     let d = decide(&pod, &[sidecar("default", spec)]);
     assert_eq!(warnings(&d).len(), 1);
     let out = patched(&pod, &d);
-    let sidecar = &out["spec"]["initContainers"][0];
+    let sidecar = &out["spec"]["containers"][1];
     assert_eq!(sidecar["name"], "monasca-sidecar");
-    assert!(sidecar.get("readinessProbe").is_none() && sidecar.get("startupProbe").is_none());
+    assert!(sidecar.get("livenessProbe").is_none() && sidecar.get("startupProbe").is_none());
 }
 
 #[test]
@@ -350,7 +350,7 @@ fn external_listeners_get_named_ports() {
     let pod = app_pod("true");
     let out = patched(&pod, &decide(&pod, &[sidecar("default", spec)]));
     assert_eq!(
-        out["spec"]["initContainers"][0]["ports"],
+        out["spec"]["containers"][1]["ports"],
         json!([
             {"name": "sidecar-metrics", "containerPort": 9102, "protocol": "TCP"},
             {"name": "sidecar-ingest", "containerPort": 9091, "protocol": "TCP"},
@@ -363,13 +363,13 @@ fn external_listeners_get_named_ports() {
 fn pod_problems_are_warned() {
     let mut pod = app_pod("true");
     pod["spec"]["restartPolicy"] = json!("Never");
-    pod["spec"]["containers"][0]["ports"] = json!([{"containerPort": 9102}]);
     let spec = MetricsSidecarSpec {
         native_sidecar: NativeSidecar::Never,
         ..Default::default()
     };
     let w = warnings(&decide(&pod, &[sidecar("default", spec)]));
-    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("will not complete"), "{w:?}");
 }
 
 #[test]
@@ -443,7 +443,7 @@ fn requested_sidecar_agrees_with_the_webhook() {
                     let decision = decide_in(namespace, &pod_json, ns_annotations, sidecars);
                     let injected = match &decision {
                         Decision::Patch { sidecar, .. } => Some(sidecar.clone()),
-                        Decision::Skip { .. } => None,
+                        Decision::Skip { .. } | Decision::Conflict { .. } => None,
                     };
                     let pod = pod(pod_json);
                     let requested = requested_sidecar(
@@ -506,9 +506,9 @@ fn otlp_inject_env_points_app_containers_at_the_sidecar() {
         ])
     );
     // The sidecar container itself gets none of it, and declares the non-loopback OTLP port.
-    let sidecar_env = out["spec"]["initContainers"][0]["env"].to_string();
+    let sidecar_env = out["spec"]["containers"][2]["env"].to_string();
     assert!(!sidecar_env.contains("OTEL_"), "{sidecar_env}");
-    let ports = &out["spec"]["initContainers"][0]["ports"];
+    let ports = &out["spec"]["containers"][2]["ports"];
     assert!(
         ports
             .as_array()
@@ -546,7 +546,13 @@ fn state_dir_is_an_emptydir_in_the_sidecar_shared_with_multiprocess() {
         let pod = app_pod("true");
         patched(&pod, &decide(&pod, &[sidecar("default", spec)]))
     };
-    let mounts = |out: &Value| out["spec"]["initContainers"][0]["volumeMounts"].clone();
+    // The sidecar is the last app container (`nativeSidecar: auto` on a long-running pod).
+    let mounts = |out: &Value| {
+        let containers = out["spec"]["containers"].as_array().expect("containers");
+        let sidecar = containers.last().expect("the sidecar container");
+        assert_eq!(sidecar["name"], SIDECAR_CONTAINER_NAME, "{out}");
+        sidecar["volumeMounts"].clone()
+    };
 
     let out = with(false, "/var/lib/monasca-sidecar");
     assert!(
@@ -591,4 +597,45 @@ fn state_dir_over_the_config_mount_is_refused() {
     spec.config.state_dir = Some(CONFIG_MOUNT_PATH.to_string());
     let d = decide(&app_pod("true"), &[sidecar("default", spec)]);
     assert_eq!(skip_reason(&d), Some(SkipReason::InvalidSidecar));
+}
+
+#[test]
+fn ports_clash_by_number_and_protocol_whatever_the_listen_address() {
+    let with_port = |port: Value| {
+        let mut pod = app_pod("true");
+        pod["spec"]["containers"][0]["ports"] = json!([port]);
+        pod
+    };
+    let default = || [sidecar("default", MetricsSidecarSpec::default())];
+    // Loopback ingest (9091) still clashes: the pod has one network namespace.
+    let d = decide(&with_port(json!({"containerPort": 9091})), &default());
+    assert_eq!(skip_reason(&d), Some(SkipReason::PortConflict));
+    assert!(matches!(&d, Decision::Conflict { sidecar, .. } if sidecar == "default"));
+    // StatsD binds UDP and TCP 8125.
+    let d = decide(
+        &with_port(json!({"containerPort": 8125, "protocol": "UDP"})),
+        &default(),
+    );
+    assert_eq!(skip_reason(&d), Some(SkipReason::PortConflict));
+    // Without StatsD over TCP, an app's TCP 8125 is fine; a UDP 9102 never clashes.
+    let mut spec = MetricsSidecarSpec::default();
+    spec.config.statsd.tcp = false;
+    let d = decide(
+        &with_port(json!({"containerPort": 8125})),
+        &[sidecar("default", spec)],
+    );
+    assert_eq!(skip_reason(&d), None, "{:?}", warnings(&d));
+    let d = decide(
+        &with_port(json!({"containerPort": 9102, "protocol": "UDP"})),
+        &default(),
+    );
+    assert_eq!(skip_reason(&d), None);
+    // A listener turned off binds nothing.
+    let mut spec = MetricsSidecarSpec::default();
+    spec.config.otlp.enabled = false;
+    let d = decide(
+        &with_port(json!({"containerPort": 4318})),
+        &[sidecar("default", spec)],
+    );
+    assert_eq!(skip_reason(&d), None);
 }

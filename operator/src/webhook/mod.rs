@@ -10,6 +10,7 @@
 //! connections and serve other reviews. The server's caps ([`server::Limits::WEBHOOK`]) bound how
 //! many of these run at once.
 
+pub mod events;
 pub mod review;
 pub mod tls;
 

@@ -5,6 +5,7 @@
 use crate::context::Context;
 use crate::inject::{Decision, PodRequest, SkipReason, inject, keep_rewrite};
 use crate::metrics::Outcome;
+use crate::webhook::events::ConflictEvent;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Pod;
@@ -102,6 +103,20 @@ pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
         ),
     };
     log_decision(&request, namespace, pod, &decision);
+    if let Decision::Conflict {
+        reason,
+        warning,
+        sidecar,
+    } = &decision
+        && !request.dry_run
+    {
+        ctx.admission_events.report(ConflictEvent {
+            namespace: namespace.to_string(),
+            sidecar: sidecar.clone(),
+            reason: *reason,
+            message: warning.clone(),
+        });
+    }
     respond(&request, decision)
 }
 
@@ -321,6 +336,15 @@ fn respond<K: kube::Resource>(
             warning.into_iter().collect::<Vec<_>>(),
             reason.label().to_string(),
         ),
+        Decision::Conflict {
+            reason, warning, ..
+        } => (
+            Outcome::Skipped,
+            Some(reason),
+            None,
+            vec![warning],
+            reason.label().to_string(),
+        ),
         Decision::Patch {
             patch,
             warnings,
@@ -371,6 +395,14 @@ fn log_decision(request: &AdmissionRequest<Pod>, namespace: &str, pod: &Pod, dec
         } => tracing::info!(
             uid = %request.uid, namespace, pod = name, sidecar, dry_run = request.dry_run,
             warnings = warnings.len(), "injecting monasca-sidecar"
+        ),
+        Decision::Conflict {
+            reason,
+            warning,
+            sidecar,
+        } => tracing::info!(
+            uid = %request.uid, namespace, pod = name, sidecar, reason = reason.label(), warning,
+            "not injecting"
         ),
         Decision::Skip {
             reason,

@@ -74,11 +74,14 @@ pub fn sidecar(namespace: &str, name: &str, spec: MetricsSidecarSpec) -> Metrics
 /// The `persister-workers` sidecar the named fixture asks for: multiprocess workers, run as a
 /// native sidecar.
 pub fn persister_workers_spec() -> MetricsSidecarSpec {
-    MetricsSidecarSpec {
+    let mut spec = MetricsSidecarSpec {
         multiprocess: true,
         native_sidecar: monasca_crds::NativeSidecar::Always,
         ..MetricsSidecarSpec::default()
-    }
+    };
+    // The persister declares its own endpoint on 9091, the sidecar's default ingest port.
+    spec.config.listen.ingest = "127.0.0.1:9095".into();
+    spec
 }
 
 /// A context whose stores are fed by hand.
