@@ -29,6 +29,13 @@ impl Sidecar {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sidecar {
+        Sidecar::start_wrapped(config, env, &[])
+    }
+
+    /// [`Sidecar::start_with_env`] with the binary run through `wrapper` (a command and its
+    /// arguments, e.g. `setpriv --reuid 65532 ...` or `unshare --pid --fork --mount-proc`),
+    /// as Kubernetes runs it: another uid, another pid namespace.
+    pub fn start_wrapped(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Sidecar {
         let dir = scratch_dir("sidecar");
         let config_path = dir.join("config.yaml");
         let mut text = String::new();
@@ -39,7 +46,7 @@ impl Sidecar {
         }
         text.push_str(config);
         std::fs::write(&config_path, text).expect("write config");
-        Sidecar::spawn(dir, config_path, env)
+        Sidecar::spawn(dir, config_path, env, wrapper)
     }
 
     /// Starts another sidecar process over the same directory and config (a restart).
@@ -49,14 +56,24 @@ impl Sidecar {
         let dir = self.dir.clone();
         let config_path = self.config_path.clone();
         std::mem::forget(self);
-        Sidecar::spawn(dir, config_path, &[])
+        Sidecar::spawn(dir, config_path, &[], &[])
     }
 
-    fn spawn(dir: PathBuf, config_path: PathBuf, env: &[(&str, &str)]) -> Sidecar {
-        let mut cmd = Command::new(crate::workspace_binary(
-            "monasca-sidecar",
-            "monasca-sidecar",
-        ));
+    fn spawn(
+        dir: PathBuf,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Sidecar {
+        let binary = crate::workspace_binary("monasca-sidecar", "monasca-sidecar");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -113,6 +130,14 @@ impl Sidecar {
             addrs.insert(l, a);
         }
         std::thread::spawn(move || for (_l, _a) in rx {});
+        // Ready (every listener bound) before any test talks to it.
+        while http(addrs["metrics"], "GET", "/readyz", &[], b"").status != 200 {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sidecar never became ready; log:\n{}", log.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Sidecar {
             child,
             dir,
@@ -120,6 +145,41 @@ impl Sidecar {
             addrs,
             log,
         }
+    }
+
+    /// The pid of the `monasca-sidecar` process itself: the child, or the first descendant
+    /// running the binary when it was started through a wrapper that forks (`unshare --fork`).
+    pub fn process_id(&self) -> Option<u32> {
+        let mut pending = vec![self.child.id()];
+        while let Some(pid) = pending.pop() {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            if exe.is_some_and(|e| e.file_name().is_some_and(|n| n == "monasca-sidecar")) {
+                return Some(pid);
+            }
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            pending.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        None
+    }
+
+    /// The sidecar process' resident memory (`VmRSS` of `/proc/<pid>/status`), in bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process_id()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {

@@ -6,6 +6,7 @@ use crate::state::{Persister, StatePart};
 use crate::store::{Now, Store, StoreSettings};
 use monasca_config::SidecarConfig;
 use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// A component that reports its own `monasca_sidecar_*` metrics at render time.
@@ -41,6 +42,8 @@ pub struct App {
     state_parts: RwLock<Vec<Arc<dyn StatePart>>>,
     /// StatsD accumulators read from the state file, taken by the StatsD listener at start.
     restored_statsd: Mutex<Option<crate::statsd::accumulate::Restored>>,
+    /// Every listener is bound (`/readyz`).
+    listening: AtomicBool,
 }
 
 impl App {
@@ -53,6 +56,7 @@ impl App {
             clearers: RwLock::new(Vec::new()),
             otlp: Arc::new(crate::otlp::Otlp::new()),
             state: OnceLock::new(),
+            listening: AtomicBool::new(false),
             state_parts: RwLock::new(Vec::new()),
             restored_statsd: Mutex::new(None),
         })
@@ -88,6 +92,17 @@ impl App {
     /// Takes the restored StatsD accumulators, if any.
     pub fn take_restored_statsd(&self) -> Option<crate::statsd::accumulate::Restored> {
         self.restored_statsd.lock().take()
+    }
+
+    /// Records that every listener is bound: from now on `/readyz` answers 200. Until then
+    /// a worker told "ready" could still find its push or StatsD port closed.
+    pub fn mark_listening(&self) {
+        self.listening.store(true, Ordering::Release);
+    }
+
+    /// Whether every listener is bound (see [`App::mark_listening`]).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
     }
 
     /// The configuration in force.

@@ -8,7 +8,7 @@
 use crate::app::{App, SelfMetrics};
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
-use monasca_config::{ConfigError, SidecarConfig};
+use monasca_config::{ConfigError, MultiprocessLiveness, SidecarConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +33,10 @@ pub enum ConfigFileError {
 ///   file sets `staleAfter` itself;
 /// - `MONASCA_SIDECAR_SCRAPE_TARGETS` (comma-separated) adds scrape targets and
 ///   `MONASCA_SIDECAR_SCRAPE_PATH` sets their path: the operator sets them per pod from the
-///   pod's own `prometheus.io/*` annotations, since the ConfigMap is shared by all pods.
+///   pod's own `prometheus.io/*` annotations, since the ConfigMap is shared by all pods;
+/// - `MONASCA_SIDECAR_MULTIPROCESS_LIVENESS` (`proc` or `mtime`) sets `multiprocessLiveness`
+///   when the file leaves it at `auto`: the operator sets it per pod from whether the pod
+///   shares its process namespace (the sidecar can see the workers in `/proc`) or not.
 ///
 /// Defaults are used when `path` is `None`, and also when the file does not exist yet: the
 /// operator mounts its ConfigMap as optional, and the watcher picks the file up when it
@@ -101,6 +104,21 @@ fn parse_with_env(
             ));
         }
         config.scrape.path = path;
+    }
+    if let Some(liveness) = env("MONASCA_SIDECAR_MULTIPROCESS_LIVENESS")
+        && config.multiprocess_liveness == MultiprocessLiveness::Auto
+    {
+        config.multiprocess_liveness = match liveness.trim() {
+            "proc" => MultiprocessLiveness::Proc,
+            "mtime" => MultiprocessLiveness::Mtime,
+            "auto" | "" => MultiprocessLiveness::Auto,
+            other => {
+                return Err(EnvOrConfig::Env(
+                    "MONASCA_SIDECAR_MULTIPROCESS_LIVENESS",
+                    format!("{other:?} is not proc, mtime or auto"),
+                ));
+            }
+        };
     }
     check_components(&config).map_err(EnvOrConfig::Config)?;
     Ok(config)
@@ -276,6 +294,30 @@ mod tests {
         let bad = env(&[("MONASCA_SIDECAR_SCRAPE_TARGETS", "nohost")]);
         assert!(parse_with_env("", bad).is_err());
         let bad = env(&[("MONASCA_SIDECAR_SCRAPE_PATH", "stats")]);
+        assert!(parse_with_env("", bad).is_err());
+    }
+
+    #[test]
+    fn the_pods_liveness_from_the_environment_applies_when_the_file_says_auto() {
+        let e = || env(&[("MONASCA_SIDECAR_MULTIPROCESS_LIVENESS", "proc")]);
+        let c = parse_with_env("", e()).ok().unwrap();
+        assert_eq!(c.multiprocess_liveness, MultiprocessLiveness::Proc);
+        let c = parse_with_env("multiprocessLiveness: mtime", e())
+            .ok()
+            .unwrap();
+        assert_eq!(
+            c.multiprocess_liveness,
+            MultiprocessLiveness::Mtime,
+            "the file's explicit choice wins"
+        );
+        let c = parse_with_env(
+            "",
+            env(&[("MONASCA_SIDECAR_MULTIPROCESS_LIVENESS", "mtime")]),
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(c.multiprocess_liveness, MultiprocessLiveness::Mtime);
+        let bad = env(&[("MONASCA_SIDECAR_MULTIPROCESS_LIVENESS", "sometimes")]);
         assert!(parse_with_env("", bad).is_err());
     }
 

@@ -27,6 +27,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    one_malloc_arena();
     let args = Args::parse();
     init_tracing(&args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -35,6 +36,21 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(run(args))
+}
+
+/// glibc gives each thread that allocates a malloc arena of its own and hands little of their
+/// free memory back: over thousands of worker lifetimes (files read, folded, dropped by the
+/// reader thread, renders on the runtime's threads) the sidecar's RSS crept up by about 20%
+/// while its live data stayed flat; with one arena it stays within 2% (the soak in
+/// `tests/multiprocess_pod.rs`). The sidecar's few threads do not contend for it. Called
+/// before any thread starts. The release image is built for musl, whose allocator has no
+/// per-thread arenas.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 fn init_tracing(format: &str) {
@@ -97,6 +113,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             drain,
         )));
     }
+
+    // Every listener is bound (StatsD above, HTTP here): `/readyz` may say so.
+    app.mark_listening();
 
     // prometheus_client multiprocess files (config `multiprocessDir` or PROMETHEUS_MULTIPROC_DIR)
     // and scrape-mode workers; both idle until configured and follow config reloads.

@@ -6,92 +6,16 @@
 mod common;
 mod multiprocess_support;
 
-use multiprocess_support::{has_pid_files, python, samples, scratch, script};
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
+use multiprocess_support::{Gunicorn, get, has_pid_files, samples, scratch};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const WORKERS: usize = 4;
 const N: usize = 120;
 const M: usize = 80;
 const SERIES: &str = "app_requests_total{path=\"/hello\"}";
-
-/// gunicorn in its own process group; the whole group is killed on drop.
-struct Gunicorn {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Gunicorn {
-    fn start(dir: &Path) -> Gunicorn {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr").port()
-        };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let app_dir = script("gunicorn_app.py");
-        let app_dir = app_dir.parent().expect("tests/py");
-        let child = python(&["prometheus_client", "gunicorn"])
-            .args(["-m", "gunicorn", "--workers", &WORKERS.to_string()])
-            .args(["--bind", &addr.to_string(), "--chdir"])
-            .arg(app_dir)
-            .args(["--graceful-timeout", "2", "--log-level", "warning"])
-            .arg("gunicorn_app:app")
-            .env("PROMETHEUS_MULTIPROC_DIR", dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-            .expect("start gunicorn");
-        let g = Gunicorn { child, addr };
-        let up = common::wait_until(Duration::from_secs(30), || get(addr, "/pid").is_some());
-        assert!(up, "gunicorn did not answer on {addr}");
-        g
-    }
-
-    fn hello(&self) {
-        let body = get(self.addr, "/hello").expect("GET /hello");
-        assert_eq!(body, "hello\n");
-    }
-
-    fn worker_pid(&self) -> u32 {
-        get(self.addr, "/pid")
-            .and_then(|b| b.trim().parse().ok())
-            .expect("GET /pid")
-    }
-}
-
-impl Drop for Gunicorn {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One GET over a fresh connection, bounded by timeouts; None when it fails.
-fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    if !raw.starts_with("HTTP/1.1 200") && !raw.starts_with("HTTP/1.0 200") {
-        return None;
-    }
-    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
 
 /// Scrapes `metrics` every 50 ms in the background and records the counter.
 struct Watcher {
@@ -138,7 +62,7 @@ impl Watcher {
 /// The scenario, against any way of reading the sidecar's `/metrics`.
 fn scenario(dir: &Path, metrics: Arc<dyn Fn() -> String + Send + Sync>) {
     let started = Instant::now();
-    let gunicorn = Gunicorn::start(dir);
+    let gunicorn = Gunicorn::start(dir, &[]);
     let watcher = Watcher::start(metrics.clone());
     for _ in 0..N {
         gunicorn.hello();

@@ -443,6 +443,12 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Most series one worker may hold (400 beyond).
     pub max_series_per_worker: u64,
+    /// Most worker files of the multiprocess directory that are read (its `*_retired.db`
+    /// files not counted). Checked while listing, before a file is opened: files beyond it
+    /// are left unread and counted (`monasca_sidecar_multiprocess_skipped_files`), so the
+    /// memory the directory costs stays bounded when it cannot be compacted (no shared process
+    /// namespace) and dead workers' files pile up.
+    pub max_multiprocess_files: u64,
 }
 
 impl Default for Limits {
@@ -450,9 +456,15 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 8 * 1024 * 1024,
             max_series_per_worker: 50_000,
+            max_multiprocess_files: DEFAULT_MAX_MULTIPROCESS_FILES,
         }
     }
 }
+
+/// The default of [`Limits::max_multiprocess_files`]: gunicorn-style apps write 1-4 files per
+/// worker, so this is hundreds of worker lifetimes; with ~50 series per file it stays well
+/// inside the operator's default 128Mi sidecar memory limit.
+pub const DEFAULT_MAX_MULTIPROCESS_FILES: u64 = 4096;
 
 impl SidecarConfig {
     /// Parses a YAML (or JSON) document and validates it.
@@ -564,7 +576,10 @@ impl SidecarConfig {
                 "must be greater than zero",
             ));
         }
-        if self.limits.max_body_bytes == 0 || self.limits.max_series_per_worker == 0 {
+        if self.limits.max_body_bytes == 0
+            || self.limits.max_series_per_worker == 0
+            || self.limits.max_multiprocess_files == 0
+        {
             return Err(ConfigError::invalid(
                 "limits",
                 "limits must be greater than zero",

@@ -35,7 +35,7 @@ mod tests;
 
 pub use liveness::{LivenessMode, LivenessPolicy};
 pub(crate) use scan::apply_resilient;
-pub use scan::{MAX_FILE_BYTES, RETIRED_WORKER_ID, worker_id};
+pub use scan::{MAX_FILE_BYTES, NotCompacting, RETIRED_WORKER_ID, worker_id};
 
 use crate::app::{App, Refresh, SelfMetrics};
 use crate::expose::SelfFamily;
@@ -211,7 +211,14 @@ pub struct Reader {
     log: LogOnce,
     last_started: Option<Instant>,
     stats: Arc<Stats>,
+    /// Consecutive scans that found worker files and could not compact them.
+    not_compacting_scans: u32,
 }
+
+/// With `auto` liveness the app may show up in `/proc` a little after its files: the
+/// directory is reported as not compactable only after this many scans (about one
+/// re-detection), not on the first.
+const NOT_COMPACTING_REPORT_AFTER: u32 = 15;
 
 impl Reader {
     pub fn new(options: Options) -> Reader {
@@ -221,6 +228,7 @@ impl Reader {
             log: LogOnce::default(),
             last_started: None,
             stats: Arc::new(Stats::default()),
+            not_compacting_scans: 0,
         }
     }
 
@@ -264,9 +272,48 @@ impl Reader {
         };
         state.set_liveness_policy(policy);
         let summary = state.round(app, &cfg, stats, &mut self.log);
+        self.report_not_compacting(&summary, policy, &cfg);
         stats.scans.inc();
         stats.set_duration(started.elapsed());
         stats.set_summary(Some(summary));
+    }
+}
+
+impl Reader {
+    /// One log line (and the `not_compacting` self-metric, from the summary) when dead
+    /// workers' files cannot be compacted, saying why.
+    fn report_not_compacting(
+        &mut self,
+        summary: &scan::RoundSummary,
+        policy: LivenessPolicy,
+        cfg: &SidecarConfig,
+    ) {
+        let Some(why) = summary.not_compacting.filter(|_| summary.files > 0) else {
+            self.not_compacting_scans = 0;
+            self.log.clear("not-compacting");
+            return;
+        };
+        self.not_compacting_scans = self.not_compacting_scans.saturating_add(1);
+        let settled = policy != LivenessPolicy::Auto
+            || why == NotCompacting::CompactionOff
+            || self.not_compacting_scans >= NOT_COMPACTING_REPORT_AFTER;
+        if !settled || !self.log.first("not-compacting") {
+            return;
+        }
+        let dir = self.state.as_ref().map(|s| s.dir.display().to_string());
+        let cap = cfg.limits.max_multiprocess_files;
+        match why {
+            NotCompacting::MtimeLiveness => tracing::warn!(
+                dir,
+                max_files = cap,
+                "the multiprocess directory cannot be compacted: the app's processes are not visible in /proc (no shared process namespace, or multiprocessLiveness: mtime), so no worker can be proven dead; dead workers' files stay (counted, never deleted), quiet ones are held without a copy, and at most limits.maxMultiprocessFiles files are read"
+            ),
+            NotCompacting::CompactionOff => tracing::info!(
+                dir,
+                max_files = cap,
+                "the multiprocess directory is not compacted (multiprocessCompact: false): dead workers' files stay; at most limits.maxMultiprocessFiles files are read"
+            ),
+        }
     }
 }
 
@@ -449,6 +496,36 @@ impl SelfMetrics for Shared {
                 "Dead workers' files deleted after folding.",
             )
             .value(s.deleted_files.get()),
+        );
+        let mut not_compacting = SelfFamily::new(
+            "monasca_sidecar_multiprocess_not_compacting",
+            MetricKind::Gauge,
+            "1 for the reason dead workers' files are not compacted: mtime_liveness (the app's processes are not visible in /proc: no shared process namespace) or compaction_off.",
+        );
+        for reason in NotCompacting::ALL {
+            let v = if summary.not_compacting == Some(reason) && enabled {
+                1.0
+            } else {
+                0.0
+            };
+            not_compacting = not_compacting.labelled("reason", reason.label(), v);
+        }
+        out.push(not_compacting);
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_skipped_files",
+                MetricKind::Gauge,
+                "Worker files left unread at the last scan because of limits.maxMultiprocessFiles.",
+            )
+            .value(summary.skipped as f64),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_multiprocess_released_files",
+                MetricKind::Gauge,
+                "Files of quiet workers held without a copy of their content (they cannot be compacted).",
+            )
+            .value(summary.released as f64),
         );
         let mut liveness = SelfFamily::new(
             "monasca_sidecar_multiprocess_liveness",

@@ -107,9 +107,45 @@ struct FileState {
     quiet_stat: Option<(SystemTime, u64)>,
     /// Kept open between scans (see [`MAX_OPEN_FILES`]).
     handle: Option<std::fs::File>,
+    /// `raw` and `offsets` were dropped (a quiet worker that can never be folded): only
+    /// `released_len` and `released_hash` say what the content was. Read back from disk
+    /// before the worker is applied again ([`DirState::restore`]).
+    released: bool,
+    released_len: usize,
+    released_hash: u64,
 }
 
 impl FileState {
+    fn new(kind: FileKind, pid: &str, ident: Ident, raw: Vec<u8>, offsets: Vec<u32>) -> Self {
+        FileState {
+            kind,
+            pid: pid.to_string(),
+            dev: ident.dev,
+            ino: ident.ino,
+            raw,
+            offsets,
+            good: true,
+            mtime: ident.mtime,
+            changed: ident.mtime,
+            corrupt: None,
+            quiet_stat: None,
+            handle: None,
+            released: false,
+            released_len: 0,
+            released_hash: 0,
+        }
+    }
+
+    /// Drops the copy of the content, keeping what tells a change.
+    fn release(&mut self) {
+        self.released_len = self.raw.len();
+        self.released_hash = retired::fnv1a(&self.raw);
+        self.raw = Vec::new();
+        self.offsets = Vec::new();
+        self.handle = None;
+        self.released = true;
+    }
+
     fn value(&self, offset: u32) -> Option<(f64, f64)> {
         format::value_at(&self.raw, offset as usize)
     }
@@ -134,6 +170,9 @@ struct PidState {
     /// Found dead (or stale) last round: its files are only checked, not read (see
     /// [`DirState::quiet_unchanged`]).
     quiet: bool,
+    /// Its files' contents and its plan were dropped (see [`FileState::release`]); the store
+    /// holds its values.
+    released: bool,
 }
 
 /// Identity of a file on disk.
@@ -194,6 +233,8 @@ pub struct DirState {
     retry_deletes_at: Option<Instant>,
     /// The store's epoch when its values were last applied (see [`Store::epoch`]).
     store_epoch: u64,
+    /// Worker files over the cap in the last listing.
+    skipped: usize,
     /// Tests: stop every round right before deleting folded files, as a crash would.
     #[cfg(test)]
     pub(crate) crash_before_delete: bool,
@@ -207,6 +248,34 @@ pub struct RoundSummary {
     pub dead: usize,
     pub retired_series: usize,
     pub liveness: Option<LivenessMode>,
+    /// Worker files left unread because of `limits.maxMultiprocessFiles`.
+    pub skipped: usize,
+    /// Files held without a copy of their content (quiet workers that cannot be folded).
+    pub released: usize,
+    /// Why dead workers' files are not compacted, if they are not.
+    pub not_compacting: Option<NotCompacting>,
+}
+
+/// Why the directory is not compacted: a fixed set (metric label values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotCompacting {
+    /// Liveness from file changes: the app's processes are not visible in `/proc` (no shared
+    /// process namespace, or the config says `mtime`), so no worker can be proven dead.
+    MtimeLiveness,
+    /// `multiprocessCompact: false`.
+    CompactionOff,
+}
+
+impl NotCompacting {
+    pub const ALL: [NotCompacting; 2] =
+        [NotCompacting::MtimeLiveness, NotCompacting::CompactionOff];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            NotCompacting::MtimeLiveness => "mtime_liveness",
+            NotCompacting::CompactionOff => "compaction_off",
+        }
+    }
 }
 
 impl DirState {
@@ -226,6 +295,7 @@ impl DirState {
             retry_writes_at: None,
             retry_deletes_at: None,
             store_epoch: 0,
+            skipped: 0,
             #[cfg(test)]
             crash_before_delete: false,
         }
@@ -268,8 +338,12 @@ impl DirState {
     ) -> RoundSummary {
         let compact = cfg.multiprocess_compact;
         let stale_after = cfg.stale_after.as_std();
-        // 1. List the directory.
-        let listing = match list_dir(&self.dir) {
+        // 1. List the directory; new files only up to the cap, counted before anything is
+        // read or allocated for them.
+        let cap = usize::try_from(cfg.limits.max_multiprocess_files).unwrap_or(usize::MAX);
+        let tracked = self.files.len() + self.folded.len();
+        let known = |name: &str| self.files.contains_key(name) || self.folded.contains_key(name);
+        let listing = match list_dir(&self.dir, cap.saturating_sub(tracked), &known) {
             Ok(l) => {
                 log.clear("list");
                 l
@@ -280,7 +354,7 @@ impl DirState {
                 }
                 stats.error("list");
                 touch_all(app, &self.pids, self.retired_in_store);
-                return self.summary(0, 0);
+                return self.summary(0, 0, compact);
             }
         };
         // After a `POST /v1/clear` the store holds nothing of the directory: apply it whole.
@@ -293,6 +367,14 @@ impl DirState {
         // with an empty table because they could not be read).
         if !self.retired_loaded {
             self.load_retired(compact, stats, log);
+        }
+        self.skipped = listing.skipped;
+        if listing.skipped > 0 {
+            if log.first("file-cap") {
+                tracing::warn!(dir = %self.dir.display(), skipped = listing.skipped, cap, "more multiprocess files than limits.maxMultiprocessFiles: the files beyond it are not read (their values are missing) until others are gone");
+            }
+        } else {
+            log.clear("file-cap");
         }
         let mut present: FxHashSet<&str> = FxHashSet::default();
         present.reserve(listing.files.len());
@@ -365,7 +447,7 @@ impl DirState {
                 let st = self.pids.entry(f.pid.clone()).or_default();
                 st.full = true;
                 st.plan = None;
-                if compact && f.good && f.kind.folds() {
+                if compact && f.good && !f.released && f.kind.folds() {
                     folds.push((
                         f.pid,
                         Fold::Whole {
@@ -417,6 +499,12 @@ impl DirState {
                 dead_to_fold.push((pid.clone(), reread));
             }
         }
+
+        // A released worker found dead (liveness became reliable since) is read back before
+        // folding; if it cannot be, it is folded in a later round.
+        dead_to_fold.retain(|(pid, _)| {
+            !self.pids.get(pid).is_some_and(|st| st.released) || self.restore(pid, stats)
+        });
 
         // 5. Fold: the dead workers, vanished files and counter resets, written before use.
         let mut newly_folded: Vec<(String, FoldedFile, bool)> = Vec::new();
@@ -494,6 +582,24 @@ impl DirState {
             }
         }
 
+        // A released worker that must be applied again (the store lost it, its liveness
+        // changed, one of its files changed) is read back from disk first.
+        let to_restore: Vec<String> = self
+            .pids
+            .iter()
+            .filter(|(pid, st)| {
+                st.released
+                    && (!st.in_store
+                        || st.full
+                        || forget.contains(pid.as_str())
+                        || Some(&st.applied_alive) != alive.get(pid.as_str()))
+            })
+            .map(|(pid, _)| pid.clone())
+            .collect();
+        for pid in to_restore {
+            self.restore(&pid, stats);
+        }
+
         // 6. Build every update before taking the store lock.
         let now = app.now();
         let retired_families: Option<Vec<Family<'_>>> = if !self.retired_in_store {
@@ -514,6 +620,10 @@ impl DirState {
         for (pid, files) in &pid_files {
             let is_alive = alive.get(*pid).copied().unwrap_or(true);
             let st = self.pids.entry(pid.to_string()).or_default();
+            if st.released {
+                // Nothing to apply: the store holds its values (see the restore above).
+                continue;
+            }
             if forget.contains(*pid) || !st.in_store {
                 // The store holds nothing of this worker now: it must be applied whole,
                 // even if its last apply was rejected.
@@ -708,15 +818,21 @@ impl DirState {
             );
         }
 
+        // Quiet workers that can never be folded (no proof of death, or no compaction) keep
+        // no copy of their files: the store holds their values, the files stay on disk.
+        if !compact || self.liveness.mode() == LivenessMode::Mtime {
+            self.release_quiet();
+        }
+
         // 8. Delete folded files, now that their values are safe.
         #[cfg(test)]
         if self.crash_before_delete {
-            return self.summary(live, dead);
+            return self.summary(live, dead, compact);
         }
         if compact && self.retry_deletes_at.is_none_or(|t| Instant::now() >= t) {
             self.delete_folded(stats, log);
         }
-        self.summary(live, dead)
+        self.summary(live, dead, compact)
     }
 
     /// Folds into copies of the affected tables, writes them, and installs them only when
@@ -801,14 +917,94 @@ impl DirState {
         }
     }
 
-    fn summary(&self, live: usize, dead: usize) -> RoundSummary {
+    fn summary(&self, live: usize, dead: usize, compact: bool) -> RoundSummary {
+        let not_compacting = if !compact {
+            Some(NotCompacting::CompactionOff)
+        } else if self.liveness.mode() == LivenessMode::Mtime {
+            Some(NotCompacting::MtimeLiveness)
+        } else {
+            None
+        };
         RoundSummary {
             files: self.files.len() + self.folded.len(),
             live,
             dead,
             retired_series: self.retired.series(),
             liveness: Some(self.liveness.mode()),
+            skipped: self.skipped,
+            released: self.files.values().filter(|f| f.released).count(),
+            not_compacting,
         }
+    }
+
+    /// Drops the file copies and plans of quiet workers that are fully applied.
+    fn release_quiet(&mut self) {
+        let releasable: FxHashSet<String> = self
+            .pids
+            .iter()
+            .filter(|(_, st)| {
+                st.quiet
+                    && !st.released
+                    && st.in_store
+                    && !st.full
+                    && !st.failed
+                    && !st.applied_alive
+                    && st.changed.is_empty()
+            })
+            .map(|(pid, _)| pid.clone())
+            .collect();
+        if releasable.is_empty() {
+            return;
+        }
+        for f in self.files.values_mut() {
+            if f.good && f.corrupt.is_none() && !f.released && releasable.contains(&f.pid) {
+                f.release();
+            }
+        }
+        for pid in &releasable {
+            if let Some(st) = self.pids.get_mut(pid) {
+                st.released = true;
+                st.plan = None;
+                st.entry_series = Vec::new();
+            }
+        }
+    }
+
+    /// Reads a released worker's files back from disk, so it can be applied or folded again.
+    /// Returns false (the worker stays released) when one of them cannot be read as the same
+    /// file.
+    fn restore(&mut self, pid: &str, stats: &Stats) -> bool {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.pid == pid && f.released)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let Ok((ident, Ok(()))) = read_db(&self.dir.join(&name), &mut self.scratch) else {
+                return false;
+            };
+            stats.file_reads.inc();
+            let Ok(offsets) = layout(&self.scratch) else {
+                return false;
+            };
+            let Some(f) = self.files.get_mut(&name) else {
+                continue;
+            };
+            if ident.dev != f.dev || ident.ino != f.ino {
+                return false;
+            }
+            f.raw = std::mem::take(&mut self.scratch);
+            f.offsets = offsets;
+            f.mtime = ident.mtime;
+            f.released = false;
+        }
+        if let Some(st) = self.pids.get_mut(pid) {
+            st.released = false;
+            st.plan = None;
+            st.full = true;
+        }
+        true
     }
 
     /// Reads one worker file; records what changed for its pid, and folds for values that
@@ -889,6 +1085,19 @@ impl DirState {
         stats.file_reads.inc();
         let now = SystemTime::now();
 
+        // A released file (no copy kept): unchanged when its length and hash are.
+        if let Some(f) = self.files.get_mut(name)
+            && f.released
+            && result.is_ok()
+            && f.dev == ident.dev
+            && f.ino == ident.ino
+            && f.released_len == self.scratch.len()
+            && f.released_hash == retired::fnv1a(&self.scratch)
+        {
+            f.mtime = ident.mtime;
+            return;
+        }
+
         // The common case: same file, same size. The client never rewrites keys, so only
         // the value slots can differ.
         if let Some(f) = self.files.get_mut(name)
@@ -955,23 +1164,10 @@ impl DirState {
                         f.mtime = ident.mtime;
                     }
                     None => {
-                        self.files.insert(
-                            name.to_string(),
-                            FileState {
-                                kind,
-                                pid: pid.to_string(),
-                                dev: ident.dev,
-                                ino: ident.ino,
-                                raw: Vec::new(),
-                                offsets: Vec::new(),
-                                good: false,
-                                mtime: ident.mtime,
-                                changed: ident.mtime,
-                                corrupt: Some(reason),
-                                quiet_stat: None,
-                                handle: None,
-                            },
-                        );
+                        let mut f = FileState::new(kind, pid, ident, Vec::new(), Vec::new());
+                        f.good = false;
+                        f.corrupt = Some(reason);
+                        self.files.insert(name.to_string(), f);
                     }
                 }
                 return;
@@ -980,7 +1176,8 @@ impl DirState {
         log.clear(&format!("corrupt:{name}"));
         match self.files.get_mut(name) {
             Some(f) => {
-                if compact && f.good {
+                // A released file has no old content to fold: the store retires what it held.
+                if compact && f.good && !f.released {
                     let replaced = f.dev != ident.dev
                         || f.ino != ident.ino
                         || self.scratch.len() < f.raw.len();
@@ -1004,6 +1201,7 @@ impl DirState {
                 std::mem::swap(&mut f.raw, &mut self.scratch);
                 f.offsets = offsets;
                 f.good = true;
+                f.released = false;
                 f.dev = ident.dev;
                 f.ino = ident.ino;
                 f.mtime = ident.mtime;
@@ -1014,23 +1212,10 @@ impl DirState {
                 }
             }
             None => {
-                self.files.insert(
-                    name.to_string(),
-                    FileState {
-                        kind,
-                        pid: pid.to_string(),
-                        dev: ident.dev,
-                        ino: ident.ino,
-                        raw: std::mem::take(&mut self.scratch),
-                        offsets,
-                        good: true,
-                        mtime: ident.mtime,
-                        changed: ident.mtime,
-                        corrupt: None,
-                        quiet_stat: None,
-                        handle,
-                    },
-                );
+                let mut f =
+                    FileState::new(kind, pid, ident, std::mem::take(&mut self.scratch), offsets);
+                f.handle = handle;
+                self.files.insert(name.to_string(), f);
             }
         }
         let st = self.pids.entry(pid.to_string()).or_default();
@@ -1505,13 +1690,22 @@ fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result
 struct Listing {
     /// (file name, kind, pid, inode), in directory order.
     files: Vec<(String, FileKind, String, u64)>,
-    /// `.db` files that are not prometheus_client files.
+    /// `.db` files that are not prometheus_client files (at most [`MAX_UNKNOWN_LISTED`]).
     unknown: Vec<String>,
+    /// Worker files over the cap: not listed, never read.
+    skipped: usize,
 }
 
-fn list_dir(dir: &Path) -> io::Result<Listing> {
+/// Names of unknown `.db` files remembered per listing (they are only logged).
+const MAX_UNKNOWN_LISTED: usize = 64;
+
+/// Lists the directory: the retired files and the worker files `known` says are tracked
+/// always, other worker files while fewer than `new_allowed` have been taken.
+fn list_dir(dir: &Path, new_allowed: usize, known: &dyn Fn(&str) -> bool) -> io::Result<Listing> {
     let mut files = Vec::new();
     let mut unknown = Vec::new();
+    let mut new = 0usize;
+    let mut skipped = 0usize;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let Ok(name) = entry.file_name().into_string() else {
@@ -1522,13 +1716,25 @@ fn list_dir(dir: &Path) -> io::Result<Listing> {
         }
         match format::parse_file_name(&name) {
             Some(n) => {
+                if n.pid != RETIRED_PID && !known(&name) {
+                    if new >= new_allowed {
+                        skipped += 1;
+                        continue;
+                    }
+                    new += 1;
+                }
                 let (kind, pid) = (n.kind, n.pid.to_string());
                 files.push((name, kind, pid, entry.ino()));
             }
-            None => unknown.push(name),
+            None if unknown.len() < MAX_UNKNOWN_LISTED => unknown.push(name),
+            None => {}
         }
     }
-    Ok(Listing { files, unknown })
+    Ok(Listing {
+        files,
+        unknown,
+        skipped,
+    })
 }
 
 /// True when `rec` describes the file now in the directory (same inode, same content).

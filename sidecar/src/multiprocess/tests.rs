@@ -595,6 +595,111 @@ mod scanning {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A reader on `dir` with the given extra config, liveness from the config.
+    fn start_with(dir: &Path, extra: &str) -> (Arc<App>, Reader) {
+        let yaml = format!("multiprocessDir: {:?}\n{extra}", dir.display().to_string());
+        let app = App::new(SidecarConfig::from_yaml(&yaml).expect("config"));
+        let reader = Reader::new(Options {
+            liveness: LivenessPolicy::Auto,
+            interval: Duration::from_secs(3600),
+            env_dir: None,
+        });
+        (app, reader)
+    }
+
+    fn summary(reader: &Reader) -> super::super::scan::RoundSummary {
+        reader.stats.labelled.lock().summary.unwrap_or_default()
+    }
+
+    fn age(path: &Path, by: Duration) {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open");
+        f.set_modified(SystemTime::now() - by).expect("set mtime");
+    }
+
+    #[test]
+    fn mtime_liveness_keeps_no_copy_of_quiet_files_and_stays_exact() {
+        let dir = scratch("released");
+        let hour = Duration::from_secs(3600);
+        let quiet: Vec<PathBuf> = (0..3)
+            .map(|i| {
+                let p = write_counter(&dir, DEAD - i, 10.0 + f64::from(i));
+                age(&p, hour);
+                p
+            })
+            .collect();
+        write_counter(&dir, std::process::id(), 100.0);
+        let (app, mut reader) = start_with(&dir, "multiprocessLiveness: mtime\n");
+        reader.scan(&app);
+        assert_eq!(total(&app), Some(133.0));
+        let s = summary(&reader);
+        assert_eq!(
+            s.released, 3,
+            "the three quiet files are held without a copy"
+        );
+        assert_eq!(
+            s.not_compacting,
+            Some(super::super::NotCompacting::MtimeLiveness)
+        );
+        reader.scan(&app);
+        assert_eq!(total(&app), Some(133.0), "a released file still counts");
+        assert_eq!(files(&dir).len(), 4, "nothing deleted");
+
+        // A quiet worker writes again (same file): read back, and its new value counts.
+        let key_len = format::encode_key("c", "c_total", &[("a", "x")], "C.").len();
+        let offset = 8 + 4 + key_len + (8 - (key_len + 4) % 8);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&quiet[0])
+            .expect("open");
+        f.write_all_at(&15.0f64.to_ne_bytes(), offset as u64)
+            .expect("write");
+        drop(f);
+        reader.scan(&app);
+        assert_eq!(total(&app), Some(138.0));
+        assert_eq!(
+            summary(&reader).released,
+            2,
+            "the woken worker keeps its copy"
+        );
+
+        // The store forgets the directory (`POST /v1/clear`): released files are read back.
+        app.clear();
+        reader.scan(&app);
+        assert_eq!(total(&app), Some(138.0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_file_cap_is_checked_before_any_file_is_read() {
+        let dir = scratch("cap");
+        for i in 0..5 {
+            write_counter(&dir, DEAD - i, 1.0);
+        }
+        let (app, mut reader) = start_with(
+            &dir,
+            "multiprocessLiveness: mtime\nlimits: {maxMultiprocessFiles: 2}\n",
+        );
+        reader.scan(&app);
+        let s = summary(&reader);
+        assert_eq!((s.files, s.skipped), (2, 3));
+        assert_eq!(
+            total(&app),
+            Some(2.0),
+            "only the files under the cap are read"
+        );
+        reader.scan(&app);
+        assert_eq!(total(&app), Some(2.0), "the same two, not others");
+        assert_eq!(
+            reader.stats.file_reads.get(),
+            4.0,
+            "two files read per scan: the skipped ones are never opened"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn switching_directories_keeps_counters() {
         let one = scratch("one");

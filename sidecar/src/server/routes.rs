@@ -32,7 +32,16 @@ pub(super) async fn handle(
         ),
         // HEAD is answered like GET on every GET endpoint (hyper sends the headers only).
         (_, &Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (_, &Method::GET | &Method::HEAD, "/readyz") => text(StatusCode::OK, "ready\n"),
+        // Ready once every listener is bound. Nothing else: readiness must not depend on the
+        // workers (the sidecar never gates the app, and the injected pod has no readiness
+        // probe; this endpoint is for tools and tests).
+        (_, &Method::GET | &Method::HEAD, "/readyz") if app.is_listening() => {
+            text(StatusCode::OK, "ready\n")
+        }
+        (_, &Method::GET | &Method::HEAD, "/readyz") => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: listeners still starting\n",
+        ),
         // Refreshing multiprocess files and rendering are CPU work: keep the runtime's other
         // connections moving while they run.
         // With `stateDir`, the response waits until what it shows is persisted.

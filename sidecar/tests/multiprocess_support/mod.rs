@@ -437,3 +437,86 @@ impl Fleet {
         self.py.command(&format!("grow {i}"));
     }
 }
+
+/// gunicorn workers per app.
+pub const GUNICORN_WORKERS: usize = 4;
+
+/// A real gunicorn (PyPI) serving `tests/py/gunicorn_app.py` with [`GUNICORN_WORKERS`]
+/// workers in multiprocess mode, in its own process group; the whole group is killed on drop.
+pub struct Gunicorn {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Gunicorn {
+    /// Starts gunicorn with `PROMETHEUS_MULTIPROC_DIR=dir` and `extra` gunicorn arguments
+    /// (e.g. `--max-requests 25`), and waits until it answers.
+    pub fn start(dir: &Path, extra: &[&str]) -> Gunicorn {
+        use std::os::unix::process::CommandExt;
+        let port = monasca_e2e::free_port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let app_dir = script("gunicorn_app.py");
+        let app_dir = app_dir.parent().expect("tests/py");
+        let child = python(&["prometheus_client", "gunicorn"])
+            .args(["-m", "gunicorn", "--workers", &GUNICORN_WORKERS.to_string()])
+            .args(["--bind", &addr.to_string(), "--chdir"])
+            .arg(app_dir)
+            .args(["--graceful-timeout", "2", "--log-level", "warning"])
+            .args(extra)
+            .arg("gunicorn_app:app")
+            .env("PROMETHEUS_MULTIPROC_DIR", dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .expect("start gunicorn");
+        let g = Gunicorn { child, addr };
+        let up = wait_until(Duration::from_secs(30), || get(addr, "/pid").is_some());
+        assert!(up, "gunicorn did not answer on {addr}");
+        g
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn hello(&self) {
+        let body = get(self.addr, "/hello").expect("GET /hello");
+        assert_eq!(body, "hello\n");
+    }
+
+    pub fn worker_pid(&self) -> u32 {
+        get(self.addr, "/pid")
+            .and_then(|b| b.trim().parse().ok())
+            .expect("GET /pid")
+    }
+}
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET over a fresh connection, bounded by timeouts; None when it fails.
+pub fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    if !raw.starts_with("HTTP/1.1 200") && !raw.starts_with("HTTP/1.0 200") {
+        return None;
+    }
+    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
