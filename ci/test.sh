@@ -40,6 +40,11 @@ echo "== installing test dependencies"
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   apt_install prometheus
 fi
+# util-linux: setpriv and unshare run the sidecar under its pod uid and in a pid namespace of
+# its own (sidecar/tests/multiprocess_pod.rs; those tests need root, as CI has).
+if ! command -v setpriv >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+  apt_install util-linux
+fi
 # Python with venv support (monasca-agent gets a virtualenv of its own).
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt_install python3 python3-venv python3-pip

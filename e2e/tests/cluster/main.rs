@@ -552,12 +552,10 @@ async fn native_sidecar(env: Env) {
         .create(&PostParams::default(), &annotated_pod("service-1"))
         .await
         .expect("create pod");
-    let spec = pod.spec.as_ref().expect("pod spec");
     assert!(
-        spec.containers
-            .iter()
-            .any(|c| c.name == SIDECAR_CONTAINER_NAME && c.restart_policy.is_none()),
-        "auto on a long-running pod is a regular container: {spec:?}"
+        has_regular_sidecar(&pod),
+        "auto on a long-running pod is a regular container: {:?}",
+        pod.spec
     );
 
     let mut job_pod = annotated_pod("native-1");
@@ -602,13 +600,12 @@ async fn native_sidecar(env: Env) {
         .create(&PostParams::default(), &regular)
         .await
         .expect("create pod");
-    let spec = pod.spec.as_ref().expect("pod spec");
     assert!(
-        spec.containers
-            .iter()
-            .any(|c| c.name == SIDECAR_CONTAINER_NAME && c.restart_policy.is_none()),
-        "nativeSidecar: never is a regular container: {spec:?}"
+        has_regular_sidecar(&pod),
+        "nativeSidecar: never is a regular container: {:?}",
+        pod.spec
     );
+    let spec = pod.spec.as_ref().expect("pod spec");
     assert!(
         spec.init_containers
             .iter()
@@ -1156,6 +1153,15 @@ fn controller_name(meta: &ObjectMeta, kind: &str) -> Option<String> {
         .flatten()
         .find(|o| o.controller == Some(true) && o.kind == kind)
         .map(|o| o.name.clone())
+}
+
+/// The sidecar is a regular container (not a native sidecar).
+fn has_regular_sidecar(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers
+            .iter()
+            .any(|c| c.name == SIDECAR_CONTAINER_NAME && c.restart_policy.is_none())
+    })
 }
 
 fn has_sidecar(pod: &Pod) -> bool {

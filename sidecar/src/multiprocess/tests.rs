@@ -469,14 +469,7 @@ mod scanning {
     }
 
     fn start(dir: &Path) -> (Arc<App>, Reader) {
-        let yaml = format!("multiprocessDir: {:?}\n", dir.display().to_string());
-        let app = App::new(SidecarConfig::from_yaml(&yaml).expect("config"));
-        let reader = Reader::new(Options {
-            liveness: LivenessPolicy::Proc,
-            interval: Duration::from_secs(3600),
-            env_dir: None,
-        });
-        (app, reader)
+        start_with(dir, "", LivenessPolicy::Proc)
     }
 
     fn total(app: &App) -> Option<f64> {
@@ -595,12 +588,13 @@ mod scanning {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A reader on `dir` with the given extra config, liveness from the config.
-    fn start_with(dir: &Path, extra: &str) -> (Arc<App>, Reader) {
+    /// A reader on `dir` with the given extra config and liveness option (the config's
+    /// `multiprocessLiveness` wins over it unless `auto`).
+    fn start_with(dir: &Path, extra: &str, liveness: LivenessPolicy) -> (Arc<App>, Reader) {
         let yaml = format!("multiprocessDir: {:?}\n{extra}", dir.display().to_string());
         let app = App::new(SidecarConfig::from_yaml(&yaml).expect("config"));
         let reader = Reader::new(Options {
-            liveness: LivenessPolicy::Auto,
+            liveness,
             interval: Duration::from_secs(3600),
             env_dir: None,
         });
@@ -631,7 +625,8 @@ mod scanning {
             })
             .collect();
         write_counter(&dir, std::process::id(), 100.0);
-        let (app, mut reader) = start_with(&dir, "multiprocessLiveness: mtime\n");
+        let (app, mut reader) =
+            start_with(&dir, "multiprocessLiveness: mtime\n", LivenessPolicy::Auto);
         reader.scan(&app);
         assert_eq!(total(&app), Some(133.0));
         let s = summary(&reader);
@@ -681,6 +676,7 @@ mod scanning {
         let (app, mut reader) = start_with(
             &dir,
             "multiprocessLiveness: mtime\nlimits: {maxMultiprocessFiles: 2}\n",
+            LivenessPolicy::Auto,
         );
         reader.scan(&app);
         let s = summary(&reader);
