@@ -364,7 +364,7 @@ fn monasca_agent_pod_autodetection_finds_a_regular_sidecar_but_not_a_native_one(
     assert_eq!(endpoints[0]["dimensions"]["namespace"], "monasca");
     assert_eq!(endpoints[0]["dimensions"]["app"], "monasca-api");
 
-    // nativeSidecar: always (and `auto` on Kubernetes >= 1.29) -> the sidecar is an init
+    // nativeSidecar: always (and `auto` for Jobs on Kubernetes >= 1.29) -> the sidecar is an init
     // container with restartPolicy: Always. monasca-agent 10.0.0 collects ports from
     // spec.containers only, so it does not see 9102; with one other port it falls back to that
     // one and scrapes the application instead. docs/monasca.md says to use nativeSidecar: never
