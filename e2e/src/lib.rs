@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod dockerfile;
 pub mod exposition;
 pub mod http;
 pub mod prometheus;

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Local container images for the real-pod e2e test (e2e/tests/cluster/real_pods.rs), built with
+# podman and no registry:
+#   localhost/monasca-sidecar:ci, localhost/monasca-operator:ci
+#       FROM scratch: the static (musl) release binary, the passwd/group entry of uid 65532 and a
+#       CA bundle; the runtime content of Dockerfile.sidecar / Dockerfile.operator
+#       (ci/images/*.Containerfile; e2e/tests/images.rs keeps them in step).
+#   localhost/monasca-test-app:ci
+#       a minimal Debian root from debootstrap (python3, python3-prometheus-client, gunicorn),
+#       cached as a tarball under $MONASCA_CACHE/images/, plus sidecar/tests/py/gunicorn_app.py.
+# Each image carries the sha256 of its content as a label and is rebuilt only when that changes;
+# the image it replaces is removed. Also makes this machine able to run containers (runc and
+# ulimits in /etc/containers/containers.conf, written only when a probe container fails).
+#
+# Usage: bash ci/images.sh     (called by ci/test.sh's install section, which installs the
+#        Debian packages it needs: podman runc catatonit debootstrap musl-tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${MONASCA_CACHE:-${HOME:-/root}/.cache/monasca-sidecar}"
+IMAGES_CACHE="$CACHE/images"
+TARGET=x86_64-unknown-linux-musl
+HASH_LABEL=io.monasca.content-sha256
+DEBIAN_SUITE=bookworm
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+APP_PACKAGES=python3,python3-prometheus-client,gunicorn
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+started=$SECONDS
+
+image_label() { # IMAGE: the content hash label of IMAGE, empty when IMAGE is absent
+  podman image inspect --format "{{index .Labels \"$HASH_LABEL\"}}" "$1" 2>/dev/null || true
+}
+
+build_image() { # IMAGE CONTEXT CONTAINERFILE [BUILD-ARG...]: podman build unless the content is unchanged
+  local image="$1" context="$2" file="$3" hash old
+  shift 3
+  hash="$( (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum; cat "$OLDPWD/$file"; echo "$*") | sha256sum | cut -d' ' -f1)"
+  if [ "$(image_label "$image")" = "$hash" ]; then
+    echo "   $image: unchanged"
+    return 0
+  fi
+  old="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
+  echo "   podman build $image"
+  podman build --quiet --pull=never --label "$HASH_LABEL=$hash" "${@/#/--build-arg=}" \
+    -f "$file" -t "$image" "$context" >/dev/null
+  if [ -n "$old" ] && [ "$old" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true # the replaced image, unless something still uses it
+  fi
+}
+
+echo "== images: tools"
+for tool in podman runc catatonit debootstrap musl-gcc; do
+  command -v "$tool" >/dev/null 2>&1 || {
+    echo "$tool is missing (ci/test.sh installs it: podman runc catatonit debootstrap musl-tools)" >&2
+    exit 1
+  }
+done
+if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+  rustup target add "$TARGET"
+fi
+
+echo "== images: static release binaries ($TARGET)"
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --quiet --release --locked --target "$TARGET" \
+  -p monasca-sidecar -p monasca-operator --bin monasca-sidecar --bin monasca-operator
+
+echo "== images: monasca-sidecar and monasca-operator (FROM scratch)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+for binary in monasca-sidecar monasca-operator; do
+  context="$work/$binary"
+  mkdir -p "$context"
+  cp -r ci/images/rootfs "$context/"
+  cp "$CA_BUNDLE" "$context/ca-certificates.crt"
+  cp "target/$TARGET/release/$binary" "$context/$binary"
+  build_image "localhost/$binary:ci" "$context" "ci/images/${binary#monasca-}.Containerfile"
+done
+
+echo "== images: the machine runs containers"
+probe() { podman run --rm --pull=never --network=none localhost/monasca-sidecar:ci --help >/dev/null 2>"$work/probe.err"; }
+if ! probe; then
+  echo "   a probe container failed: $(tr '\n' ' ' <"$work/probe.err")"
+  conf=/etc/containers/containers.conf
+  if ! grep -q '^runtime = "runc"' "$conf" 2>/dev/null; then
+    # crun refuses hybrid (v1 + unified) cgroups; runc runs there. The default ulimits are
+    # more than an unprivileged hard limit here allows.
+    echo "   writing $conf: runtime = runc, default_ulimits within this machine's limits"
+    mkdir -p /etc/containers
+    {
+      echo "# Written by monasca-sidecar's ci/images.sh: the probe container failed with the defaults."
+      echo "[containers]"
+      echo 'default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]'
+      echo "[engine]"
+      echo 'runtime = "runc"'
+    } >>"$conf"
+  fi
+  if ! probe; then
+    echo "containers cannot run on this machine: $(cat "$work/probe.err")" >&2
+    exit 1
+  fi
+fi
+echo "   a probe container ran"
+
+echo "== images: test app (Debian $DEBIAN_SUITE root: $APP_PACKAGES)"
+mkdir -p "$IMAGES_CACHE"
+rootfs_key="$(echo "$DEBIAN_SUITE $APP_PACKAGES" | sha256sum | cut -c1-16)"
+rootfs_tar="$IMAGES_CACHE/app-rootfs-$rootfs_key.tar"
+if [ ! -s "$rootfs_tar" ]; then
+  echo "   debootstrap --variant=minbase $DEBIAN_SUITE (cached at $rootfs_tar)"
+  root="$IMAGES_CACHE/app-rootfs.tmp"
+  rm -rf "$root"
+  debootstrap --variant=minbase --include="$APP_PACKAGES" "$DEBIAN_SUITE" "$root" "$DEBIAN_MIRROR" \
+    >"$IMAGES_CACHE/debootstrap.log" 2>&1 || {
+    tail -20 "$IMAGES_CACHE/debootstrap.log" >&2
+    exit 1
+  }
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar -C "$root" -cf "$rootfs_tar.tmp" .
+  mv "$rootfs_tar.tmp" "$rootfs_tar"
+  rm -rf "$root"
+fi
+base="localhost/monasca-test-app-base:$rootfs_key"
+if ! podman image exists "$base"; then
+  echo "   podman import $base"
+  podman import --quiet "$rootfs_tar" "$base" >/dev/null
+fi
+context="$work/app"
+mkdir -p "$context"
+cp sidecar/tests/py/gunicorn_app.py "$context/"
+build_image localhost/monasca-test-app:ci "$context" ci/images/app.Containerfile "BASE=$base"
+
+echo "== images: sizes"
+podman images --format '   {{.Repository}}:{{.Tag}} {{.Size}}' --filter reference='localhost/monasca-*'
+echo "   image stage took $((SECONDS - started)) s"
