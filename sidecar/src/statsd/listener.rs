@@ -197,7 +197,8 @@ mod batch {
                     socket.as_raw_fd(),
                     self.headers.as_mut_ptr(),
                     BATCH as libc::c_uint,
-                    libc::MSG_WAITFORONE,
+                    // The flags are a c_int in glibc and a c_uint in musl (the images' target).
+                    libc::MSG_WAITFORONE as _,
                     std::ptr::null_mut(),
                 )
             };
