@@ -7,7 +7,8 @@
 #       (ci/images/*.Containerfile; e2e/tests/images.rs keeps them in step).
 #   localhost/monasca-test-app:ci
 #       a minimal Debian root from debootstrap (python3, python3-prometheus-client, gunicorn),
-#       cached as a tarball under $MONASCA_CACHE/images/, plus sidecar/tests/py/gunicorn_app.py.
+#       cached as a tarball under $MONASCA_CACHE/images/, plus sidecar/tests/py/gunicorn_app.py
+#       and prometheus_client at sidecar/tests/requirements.txt's version (PyPI).
 # Each image carries the sha256 of its content as a label and is rebuilt only when that changes;
 # the image it replaces is removed. Also makes this machine able to run containers (runc and
 # ulimits in /etc/containers/containers.conf, written only when a probe container fails).
@@ -75,22 +76,29 @@ for binary in monasca-sidecar monasca-operator; do
 done
 
 echo "== images: the machine runs containers"
+conf=/etc/containers/containers.conf
+conf_set() { # SECTION LINE: adds LINE to [SECTION] of containers.conf (the section made if absent)
+  mkdir -p "$(dirname "$conf")"
+  if grep -q "^\[$1\]" "$conf" 2>/dev/null; then
+    sed -i "/^\[$1\]/a $2" "$conf"
+  else
+    printf '%s\n' "# Written by monasca-sidecar's ci/images.sh: a probe container failed." "[$1]" "$2" >>"$conf"
+  fi
+}
 probe() { podman run --rm --pull=never --network=none localhost/monasca-sidecar:ci --help >/dev/null 2>"$work/probe.err"; }
 if ! probe; then
   echo "   a probe container failed: $(tr '\n' ' ' <"$work/probe.err")"
-  conf=/etc/containers/containers.conf
-  if ! grep -q '^runtime = "runc"' "$conf" 2>/dev/null; then
-    # crun refuses hybrid (v1 + unified) cgroups; runc runs there. The default ulimits are
-    # more than an unprivileged hard limit here allows.
-    echo "   writing $conf: runtime = runc, default_ulimits within this machine's limits"
-    mkdir -p /etc/containers
-    {
-      echo "# Written by monasca-sidecar's ci/images.sh: the probe container failed with the defaults."
-      echo "[containers]"
-      echo 'default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]'
-      echo "[engine]"
-      echo 'runtime = "runc"'
-    } >>"$conf"
+  if ! grep -q '^default_ulimits' "$conf" 2>/dev/null; then
+    # containers.conf's default ulimits (nofile, nproc) are above the hard limits a container
+    # may set here ("error setting rlimit ... operation not permitted").
+    echo "   $conf: default_ulimits within this machine's hard limits"
+    conf_set containers 'default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]'
+  fi
+  if [ "$(podman info --format '{{.Host.OCIRuntime.Name}}' 2>/dev/null)" = crun ] &&
+    [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] && ! grep -q '^runtime = "runc"' "$conf"; then
+    # crun refuses hybrid (v1 + unified) cgroups; runc runs there.
+    echo "   $conf: runtime = runc (crun and cgroups v1/hybrid)"
+    conf_set engine 'runtime = "runc"'
   fi
   if ! probe; then
     echo "containers cannot run on this machine: $(cat "$work/probe.err")" >&2
@@ -125,6 +133,11 @@ fi
 context="$work/app"
 mkdir -p "$context"
 cp sidecar/tests/py/gunicorn_app.py "$context/"
+# prometheus_client at the version the other tests pin, from PyPI: Debian bookworm's 0.16
+# writes the older multiprocess file layout (no timestamp per value), which the sidecar does
+# not read (it counts those files as corrupt, reason "bad_entry").
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+  --no-compile --target "$context/site-packages" "$(grep '^prometheus_client==' sidecar/tests/requirements.txt)"
 build_image localhost/monasca-test-app:ci "$context" ci/images/app.Containerfile "BASE=$base"
 
 echo "== images: sizes"

@@ -48,6 +48,7 @@ type Scenario = fn(Env) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 mod hardening;
 mod injected_pod;
 mod promises;
+mod real_pods;
 
 /// Every test, by name.
 fn scenarios() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
@@ -56,6 +57,7 @@ fn scenarios() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
         .chain(promises::SCENARIOS)
         .chain(hardening::SCENARIOS)
         .chain(injected_pod::SCENARIOS)
+        .chain(real_pods::SCENARIOS)
 }
 
 /// The first scenarios: injection, rollout, RBAC, opt-in and garbage collection.
@@ -136,7 +138,7 @@ fn target() -> Target {
                 Err(e) => Target::Failed(format!("the control plane did not start: {e}")),
             }
         }
-        Err(reason) if std::env::var("CI").is_ok_and(|v| v == "true") => Target::Failed(format!(
+        Err(reason) if in_ci() => Target::Failed(format!(
             "CI=true and no cluster (KUBECONFIG unset): {reason}"
         )),
         Err(reason) => {
@@ -150,6 +152,11 @@ fn target() -> Target {
             ))
         }
     }
+}
+
+/// `CI=true`: what cannot run fails instead of being ignored.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 fn main() -> ExitCode {
@@ -176,6 +183,14 @@ fn main() -> ExitCode {
                 Target::Ignored(reason) => Ok(Completion::ignored_with(reason)),
                 Target::Failed(message) => Err(Failed::from(message.as_str())),
                 Target::Cluster { kubeconfig, .. } => {
+                    // A scenario that needs more than the cluster (real_pods: podman and the
+                    // local images): ignored with the reason, failed with it under CI.
+                    if let Some(reason) = real_pods::unmet_requirement(name) {
+                        if in_ci() {
+                            return Err(Failed::from(reason));
+                        }
+                        return Ok(Completion::ignored_with(reason));
+                    }
                     run(kubeconfig, name, scenario);
                     Ok(Completion::Completed)
                 }
