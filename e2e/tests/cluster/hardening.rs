@@ -128,18 +128,14 @@ fn review_with_containers(namespace: &str, containers: usize) -> Vec<u8> {
 /// one), injection keeps working, and the operator process's peak RSS (VmHWM in
 /// /proc/<pid>/status) stays under 100 MiB.
 async fn hostile_reviews(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let args = env.operator_args(&env.kubeconfig, &operator_namespace);
-    let operator = args.start().await;
-    Api::<MetricsSidecar>::namespaced(env.client.clone(), &app_namespace)
-        .create(
-            &PostParams::default(),
-            &MetricsSidecar::new("default", MetricsSidecarSpec::default()),
-        )
-        .await
-        .expect("create MetricsSidecar");
+    let Started {
+        operator_namespace,
+        app_namespace,
+        operator_args: args,
+        operator,
+    } = env.start_operator().await;
+    let sidecars = Api::<MetricsSidecar>::namespaced(env.client.clone(), &app_namespace);
+    create_sidecar(&sidecars, "default", MetricsSidecarSpec::default()).await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
     wait_until_injecting(&pods).await;
     let config = trusting(&webhook_ca(&env.client, &operator_namespace).await);
@@ -242,20 +238,16 @@ fn operator_is_running(mut operator: Operator) -> bool {
 /// Pods that did not opt in never reach the webhook (matchConditions), and a namespace LABEL
 /// opts its pods in (namespaceSelector); the pod's own "false" still wins there.
 async fn opt_in_filtering(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
+    let Started {
+        app_namespace,
+        operator_args: args,
+        operator,
+        ..
+    } = env.start_operator().await;
     let labelled = env.namespace("labelled").await;
-    let args = env.operator_args(&env.kubeconfig, &operator_namespace);
-    let operator = args.start().await;
     for namespace in [&app_namespace, &labelled] {
-        Api::<MetricsSidecar>::namespaced(env.client.clone(), namespace)
-            .create(
-                &PostParams::default(),
-                &MetricsSidecar::new("default", MetricsSidecarSpec::default()),
-            )
-            .await
-            .expect("create MetricsSidecar");
+        let sidecars = Api::<MetricsSidecar>::namespaced(env.client.clone(), namespace);
+        create_sidecar(&sidecars, "default", MetricsSidecarSpec::default()).await;
     }
     Api::<Namespace>::all(env.client.clone())
         .patch(

@@ -19,23 +19,18 @@ const ENV_LIVENESS: &str = "MONASCA_SIDECAR_MULTIPROCESS_LIVENESS";
 ///   client gets the warning (HTTP `Warning` header), the MetricsSidecar an Event, and the
 ///   operator counts the skip as `port_conflict`.
 async fn injected_pod(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let operator_args = env.operator_args(&env.kubeconfig, &operator_namespace);
-    let operator = operator_args.start().await;
+    let Started {
+        app_namespace,
+        operator_args,
+        operator,
+        ..
+    } = env.start_operator().await;
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
     let spec = MetricsSidecarSpec {
         multiprocess: true,
         ..MetricsSidecarSpec::default()
     };
-    sidecars
-        .create(
-            &PostParams::default(),
-            &MetricsSidecar::new("default", spec),
-        )
-        .await
-        .expect("create MetricsSidecar");
+    create_sidecar(&sidecars, "default", spec).await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
     wait_until_injecting(&pods).await;
 

@@ -357,6 +357,22 @@ impl Env {
         (cluster::client(&kubeconfig).await, kubeconfig, dir)
     }
 
+    /// The CRD installed, the operator's and the app's namespaces, and a ready operator: the
+    /// start of most scenarios.
+    async fn start_operator(&self) -> Started {
+        install(&self.client).await;
+        let operator_namespace = self.namespace("op").await;
+        let app_namespace = self.namespace("app").await;
+        let operator_args = self.operator_args(&self.kubeconfig, &operator_namespace);
+        let operator = operator_args.start().await;
+        Started {
+            operator_namespace,
+            app_namespace,
+            operator_args,
+            operator,
+        }
+    }
+
     /// The operator's arguments: out-of-cluster, webhook by URL on a free port.
     fn operator_args(&self, kubeconfig: &Path, operator_namespace: &str) -> OperatorArgs {
         // The apiserver must reach the webhook on this host: 127.0.0.1 works when the
@@ -416,6 +432,26 @@ impl OperatorArgs {
     }
 }
 
+/// What [`Env::start_operator`] set up.
+struct Started {
+    operator_namespace: String,
+    app_namespace: String,
+    operator_args: OperatorArgs,
+    operator: Operator,
+}
+
+/// Creates MetricsSidecar `name` with `spec`.
+async fn create_sidecar(
+    sidecars: &Api<MetricsSidecar>,
+    name: &str,
+    spec: MetricsSidecarSpec,
+) -> MetricsSidecar {
+    sidecars
+        .create(&PostParams::default(), &MetricsSidecar::new(name, spec))
+        .await
+        .unwrap_or_else(|e| panic!("create MetricsSidecar {name}: {e}"))
+}
+
 async fn get(addr: SocketAddr, path: &'static str) -> Option<(u16, String)> {
     tokio::task::spawn_blocking(move || {
         monasca_e2e::http::request(addr, "GET", path, &[], b"")
@@ -444,22 +480,17 @@ async fn wait_for_default_service_account(client: &Client, namespace: &str) {
 /// (admitted uninjected: failurePolicy Ignore); start it again: `uninjectedPods` counts the pod,
 /// an Event names it, and the webhook CA is the one from before the restart (one Secret).
 async fn injects_reconciles_and_catches_up(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let operator_args = env.operator_args(&env.kubeconfig, &operator_namespace);
-    let operator = operator_args.start().await;
+    let Started {
+        operator_namespace,
+        app_namespace,
+        operator_args,
+        operator,
+    } = env.start_operator().await;
     let ca_before = webhook_ca(&env.client, &operator_namespace).await;
 
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
     let spec = MetricsSidecarSpec::default();
-    let created = sidecars
-        .create(
-            &PostParams::default(),
-            &MetricsSidecar::new("default", spec.clone()),
-        )
-        .await
-        .expect("create MetricsSidecar");
+    let created = create_sidecar(&sidecars, "default", spec.clone()).await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
     wait_until_injecting(&pods).await;
     let pod = pods
@@ -540,13 +571,11 @@ async fn injects_reconciles_and_catches_up(env: Env) {
 /// container; a long-running pod gets a regular container (a native sidecar that cannot start
 /// would keep its app from starting); `never` gives a regular container.
 async fn native_sidecar(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let operator = env
-        .operator_args(&env.kubeconfig, &operator_namespace)
-        .start()
-        .await;
+    let Started {
+        app_namespace,
+        operator,
+        ..
+    } = env.start_operator().await;
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
     let auto = MetricsSidecarSpec::default();
     assert_eq!(auto.native_sidecar, NativeSidecar::Auto);
@@ -555,10 +584,7 @@ async fn native_sidecar(env: Env) {
         ..MetricsSidecarSpec::default()
     };
     for (name, spec) in [("default", auto), ("regular", never)] {
-        sidecars
-            .create(&PostParams::default(), &MetricsSidecar::new(name, spec))
-            .await
-            .expect("create MetricsSidecar");
+        create_sidecar(&sidecars, name, spec).await;
     }
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
     wait_until_injecting(&pods).await;
@@ -635,25 +661,17 @@ async fn native_sidecar(env: Env) {
 /// `restartOnChange: true`: the operator patches the Deployment's pod template, the
 /// controller-manager rolls out a new ReplicaSet, and its pod carries the new sidecar.
 async fn deployment_rollout(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let operator = env
-        .operator_args(&env.kubeconfig, &operator_namespace)
-        .start()
-        .await;
+    let Started {
+        app_namespace,
+        operator,
+        ..
+    } = env.start_operator().await;
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
     let spec = MetricsSidecarSpec {
         restart_on_change: true,
         ..MetricsSidecarSpec::default()
     };
-    sidecars
-        .create(
-            &PostParams::default(),
-            &MetricsSidecar::new("default", spec.clone()),
-        )
-        .await
-        .expect("create MetricsSidecar");
+    create_sidecar(&sidecars, "default", spec.clone()).await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
     wait_until_injecting(&pods).await;
     // The roll compares with the ConfigMap the controller wrote for the first spec.
@@ -877,11 +895,12 @@ async fn shipped_rbac(env: Env) {
 /// `kube-system` and the operator's namespace (namespaceSelector), even for annotated pods in a
 /// namespace with a MetricsSidecar. The operator's admission counters show who was called.
 async fn webhook_skips(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let operator_args = env.operator_args(&env.kubeconfig, &operator_namespace);
-    let operator = operator_args.start().await;
+    let Started {
+        operator_namespace,
+        app_namespace,
+        operator_args,
+        operator,
+    } = env.start_operator().await;
     let sidecar_name = format!("e2e-{}", env.run);
     for namespace in [
         app_namespace.as_str(),
@@ -996,21 +1015,13 @@ async fn webhook_skips(env: Env) {
 /// the controller-manager's garbage collector (the operator is stopped first, so it cannot be
 /// the one deleting it).
 async fn garbage_collection(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let operator = env
-        .operator_args(&env.kubeconfig, &operator_namespace)
-        .start()
-        .await;
+    let Started {
+        app_namespace,
+        operator,
+        ..
+    } = env.start_operator().await;
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
-    let created = sidecars
-        .create(
-            &PostParams::default(),
-            &MetricsSidecar::new("collected", MetricsSidecarSpec::default()),
-        )
-        .await
-        .expect("create MetricsSidecar");
+    let created = create_sidecar(&sidecars, "collected", MetricsSidecarSpec::default()).await;
     let config_map = wait_config_map(&env.client, &app_namespace, "collected").await;
     let owner = config_map
         .metadata

@@ -29,23 +29,6 @@ pub(super) const SCENARIOS: &[(&str, Scenario)] = &[
     ),
 ];
 
-/// The CRD installed, the operator's and the app's namespaces, and a ready operator.
-async fn start(env: &Env) -> (String, OperatorArgs, cluster::Operator) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let operator_args = env.operator_args(&env.kubeconfig, &operator_namespace);
-    let operator = operator_args.start().await;
-    (app_namespace, operator_args, operator)
-}
-
-async fn create_sidecar(sidecars: &Api<MetricsSidecar>, name: &str, spec: MetricsSidecarSpec) {
-    sidecars
-        .create(&PostParams::default(), &MetricsSidecar::new(name, spec))
-        .await
-        .unwrap_or_else(|e| panic!("create MetricsSidecar {name}: {e}"));
-}
-
 /// Waits until the named MetricsSidecar's status (for its current generation) passes `check`.
 async fn wait_sidecar_status(
     sidecars: &Api<MetricsSidecar>,
@@ -166,7 +149,12 @@ fn declared_metrics_port(pod: &Pod) -> Option<i32> {
 /// (`invalid_sidecar` skip), counted as uninjected, and an Event says why. A good sidecar next
 /// to it keeps working, and a name too long for a label value is refused by the apiserver.
 async fn invalid_sidecar(env: Env) {
-    let (app_namespace, operator_args, operator) = start(&env).await;
+    let Started {
+        app_namespace,
+        operator_args,
+        operator,
+        ..
+    } = env.start_operator().await;
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
     let mut bad = MetricsSidecarSpec::default();
     bad.config.listen.ingest = "127.0.0.1:9102".into();
@@ -280,7 +268,12 @@ async fn invalid_sidecar(env: Env) {
 /// declare 9300, and `/discovery/targets` lists each pod on the port it declares: a bare pod
 /// made before the change (never rolled) stays on 9102. Each count change has its own Event.
 async fn listen_port_change(env: Env) {
-    let (app_namespace, operator_args, operator) = start(&env).await;
+    let Started {
+        app_namespace,
+        operator_args,
+        operator,
+        ..
+    } = env.start_operator().await;
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
     let spec = MetricsSidecarSpec {
         restart_on_change: true,
@@ -421,7 +414,12 @@ async fn listen_port_change(env: Env) {
 /// Item 6: only Pending and Running pods count; a `hostNetwork` pod asking for the sidecar is
 /// never injected by design and neither counts as uninjected nor makes the sidecar Degraded.
 async fn census_by_phase_and_rule(env: Env) {
-    let (app_namespace, operator_args, operator) = start(&env).await;
+    let Started {
+        app_namespace,
+        operator_args,
+        operator,
+        ..
+    } = env.start_operator().await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
     // Before the MetricsSidecar exists: admitted uninjected, then it fails.
     pods.create(&PostParams::default(), &annotated_pod("failed-early"))
@@ -609,7 +607,11 @@ async fn malformed_sidecar_and_sigterm(env: Env) {
 /// Item 9: `kubectl apply` of the unchanged manifest (an UPDATE that writes the app's own
 /// `prometheus.io/*` back) keeps them pointing at the sidecar; other annotation edits pass.
 async fn update_keeps_rewrite(env: Env) {
-    let (app_namespace, _, operator) = start(&env).await;
+    let Started {
+        app_namespace,
+        operator,
+        ..
+    } = env.start_operator().await;
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
     create_sidecar(&sidecars, "default", MetricsSidecarSpec::default()).await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);

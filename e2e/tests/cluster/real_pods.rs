@@ -54,13 +54,11 @@ pub(super) fn unmet_requirement(name: &str) -> Option<String> {
 /// as 65532 with a read-only root and no capabilities; `/healthz` answers on the pod's
 /// network; the app keeps serving when the sidecar is killed.
 async fn multiprocess_gunicorn(env: Env) {
-    install(&env.client).await;
-    let operator_namespace = env.namespace("op").await;
-    let app_namespace = env.namespace("app").await;
-    let operator = env
-        .operator_args(&env.kubeconfig, &operator_namespace)
-        .start()
-        .await;
+    let Started {
+        app_namespace,
+        operator,
+        ..
+    } = env.start_operator().await;
     let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
     let spec = MetricsSidecarSpec {
         multiprocess: true,
@@ -69,13 +67,7 @@ async fn multiprocess_gunicorn(env: Env) {
         native_sidecar: NativeSidecar::Never,
         ..MetricsSidecarSpec::default()
     };
-    sidecars
-        .create(
-            &PostParams::default(),
-            &MetricsSidecar::new("default", spec),
-        )
-        .await
-        .expect("create MetricsSidecar");
+    create_sidecar(&sidecars, "default", spec).await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
     wait_until_injecting(&pods).await;
     let config_map = wait_config_map(&env.client, &app_namespace, "default").await;
