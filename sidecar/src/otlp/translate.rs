@@ -496,6 +496,51 @@ fn place(
     Some((worker, labels))
 }
 
+/// One family's points as they are placed: what [`place`] needs, and the family's metadata
+/// index, interned with the first point kept.
+struct FamilyPoints<'a> {
+    resource: &'a Resource,
+    scope: &'a [(&'a str, &'a str)],
+    meta: Meta,
+    settings: &'a Settings,
+    index: Option<usize>,
+}
+
+impl FamilyPoints<'_> {
+    /// Records a point; one that cannot be placed is counted and dropped (see [`place`]).
+    fn push(
+        &mut self,
+        t: &mut Translation,
+        attrs: &[KeyValue],
+        start: u64,
+        time: u64,
+        value: PointValue,
+    ) {
+        let Some((worker, labels)) = place(
+            t,
+            self.resource,
+            self.scope,
+            &self.meta,
+            attrs,
+            start,
+            self.settings,
+        ) else {
+            return;
+        };
+        let meta = *self
+            .index
+            .get_or_insert_with(|| t.meta_index(self.meta.clone()));
+        t.points.push(Point {
+            worker,
+            meta,
+            labels,
+            start,
+            time,
+            value,
+        });
+    }
+}
+
 fn number_points(
     t: &mut Translation,
     resource: &Resource,
@@ -505,7 +550,13 @@ fn number_points(
     points: &[NumberDataPoint],
     settings: &Settings,
 ) {
-    let mut meta_index = None;
+    let mut family = FamilyPoints {
+        resource,
+        scope,
+        meta,
+        settings,
+        index: None,
+    };
     for p in points {
         if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
             continue;
@@ -517,7 +568,7 @@ fn number_points(
                 t.rejected.add(
                     "missing_value",
                     1,
-                    format!("a point of {} has no value", meta.name),
+                    format!("a point of {} has no value", family.meta.name),
                 );
                 continue;
             }
@@ -528,7 +579,7 @@ fn number_points(
                 1,
                 format!(
                     "counter {} value {} is not finite",
-                    meta.name,
+                    family.meta.name,
                     float_text(value)
                 ),
             );
@@ -538,30 +589,20 @@ fn number_points(
             t.rejected.add(
                 "negative_counter",
                 1,
-                format!("monotonic sum {} value {value} is negative", meta.name),
+                format!(
+                    "monotonic sum {} value {value} is negative",
+                    family.meta.name
+                ),
             );
             continue;
         }
-        let Some((worker, labels)) = place(
+        family.push(
             t,
-            resource,
-            scope,
-            &meta,
             &p.attributes,
             p.start_time_unix_nano,
-            settings,
-        ) else {
-            continue;
-        };
-        let meta = *meta_index.get_or_insert_with(|| t.meta_index(meta.clone()));
-        t.points.push(Point {
-            worker,
-            meta,
-            labels,
-            start: p.start_time_unix_nano,
-            time: p.time_unix_nano,
-            value: PointValue::Scalar(value),
-        });
+            p.time_unix_nano,
+            PointValue::Scalar(value),
+        );
     }
 }
 
@@ -573,7 +614,13 @@ fn histogram_points(
     points: &[HistogramDataPoint],
     settings: &Settings,
 ) {
-    let mut meta_index = None;
+    let mut family = FamilyPoints {
+        resource,
+        scope,
+        meta,
+        settings,
+        index: None,
+    };
     for p in points {
         if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
             continue;
@@ -589,7 +636,7 @@ fn histogram_points(
                 1,
                 format!(
                     "histogram {} has {} bucket counts for {} bounds (expected {})",
-                    meta.name,
+                    family.meta.name,
                     counts.len(),
                     p.explicit_bounds.len(),
                     p.explicit_bounds.len() + 1
@@ -604,7 +651,7 @@ fn histogram_points(
                 1,
                 format!(
                     "histogram {} bounds must be finite and strictly increasing",
-                    meta.name
+                    family.meta.name
                 ),
             );
             continue;
@@ -616,7 +663,7 @@ fn histogram_points(
                 1,
                 format!(
                     "histogram {} count {} is not the sum of its bucket counts",
-                    meta.name, p.count
+                    family.meta.name, p.count
                 ),
             );
             continue;
@@ -630,37 +677,24 @@ fn histogram_points(
                 1,
                 format!(
                     "histogram {} sum {} is not finite",
-                    meta.name,
+                    family.meta.name,
                     float_text(sum)
                 ),
             );
             continue;
         }
-        let Some((worker, labels)) = place(
+        family.push(
             t,
-            resource,
-            scope,
-            &meta,
             &p.attributes,
             p.start_time_unix_nano,
-            settings,
-        ) else {
-            continue;
-        };
-        let meta = *meta_index.get_or_insert_with(|| t.meta_index(meta.clone()));
-        t.points.push(Point {
-            worker,
-            meta,
-            labels,
-            start: p.start_time_unix_nano,
-            time: p.time_unix_nano,
-            value: PointValue::Histogram {
+            p.time_unix_nano,
+            PointValue::Histogram {
                 bounds: p.explicit_bounds.clone(),
                 counts,
                 sum,
                 count: p.count,
             },
-        });
+        );
     }
 }
 
@@ -672,7 +706,13 @@ fn summary_points(
     points: &[SummaryDataPoint],
     settings: &Settings,
 ) {
-    let mut meta_index = None;
+    let mut family = FamilyPoints {
+        resource,
+        scope,
+        meta,
+        settings,
+        index: None,
+    };
     for p in points {
         if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
             continue;
@@ -683,34 +723,21 @@ fn summary_points(
                 1,
                 format!(
                     "summary {} sum {} is not finite",
-                    meta.name,
+                    family.meta.name,
                     float_text(p.sum)
                 ),
             );
             continue;
         }
-        let Some((worker, labels)) = place(
+        family.push(
             t,
-            resource,
-            scope,
-            &meta,
             &p.attributes,
             p.start_time_unix_nano,
-            settings,
-        ) else {
-            continue;
-        };
-        let meta = *meta_index.get_or_insert_with(|| t.meta_index(meta.clone()));
-        t.points.push(Point {
-            worker,
-            meta,
-            labels,
-            start: p.start_time_unix_nano,
-            time: p.time_unix_nano,
-            value: PointValue::Summary {
+            p.time_unix_nano,
+            PointValue::Summary {
                 sum: p.sum,
                 count: p.count,
             },
-        });
+        );
     }
 }
