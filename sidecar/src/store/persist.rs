@@ -102,12 +102,8 @@ impl Store {
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str())),
             );
-            // The age, not the monotonic instant: it is what survives a restart.
-            let age = now
-                .mono
-                .saturating_duration_since(w.last_seen)
-                .as_secs_f64();
-            e.f64(now.wall - age);
+            // Wall-clock time, not the monotonic instant: it is what survives a restart.
+            e.f64(w.last_seen_wall);
             e.u8(u8::from(w.departed));
             e.len(w.families.len());
             for f in &w.families {
