@@ -165,8 +165,20 @@ async fn two_instances_share_one_ca_and_rotation_fails_no_admission() {
     // Secret content, delivered to every replica through the watch's code path.
     let mut current = first.clone();
     let mut served = vec![peer_a];
+    // Progress, not wall time, paces the rotations: each one waits until both traffic tasks
+    // have sent more admissions, however slow this machine is today.
+    let traffic_moves_on = |sent: Arc<AtomicUsize>| async move {
+        let from = sent.load(Ordering::Relaxed);
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while sent.load(Ordering::Relaxed) < from + 12 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("admission traffic keeps flowing");
+    };
     for round in 0..5 {
-        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        traffic_moves_on(sent.clone()).await;
         let renewed = certs::execute(
             Plan::RenewServing(certs::RenewReason::Expiring),
             Some(&current),
@@ -191,7 +203,7 @@ async fn two_instances_share_one_ca_and_rotation_fails_no_admission() {
         served.push(peer);
         current = renewed;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    traffic_moves_on(sent.clone()).await;
     running.store(false, Ordering::Relaxed);
     for t in traffic {
         t.await.expect("traffic task");
