@@ -683,7 +683,7 @@ fn run(usual: [usize; GAUGE_SERIES], ops: &[Op]) -> Result<(), TestCaseError> {
             Op::SidecarRestart => {
                 let now = t0.after(Duration::from_millis(ms));
                 let mut saved = Enc::default();
-                store.encode_state(now, &mut saved);
+                store.encode_state(&mut saved);
                 let restored = Store::decode_state(
                     StoreSettings::from_config(&config),
                     &mut Dec::new(&saved.buf),

@@ -131,7 +131,6 @@ fn total(exposition: &str, name: &str) -> (f64, usize) {
 /// series each, through Prometheus, never decreasing.
 fn gunicorn_scenario(env: &[(&str, &str)], temporality: &str, identity: &str) {
     let _serial = GUNICORN.lock().unwrap_or_else(|e| e.into_inner());
-    let started = Instant::now();
     let sidecar = Sidecar::start("");
     let prom = Prometheus::start(&[sidecar.metrics_addr()]);
     let gunicorn = Gunicorn::start(otlp_addr(&sidecar), env);
@@ -286,7 +285,6 @@ fn gunicorn_scenario(env: &[(&str, &str)], temporality: &str, identity: &str) {
     if temporality == "cumulative" {
         assert_eq!(points(other), 0.0, "{own}");
     }
-    assert!(started.elapsed() < Duration::from_secs(240));
 }
 
 #[test]

@@ -154,7 +154,7 @@ pub fn snapshot(app: &App, mut buf: Vec<u8>) -> Snapshot {
     let started = Instant::now();
     let version = {
         let store = app.store.read();
-        section(&mut e, SECTION_STORE, |e| store.encode_state(now, e));
+        section(&mut e, SECTION_STORE, |e| store.encode_state(e));
         store.version()
     };
     let locked = started.elapsed();

@@ -80,7 +80,7 @@ impl Store {
 
     /// Appends the store's part of the state file. `wall` is the snapshot's wall-clock time;
     /// last-seen times are written as wall-clock seconds.
-    pub fn encode_state(&self, now: super::Now, e: &mut Enc) {
+    pub fn encode_state(&self, e: &mut Enc) {
         e.u32(self.generation);
         let kept: Vec<(u32, &WorkerState)> = self
             .workers
