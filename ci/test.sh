@@ -55,6 +55,9 @@ python3 -m pip install "${PIP[@]}" -r sidecar/tests/requirements.txt
 # dependency tree must not touch the system's packages).
 mkdir -p "$CACHE"
 venv_install "$CACHE/monasca-agent-venv" e2e/py/requirements-monasca-agent.txt
+# PyPI, own virtualenv: prometheus_client 0.16 (Debian bookworm's), whose multiprocess files
+# have no timestamps; sidecar/tests/multiprocess.rs reads them beside its own collector.
+venv_install "$CACHE/prometheus-client-0.16-venv" sidecar/tests/requirements-prometheus-client-0.16.txt
 # Go and Java clients (e2e/tests/clients.rs): Maven and a JDK from Debian when missing. Go 1.23+
 # is preinstalled on this machine kind; where it is missing (Debian's Go 1.19 is too old), that
 # Go fetches the pinned toolchain module golang.org/toolchain from the Go module proxy, as

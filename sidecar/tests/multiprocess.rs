@@ -6,6 +6,7 @@
 mod multiprocess_support;
 
 use multiprocess_support::*;
+use std::process::Command;
 use std::time::Duration;
 
 fn config(dir: &std::path::Path, compact: bool) -> String {
@@ -25,13 +26,30 @@ fn cumulative(text: &str) -> std::collections::BTreeMap<String, f64> {
 
 #[test]
 fn matches_multiprocess_collector_live_then_compacted() {
-    let dir = scratch("collector");
-    let mut fleet = Fleet::start(&dir, 6);
+    live_then_compacted("collector", &|| python(PY_MODULES));
+}
+
+/// The same with prometheus_client 0.16, whose files have no timestamps: the sidecar reads
+/// them, and writes its retired files so that 0.16's own collector reads them too.
+#[test]
+fn prometheus_client_0_16_files_match_its_collector_live_then_compacted() {
+    live_then_compacted("collector-0.16", &legacy_client_python);
+}
+
+/// Workers and MultiProcessCollector both run under `python()`.
+fn live_then_compacted(name: &str, python: &dyn Fn() -> Command) {
+    let dir = scratch(name);
+    let mut fleet = Fleet::start_with(python(), &dir, 6);
     let sidecar = InProcess::start(&config(&dir, true));
+    let collector = |dir: &std::path::Path, dead: &[u32]| collector_with(python(), dir, dead);
 
     // 1. Every worker alive: exactly the collector's output.
     let live = sidecar.metrics();
     let reference = collector(&dir, &[]);
+    assert!(
+        live.contains("mp_requests_total{code=\"200\",method=\"GET\"} 21"),
+        "the workers' counters are read:\n{live}"
+    );
     assert_same(&live, &reference, "all workers alive");
     assert!(
         live.contains("mp_gauge_all{kind=\"a\",pid=\""),

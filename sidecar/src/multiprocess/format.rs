@@ -1,7 +1,9 @@
 //! prometheus_client's multiprocess file format, read and written without I/O (so the reader
 //! is fuzzable and the tests can feed it bytes).
 //!
-//! Layout, as `prometheus_client/mmap_dict.py` (0.26) writes it, in native byte order:
+//! Layout, as `prometheus_client/mmap_dict.py` (0.17 to 0.26) writes it, in native byte order
+//! (versions before 0.17 write no timestamp field: [`normalize_legacy`] rewrites such files
+//! into this layout as they are read):
 //!
 //! ```text
 //! 0      int32  used            bytes of the file in use, including this 8-byte header
@@ -641,15 +643,95 @@ fn json_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// Which of the client's entry layouts a file uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// 0.17 and later: value and timestamp.
+    Current,
+    /// Before 0.17: the value alone.
+    Legacy,
+}
+
 /// Appends one entry (key, padding, value, timestamp) in the client's layout.
 pub fn encode_entry(out: &mut Vec<u8>, key: &str, value: f64, timestamp: f64) {
+    encode_entry_in(Layout::Current, out, key, value, timestamp);
+}
+
+/// [`encode_entry`] in either layout (the legacy one has no place for the timestamp).
+pub fn encode_entry_in(layout: Layout, out: &mut Vec<u8>, key: &str, value: f64, timestamp: f64) {
     let len = key.len();
     out.extend_from_slice(&(len as i32).to_ne_bytes());
     out.extend_from_slice(key.as_bytes());
     let pad = 8 - (len + 4) % 8;
     out.extend(std::iter::repeat_n(b' ', pad));
     out.extend_from_slice(&value.to_ne_bytes());
-    out.extend_from_slice(&timestamp.to_ne_bytes());
+    if layout == Layout::Current {
+        out.extend_from_slice(&timestamp.to_ne_bytes());
+    }
+}
+
+/// Where a walk over entries of `width` value bytes (8: value; 16: value and timestamp) ends,
+/// if every entry fits and every key starts like the client's JSON list (`[`). Reads only
+/// the length fields and one byte per key, so it is cheap beside the reading itself.
+fn walk_ends_exactly(data: &[u8], used: usize, width: usize) -> bool {
+    let mut pos = HEADER_LEN;
+    while pos < used {
+        let Some(len) = data
+            .get(pos..pos + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_ne_bytes)
+            .and_then(|l| usize::try_from(l).ok())
+        else {
+            return false;
+        };
+        if data.get(pos + 4) != Some(&b'[') {
+            return false;
+        }
+        let padded = len + (8 - (len + 4) % 8);
+        pos = match (pos + 4).checked_add(padded + width) {
+            Some(end) if end <= used => end,
+            _ => return false,
+        };
+    }
+    pos == used
+}
+
+/// Rewrites a file in prometheus_client's layout before 0.17 (entries without the timestamp
+/// field; Debian bookworm's python3-prometheus-client 0.16 writes it) into the current one,
+/// with a timestamp of 0 (those versions have no `mostrecent` gauges, the only mode that
+/// reads it). Returns false, leaving `data` alone, when it already is in the current layout
+/// or is not a valid file in either: the reader then judges it as usual.
+///
+/// The two layouts cannot be confused: a walk with the wrong entry width lands inside a key
+/// (a length of ASCII bytes, far past `used`) at the first or second entry.
+pub fn normalize_legacy(data: &mut Vec<u8>) -> bool {
+    let Ok(used) = read_used(data) else {
+        return false;
+    };
+    if used <= HEADER_LEN
+        || used > data.len()
+        || walk_ends_exactly(data, used, 16)
+        || !walk_ends_exactly(data, used, 8)
+    {
+        return false;
+    }
+    let mut out = Vec::with_capacity(used + used / 2);
+    start_file(&mut out);
+    let mut pos = HEADER_LEN;
+    while pos < used {
+        let len = i32::from_ne_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
+        let len = len as usize;
+        let value_at = pos + 4 + len + (8 - (len + 4) % 8);
+        // The key and its padding as the client wrote them, then value and a zero timestamp.
+        out.extend_from_slice(&data[pos..value_at + 8]);
+        out.extend_from_slice(&0f64.to_ne_bytes());
+        pos = value_at + 8;
+    }
+    if !finish_file(&mut out) {
+        return false;
+    }
+    *data = out;
+    true
 }
 
 /// Starts a file: the header with a placeholder `used` (see [`finish_file`]).

@@ -225,8 +225,9 @@ impl Table {
         })
     }
 
-    /// The table as a prometheus_client file followed by the sidecar's trailer.
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+    /// The table as a prometheus_client file in `layout` (the one the directory's workers
+    /// write, so their own collector can read it) followed by the sidecar's trailer.
+    pub fn encode(&self, layout: format::Layout) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(64 + self.cells.len() * 128);
         format::start_file(&mut out);
         let mut labels: Vec<(&str, &str)> = Vec::new();
@@ -234,7 +235,7 @@ impl Table {
             labels.clear();
             labels.extend(k.labels.iter().map(|(n, v)| (&**n, &**v)));
             let key = format::encode_key(&k.metric, &k.sample, &labels, &c.help);
-            format::encode_entry(&mut out, &key, c.value, c.timestamp);
+            format::encode_entry_in(layout, &mut out, &key, c.value, c.timestamp);
         }
         if !format::finish_file(&mut out) {
             return Err(EncodeError::TooLarge);
@@ -257,9 +258,15 @@ impl Table {
     /// files) is optional and ignored, with `trailer_ok == false`, when damaged.
     pub fn decode(kind: FileKind, data: &[u8]) -> Result<Decoded, format::FileError> {
         let mut table = Table::default();
-        let iter = format::entries(data)?;
-        let used = iter.used();
-        for entry in iter {
+        let used = format::entries(data)?.used();
+        // Written for workers of prometheus_client < 0.17: read through the current layout.
+        let mut normalized = data[..used.min(data.len())].to_vec();
+        let entries_of = if format::normalize_legacy(&mut normalized) {
+            &normalized[..]
+        } else {
+            data
+        };
+        for entry in format::entries(entries_of)? {
             let entry = entry?;
             let key = format::parse_key(entry.key).map_err(|error| format::FileError::BadKey {
                 offset: entry.value_offset,

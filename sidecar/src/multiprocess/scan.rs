@@ -225,6 +225,9 @@ pub struct DirState {
     folded: FxHashMap<String, (FoldedFile, bool)>,
     liveness: Liveness,
     scratch: Vec<u8>,
+    /// A worker file was in prometheus_client's layout before 0.17 (no timestamps): the
+    /// retired files are then written in it too. Sticky: one directory, one client version.
+    legacy_layout: bool,
     /// Files that may still be kept open this round.
     open_budget: usize,
     /// Rounds so far (quiet files are read every [`QUIET_REREAD_ROUNDS`]).
@@ -290,6 +293,7 @@ impl DirState {
             folded: FxHashMap::default(),
             liveness: Liveness::new(policy),
             scratch: Vec::new(),
+            legacy_layout: false,
             open_budget: 0,
             round_number: 0,
             retry_writes_at: None,
@@ -896,7 +900,13 @@ impl DirState {
                 .cloned()
                 .collect();
         }
-        match write_tables(&self.dir, &staged) {
+        // The retired files stay readable by the workers' own MultiProcessCollector.
+        let layout = if self.legacy_layout {
+            format::Layout::Legacy
+        } else {
+            format::Layout::Current
+        };
+        match write_tables(&self.dir, &staged, layout) {
             Ok(()) => {
                 self.retry_writes_at = None;
                 log.clear("persist");
@@ -981,7 +991,11 @@ impl DirState {
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
-            let Ok((ident, Ok(()))) = read_db(&self.dir.join(&name), &mut self.scratch) else {
+            let Ok((ident, Ok(()))) = read_db(
+                &self.dir.join(&name),
+                &mut self.scratch,
+                &mut self.legacy_layout,
+            ) else {
                 return false;
             };
             stats.file_reads.inc();
@@ -1037,12 +1051,14 @@ impl DirState {
                     mtime: f.mtime,
                 };
                 match &f.handle {
-                    Some(h) => read_content(h, &mut self.scratch, hint).map(|r| (ident, r, None)),
+                    Some(h) => read_content(h, &mut self.scratch, hint, &mut self.legacy_layout)
+                        .map(|r| (ident, r, None)),
                     None => Err(io::Error::from(io::ErrorKind::NotFound)),
                 }
             }
             None => {
                 let budget = &mut self.open_budget;
+                let legacy = &mut self.legacy_layout;
                 std::fs::File::open(&path).and_then(|file| {
                     let ident = ident_of(&file)?;
                     let hint = self
@@ -1050,7 +1066,7 @@ impl DirState {
                         .get(name)
                         .filter(|f| f.good && f.ino == ident.ino)
                         .map_or(0, |f| f.raw.len());
-                    let r = read_content(&file, &mut self.scratch, hint)?;
+                    let r = read_content(&file, &mut self.scratch, hint, legacy)?;
                     let keep = (*budget > 0).then(|| {
                         *budget -= 1;
                         file
@@ -1262,7 +1278,11 @@ impl DirState {
         let Some(f) = self.files.get_mut(name) else {
             return;
         };
-        let Ok((ident, Ok(()))) = read_db(&self.dir.join(name), &mut self.scratch) else {
+        let Ok((ident, Ok(()))) = read_db(
+            &self.dir.join(name),
+            &mut self.scratch,
+            &mut self.legacy_layout,
+        ) else {
             return;
         };
         stats.file_reads.inc();
@@ -1604,10 +1624,14 @@ fn layout(raw: &[u8]) -> Result<Vec<u32>, FileError> {
 
 /// Reads a worker file by path: `used` first, then exactly `used` bytes into `buf`. The
 /// outer error is I/O; the inner one says the content is not a valid file (yet, or any more).
-fn read_db(path: &Path, buf: &mut Vec<u8>) -> io::Result<(Ident, Result<(), FileError>)> {
+fn read_db(
+    path: &Path,
+    buf: &mut Vec<u8>,
+    legacy: &mut bool,
+) -> io::Result<(Ident, Result<(), FileError>)> {
     let file = std::fs::File::open(path)?;
     let ident = ident_of(&file)?;
-    let result = read_content(&file, buf, 0)?;
+    let result = read_content(&file, buf, 0, legacy)?;
     Ok((ident, result))
 }
 
@@ -1627,6 +1651,7 @@ fn read_content(
     file: &std::fs::File,
     buf: &mut Vec<u8>,
     hint: usize,
+    legacy: &mut bool,
 ) -> io::Result<Result<(), FileError>> {
     let want = if hint >= format::HEADER_LEN {
         hint
@@ -1669,6 +1694,10 @@ fn read_content(
         return Ok(Err(FileError::UsedBeyondEnd { used, len: have }));
     }
     buf.truncate(used);
+    // Everything past this point (offsets, change detection, folds) sees the current layout.
+    if format::normalize_legacy(buf) {
+        *legacy = true;
+    }
     Ok(Ok(()))
 }
 
@@ -1750,17 +1779,21 @@ fn leftover_matches(dir: &Path, rec: &FoldedFile) -> bool {
         return true;
     }
     let mut buf = Vec::new();
-    match read_db(&path, &mut buf) {
+    match read_db(&path, &mut buf, &mut false) {
         Ok((_, Ok(()))) => buf.len() as u64 == rec.len && retired::fnv1a(&buf) == rec.hash,
         _ => false,
     }
 }
 
 /// Writes the staged tables atomically, then makes the renames durable.
-fn write_tables(dir: &Path, staged: &BTreeMap<FileKind, Table>) -> io::Result<()> {
+fn write_tables(
+    dir: &Path,
+    staged: &BTreeMap<FileKind, Table>,
+    layout: format::Layout,
+) -> io::Result<()> {
     for (kind, table) in staged {
         let data = table
-            .encode()
+            .encode(layout)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         retired::write_atomic(dir, &retired::file_name(*kind), &data)?;
     }

@@ -222,6 +222,94 @@ fn corrupt_and_truncated_files_fail_cleanly() {
     assert_eq!(format::entries(&cut).expect("header").count(), 1);
 }
 
+/// A file as prometheus_client before 0.17 writes it: no timestamp after each value.
+fn legacy_file(entries: &[(&str, f64)]) -> Vec<u8> {
+    let mut out = vec![0u8; format::HEADER_LEN];
+    for (k, v) in entries {
+        out.extend_from_slice(&(k.len() as i32).to_ne_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend(std::iter::repeat_n(b' ', 8 - (k.len() + 4) % 8));
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    let used = out.len() as i32;
+    out[..4].copy_from_slice(&used.to_ne_bytes());
+    out
+}
+
+#[test]
+fn legacy_layout_becomes_the_current_one_with_zero_timestamps() {
+    // Every key length, so every padding, and one to three entries.
+    for len in 4..30 {
+        let long = format!("[\"{}\"]", "m".repeat(len - 4));
+        let keys = [long.as_str(), "[\"a\", \"a\", {}, \"\"]", "[\"b\"]"];
+        for n in 1..=keys.len() {
+            let entries: Vec<(&str, f64)> = keys[..n]
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (*k, i as f64 + 0.5))
+                .collect();
+            let mut data = legacy_file(&entries);
+            // What the client leaves after `used` (its mmap is preallocated) is never read.
+            let mut preallocated = data.clone();
+            preallocated.resize(data.len() + 64, 0);
+            assert!(
+                format::normalize_legacy(&mut data),
+                "len {len}, {n} entries"
+            );
+            assert!(format::normalize_legacy(&mut preallocated));
+            let current: Vec<(&str, f64, f64)> =
+                entries.iter().map(|(k, v)| (*k, *v, 0.0)).collect();
+            assert_eq!(data, file(&current), "len {len}, {n} entries");
+            assert_eq!(preallocated, data);
+        }
+    }
+}
+
+#[test]
+fn current_empty_and_broken_files_are_left_alone() {
+    let mut current = file(&[("[\"a\"]", 1.0, 2.0), ("[\"bb\"]", 3.0, 0.0)]);
+    let before = current.clone();
+    assert!(!format::normalize_legacy(&mut current));
+    assert_eq!(current, before);
+    for mut untouched in [
+        vec![],
+        vec![0u8; 64],
+        file(&[]),
+        // `used` cutting a legacy entry: neither layout fits, the reader reports it.
+        {
+            let mut cut = legacy_file(&[("[\"a\"]", 1.0)]);
+            let used = (cut.len() - 4) as i32;
+            cut[..4].copy_from_slice(&used.to_ne_bytes());
+            cut
+        },
+        // A key that is not the client's JSON list.
+        legacy_file(&[("{}", 1.0)]),
+    ] {
+        let before = untouched.clone();
+        assert!(!format::normalize_legacy(&mut untouched));
+        assert_eq!(untouched, before);
+    }
+}
+
+#[test]
+fn normalizing_any_bytes_never_panics_and_yields_a_readable_file() {
+    use proptest::prelude::*;
+    proptest!(ProptestConfig::with_cases(2000), |(mut bytes in proptest::collection::vec(any::<u8>(), 0..200), entries in proptest::collection::vec(("[a-z\\[\"]{0,20}", any::<f64>()), 0..4), flip in any::<usize>())| {
+        // Random bytes, and legacy files with one byte damaged.
+        let mut legacy = legacy_file(&entries.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>());
+        if !legacy.is_empty() {
+            let at = flip % legacy.len();
+            legacy[at] ^= 0x5a;
+        }
+        for data in [&mut bytes, &mut legacy] {
+            if format::normalize_legacy(data) {
+                let all: Result<Vec<_>, _> = format::entries(data).expect("header").collect();
+                prop_assert!(all.is_ok(), "{:?}", all);
+            }
+        }
+    });
+}
+
 fn parsed<'a>(kind: FileKind, k: &'a str, value: f64, ts: f64) -> Parsed<'a> {
     Parsed {
         kind,
@@ -393,7 +481,7 @@ fn retired_tables_fold_by_mode_and_round_trip() {
         len: 3,
         hash: 4,
     });
-    let bytes = t.encode().expect("encode");
+    let bytes = t.encode(format::Layout::Current).expect("encode");
     // The prometheus_client part is a valid file on its own.
     assert_eq!(format::entries(&bytes).expect("header").count(), 1);
     let back = Table::decode(FileKind::Counter, &bytes).expect("decode");
@@ -407,6 +495,19 @@ fn retired_tables_fold_by_mode_and_round_trip() {
     let back = Table::decode(FileKind::Counter, &damaged).expect("decode");
     assert!(!back.trailer_ok);
     assert!(back.table.folded.is_empty());
+    assert_eq!(value(&back.table, FileKind::Counter), Some((5.0, 0.0)));
+
+    // For a directory of prometheus_client < 0.17 workers: their layout, same table back.
+    let legacy = t.encode(format::Layout::Legacy).expect("encode");
+    let used = format::entries(&legacy).expect("header").used();
+    assert_eq!(
+        used,
+        bytes.len() - (legacy.len() - used) - 8,
+        "8 bytes less per entry"
+    );
+    let back = Table::decode(FileKind::Counter, &legacy).expect("decode");
+    assert!(back.trailer_ok);
+    assert_eq!(back.table.folded, t.folded);
     assert_eq!(value(&back.table, FileKind::Counter), Some((5.0, 0.0)));
 }
 

@@ -31,6 +31,43 @@ pub fn scratch(name: &str) -> PathBuf {
     monasca_e2e::scratch_dir(&format!("mp-{name}"))
 }
 
+/// Python with prometheus_client 0.16 (Debian bookworm's version, the last that writes
+/// multiprocess files without timestamps), in the virtualenv `bash ci/test.sh` makes from
+/// `tests/requirements-prometheus-client-0.16.txt`. `MONASCA_LEGACY_CLIENT_PYTHON` overrides.
+pub fn legacy_client_python() -> Command {
+    let python = std::env::var("MONASCA_LEGACY_CLIENT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("MONASCA_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                        .join(".cache/monasca-sidecar")
+                })
+                .join("prometheus-client-0.16-venv/bin/python")
+        });
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import prometheus_client, importlib.metadata as m; print(m.version('prometheus_client'))",
+        ])
+        .output();
+    let version = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        other => panic!(
+            "{} cannot import prometheus_client ({other:?}): `bash ci/test.sh` installs it \
+             from sidecar/tests/requirements-prometheus-client-0.16.txt",
+            python.display()
+        ),
+    };
+    assert!(
+        version.starts_with("0.16."),
+        "{} has prometheus_client {version}, not 0.16",
+        python.display()
+    );
+    Command::new(python)
+}
+
 /// A Python process driven line by line over stdin/stdout, killed on drop.
 pub struct PyProcess {
     child: Child,
@@ -43,7 +80,11 @@ impl PyProcess {
     /// Starts `script args...` with `PROMETHEUS_MULTIPROC_DIR=dir` in its initial environment
     /// (where `/proc/<pid>/environ` shows it), and waits for its first output line.
     pub fn start(script_name: &str, dir: &Path, args: &[&str]) -> PyProcess {
-        let mut cmd = python(PY_MODULES);
+        PyProcess::start_with(python(PY_MODULES), script_name, dir, args)
+    }
+
+    /// [`PyProcess::start`] with another interpreter (another prometheus_client version).
+    pub fn start_with(mut cmd: Command, script_name: &str, dir: &Path, args: &[&str]) -> PyProcess {
         cmd.arg(script(script_name))
             .arg(dir)
             .args(args)
@@ -162,7 +203,12 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn start(dir: &Path, n: usize) -> Fleet {
-        let py = PyProcess::start("mp_fleet.py", dir, &[&n.to_string()]);
+        Fleet::start_with(python(PY_MODULES), dir, n)
+    }
+
+    /// [`Fleet::start`] under another interpreter.
+    pub fn start_with(python: Command, dir: &Path, n: usize) -> Fleet {
+        let py = PyProcess::start_with(python, "mp_fleet.py", dir, &[&n.to_string()]);
         let v: serde_json::Value =
             serde_json::from_str(&py.first_line).expect("fleet prints JSON first");
         let parent = v["parent"].as_u64().expect("parent") as u32;
@@ -186,7 +232,11 @@ impl Fleet {
 
 /// MultiProcessCollector's exposition of `dir` (after `mark_process_dead` for `dead`).
 pub fn collector(dir: &Path, dead: &[u32]) -> String {
-    let mut cmd = python(PY_MODULES);
+    collector_with(python(PY_MODULES), dir, dead)
+}
+
+/// [`collector`] under another interpreter.
+pub fn collector_with(mut cmd: Command, dir: &Path, dead: &[u32]) -> String {
     cmd.arg(script("mp_collect.py")).arg(dir);
     if !dead.is_empty() {
         cmd.arg("--pid-dead");

@@ -25,6 +25,19 @@ from prometheus_client import Counter, Gauge, Histogram, Summary  # noqa: E402
 
 MODES = ["all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
          "mostrecent", "livemostrecent"]
+
+
+def supported(mode):
+    """prometheus_client before 0.17 has no mostrecent modes (and writes no timestamps)."""
+    try:
+        # Labelled, so that no value (and no file) is created.
+        Gauge(f"mp_probe_{mode}", "Probe.", ["x"], multiprocess_mode=mode, registry=None)
+        return True
+    except ValueError:
+        return False
+
+
+MODES = [m for m in MODES if supported(m)]
 REQUESTS = Counter("mp_requests", "Requests.", ["method", "code"])
 EVENTS = Counter("mp_events", "Events.")
 GAUGES = {m: Gauge(f"mp_gauge_{m}", f"Gauge in mode {m}.", ["kind"], multiprocess_mode=m)
