@@ -9,7 +9,8 @@
 #   5. no drift between the two installs (ci/compare_installs.py): default values render the
 #      same objects as `kubectl kustomize manifests/`, certManager.enabled=true the same as
 #      manifests/overlays/cert-manager/, rbac.restartOnChange=true the same as manifests/ plus
-#      manifests/optional/restart-on-change/.
+#      manifests/optional/restart-on-change/, rbac.webhookRecreate=true the same as manifests/
+#      plus manifests/optional/webhook-recreate/.
 #
 # helm is built from the Go module proxy (helm.sh/helm/v3, pinned below) once and cached under
 # $MONASCA_CACHE (default ~/.cache/monasca-sidecar; /root/.cache/monasca-sidecar in CI), which survives into CI.
@@ -77,6 +78,7 @@ modes=(
   "default:"
   "cert-manager:--set certManager.enabled=true"
   "restart-on-change:--set rbac.restartOnChange=true"
+  "webhook-recreate:--set rbac.webhookRecreate=true"
   "single:--set replicas=1 --set leaderElection.enabled=false --set namespace.create=false --set rbac.userRoles=false"
 )
 
@@ -126,12 +128,14 @@ echo "== helm: validate the rendered chart against Kubernetes $K8S_VERSION (offl
   helm-default="$OUT/default.yaml" \
   helm-cert-manager="$OUT/cert-manager.yaml" \
   helm-restart-on-change="$OUT/restart-on-change.yaml" \
+  helm-webhook-recreate="$OUT/webhook-recreate.yaml" \
   || problem "validation of the rendered chart (problems listed above)"
 
 echo "== helm: no drift from the kustomize install"
 "$KUBECTL" kustomize manifests >"$OUT/kustomize-base.yaml"
 "$KUBECTL" kustomize manifests/overlays/cert-manager >"$OUT/kustomize-cert-manager.yaml"
 "$KUBECTL" kustomize manifests/optional/restart-on-change >"$OUT/kustomize-restart-on-change.yaml"
+"$KUBECTL" kustomize manifests/optional/webhook-recreate >"$OUT/kustomize-webhook-recreate.yaml"
 compare() { # NAME KUSTOMIZE-FILES... -- HELM-FILE
   local name="$1"
   shift
@@ -142,6 +146,8 @@ compare "default values = manifests/" "$OUT/kustomize-base.yaml" -- "$OUT/defaul
 compare "certManager.enabled = manifests/overlays/cert-manager/" "$OUT/kustomize-cert-manager.yaml" -- "$OUT/cert-manager.yaml"
 compare "rbac.restartOnChange = manifests/ + manifests/optional/restart-on-change/" \
   "$OUT/kustomize-base.yaml" "$OUT/kustomize-restart-on-change.yaml" -- "$OUT/restart-on-change.yaml"
+compare "rbac.webhookRecreate = manifests/ + manifests/optional/webhook-recreate/" \
+  "$OUT/kustomize-base.yaml" "$OUT/kustomize-webhook-recreate.yaml" -- "$OUT/webhook-recreate.yaml"
 
 if [ "${#problems[@]}" -gt 0 ]; then
   echo "helm: FAILED:" >&2

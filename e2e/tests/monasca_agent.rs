@@ -285,7 +285,7 @@ fn monasca_agent_prometheus_check_reports_the_aggregate_of_all_workers() {
 /// A pod as the operator's webhook returns it: `monasca_operator::inject::inject` decides, its
 /// JSON patch is applied, and the kubelet's view (a pod IP) is added.
 fn injected_pod(native_sidecar: &str) -> serde_json::Value {
-    use monasca_operator::inject::{Decision, PodRequest, ServerVersion, Settings, inject};
+    use monasca_operator::inject::{Decision, NativeSidecars, PodRequest, Settings, inject};
     let sidecar: monasca_crds::MetricsSidecar = serde_json::from_value(serde_json::json!({
         "apiVersion": "monasca.openstack.org/v1alpha1",
         "kind": "MetricsSidecar",
@@ -312,10 +312,7 @@ fn injected_pod(native_sidecar: &str) -> serde_json::Value {
     let settings = Settings {
         operator_namespace: "monasca-system".into(),
         sidecar_image: "monasca-sidecar:test".into(),
-        server_version: Some(ServerVersion {
-            major: 1,
-            minor: 33,
-        }),
+        native_sidecars: NativeSidecars::Available.into(),
     };
     let request = PodRequest {
         operation: &kube::core::admission::Operation::Create,

@@ -73,6 +73,9 @@ const BACKDATE: Duration = Duration::from_secs(5 * 60);
 /// How often the leader re-checks the Secret and the webhook configuration even without a
 /// renewal due (someone may have edited or deleted them).
 const RECHECK: Duration = Duration::from_secs(10 * 60);
+/// How often the leader retries while the webhook configuration is missing and it may not
+/// create it (someone may bind the opt-in role meanwhile).
+const MISSING_RETRY: Duration = Duration::from_secs(15);
 const CA_COMMON_NAME: &str = "monasca-sidecar-webhook-ca";
 
 /// The PEM texts kept in the Secret.
@@ -689,13 +692,29 @@ pub async fn sync_webhook_configuration(
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        api.create(
-            &params,
-            &webhook_configuration(&manager.webhook, ca_bundle, &manager.namespace),
-        )
-        .await?;
+        let created = api
+            .create(
+                &params,
+                &webhook_configuration(&manager.webhook, ca_bundle, &manager.namespace),
+            )
+            .await;
+        match created {
+            Ok(_) => {
+                manager.missing.found(&manager.metrics);
+                tracing::info!("recreated the webhook configuration {WEBHOOK_CONFIGURATION_NAME}");
+            }
+            // The default RBAC grants no `create` here (the manifests ship the object): report
+            // it, and go on with the Secret; the watch wakes us when someone re-applies it.
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                if manager.missing.first_report(&manager.metrics) {
+                    report_missing_webhook_configuration(manager).await;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
         return Ok(None);
     };
+    manager.missing.found(&manager.metrics);
     let before = existing
         .webhooks
         .iter()
@@ -732,6 +751,90 @@ pub struct Manager {
     pub webhook: WebhookClient,
     /// `false` in cert-manager mode: no Secret, no `caBundle`.
     pub self_managed: bool,
+    /// The gauge `monasca_operator_webhook_configuration_missing`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Whether the missing webhook configuration was reported (one Event per deletion).
+    pub missing: MissingReport,
+}
+
+/// Remembers that a missing webhook configuration was reported, so that the retries while it
+/// stays missing add no Event.
+#[derive(Clone, Debug, Default)]
+pub struct MissingReport(Arc<std::sync::atomic::AtomicBool>);
+
+impl MissingReport {
+    /// The configuration is missing: true the first time (report it now).
+    fn first_report(&self, metrics: &crate::metrics::Metrics) -> bool {
+        metrics.set_webhook_configuration_missing(true);
+        !self.0.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The configuration exists (again).
+    fn found(&self, metrics: &crate::metrics::Metrics) {
+        metrics.set_webhook_configuration_missing(false);
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether it is missing as last seen by the leader.
+    pub fn is_missing(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// What to run when the webhook configuration is gone and this operator may not create it. The
+/// commands are the install's own (a test checks that the paths exist).
+pub fn missing_webhook_configuration_note() -> String {
+    format!(
+        "MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION_NAME} was deleted and this operator \
+         may not create it (no create permission): pods are admitted WITHOUT the sidecar until it \
+         is back. Re-apply it: `kubectl apply -f manifests/base/mutatingwebhookconfiguration.yaml` \
+         (Helm: `helm upgrade <release> charts/monasca-operator --reuse-values`), or let the \
+         operator recreate it: `kubectl apply -k manifests/optional/webhook-recreate/` (Helm: \
+         `--set rbac.webhookRecreate=true`)"
+    )
+}
+
+/// A Warning Event (about the configuration itself, so in namespace `default`) and a log line
+/// saying how to restore it. Best effort.
+async fn report_missing_webhook_configuration(manager: &Manager) {
+    let note = missing_webhook_configuration_note();
+    tracing::error!("{note}");
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("admissionregistration.k8s.io/v1".into()),
+        kind: Some("MutatingWebhookConfiguration".into()),
+        name: Some(WEBHOOK_CONFIGURATION_NAME.into()),
+        ..Default::default()
+    };
+    publish_warning(
+        manager,
+        &reference,
+        "WebhookConfigurationMissing",
+        "RecreateWebhookConfiguration",
+        note,
+    )
+    .await;
+}
+
+/// Publishes a Warning Event about `reference`. Best effort: a failure is logged.
+async fn publish_warning(
+    manager: &Manager,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    use kube::runtime::events::{Event, EventType, Recorder};
+    let recorder = Recorder::new(manager.client.clone(), crate::controller::reporter());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason, "cannot publish an Event");
+    }
 }
 
 fn now_unix() -> i64 {
@@ -822,24 +925,20 @@ pub async fn ensure(manager: &Manager, leadership: &Leadership) -> Result<Option
 /// a new CA was issued. Best effort.
 async fn report_new_ca(manager: &Manager, secret: &Secret) {
     use kube::Resource;
-    use kube::runtime::events::{Event, EventType, Recorder};
-    let recorder = Recorder::new(manager.client.clone(), crate::controller::reporter());
     let note = format!(
         "Secret {WEBHOOK_TLS_SECRET_NAME} was deleted: its CA cannot be recovered, so a new webhook \
          CA was issued; caBundle trusts the old and new CAs for {} min while replicas switch",
         CA_OVERLAP.as_secs() / 60
     );
     tracing::warn!("{note}");
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "WebhookCAReissued".into(),
-        note: Some(note),
-        action: "IssueCertificate".into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &secret.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish the WebhookCAReissued Event");
-    }
+    publish_warning(
+        manager,
+        &secret.object_ref(&()),
+        "WebhookCAReissued",
+        "IssueCertificate",
+        note,
+    )
+    .await;
 }
 
 /// How long the leader may sleep before the next [`ensure`].
@@ -870,6 +969,11 @@ pub async fn run(manager: Manager, leadership: Leadership, recheck: Arc<Notify>)
             return;
         }
         let wait = match ensure(&manager, &leadership).await {
+            // Missing and not ours to create: try again soon (the opt-in role may be bound
+            // meanwhile; a re-apply wakes us through the watch at once).
+            Ok(bundle) if manager.missing.is_missing() => {
+                next_check(bundle.as_ref(), now_unix()).min(MISSING_RETRY)
+            }
             Ok(bundle) => next_check(bundle.as_ref(), now_unix()),
             Err(Error::NotLeader) => continue,
             Err(e) => {
@@ -923,20 +1027,45 @@ pub async fn watch_secret(
 }
 
 /// Every replica: wakes the leader through `recheck` when the webhook configuration is deleted
-/// or changed, so that it is recreated or its `clientConfig` restored within seconds.
-pub async fn watch_webhook_configuration(client: Client, recheck: Arc<Notify>) {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+/// or changed, so that it is recreated (or reported, without the opt-in `create` permission) or
+/// its `clientConfig` restored within seconds, and keeps the gauge
+/// `monasca_operator_webhook_configuration_missing` true to what the apiserver has. A metadata
+/// watch of the one named object: the same `list`/`watch` on that name the RBAC grants, and no
+/// webhook bodies on the wire.
+pub async fn watch_webhook_configuration(
+    client: Client,
+    recheck: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let api: Api<kube::core::PartialObjectMeta<MutatingWebhookConfiguration>> = Api::all(client);
     let config =
         watcher::Config::default().fields(&format!("metadata.name={WEBHOOK_CONFIGURATION_NAME}"));
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut listed = false;
     while let Some(item) = stream.next().await {
         match item {
             Ok(watcher::Event::Delete(_)) => {
-                tracing::warn!("the webhook configuration was deleted; recreating it");
+                metrics.set_webhook_configuration_missing(true);
+                tracing::warn!(
+                    "the webhook configuration {WEBHOOK_CONFIGURATION_NAME} was deleted"
+                );
                 recheck.notify_one();
             }
-            Ok(watcher::Event::Apply(_)) => recheck.notify_one(),
-            Ok(_) => {}
+            Ok(watcher::Event::Apply(_)) => {
+                metrics.set_webhook_configuration_missing(false);
+                recheck.notify_one();
+            }
+            Ok(watcher::Event::Init) => listed = false,
+            Ok(watcher::Event::InitApply(_)) => listed = true,
+            Ok(watcher::Event::InitDone) => {
+                metrics.set_webhook_configuration_missing(!listed);
+                if !listed {
+                    tracing::warn!(
+                        "the webhook configuration {WEBHOOK_CONFIGURATION_NAME} does not exist"
+                    );
+                    recheck.notify_one();
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "watching the webhook configuration; retrying"),
         }
     }

@@ -8,6 +8,7 @@
 //!   Lease); its decisions are pure ([`controller::status`]).
 //! - [`certs`]: the self-managed CA and serving certificate (one Secret for all replicas) and
 //!   the `MutatingWebhookConfiguration`.
+//! - [`features`]: native sidecar detection from the apiserver's feature gates.
 //! - [`leader`]: who may write.
 //! - [`discovery`]: Prometheus HTTP SD of every injected pod.
 //! - [`admin`]: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`,
@@ -20,6 +21,7 @@ pub mod certs;
 pub mod context;
 pub mod controller;
 pub mod discovery;
+pub mod features;
 pub mod inject;
 pub mod leader;
 pub mod metrics;

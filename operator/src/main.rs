@@ -7,10 +7,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use monasca_crds::{DEFAULT_OPERATOR_NAMESPACE, MetricsSidecar};
 use monasca_operator::certs::{self, WebhookClient};
-use monasca_operator::inject::{ServerVersion, Settings};
+use monasca_operator::inject::{NativeSidecars, NativeSupport, Settings};
 use monasca_operator::leader::{self, Leadership};
 use monasca_operator::webhook::tls::CertResolver;
-use monasca_operator::{Error, admin, controller, watch, webhook};
+use monasca_operator::{Error, admin, controller, features, watch, webhook};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,7 +118,7 @@ struct Args {
     log_format: LogFormat,
 }
 
-/// How long a start-up question to the apiserver (CRD installed? version?) may take before the
+/// How long a start-up question to the apiserver (CRD installed? native sidecars?) may take before the
 /// operator starts without the answer.
 const STARTUP_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -170,25 +170,25 @@ async fn main() -> Result<()> {
             tracing::warn!("the apiserver did not answer; starting anyway, the watches retry")
         }
     }
-    let server_version = match tokio::time::timeout(
+    // Native sidecars: detected from what the apiserver runs (its feature gates), once before
+    // serving and then on a timer; until an answer, `always` is honoured and `auto` is regular.
+    let native_sidecars = NativeSupport::new(NativeSidecars::Unknown);
+    match tokio::time::timeout(
         STARTUP_PROBE_TIMEOUT,
-        client.apiserver_version(),
+        features::refresh(&client, &native_sidecars),
     )
     .await
     {
-        Ok(Ok(info)) => ServerVersion::parse(&info.major, &info.minor),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot read the apiserver version; nativeSidecar: auto will use regular containers");
-            None
+            tracing::warn!(error = %e, "cannot read the apiserver's /metrics yet to detect native sidecars; retrying")
         }
-        Err(_) => {
-            tracing::warn!(
-                "the apiserver did not answer the version request; nativeSidecar: auto will use regular containers"
-            );
-            None
-        }
-    };
-    tracing::info!(?server_version, %namespace, image = %args.sidecar_image, "starting");
+        Err(_) => tracing::warn!(
+            "the apiserver did not answer the native sidecar detection; retrying in the background"
+        ),
+    }
+    tokio::spawn(features::run(client.clone(), native_sidecars.clone()));
+    tracing::info!(native_sidecars = ?native_sidecars.get(), %namespace, image = %args.sidecar_image, "starting");
 
     let (stop_tx, stop_rx) = signal_watch::channel(false);
     let stopped = |mut rx: signal_watch::Receiver<bool>| async move {
@@ -214,7 +214,7 @@ async fn main() -> Result<()> {
         Settings {
             operator_namespace: namespace.clone(),
             sidecar_image: args.sidecar_image.clone(),
-            server_version,
+            native_sidecars,
         },
         leadership.clone(),
     );
@@ -241,6 +241,7 @@ async fn main() -> Result<()> {
     tokio::spawn(certs::watch_webhook_configuration(
         client.clone(),
         recheck.clone(),
+        ctx.metrics.clone(),
     ));
     let webhook_client = match &args.webhook_url {
         Some(url) => WebhookClient::Url(url.clone()),
@@ -256,6 +257,8 @@ async fn main() -> Result<()> {
             namespace: namespace.clone(),
             webhook: webhook_client,
             self_managed,
+            metrics: ctx.metrics.clone(),
+            missing: Default::default(),
         },
         leadership.clone(),
         recheck,

@@ -290,6 +290,8 @@ pub struct Metrics {
     shed: [AtomicU64; Shed::ALL.len()],
     handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     in_flight: [AtomicU64; Listener::ALL.len()],
+    /// Whether the webhook configuration is absent (pods are admitted without the sidecar).
+    webhook_configuration_missing: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -306,6 +308,7 @@ impl Default for Metrics {
             shed: std::array::from_fn(|_| AtomicU64::new(0)),
             handshake_failures: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: std::array::from_fn(|_| AtomicU64::new(0)),
+            webhook_configuration_missing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -403,6 +406,17 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
+    }
+
+    /// Records whether the webhook configuration exists.
+    pub fn set_webhook_configuration_missing(&self, missing: bool) {
+        self.webhook_configuration_missing
+            .store(missing, Ordering::Relaxed);
+    }
+
+    /// Whether the webhook configuration is missing as last seen.
+    pub fn webhook_configuration_missing(&self) -> bool {
+        self.webhook_configuration_missing.load(Ordering::Relaxed)
     }
 
     /// Reconciles counted with `result` so far.
@@ -529,6 +543,19 @@ impl Metrics {
             out,
             "monasca_operator_malformed_objects{{kind=\"MetricsSidecar\"}} {}",
             self.malformed()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP monasca_operator_webhook_configuration_missing 1 while the MutatingWebhookConfiguration monasca-sidecar-injector does not exist: pods are admitted without the sidecar."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE monasca_operator_webhook_configuration_missing gauge"
+        );
+        let _ = writeln!(
+            out,
+            "monasca_operator_webhook_configuration_missing {}",
+            u8::from(self.webhook_configuration_missing())
         );
         let _ = writeln!(
             out,

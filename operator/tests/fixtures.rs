@@ -207,7 +207,7 @@ fn dry_run_gets_the_same_patch() {
 fn named_sidecar_with_multiprocess_native_sidecar_and_prometheus_annotations() {
     // The recorded review, answered as on a server with native sidecars (1.29+); on the
     // recording 1.24 server `always` falls back (the next test).
-    let cluster = Cluster::fixtures_on(monasca_operator::inject::ServerVersion::NATIVE_SIDECARS);
+    let cluster = Cluster::fixtures_on(monasca_operator::inject::NativeSidecars::Available);
     let (answer, original, patched) = run(&cluster, PERSISTER);
     let patch = answer.patch.as_ref().expect("a patch");
     assert_eq!(
@@ -455,7 +455,7 @@ fn native_sidecar_always_falls_back_to_a_regular_container_on_an_older_server() 
         answer
             .warnings
             .iter()
-            .any(|w| w.contains("nativeSidecar: always") && w.contains("1.24")),
+            .any(|w| w.contains("nativeSidecar: always") && w.contains("SidecarContainers=false")),
         "{:?}",
         answer.warnings
     );
@@ -463,9 +463,9 @@ fn native_sidecar_always_falls_back_to_a_regular_container_on_an_older_server() 
 
 #[test]
 fn native_sidecar_auto_is_native_only_for_pods_that_complete() {
-    use monasca_operator::inject::ServerVersion;
-    let cluster_at = |minor| {
-        let mut cluster = Cluster::new(settings(Some(ServerVersion { major: 1, minor })));
+    use monasca_operator::inject::NativeSidecars;
+    let cluster_at = |native| {
+        let mut cluster = Cluster::new(settings(native));
         cluster.namespace("demo", &[]);
         cluster.sidecar(sidecar(
             "demo",
@@ -479,14 +479,14 @@ fn native_sidecar_auto_is_native_only_for_pods_that_complete() {
     };
     // A long-running pod: a regular container, even where native sidecars exist, so an
     // unpullable or crashing sidecar never keeps the app from starting.
-    let (_, _, patched) = run(&cluster_at(29), REPLICASET);
+    let (_, _, patched) = run(&cluster_at(NativeSidecars::Available), REPLICASET);
     assert!(patched["spec"].get("initContainers").is_none());
     assert_eq!(patched["spec"]["containers"][1]["name"], "monasca-sidecar");
 
     // A pod that runs to completion: native (a regular sidecar would keep it from completing).
     let mut job = fixture(REPLICASET);
     job["request"]["object"]["spec"]["restartPolicy"] = json!("Never");
-    let answer = answer_json(&cluster_at(29), &job);
+    let answer = answer_json(&cluster_at(NativeSidecars::Available), &job);
     let ops = ops(answer.patch.as_ref().expect("patch"));
     // No initContainers in the pod: the array is created whole, once.
     assert!(
@@ -502,8 +502,8 @@ fn native_sidecar_auto_is_native_only_for_pods_that_complete() {
         patched["spec"]["containers"].as_array().map(Vec::len),
         Some(1)
     );
-    // Too old for native sidecars: a regular container and a warning.
-    let answer = answer_json(&cluster_at(28), &job);
+    // Native sidecars off on the apiserver: a regular container and a warning.
+    let answer = answer_json(&cluster_at(NativeSidecars::Unavailable), &job);
     assert!(
         answer
             .warnings

@@ -10,7 +10,9 @@ use json_patch::Patch;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::Operation;
 use monasca_crds::{MetricsSidecar, MetricsSidecarSpec, NativeSidecar, ShareProcessNamespace};
-use monasca_operator::inject::{Decision, PodRequest, ServerVersion, Settings, SkipReason, inject};
+use monasca_operator::inject::{
+    Decision, NativeSidecars, PodRequest, Settings, SkipReason, inject,
+};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet};
@@ -332,10 +334,15 @@ fn sidecars() -> impl Strategy<Value = Vec<Arc<MetricsSidecar>>> {
 }
 
 fn settings() -> impl Strategy<Value = Settings> {
-    prop::option::of((1u32..2, 20u32..35)).prop_map(|v| Settings {
+    prop::sample::select(vec![
+        NativeSidecars::Available,
+        NativeSidecars::Unavailable,
+        NativeSidecars::Unknown,
+    ])
+    .prop_map(|native| Settings {
         operator_namespace: "monasca-system".into(),
         sidecar_image: "monasca/monasca-sidecar:test".into(),
-        server_version: v.map(|(major, minor)| ServerVersion { major, minor }),
+        native_sidecars: native.into(),
     })
 }
 

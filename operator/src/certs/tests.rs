@@ -324,6 +324,8 @@ mod api {
             namespace: "monasca-system".into(),
             webhook: service(),
             self_managed: true,
+            metrics: Arc::default(),
+            missing: MissingReport::default(),
         };
         let (tx, leadership) = Leadership::channel(leader);
         let result = tokio::time::timeout(
@@ -439,6 +441,79 @@ mod api {
             Plan::Keep
         );
     }
+
+    /// The default RBAC: the configuration is gone and `create` is refused. The leader keeps the
+    /// Secret, reports once (a Warning Event about the configuration, the gauge), and the
+    /// retries while it stays missing report nothing more.
+    #[tokio::test]
+    async fn a_missing_webhook_configuration_it_may_not_create_is_reported_once() {
+        let bundle = execute(Plan::Create, None, &service().names(), now_unix())
+            .expect("generates")
+            .expect("bundle");
+        let attempt = |event: bool| {
+            let mut expected = vec![
+                Expect::new(
+                    Method::GET,
+                    SECRET_URI,
+                    BodyCheck::None,
+                    secret_json(&bundle),
+                ),
+                Expect::new(Method::GET, WEBHOOK_GET, BodyCheck::None, Value::Null)
+                    .failing(StatusCode::NOT_FOUND, "NotFound"),
+                Expect::new(
+                    Method::POST,
+                    WEBHOOK_CREATE,
+                    BodyCheck::Subset(json!({"metadata": {"name": "monasca-sidecar-injector"}})),
+                    Value::Null,
+                )
+                .failing(StatusCode::FORBIDDEN, "Forbidden"),
+            ];
+            if event {
+                expected.push(Expect::new(
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/default/events?",
+                    BodyCheck::Subset(json!({
+                        "type": "Warning",
+                        "reason": "WebhookConfigurationMissing",
+                        "regarding": {"kind": "MutatingWebhookConfiguration",
+                                      "name": "monasca-sidecar-injector"},
+                    })),
+                    Value::Null,
+                ));
+            }
+            expected
+        };
+        let metrics: Arc<crate::metrics::Metrics> = Arc::default();
+        let missing = MissingReport::default();
+        for event in [true, false] {
+            let (client, verifier) = mock_client();
+            let apiserver = verifier.run(attempt(event));
+            let manager = Manager {
+                client,
+                namespace: "monasca-system".into(),
+                webhook: service(),
+                self_managed: true,
+                metrics: metrics.clone(),
+                missing: missing.clone(),
+            };
+            let (tx, leadership) = Leadership::channel(true);
+            let result = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                ensure(&manager, &leadership),
+            )
+            .await
+            .expect("in time");
+            drop((manager, tx));
+            apiserver.await.expect("apiserver scenario passed");
+            assert_eq!(result.expect("not an error"), Some(bundle.clone()));
+            assert!(missing.is_missing());
+            assert!(
+                metrics
+                    .render()
+                    .contains("\nmonasca_operator_webhook_configuration_missing 1\n")
+            );
+        }
+    }
 }
 
 #[test]
@@ -456,4 +531,33 @@ fn shipped_webhook_configuration_matches_the_one_the_operator_creates() {
     };
     let created = webhook_configuration(&client, None, "monasca-system");
     assert_eq!(shipped.webhooks, created.webhooks);
+}
+
+#[test]
+fn the_missing_webhook_advice_names_files_of_this_repository() {
+    let note = missing_webhook_configuration_note();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for path in [
+        "manifests/base/mutatingwebhookconfiguration.yaml",
+        "manifests/optional/webhook-recreate/kustomization.yaml",
+        "charts/monasca-operator/Chart.yaml",
+    ] {
+        assert!(
+            std::path::Path::new(root).join(path).is_file(),
+            "{path} exists"
+        );
+    }
+    for command in [
+        "kubectl apply -f manifests/base/mutatingwebhookconfiguration.yaml",
+        "kubectl apply -k manifests/optional/webhook-recreate/",
+        "rbac.webhookRecreate=true",
+    ] {
+        assert!(note.contains(command), "{note}");
+    }
+    let values = std::fs::read_to_string(format!("{root}/charts/monasca-operator/values.yaml"))
+        .expect("values.yaml");
+    assert!(
+        values.contains("webhookRecreate: false"),
+        "the chart value exists, off"
+    );
 }

@@ -239,7 +239,7 @@ impl Harness {
             Settings {
                 operator_namespace: "monasca-system".into(),
                 sidecar_image: "monasca/monasca-sidecar:test".into(),
-                server_version: None,
+                native_sidecars: crate::inject::NativeSidecars::Unknown.into(),
             },
             sidecars.as_reader(),
             namespaces.as_reader(),

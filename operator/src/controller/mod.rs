@@ -256,8 +256,10 @@ async fn apply(sidecar: &MetricsSidecar, ctx: &Context) -> Result<Action> {
     };
     let census = status::census(sidecar, &observed, hash);
     let now = Time((ctx.now)());
-    let native =
-        crate::inject::native_sidecar(spec.native_sidecar, ctx.shared.settings.server_version);
+    let native = crate::inject::native_sidecar(
+        spec.native_sidecar,
+        ctx.shared.settings.native_sidecars.get(),
+    );
     let new = status::status(sidecar, &census, config, native, &now);
     if sidecar.status.as_ref() != Some(&new) {
         patch_status(ctx, &namespace, &name, &new).await?;
@@ -712,6 +714,8 @@ pub async fn run(
         move |pod| sidecars_of_pod(&shared, &pod),
     )
     .reconcile_all_on(ctx.shared.leadership.gained())
+    // Native sidecars detected on or off: every NativeSidecar condition follows at once.
+    .reconcile_all_on(ctx.shared.settings.native_sidecars.changes())
     // Pod churn (a rollout) triggers the namespace's sidecars once per burst, not per pod.
     .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
     .graceful_shutdown_on(shutdown)

@@ -40,7 +40,7 @@ pub enum Reason {
     /// schema admits and the parser refuses).
     Malformed,
     /// `nativeSidecar: always` on a server without native sidecars: regular containers instead.
-    NativeSidecarUnsupported,
+    NativeSidecarUnavailable,
 }
 
 impl Reason {
@@ -54,7 +54,7 @@ impl Reason {
             Reason::RolloutTriggered => "RolloutTriggered",
             Reason::PodsOutdated => "PodsOutdated",
             Reason::Malformed => "Malformed",
-            Reason::NativeSidecarUnsupported => "NativeSidecarUnsupported",
+            Reason::NativeSidecarUnavailable => "NativeSidecarUnavailable",
         }
     }
 }
@@ -297,13 +297,13 @@ pub fn status(
         )
     };
     let mut conditions = vec![ready, degraded];
-    if let Native::Unsupported(version) = native {
+    if native == Native::Unavailable {
         conditions.push(condition(
             previous,
             NATIVE_SIDECAR,
             false,
-            Reason::NativeSidecarUnsupported,
-            native_fallback_note(version),
+            Reason::NativeSidecarUnavailable,
+            native_fallback_note(),
             generation,
             now,
         ));
@@ -382,7 +382,7 @@ pub fn events(
         if !already {
             notes.push(Note {
                 type_: EventType::Warning,
-                reason: Reason::NativeSidecarUnsupported,
+                reason: Reason::NativeSidecarUnavailable,
                 action: "Inject",
                 note: fallback.message.clone(),
             });

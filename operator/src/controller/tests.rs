@@ -457,7 +457,7 @@ fn settings() -> crate::inject::Settings {
     crate::inject::Settings {
         operator_namespace: "monasca-system".into(),
         sidecar_image: "img".into(),
-        server_version: None,
+        native_sidecars: crate::inject::NativeSidecars::Unknown.into(),
     }
 }
 
@@ -779,10 +779,7 @@ fn one_rollout_event_names_every_workload() {
 #[test]
 fn native_sidecar_fallback_is_a_condition_and_one_event() {
     let cr = sidecar("default", MetricsSidecarSpec::default());
-    let fallback = Native::Unsupported(crate::inject::ServerVersion {
-        major: 1,
-        minor: 28,
-    });
+    let fallback = Native::Unavailable;
     let census = PodCensus::default();
     let config = ConfigState::Valid { hash: "h1" };
     let new = status::status(&cr, &census, config, fallback, &Time(now()));
@@ -792,13 +789,17 @@ fn native_sidecar_fallback_is_a_condition_and_one_event() {
         .find(|c| c.type_ == status::NATIVE_SIDECAR)
         .expect("a NativeSidecar condition");
     assert_eq!(condition.status, "False");
-    assert_eq!(condition.reason, "NativeSidecarUnsupported");
-    assert!(condition.message.contains("1.28"), "{}", condition.message);
+    assert_eq!(condition.reason, "NativeSidecarUnavailable");
+    assert!(
+        condition.message.contains("SidecarContainers=false"),
+        "{}",
+        condition.message
+    );
     let notes = status::events(&cr, &new, &census, config);
     assert_eq!(
         notes
             .iter()
-            .filter(|n| n.reason.as_str() == "NativeSidecarUnsupported")
+            .filter(|n| n.reason.as_str() == "NativeSidecarUnavailable")
             .count(),
         1
     );

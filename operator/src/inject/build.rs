@@ -1,6 +1,6 @@
 //! Builds the additive JSON patch for one pod and one `MetricsSidecar`.
 
-use super::{Decision, ServerVersion, Settings, SkipReason};
+use super::{Decision, NativeSidecars, Settings, SkipReason};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
@@ -194,35 +194,35 @@ impl SharedPids {
 pub enum Native {
     /// An init container with `restartPolicy: Always`.
     Yes,
-    /// A regular container (`never`, or `auto` on a server without native sidecars).
+    /// A regular container (`never`, or `auto` where native sidecars are not known to work).
     No,
-    /// `always` on a server known to be older than 1.29: the apiserver would refuse the pod
-    /// (an init container with probes), so the sidecar falls back to a regular container.
-    Unsupported(ServerVersion),
+    /// `always` on an apiserver detected without native sidecars: it would drop the
+    /// `restartPolicy` and refuse the pod (an init container with probes), so the sidecar falls
+    /// back to a regular container, with a warning and a status condition.
+    Unavailable,
 }
 
-/// What `nativeSidecar` means on a server of `version` (`None`: unknown). The injection
-/// narrows `auto` further to pods that run to completion (see `plan`).
-pub fn native_sidecar(mode: NativeSidecar, version: Option<ServerVersion>) -> Native {
-    let supported = version.map(|v| v >= ServerVersion::NATIVE_SIDECARS);
-    match (mode, supported) {
-        (NativeSidecar::Never, _) | (NativeSidecar::Auto, Some(false) | None) => Native::No,
-        (NativeSidecar::Auto, Some(true)) | (NativeSidecar::Always, Some(true) | None) => {
+/// What `nativeSidecar` means on an apiserver where native sidecars are `detected`. The
+/// injection narrows `auto` further to pods that run to completion (see `plan`).
+pub fn native_sidecar(mode: NativeSidecar, detected: NativeSidecars) -> Native {
+    match (mode, detected) {
+        (NativeSidecar::Never, _)
+        | (NativeSidecar::Auto, NativeSidecars::Unavailable | NativeSidecars::Unknown) => {
+            Native::No
+        }
+        (NativeSidecar::Auto, NativeSidecars::Available)
+        | (NativeSidecar::Always, NativeSidecars::Available | NativeSidecars::Unknown) => {
             Native::Yes
         }
-        (NativeSidecar::Always, Some(false)) => {
-            Native::Unsupported(version.unwrap_or(ServerVersion::NATIVE_SIDECARS))
-        }
+        (NativeSidecar::Always, NativeSidecars::Unavailable) => Native::Unavailable,
     }
 }
 
-/// The admission warning (and condition message) for [`Native::Unsupported`].
-pub fn native_fallback_note(version: ServerVersion) -> String {
-    format!(
-        "nativeSidecar: always, but Kubernetes {}.{} has no native sidecars (1.29 or newer): \
-         monasca-sidecar runs as a regular container",
-        version.major, version.minor
-    )
+/// The admission warning (and condition message) for [`Native::Unavailable`].
+pub fn native_fallback_note() -> String {
+    "nativeSidecar: always, but this apiserver has native sidecars off (feature gate \
+     SidecarContainers=false): monasca-sidecar runs as a regular container"
+        .to_string()
 }
 
 fn invalid(name: &str, why: impl std::fmt::Display) -> Decision {
@@ -283,7 +283,7 @@ fn plan<'a>(
     // complete). Elsewhere a regular container, because a native sidecar runs before the app
     // containers: an unpullable image or a sidecar that never starts would keep the app from
     // starting at all, and the sidecar must never gate the app.
-    let native = match native_sidecar(spec.native_sidecar, settings.server_version) {
+    let native = match native_sidecar(spec.native_sidecar, settings.native_sidecars.get()) {
         Native::Yes if spec.native_sidecar == NativeSidecar::Auto && !runs_to_completion(pod) => {
             Native::No
         }
@@ -344,8 +344,8 @@ pub(super) fn build(
     }
     let mut ops = Ops::default();
     let mut warnings = Vec::new();
-    if let Native::Unsupported(version) = plan.native_mode {
-        warnings.push(native_fallback_note(version));
+    if plan.native_mode == Native::Unavailable {
+        warnings.push(native_fallback_note());
     }
     match build_ops(
         pod,
@@ -518,7 +518,8 @@ fn build_ops(
     if !plan.native && runs_to_completion(spec) {
         warnings.push(
             "monasca-sidecar runs as a regular container: the pod will not complete when the \
-             application exits (use nativeSidecar: always on Kubernetes >= 1.29)"
+             application exits (native sidecars need the apiserver's SidecarContainers feature, \
+             on by default since Kubernetes 1.29)"
                 .into(),
         );
     }

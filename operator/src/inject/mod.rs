@@ -44,35 +44,63 @@ pub struct Settings {
     pub operator_namespace: String,
     /// The sidecar image when a `MetricsSidecar` does not name one.
     pub sidecar_image: String,
-    /// The apiserver's version, for `nativeSidecar: auto`; `None` (unknown) means "too old".
-    pub server_version: Option<ServerVersion>,
+    /// Whether the apiserver accepts native sidecars, as last detected (see
+    /// [`crate::features`]); read once per decision.
+    pub native_sidecars: NativeSupport,
 }
 
-/// A Kubernetes `major.minor` version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ServerVersion {
-    pub major: u32,
-    pub minor: u32,
+/// Whether the apiserver accepts native sidecars (init containers with `restartPolicy:
+/// Always`), decided by what it does, never by its version: a 1.29+ server can run with the
+/// `SidecarContainers` feature gate off, and then drops that `restartPolicy` and refuses the pod
+/// ("probes must not be set for init containers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NativeSidecars {
+    /// The gate is on, or gone because the feature is GA (Kubernetes 1.36 and newer).
+    Available,
+    /// The gate is off: `nativeSidecar: always` falls back to a regular container.
+    Unavailable,
+    /// Not detected (not asked yet, refused, no answer): `always` is honoured, as every
+    /// supported Kubernetes (1.30+) has native sidecars on by default; `auto` stays regular.
+    Unknown,
 }
 
-impl ServerVersion {
-    /// Native sidecars (`restartPolicy: Always` init containers) are on by default from 1.29.
-    pub const NATIVE_SIDECARS: ServerVersion = ServerVersion {
-        major: 1,
-        minor: 29,
-    };
+/// The detected [`NativeSidecars`], shared between the detector that updates it and every
+/// admission and reconcile that reads it; [`NativeSupport::changes`] wakes the controller, so
+/// the status conditions follow a change without waiting for the resync.
+#[derive(Clone, Debug)]
+pub struct NativeSupport(Arc<tokio::sync::watch::Sender<NativeSidecars>>);
 
-    /// Parses the `major`/`minor` fields of `/version`. Managed clusters report minors such as
-    /// `"29+"`, so trailing non-digits are ignored.
-    pub fn parse(major: &str, minor: &str) -> Option<ServerVersion> {
-        fn number(s: &str) -> Option<u32> {
-            let digits: &str = &s[..s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len())];
-            digits.parse().ok()
-        }
-        Some(ServerVersion {
-            major: number(major)?,
-            minor: number(minor)?,
+impl NativeSupport {
+    pub fn new(initial: NativeSidecars) -> NativeSupport {
+        NativeSupport(Arc::new(tokio::sync::watch::Sender::new(initial)))
+    }
+
+    /// The state now.
+    pub fn get(&self) -> NativeSidecars {
+        *self.0.borrow()
+    }
+
+    /// Records a detection; true when it changed the state.
+    pub fn set(&self, detected: NativeSidecars) -> bool {
+        self.0.send_if_modified(|state| {
+            let changed = *state != detected;
+            *state = detected;
+            changed
         })
+    }
+
+    /// One item per change of the state (for `reconcile_all_on`).
+    pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.0.subscribe(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+    }
+}
+
+impl From<NativeSidecars> for NativeSupport {
+    fn from(state: NativeSidecars) -> NativeSupport {
+        NativeSupport::new(state)
     }
 }
 

@@ -9,10 +9,7 @@ fn settings() -> Settings {
     Settings {
         operator_namespace: "monasca-system".into(),
         sidecar_image: "monasca/monasca-sidecar:test".into(),
-        server_version: Some(ServerVersion {
-            major: 1,
-            minor: 30,
-        }),
+        native_sidecars: NativeSidecars::Available.into(),
     }
 }
 
@@ -90,32 +87,6 @@ fn inject_annotation_values() {
     for bad in ["", "Yes", "-x", "x-", "a..b", "with space", "UPPER"] {
         assert_eq!(parse_inject(bad), None, "{bad:?}");
     }
-}
-
-#[test]
-fn server_versions_of_managed_clusters_parse() {
-    assert_eq!(
-        ServerVersion::parse("1", "29+"),
-        Some(ServerVersion {
-            major: 1,
-            minor: 29
-        })
-    );
-    assert_eq!(
-        ServerVersion::parse("1", "24"),
-        Some(ServerVersion {
-            major: 1,
-            minor: 24
-        })
-    );
-    assert_eq!(ServerVersion::parse("", "24"), None);
-    assert!(
-        ServerVersion {
-            major: 1,
-            minor: 28
-        } < ServerVersion::NATIVE_SIDECARS
-    );
-    assert!(ServerVersion { major: 2, minor: 0 } > ServerVersion::NATIVE_SIDECARS);
 }
 
 #[test]
@@ -638,4 +609,22 @@ fn ports_clash_by_number_and_protocol_whatever_the_listen_address() {
         &[sidecar("default", spec)],
     );
     assert_eq!(skip_reason(&d), None);
+}
+
+#[test]
+fn native_support_reports_each_change_once_and_is_shared_by_its_clones() {
+    use futures::{FutureExt, StreamExt};
+    let support = NativeSupport::new(NativeSidecars::Unknown);
+    let reader = support.clone();
+    let mut changes = std::pin::pin!(support.changes());
+    assert!(support.set(NativeSidecars::Unavailable));
+    assert!(!support.set(NativeSidecars::Unavailable), "no change");
+    assert_eq!(reader.get(), NativeSidecars::Unavailable);
+    let first = futures::executor::block_on(changes.next());
+    assert_eq!(first, Some(()));
+    // Nothing more until the next real change.
+    assert!(changes.next().now_or_never().is_none());
+    assert!(support.set(NativeSidecars::Available));
+    assert_eq!(futures::executor::block_on(changes.next()), Some(()));
+    assert_eq!(reader.get(), NativeSidecars::Available);
 }

@@ -95,7 +95,7 @@ pub fn keep_rewrite(old: &Pod, new: &Pod) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::{Native, PodRequest, ServerVersion, Settings, inject, native_sidecar};
+    use crate::inject::{Native, NativeSidecars, PodRequest, Settings, inject, native_sidecar};
     use kube::core::admission::Operation;
     use monasca_crds::{MetricsSidecar, MetricsSidecarSpec, NativeSidecar};
     use serde_json::{Value, json};
@@ -105,11 +105,11 @@ mod tests {
         serde_json::from_value(value).expect("test pod")
     }
 
-    fn settings(version: Option<ServerVersion>) -> Settings {
+    fn settings(native: NativeSidecars) -> Settings {
         Settings {
             operator_namespace: "monasca-system".into(),
             sidecar_image: "img".into(),
-            server_version: version,
+            native_sidecars: native.into(),
         }
     }
 
@@ -120,7 +120,7 @@ mod tests {
         }))
     }
 
-    fn create(pod: &Pod, spec: MetricsSidecarSpec, version: Option<ServerVersion>) -> Decision {
+    fn create(pod: &Pod, spec: MetricsSidecarSpec, native: NativeSidecars) -> Decision {
         let mut sidecar = MetricsSidecar::new("default", spec);
         sidecar.metadata.namespace = Some("demo".into());
         inject(
@@ -131,7 +131,7 @@ mod tests {
             },
             None,
             &[Arc::new(sidecar)],
-            &settings(version),
+            &settings(native),
         )
     }
 
@@ -157,7 +157,11 @@ mod tests {
         let manifest = app(app_annotations());
         let injected = apply(
             &manifest,
-            &create(&manifest, MetricsSidecarSpec::default(), None),
+            &create(
+                &manifest,
+                MetricsSidecarSpec::default(),
+                NativeSidecars::Unknown,
+            ),
         );
         assert_eq!(declared_metrics_port(&injected), Some(9102));
         // `kubectl apply` of the same manifest: the app's values are back.
@@ -206,7 +210,7 @@ mod tests {
             prometheus_annotations: false,
             ..MetricsSidecarSpec::default()
         };
-        let injected = apply(&plain, &create(&plain, off, None));
+        let injected = apply(&plain, &create(&plain, off, NativeSidecars::Unknown));
         let mut edited = injected.clone();
         edited
             .metadata
@@ -221,7 +225,7 @@ mod tests {
         let manifest = app(app_annotations());
         let mut spec = MetricsSidecarSpec::default();
         spec.config.listen.ingest = "127.0.0.1:9102".into();
-        match create(&manifest, spec, None) {
+        match create(&manifest, spec, NativeSidecars::Unknown) {
             Decision::Skip {
                 reason: SkipReason::InvalidSidecar,
                 warning: Some(warning),
@@ -231,33 +235,23 @@ mod tests {
     }
 
     #[test]
-    fn native_sidecar_always_falls_back_only_on_a_server_known_to_lack_it() {
-        let old = Some(ServerVersion {
-            major: 1,
-            minor: 28,
-        });
-        let new = Some(ServerVersion::NATIVE_SIDECARS);
+    fn native_sidecar_always_falls_back_only_on_a_server_detected_without_it() {
+        use NativeSidecars::{Available, Unavailable, Unknown};
         let table = [
-            (NativeSidecar::Always, new, Native::Yes),
-            (NativeSidecar::Always, None, Native::Yes),
-            (
-                NativeSidecar::Always,
-                old,
-                Native::Unsupported(ServerVersion {
-                    major: 1,
-                    minor: 28,
-                }),
-            ),
-            (NativeSidecar::Auto, new, Native::Yes),
-            (NativeSidecar::Auto, old, Native::No),
-            (NativeSidecar::Auto, None, Native::No),
-            (NativeSidecar::Never, new, Native::No),
+            (NativeSidecar::Always, Available, Native::Yes),
+            (NativeSidecar::Always, Unknown, Native::Yes),
+            (NativeSidecar::Always, Unavailable, Native::Unavailable),
+            (NativeSidecar::Auto, Available, Native::Yes),
+            (NativeSidecar::Auto, Unavailable, Native::No),
+            (NativeSidecar::Auto, Unknown, Native::No),
+            (NativeSidecar::Never, Available, Native::No),
+            (NativeSidecar::Never, Unavailable, Native::No),
         ];
-        for (mode, version, expected) in table {
+        for (mode, detected, expected) in table {
             assert_eq!(
-                native_sidecar(mode, version),
+                native_sidecar(mode, detected),
                 expected,
-                "{mode:?} on {version:?}"
+                "{mode:?} on {detected:?}"
             );
         }
         let always = MetricsSidecarSpec {
@@ -265,11 +259,16 @@ mod tests {
             ..MetricsSidecarSpec::default()
         };
         let manifest = app(json!({"monasca.openstack.org/inject": "true"}));
-        let decision = create(&manifest, always, old);
+        let decision = create(&manifest, always, Unavailable);
         let Decision::Patch { warnings, .. } = &decision else {
             panic!("still injected: {decision:?}");
         };
-        assert!(warnings.iter().any(|w| w.contains("1.28")), "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("SidecarContainers=false") && w.contains("regular container")),
+            "{warnings:?}"
+        );
         let patched = apply(&manifest, &decision);
         let spec = patched.spec.expect("spec");
         assert!(spec.init_containers.is_none());

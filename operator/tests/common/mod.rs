@@ -11,7 +11,7 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use monasca_crds::{MetricsSidecar, MetricsSidecarSpec};
 use monasca_operator::Context;
-use monasca_operator::inject::{ServerVersion, Settings};
+use monasca_operator::inject::{NativeSidecars, Settings};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -50,18 +50,15 @@ pub fn fixture(name: &str) -> Value {
     serde_json::from_slice(&fixture_bytes(name)).expect("fixture is JSON")
 }
 
-/// The apiserver that recorded the fixtures (1.24): `nativeSidecar: auto` means a regular
-/// container there.
-pub const FIXTURE_APISERVER: ServerVersion = ServerVersion {
-    major: 1,
-    minor: 24,
-};
+/// The apiserver that recorded the fixtures (1.24) had no native sidecars: `nativeSidecar:
+/// auto` means a regular container there, and `always` falls back to one.
+pub const FIXTURE_APISERVER: NativeSidecars = NativeSidecars::Unavailable;
 
-pub fn settings(version: Option<ServerVersion>) -> Settings {
+pub fn settings(native: NativeSidecars) -> Settings {
     Settings {
         operator_namespace: "monasca-system".into(),
         sidecar_image: "monasca/monasca-sidecar:test".into(),
-        server_version: version,
+        native_sidecars: native.into(),
     }
 }
 
@@ -115,9 +112,9 @@ impl Cluster {
         Cluster::fixtures_on(FIXTURE_APISERVER)
     }
 
-    /// [`Cluster::fixtures`] as if the apiserver were `version`.
-    pub fn fixtures_on(version: ServerVersion) -> Cluster {
-        let mut cluster = Cluster::new(settings(Some(version)));
+    /// [`Cluster::fixtures`] as if the apiserver's native sidecars were `native`.
+    pub fn fixtures_on(native: NativeSidecars) -> Cluster {
+        let mut cluster = Cluster::new(settings(native));
         cluster.namespace("demo", &[]);
         cluster.sidecar(sidecar("demo", "default", MetricsSidecarSpec::default()));
         cluster.sidecar(sidecar(
