@@ -75,7 +75,12 @@ impl Binaries {
     /// The cached binaries of [`kubernetes_version`], or why they are not usable (the message
     /// says how to install them).
     pub fn locate() -> Result<Binaries, String> {
-        let version = kubernetes_version();
+        Binaries::locate_version(&kubernetes_version())
+    }
+
+    /// The cached binaries of Kubernetes `version` (`v1.30.14`), or why they are not usable.
+    pub fn locate_version(version: &str) -> Result<Binaries, String> {
+        let version = version.to_string();
         let etcd_version = pinned("ETCD_VERSION").unwrap_or("v0");
         let cache = cache_dir();
         let k8s = cache.join(format!("kubernetes-{version}/bin"));
@@ -204,6 +209,16 @@ impl ControlPlane {
     /// Starts a control plane from `binaries` and waits until it serves. Must be called from a
     /// thread that outlives it (the processes die with the thread that started them).
     pub fn start(binaries: &Binaries) -> Result<ControlPlane, String> {
+        ControlPlane::start_with(binaries, &[])
+    }
+
+    /// [`ControlPlane::start`] with extra kube-apiserver flags (a scenario that needs the
+    /// apiserver configured otherwise, e.g. `--feature-gates=...`), appended after the
+    /// harness's own.
+    pub fn start_with(
+        binaries: &Binaries,
+        apiserver_flags: &[&str],
+    ) -> Result<ControlPlane, String> {
         let dir = crate::scratch_dir("control-plane");
         let mut plane = ControlPlane {
             processes: Vec::new(),
@@ -212,11 +227,11 @@ impl ControlPlane {
             server: String::new(),
             version: binaries.version.clone(),
         };
-        plane.boot(binaries)?;
+        plane.boot(binaries, apiserver_flags)?;
         Ok(plane)
     }
 
-    fn boot(&mut self, binaries: &Binaries) -> Result<(), String> {
+    fn boot(&mut self, binaries: &Binaries, apiserver_flags: &[&str]) -> Result<(), String> {
         let dir = self.dir.clone();
         let file = |name: &str| dir.join(name).display().to_string();
         write_pki(&dir)?;
@@ -249,7 +264,7 @@ impl ControlPlane {
         self.processes
             .push(Process::spawn("etcd", &binaries.etcd, &etcd_args, &dir)?);
 
-        let apiserver_args = vec![
+        let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".to_string(),
             "--advertise-address=127.0.0.1".to_string(),
@@ -269,6 +284,7 @@ impl ControlPlane {
             "--authorization-mode=Node,RBAC".to_string(),
             "--profiling=false".to_string(),
         ];
+        apiserver_args.extend(apiserver_flags.iter().map(|f| f.to_string()));
         self.processes.push(Process::spawn(
             "kube-apiserver",
             &binaries.apiserver,

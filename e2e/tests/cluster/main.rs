@@ -7,6 +7,10 @@
 //! 3. else none: every test is reported **ignored, with the reason** (how to get a cluster),
 //!    and with `CI=true` every test **fails** with it instead.
 //!
+//! A scenario that needs the apiserver configured otherwise (a feature gate off) starts a
+//! control plane of its own instead ([`OwnPlane`]), from the cached binaries of a pinned
+//! version: ignored without them, failed under `CI=true`.
+//!
 //! No kubelet is needed: the tests only read what the apiserver stores (pods stay Pending). The
 //! tests run one at a time: each owns the cluster-wide `MutatingWebhookConfiguration`
 //! `monasca-sidecar-injector` while it runs. The operator runs out-of-cluster and registers its
@@ -58,6 +62,41 @@ fn scenarios() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
         .chain(hardening::SCENARIOS)
         .chain(injected_pod::SCENARIOS)
         .chain(real_pods::SCENARIOS)
+}
+
+/// A control plane of a scenario's own, for what the shared one cannot be (a feature gate off):
+/// the pinned Kubernetes version named by `version_key` in `ci/control-plane/versions.env` and
+/// extra kube-apiserver flags. Started for that scenario alone, whatever the shared cluster is,
+/// and stopped after it; missing binaries ignore the scenario (fail it under `CI=true`).
+struct OwnPlane {
+    version_key: &'static str,
+    apiserver_flags: &'static [&'static str],
+}
+
+/// The scenario's own control plane, if it asks for one.
+fn own_plane(name: &str) -> Option<&'static OwnPlane> {
+    promises::OWN_PLANES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, plane)| plane)
+}
+
+/// Starts `plane` (on the calling thread, which must outlive it) or says why not: `Err(Ok)` when
+/// its binaries are missing (ignored outside CI), `Err(Err)` when it failed to start.
+fn start_own_plane(plane: &OwnPlane) -> Result<ControlPlane, Result<String, String>> {
+    let version = monasca_e2e::control_plane::pinned(plane.version_key)
+        .ok_or_else(|| Err(format!("{} is not in versions.env", plane.version_key)))?;
+    let binaries = Binaries::locate_version(version).map_err(Ok)?;
+    let started = std::time::Instant::now();
+    let control_plane = ControlPlane::start_with(&binaries, plane.apiserver_flags)
+        .map_err(|e| Err(format!("the scenario's control plane did not start: {e}")))?;
+    say(&format!(
+        "cluster e2e: the scenario's own control plane {version} {:?} at {} in {:.1}s",
+        plane.apiserver_flags,
+        control_plane.server(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(control_plane)
 }
 
 /// The first scenarios: injection, rollout, RBAC, opt-in and garbage collection.
@@ -166,9 +205,10 @@ fn main() -> ExitCode {
     let probes: Vec<Trial> = scenarios()
         .map(|(name, _)| Trial::test(*name, || Ok(())))
         .collect();
+    // Scenarios with a control plane of their own do not need the shared one.
     let any_runs = probes
         .iter()
-        .any(|t| !args.is_ignored(t) && !args.is_filtered_out(t));
+        .any(|t| !args.is_ignored(t) && !args.is_filtered_out(t) && own_plane(t.name()).is_none());
     // Start a control plane only when a test will use it (not for --list or a filter that
     // selects none). The tests run on this (main) thread, which outlives the control plane.
     let target = Arc::new(if args.list || !any_runs {
@@ -179,10 +219,19 @@ fn main() -> ExitCode {
     let trials = scenarios()
         .map(|&(name, scenario)| {
             let target = target.clone();
-            Trial::ignorable_test(name, move || match &*target {
-                Target::Ignored(reason) => Ok(Completion::ignored_with(reason)),
-                Target::Failed(message) => Err(Failed::from(message.as_str())),
-                Target::Cluster { kubeconfig, .. } => {
+            Trial::ignorable_test(name, move || match (&*target, own_plane(name)) {
+                (_, Some(plane)) => match start_own_plane(plane) {
+                    Ok(control_plane) => {
+                        run(control_plane.kubeconfig(), name, scenario);
+                        drop(control_plane);
+                        Ok(Completion::Completed)
+                    }
+                    Err(Ok(missing)) if !in_ci() => Ok(Completion::ignored_with(missing)),
+                    Err(Ok(reason) | Err(reason)) => Err(Failed::from(reason)),
+                },
+                (Target::Ignored(reason), None) => Ok(Completion::ignored_with(reason)),
+                (Target::Failed(message), None) => Err(Failed::from(message.as_str())),
+                (Target::Cluster { kubeconfig, .. }, None) => {
                     // A scenario that needs more than the cluster (real_pods: podman and the
                     // local images): ignored with the reason, failed with it under CI.
                     if let Some(reason) = real_pods::unmet_requirement(name) {
@@ -217,6 +266,10 @@ enum Cleanup {
     Namespace(String),
     Pod(String, String),
     Sidecar(String, String),
+    /// Cluster-wide, so it would outlive the scenario: an opt-in role binding.
+    ClusterRoleBinding(String),
+    /// A ValidatingAdmissionPolicy and its binding of the same name.
+    AdmissionPolicy(String),
 }
 
 fn run(kubeconfig: &Path, name: &str, scenario: Scenario) {
@@ -273,6 +326,24 @@ async fn cleanup(env: &Env) {
                 .map(drop),
             Cleanup::Sidecar(ns, name) => {
                 Api::<MetricsSidecar>::namespaced(env.client.clone(), &ns)
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .map(drop)
+            }
+            Cleanup::ClusterRoleBinding(name) => {
+                Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(env.client.clone())
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .map(drop)
+            }
+            Cleanup::AdmissionPolicy(name) => {
+                use k8s_openapi::api::admissionregistration::v1::{
+                    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+                };
+                let _ = Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+                Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
                     .delete(&name, &DeleteParams::default())
                     .await
                     .map(drop)

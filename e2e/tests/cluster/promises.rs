@@ -27,7 +27,32 @@ pub(super) const SCENARIOS: &[(&str, Scenario)] = &[
         "reapplying_an_injected_pod_keeps_the_prometheus_rewrite",
         |env| Box::pin(update_keeps_rewrite(env)),
     ),
+    (NATIVE_SIDECARS_OFF, |env| {
+        Box::pin(native_sidecars_off(env))
+    }),
+    (
+        "a_deleted_webhook_secret_is_replaced_and_a_deleted_webhook_configuration_reported_under_the_shipped_rbac",
+        |env| Box::pin(repairs_under_the_shipped_rbac(env)),
+    ),
+    (
+        "a_deleted_webhook_configuration_is_recreated_with_the_opt_in_role_and_only_under_its_name",
+        |env| Box::pin(recreated_with_the_opt_in_role(env)),
+    ),
 ];
+
+const NATIVE_SIDECARS_OFF: &str =
+    "native_sidecar_always_falls_back_to_a_regular_container_where_the_apiserver_has_them_off";
+
+/// Scenarios that need a control plane of their own (see [`OwnPlane`]). Native sidecars off:
+/// the oldest supported Kubernetes with the gate turned off, which the shared control plane
+/// (1.37 has no such gate any more) cannot be.
+pub(super) const OWN_PLANES: &[(&str, OwnPlane)] = &[(
+    NATIVE_SIDECARS_OFF,
+    OwnPlane {
+        version_key: "K8S_OLDEST",
+        apiserver_flags: &["--feature-gates=SidecarContainers=false"],
+    },
+)];
 
 /// Waits until the named MetricsSidecar's status (for its current generation) passes `check`.
 async fn wait_sidecar_status(
@@ -697,4 +722,449 @@ async fn update_keeps_rewrite(env: Env) {
         Some("8001")
     );
     operator.stop();
+}
+
+/// The shipped ServiceAccount with the shipped RBAC (and `extra` manifests, relative to the
+/// repository): the CRD, these objects, and a client and kubeconfig authenticated as the
+/// ServiceAccount (remove the returned scratch directory when done).
+async fn as_shipped_service_account(env: &Env, extra: &[&str]) -> (Client, PathBuf, PathBuf) {
+    install(&env.client).await;
+    let root = cluster::repo_root();
+    let shipped = [
+        "namespace.yaml",
+        "serviceaccount.yaml",
+        "clusterrole.yaml",
+        "clusterrolebinding.yaml",
+        "role.yaml",
+        "rolebinding.yaml",
+        "mutatingwebhookconfiguration.yaml",
+    ]
+    .map(|file| root.join("manifests/base").join(file));
+    for path in shipped
+        .iter()
+        .chain(&extra.iter().map(|p| root.join(p)).collect::<Vec<_>>())
+    {
+        cluster::apply_yaml(&env.client, path, None).await;
+    }
+    env.as_operator_service_account().await
+}
+
+/// The metric `monasca_operator_webhook_configuration_missing` of a running operator.
+async fn webhook_missing_gauge(operator_args: &OperatorArgs) -> f64 {
+    let metrics = operator_args.metrics().await;
+    cluster::sample(&metrics, "monasca_operator_webhook_configuration_missing")
+        .unwrap_or_else(|| panic!("monasca_operator_webhook_configuration_missing in:\n{metrics}"))
+}
+
+/// The names of the Events with `reason` in `namespace`.
+async fn events_named(client: &Client, namespace: &str, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map(|list| {
+            list.items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Item 1: an apiserver (1.30, the oldest supported) started with
+/// `--feature-gates=SidecarContainers=false` drops `restartPolicy: Always` from init containers
+/// and refuses such a pod (shown first). The operator, as the shipped ServiceAccount (its
+/// ClusterRole grants `get` on `/metrics`), reads the gate and falls back: a Deployment of a
+/// `nativeSidecar: always` MetricsSidecar gets pods from the controller-manager with the sidecar
+/// as a regular container, the MetricsSidecar says `NativeSidecar=False` with reason
+/// `NativeSidecarUnavailable` and an Event, and a direct create gets the admission warning.
+async fn native_sidecars_off(env: Env) {
+    let (as_operator, kubeconfig, token_dir) = as_shipped_service_account(&env, &[]).await;
+    let app_namespace = env.namespace("app").await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
+
+    // The control: this apiserver really refuses a native sidecar.
+    let native: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "native-by-hand"},
+        "spec": {
+            "initContainers": [{
+                "name": "helper", "image": "registry.k8s.io/pause:3.10",
+                "restartPolicy": "Always",
+                "livenessProbe": {"tcpSocket": {"port": 9102}},
+            }],
+            "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+        },
+    }))
+    .expect("pod");
+    match pods.create(&PostParams::default(), &native).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            say(&format!(
+                "the apiserver refuses a native sidecar: {}",
+                status.message
+            ));
+        }
+        other => panic!("SidecarContainers=false must refuse a native sidecar pod: {other:?}"),
+    }
+    // And the operator's ServiceAccount can read what tells it so.
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let metrics = as_operator
+        .request_text(request)
+        .await
+        .expect("the ServiceAccount may get /metrics");
+    assert!(
+        metrics.contains(r#"kubernetes_feature_enabled{name="SidecarContainers",stage="BETA"} 0"#),
+        "the gate is off in the apiserver's own metrics"
+    );
+
+    let operator_args = env.operator_args(&kubeconfig, monasca_crds::DEFAULT_OPERATOR_NAMESPACE);
+    let operator = operator_args.start().await;
+    let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
+    let always = MetricsSidecarSpec {
+        native_sidecar: NativeSidecar::Always,
+        ..MetricsSidecarSpec::default()
+    };
+    create_sidecar(&sidecars, "default", always).await;
+    wait_until_injecting(&pods).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &app_namespace);
+    deployments
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .expect("create Deployment");
+    let selector = ListParams::default().labels("app=web");
+    let pod = eventually("a pod of Deployment web", WAIT, || async {
+        pods.list(&selector).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    assert!(
+        controller_name(&pod.metadata, "ReplicaSet").is_some(),
+        "created by the controller-manager"
+    );
+    assert!(
+        has_regular_sidecar(&pod),
+        "a regular sidecar container: {:?}",
+        pod.spec
+    );
+    assert!(
+        pod.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .all(|c| c.name != SIDECAR_CONTAINER_NAME),
+        "no init container sidecar"
+    );
+    let status = wait_sidecar_status(&sidecars, "default", "NativeSidecar=False", |s| {
+        condition(s, "NativeSidecar").is_some_and(|c| c.status == "False") && s.injected_pods == 1
+    })
+    .await;
+    let native_condition = condition(&status, "NativeSidecar").expect("condition");
+    assert_eq!(native_condition.reason, "NativeSidecarUnavailable");
+    assert!(
+        native_condition.message.contains("SidecarContainers=false"),
+        "{}",
+        native_condition.message
+    );
+    assert_eq!(
+        condition(&status, "Ready").map(|c| c.status.as_str()),
+        Some("True")
+    );
+    wait_event(
+        &env.client,
+        &app_namespace,
+        "default",
+        "NativeSidecarUnavailable",
+        "regular container",
+    )
+    .await;
+
+    // A direct create: the admission warning reaches the client.
+    let body = serde_json::to_vec(&annotated_pod("direct-1")).expect("pod JSON");
+    let request = http::Request::post(format!("/api/v1/namespaces/{app_namespace}/pods"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(kube::client::Body::from(body))
+        .expect("request");
+    let response = env.client.send(request).await.expect("create pod");
+    assert_eq!(response.status(), 201, "created");
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("nativeSidecar: always") && w.contains("regular container")),
+        "{warnings:?}"
+    );
+    let stored = pods.get("direct-1").await.expect("get pod");
+    assert!(has_regular_sidecar(&stored), "{:?}", stored.spec);
+
+    let metrics = operator_args.metrics().await;
+    assert_eq!(
+        cluster::sample(
+            &metrics,
+            "monasca_operator_reconcile_errors_total{reason=\"forbidden\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    operator.stop();
+    let _ = std::fs::remove_dir_all(token_dir);
+}
+
+/// Item 8 under the shipped RBAC (the operator as its ServiceAccount, no `create` on webhook
+/// configurations). The Secret is deleted: a new CA and Secret within seconds and a
+/// `WebhookCAReissued` Event on the new Secret. The webhook configuration is deleted: reported at
+/// once (the gauge, a `WebhookConfigurationMissing` Warning Event and a log line with the
+/// command to re-apply it), and not recreated; re-applying the shipped file as the advice says
+/// restores injection without restarting the operator.
+async fn repairs_under_the_shipped_rbac(env: Env) {
+    delete_opt_in_binding(&env.client).await;
+    let (_, kubeconfig, token_dir) = as_shipped_service_account(&env, &[]).await;
+    let operator_namespace = monasca_crds::DEFAULT_OPERATOR_NAMESPACE;
+    let app_namespace = env.namespace("app").await;
+    let operator_args = env.operator_args(&kubeconfig, operator_namespace);
+    let operator = operator_args.start().await;
+    let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
+    create_sidecar(&sidecars, "default", MetricsSidecarSpec::default()).await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
+    wait_until_injecting(&pods).await;
+    assert_eq!(webhook_missing_gauge(&operator_args).await, 0.0);
+
+    // The Secret.
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), operator_namespace);
+    let first_ca = secrets
+        .get(WEBHOOK_TLS_SECRET_NAME)
+        .await
+        .expect("the Secret")
+        .data
+        .and_then(|d| d.get("ca.crt").map(|c| c.0.clone()))
+        .expect("ca.crt");
+    let deleted_at = std::time::Instant::now();
+    secrets
+        .delete(WEBHOOK_TLS_SECRET_NAME, &DeleteParams::default())
+        .await
+        .expect("delete the Secret");
+    let (new_ca, uid) = eventually("a new Secret with a new CA", WAIT, || async {
+        let secret = secrets.get_opt(WEBHOOK_TLS_SECRET_NAME).await.ok()??;
+        let ca = secret.data?.get("ca.crt")?.0.clone();
+        (ca != first_ca).then_some((ca, secret.metadata.uid?))
+    })
+    .await;
+    say(&format!(
+        "Secret deleted -> new CA in {:.1}s",
+        deleted_at.elapsed().as_secs_f64()
+    ));
+    let note = eventually(
+        "a WebhookCAReissued Event on the new Secret",
+        WAIT,
+        || async {
+            events_named(&env.client, operator_namespace, "WebhookCAReissued")
+                .await
+                .into_iter()
+                .find(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str()))
+                .and_then(|e| e.note)
+        },
+    )
+    .await;
+    assert!(
+        note.contains("cannot be recovered") && note.contains("new webhook CA"),
+        "{note}"
+    );
+    eventually("caBundle to trust the new CA", WAIT, || async {
+        let bundle = webhook_ca_bundle(&env.client).await?;
+        String::from_utf8_lossy(&bundle)
+            .contains(String::from_utf8_lossy(&new_ca).trim())
+            .then_some(())
+    })
+    .await;
+    wait_until_injecting(&pods).await;
+
+    // The webhook configuration.
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(env.client.clone());
+    let before: Vec<Option<String>> =
+        events_named(&env.client, "default", "WebhookConfigurationMissing")
+            .await
+            .into_iter()
+            .map(|e| e.metadata.name)
+            .collect();
+    let deleted_at = std::time::Instant::now();
+    configs
+        .delete(WEBHOOK_CONFIGURATION_NAME, &DeleteParams::default())
+        .await
+        .expect("delete the webhook configuration");
+    let note = eventually("a new WebhookConfigurationMissing Event", WAIT, || async {
+        events_named(&env.client, "default", "WebhookConfigurationMissing")
+            .await
+            .into_iter()
+            .find(|e| !before.contains(&e.metadata.name))
+            .and_then(|e| {
+                let regarding = e.regarding?;
+                assert_eq!(
+                    regarding.kind.as_deref(),
+                    Some("MutatingWebhookConfiguration")
+                );
+                assert_eq!(regarding.name.as_deref(), Some(WEBHOOK_CONFIGURATION_NAME));
+                assert_eq!(e.type_.as_deref(), Some("Warning"));
+                e.note
+            })
+    })
+    .await;
+    say(&format!(
+        "webhook configuration deleted -> reported in {:.1}s",
+        deleted_at.elapsed().as_secs_f64()
+    ));
+    let command = "kubectl apply -f manifests/base/mutatingwebhookconfiguration.yaml";
+    assert!(note.contains(command), "{note}");
+    assert!(
+        note.contains("manifests/optional/webhook-recreate/"),
+        "{note}"
+    );
+    assert_eq!(webhook_missing_gauge(&operator_args).await, 1.0);
+    assert!(operator.log().contains(command), "the log says what to run");
+    assert!(
+        configs
+            .get_opt(WEBHOOK_CONFIGURATION_NAME)
+            .await
+            .expect("get")
+            .is_none(),
+        "not recreated without the opt-in role"
+    );
+    let uninjected = pods
+        .create(&PostParams::default(), &annotated_pod("while-missing"))
+        .await
+        .expect("admitted: nothing calls the webhook");
+    assert!(!has_sidecar(&uninjected));
+
+    // The advice, followed: the shipped file re-applied; the operator fills in its caBundle and
+    // URL, the gauge clears, pods are injected again.
+    cluster::apply_yaml(
+        &env.client,
+        &cluster::repo_root().join("manifests/base/mutatingwebhookconfiguration.yaml"),
+        None,
+    )
+    .await;
+    wait_until_injecting(&pods).await;
+    eventually("the gauge to clear", WAIT, || async {
+        (webhook_missing_gauge(&operator_args).await == 0.0).then_some(())
+    })
+    .await;
+    let metrics = operator_args.metrics().await;
+    assert_eq!(
+        cluster::sample(
+            &metrics,
+            "monasca_operator_reconcile_errors_total{reason=\"forbidden\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    operator.stop();
+    let _ = std::fs::remove_dir_all(token_dir);
+}
+
+/// Item 8 with the opt-in ClusterRole `monasca-operator-webhook-recreate` bound (and the shipped
+/// ValidatingAdmissionPolicy): a deleted webhook configuration is recreated within seconds and
+/// injection resumes; the ServiceAccount still may not create a webhook configuration of
+/// another name (the policy pins it).
+async fn recreated_with_the_opt_in_role(env: Env) {
+    env.defer(Cleanup::ClusterRoleBinding(OPT_IN_BINDING.into()));
+    for name in [
+        "monasca-operator-own-objects",
+        "monasca-operator-restart-only",
+    ] {
+        env.defer(Cleanup::AdmissionPolicy(name.into()));
+    }
+    let (as_operator, kubeconfig, token_dir) = as_shipped_service_account(
+        &env,
+        &[
+            "manifests/policy/validatingadmissionpolicy.yaml",
+            "manifests/optional/webhook-recreate/clusterrole.yaml",
+        ],
+    )
+    .await;
+    let app_namespace = env.namespace("app").await;
+    let operator_args = env.operator_args(&kubeconfig, monasca_crds::DEFAULT_OPERATOR_NAMESPACE);
+    let operator = operator_args.start().await;
+    let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
+    create_sidecar(&sidecars, "default", MetricsSidecarSpec::default()).await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
+    wait_until_injecting(&pods).await;
+
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(env.client.clone());
+    let old_uid = configs
+        .get(WEBHOOK_CONFIGURATION_NAME)
+        .await
+        .expect("the shipped configuration")
+        .metadata
+        .uid;
+    let deleted_at = std::time::Instant::now();
+    configs
+        .delete(WEBHOOK_CONFIGURATION_NAME, &DeleteParams::default())
+        .await
+        .expect("delete the webhook configuration");
+    eventually(
+        "the webhook configuration to be recreated",
+        WAIT,
+        || async {
+            let config = configs.get_opt(WEBHOOK_CONFIGURATION_NAME).await.ok()??;
+            (config.metadata.uid != old_uid).then_some(())
+        },
+    )
+    .await;
+    say(&format!(
+        "webhook configuration deleted -> recreated in {:.1}s",
+        deleted_at.elapsed().as_secs_f64()
+    ));
+    wait_until_injecting(&pods).await;
+    let pod = pods
+        .create(&PostParams::default(), &annotated_pod("after-recreate"))
+        .await
+        .expect("create pod");
+    assert!(has_sidecar(&pod), "injected again");
+    assert_eq!(webhook_missing_gauge(&operator_args).await, 0.0);
+
+    // Another name: refused by the policy although RBAC now allows `create`.
+    let evil: MutatingWebhookConfiguration =
+        serde_json::from_value(json!({"metadata": {"name": "evil"}})).expect("MWC");
+    let refusal = eventually(
+        "another webhook configuration to be refused",
+        WAIT,
+        || async {
+            match Api::<MutatingWebhookConfiguration>::all(as_operator.clone())
+                .create(&PostParams::default(), &evil)
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.code == 403 => Some(status.message),
+                Ok(_) => {
+                    let _ = configs.delete("evil", &DeleteParams::default()).await;
+                    None
+                }
+                Err(_) => None,
+            }
+        },
+    )
+    .await;
+    assert!(refusal.contains(WEBHOOK_CONFIGURATION_NAME), "{refusal}");
+    operator.stop();
+    let _ = std::fs::remove_dir_all(token_dir);
+}
+
+/// The opt-in binding of manifests/optional/webhook-recreate/.
+const OPT_IN_BINDING: &str = "monasca-operator-webhook-recreate";
+
+async fn delete_opt_in_binding(client: &Client) {
+    let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone())
+        .delete(OPT_IN_BINDING, &DeleteParams::default())
+        .await;
+}
+
+/// The `caBundle` of the first webhook of the configuration, if any.
+async fn webhook_ca_bundle(client: &Client) -> Option<Vec<u8>> {
+    let config = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get_opt(WEBHOOK_CONFIGURATION_NAME)
+        .await
+        .ok()??;
+    Some(config.webhooks?.first()?.client_config.ca_bundle.clone()?.0)
 }
