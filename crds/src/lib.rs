@@ -243,12 +243,14 @@ impl ShareProcessNamespace {
 #[serde(rename_all = "lowercase")]
 pub enum NativeSidecar {
     /// Native for pods that run to completion (`restartPolicy: Never` or `OnFailure`: a
-    /// regular sidecar would keep them from completing) when the apiserver is 1.29 or newer
-    /// (sidecar containers on by default); a regular container otherwise, so that a sidecar
+    /// regular sidecar would keep them from completing) when the apiserver has sidecar
+    /// containers (its SidecarContainers feature, on by default since 1.29); a regular
+    /// container otherwise, so that a sidecar
     /// that cannot start (image not pullable, crash loop) never holds back the app.
     #[default]
     Auto,
-    /// Always native (the cluster must support sidecar containers).
+    /// Always native; a regular container, with a warning and a status condition, where the
+    /// apiserver has sidecar containers off.
     Always,
     /// Always a regular container.
     Never,
