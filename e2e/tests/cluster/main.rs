@@ -428,6 +428,31 @@ impl Env {
         (cluster::client(&kubeconfig).await, kubeconfig, dir)
     }
 
+    /// The shipped ServiceAccount with the shipped RBAC and webhook configuration (and `extra`
+    /// manifests, relative to the repository): the CRD, these objects, and a client and
+    /// kubeconfig authenticated as the ServiceAccount (remove the returned scratch directory
+    /// when done). The webhook configuration is shipped, so the operator needs no `create` on
+    /// it (it repoints clientConfig to its URL).
+    async fn as_shipped_service_account(&self, extra: &[&str]) -> (Client, PathBuf, PathBuf) {
+        install(&self.client).await;
+        let root = cluster::repo_root();
+        let shipped = [
+            "namespace.yaml",
+            "serviceaccount.yaml",
+            "clusterrole.yaml",
+            "clusterrolebinding.yaml",
+            "role.yaml",
+            "rolebinding.yaml",
+            "mutatingwebhookconfiguration.yaml",
+        ]
+        .map(|file| root.join("manifests/base").join(file));
+        let extra = extra.iter().map(|p| root.join(p));
+        for path in shipped.into_iter().chain(extra) {
+            cluster::apply_yaml(&self.client, &path, None).await;
+        }
+        self.as_operator_service_account().await
+    }
+
     /// The CRD installed, the operator's and the app's namespaces, and a ready operator: the
     /// start of most scenarios.
     async fn start_operator(&self) -> Started {
@@ -748,16 +773,9 @@ async fn deployment_rollout(env: Env) {
     // The roll compares with the ConfigMap the controller wrote for the first spec.
     wait_config_map(&env.client, &app_namespace, "default").await;
 
+    let first = create_deployment_and_its_first_pod(&env.client, &app_namespace, "web").await;
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &app_namespace);
-    deployments
-        .create(&PostParams::default(), &deployment("web"))
-        .await
-        .expect("create Deployment");
     let selector = ListParams::default().labels("app=web");
-    let first = eventually("a pod of Deployment web", WAIT, || async {
-        pods.list(&selector).await.ok()?.items.into_iter().next()
-    })
-    .await;
     let first_owner = controller_name(&first.metadata, "ReplicaSet")
         .expect("the pod was created by a ReplicaSet");
     assert!(
@@ -845,25 +863,9 @@ async fn deployment_rollout(env: Env) {
 /// TokenRequest API: it injects, writes the ConfigMap and status without one forbidden call,
 /// and the same token is refused (403) writes the manifests do not grant.
 async fn shipped_rbac(env: Env) {
-    install(&env.client).await;
-    let root = cluster::repo_root();
-    let base = root.join("manifests/base");
-    for file in [
-        "namespace.yaml",
-        "serviceaccount.yaml",
-        "clusterrole.yaml",
-        "clusterrolebinding.yaml",
-        "role.yaml",
-        "rolebinding.yaml",
-        // Shipped, so the operator needs no `create` on it (it repoints clientConfig to its URL).
-        "mutatingwebhookconfiguration.yaml",
-    ] {
-        cluster::apply_yaml(&env.client, &base.join(file), None).await;
-    }
+    let (as_operator, kubeconfig, token_dir) = env.as_shipped_service_account(&[]).await;
     let operator_namespace = monasca_crds::DEFAULT_OPERATOR_NAMESPACE;
     let app_namespace = env.namespace("app").await;
-
-    let (as_operator, kubeconfig, token_dir) = env.as_operator_service_account().await;
 
     // Forbidden writes: refused by the apiserver with 403.
     let secret: Secret = serde_json::from_value(serde_json::json!({
@@ -1238,6 +1240,21 @@ fn deployment(name: &str) -> Deployment {
         },
     }))
     .expect("deployment")
+}
+
+/// Creates [`deployment`] `name` and waits for the first pod its ReplicaSet (the
+/// controller-manager) creates.
+async fn create_deployment_and_its_first_pod(client: &Client, namespace: &str, name: &str) -> Pod {
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &deployment(name))
+        .await
+        .unwrap_or_else(|e| panic!("create Deployment {name}: {e}"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = ListParams::default().labels(&format!("app={name}"));
+    eventually(&format!("a pod of Deployment {name}"), WAIT, || async {
+        pods.list(&selector).await.ok()?.items.into_iter().next()
+    })
+    .await
 }
 
 fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a String> {

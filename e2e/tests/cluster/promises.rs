@@ -79,20 +79,12 @@ fn condition<'a>(
 
 /// The notes of the Events with `reason` about MetricsSidecar `name`.
 async fn event_notes(client: &Client, namespace: &str, name: &str, reason: &str) -> Vec<String> {
-    Api::<Event>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
+    events_named(client, namespace, reason)
         .await
-        .map(|list| {
-            list.items
-                .into_iter()
-                .filter(|e| {
-                    e.reason.as_deref() == Some(reason)
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                })
-                .filter_map(|e| e.note)
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.note)
+        .collect()
 }
 
 async fn wait_event(client: &Client, namespace: &str, name: &str, reason: &str, needle: &str) {
@@ -724,31 +716,6 @@ async fn update_keeps_rewrite(env: Env) {
     operator.stop();
 }
 
-/// The shipped ServiceAccount with the shipped RBAC (and `extra` manifests, relative to the
-/// repository): the CRD, these objects, and a client and kubeconfig authenticated as the
-/// ServiceAccount (remove the returned scratch directory when done).
-async fn as_shipped_service_account(env: &Env, extra: &[&str]) -> (Client, PathBuf, PathBuf) {
-    install(&env.client).await;
-    let root = cluster::repo_root();
-    let shipped = [
-        "namespace.yaml",
-        "serviceaccount.yaml",
-        "clusterrole.yaml",
-        "clusterrolebinding.yaml",
-        "role.yaml",
-        "rolebinding.yaml",
-        "mutatingwebhookconfiguration.yaml",
-    ]
-    .map(|file| root.join("manifests/base").join(file));
-    for path in shipped
-        .iter()
-        .chain(&extra.iter().map(|p| root.join(p)).collect::<Vec<_>>())
-    {
-        cluster::apply_yaml(&env.client, path, None).await;
-    }
-    env.as_operator_service_account().await
-}
-
 /// The metric `monasca_operator_webhook_configuration_missing` of a running operator.
 async fn webhook_missing_gauge(operator_args: &OperatorArgs) -> f64 {
     let metrics = operator_args.metrics().await;
@@ -756,7 +723,7 @@ async fn webhook_missing_gauge(operator_args: &OperatorArgs) -> f64 {
         .unwrap_or_else(|| panic!("monasca_operator_webhook_configuration_missing in:\n{metrics}"))
 }
 
-/// The names of the Events with `reason` in `namespace`.
+/// The Events with `reason` in `namespace`.
 async fn events_named(client: &Client, namespace: &str, reason: &str) -> Vec<Event> {
     Api::<Event>::namespaced(client.clone(), namespace)
         .list(&ListParams::default())
@@ -778,7 +745,7 @@ async fn events_named(client: &Client, namespace: &str, reason: &str) -> Vec<Eve
 /// as a regular container, the MetricsSidecar says `NativeSidecar=False` with reason
 /// `NativeSidecarUnavailable` and an Event, and a direct create gets the admission warning.
 async fn native_sidecars_off(env: Env) {
-    let (as_operator, kubeconfig, token_dir) = as_shipped_service_account(&env, &[]).await;
+    let (as_operator, kubeconfig, token_dir) = env.as_shipped_service_account(&[]).await;
     let app_namespace = env.namespace("app").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &app_namespace);
 
@@ -828,16 +795,7 @@ async fn native_sidecars_off(env: Env) {
     create_sidecar(&sidecars, "default", always).await;
     wait_until_injecting(&pods).await;
 
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &app_namespace);
-    deployments
-        .create(&PostParams::default(), &deployment("web"))
-        .await
-        .expect("create Deployment");
-    let selector = ListParams::default().labels("app=web");
-    let pod = eventually("a pod of Deployment web", WAIT, || async {
-        pods.list(&selector).await.ok()?.items.into_iter().next()
-    })
-    .await;
+    let pod = create_deployment_and_its_first_pod(&env.client, &app_namespace, "web").await;
     assert!(
         controller_name(&pod.metadata, "ReplicaSet").is_some(),
         "created by the controller-manager"
@@ -901,17 +859,7 @@ async fn native_sidecars_off(env: Env) {
     let stored = pods.get("direct-1").await.expect("get pod");
     assert!(has_regular_sidecar(&stored), "{:?}", stored.spec);
 
-    let metrics = operator_args.metrics().await;
-    assert_eq!(
-        cluster::sample(
-            &metrics,
-            "monasca_operator_reconcile_errors_total{reason=\"forbidden\"}"
-        ),
-        Some(0.0),
-        "{metrics}"
-    );
-    operator.stop();
-    let _ = std::fs::remove_dir_all(token_dir);
+    no_forbidden_reconcile_then_stop(&operator_args, operator, &token_dir).await;
 }
 
 /// Item 8 under the shipped RBAC (the operator as its ServiceAccount, no `create` on webhook
@@ -922,7 +870,7 @@ async fn native_sidecars_off(env: Env) {
 /// restores injection without restarting the operator.
 async fn repairs_under_the_shipped_rbac(env: Env) {
     delete_opt_in_binding(&env.client).await;
-    let (_, kubeconfig, token_dir) = as_shipped_service_account(&env, &[]).await;
+    let (_, kubeconfig, token_dir) = env.as_shipped_service_account(&[]).await;
     let operator_namespace = monasca_crds::DEFAULT_OPERATOR_NAMESPACE;
     let app_namespace = env.namespace("app").await;
     let operator_args = env.operator_args(&kubeconfig, operator_namespace);
@@ -1051,17 +999,7 @@ async fn repairs_under_the_shipped_rbac(env: Env) {
         (webhook_missing_gauge(&operator_args).await == 0.0).then_some(())
     })
     .await;
-    let metrics = operator_args.metrics().await;
-    assert_eq!(
-        cluster::sample(
-            &metrics,
-            "monasca_operator_reconcile_errors_total{reason=\"forbidden\"}"
-        ),
-        Some(0.0),
-        "{metrics}"
-    );
-    operator.stop();
-    let _ = std::fs::remove_dir_all(token_dir);
+    no_forbidden_reconcile_then_stop(&operator_args, operator, &token_dir).await;
 }
 
 /// Item 8 with the opt-in ClusterRole `monasca-operator-webhook-recreate` bound (and the shipped
@@ -1076,14 +1014,12 @@ async fn recreated_with_the_opt_in_role(env: Env) {
     ] {
         env.defer(Cleanup::AdmissionPolicy(name.into()));
     }
-    let (as_operator, kubeconfig, token_dir) = as_shipped_service_account(
-        &env,
-        &[
+    let (as_operator, kubeconfig, token_dir) = env
+        .as_shipped_service_account(&[
             "manifests/policy/validatingadmissionpolicy.yaml",
             "manifests/optional/webhook-recreate/clusterrole.yaml",
-        ],
-    )
-    .await;
+        ])
+        .await;
     let app_namespace = env.namespace("app").await;
     let operator_args = env.operator_args(&kubeconfig, monasca_crds::DEFAULT_OPERATOR_NAMESPACE);
     let operator = operator_args.start().await;
@@ -1167,4 +1103,24 @@ async fn webhook_ca_bundle(client: &Client) -> Option<Vec<u8>> {
         .await
         .ok()??;
     Some(config.webhooks?.first()?.client_config.ca_bundle.clone()?.0)
+}
+
+/// The end of a scenario run as the shipped ServiceAccount: not one reconcile was refused by
+/// RBAC; the operator stops and the token's scratch directory goes.
+async fn no_forbidden_reconcile_then_stop(
+    operator_args: &OperatorArgs,
+    operator: cluster::Operator,
+    token_dir: &Path,
+) {
+    let metrics = operator_args.metrics().await;
+    assert_eq!(
+        cluster::sample(
+            &metrics,
+            "monasca_operator_reconcile_errors_total{reason=\"forbidden\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    operator.stop();
+    let _ = std::fs::remove_dir_all(token_dir);
 }

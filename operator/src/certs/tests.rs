@@ -317,6 +317,16 @@ mod api {
     }
 
     async fn run(leader: bool, expected: Vec<Expect>) -> Result<Option<Bundle>> {
+        run_with(leader, expected, Arc::default(), MissingReport::default()).await
+    }
+
+    /// [`run`] with the gauge and report state kept by the caller across runs.
+    async fn run_with(
+        leader: bool,
+        expected: Vec<Expect>,
+        metrics: Arc<crate::metrics::Metrics>,
+        missing: MissingReport,
+    ) -> Result<Option<Bundle>> {
         let (client, verifier) = mock_client();
         let apiserver = verifier.run(expected);
         let manager = Manager {
@@ -324,8 +334,8 @@ mod api {
             namespace: "monasca-system".into(),
             webhook: service(),
             self_managed: true,
-            metrics: Arc::default(),
-            missing: MissingReport::default(),
+            metrics,
+            missing,
         };
         let (tx, leadership) = Leadership::channel(leader);
         let result = tokio::time::timeout(
@@ -486,25 +496,7 @@ mod api {
         let metrics: Arc<crate::metrics::Metrics> = Arc::default();
         let missing = MissingReport::default();
         for event in [true, false] {
-            let (client, verifier) = mock_client();
-            let apiserver = verifier.run(attempt(event));
-            let manager = Manager {
-                client,
-                namespace: "monasca-system".into(),
-                webhook: service(),
-                self_managed: true,
-                metrics: metrics.clone(),
-                missing: missing.clone(),
-            };
-            let (tx, leadership) = Leadership::channel(true);
-            let result = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                ensure(&manager, &leadership),
-            )
-            .await
-            .expect("in time");
-            drop((manager, tx));
-            apiserver.await.expect("apiserver scenario passed");
+            let result = run_with(true, attempt(event), metrics.clone(), missing.clone()).await;
             assert_eq!(result.expect("not an error"), Some(bundle.clone()));
             assert!(missing.is_missing());
             assert!(
