@@ -133,15 +133,24 @@ pub struct Snapshot {
     pub bytes: Vec<u8>,
     /// The store version it holds (see [`Store::version`]).
     pub version: u64,
-    /// How long the store's read lock was held.
+    /// How long the store's read lock was held: only for [`Store::capture`], never for the
+    /// encoding.
     pub locked: Duration,
+    /// How long encoding took (store, StatsD, OTLP), after the lock was released.
+    pub encoded: Duration,
 }
 
 /// Encodes the whole state of `app` (the store first, then the StatsD accumulator and the
 /// OTLP streams, which are never behind the store: a restored accumulator at or above the
 /// store's values continues them, where one behind would count its difference twice).
-/// `buf` is reused to avoid regrowing.
+/// The store's read lock is held only to capture it (O(workers + families), see
+/// [`Store::capture`]); the capture is encoded after the lock is released, so ingest and
+/// `/metrics` never wait for the encoding. `buf` is reused to avoid regrowing.
 pub fn snapshot(app: &App, mut buf: Vec<u8>) -> Snapshot {
+    let started = Instant::now();
+    let capture = app.store.read().capture();
+    let locked = started.elapsed();
+    let version = capture.version();
     buf.clear();
     let mut e = Enc { buf };
     e.buf.extend_from_slice(MAGIC);
@@ -151,13 +160,7 @@ pub fn snapshot(app: &App, mut buf: Vec<u8>) -> Snapshot {
     e.f64(now.wall);
     let parts = app.state_parts();
     e.len(2 + parts.len());
-    let started = Instant::now();
-    let version = {
-        let store = app.store.read();
-        section(&mut e, SECTION_STORE, |e| store.encode_state(e));
-        store.version()
-    };
-    let locked = started.elapsed();
+    section(&mut e, SECTION_STORE, |e| capture.encode(e));
     for part in parts {
         section(&mut e, SECTION_STATSD, |e| part.encode_state(now, e));
     }
@@ -170,6 +173,7 @@ pub fn snapshot(app: &App, mut buf: Vec<u8>) -> Snapshot {
         bytes: e.buf,
         version,
         locked,
+        encoded: started.elapsed() - locked,
     }
 }
 
@@ -366,6 +370,10 @@ struct Metrics {
     last_write_wall_ms: AtomicU64,
 }
 
+/// Writes a state file's bytes into a directory ([`write_file`]; a test puts a slow one in
+/// its place to show what does and does not wait for the disk).
+pub(crate) type FileWriter = Arc<dyn Fn(&Path, &[u8]) -> std::io::Result<()> + Send + Sync>;
+
 /// The state writer: writes at `stateInterval` when something changed, on demand for
 /// `/metrics` (see [`Persister::durable`]) and on shutdown.
 pub struct Persister {
@@ -382,6 +390,7 @@ pub struct Persister {
     /// Held by the blocking thread while it writes the file: a write still running after its
     /// task was aborted (shutdown) never interleaves with the final one on the temp file.
     file: Arc<Mutex<()>>,
+    write_file: FileWriter,
     metrics: Metrics,
 }
 
@@ -389,6 +398,16 @@ impl Persister {
     /// A writer for `dir`, after [`load`] gave `outcome`. The version already on disk is the
     /// store's current one (just loaded, or zero for an empty store).
     pub fn new(app: &App, dir: PathBuf, outcome: LoadOutcome) -> Arc<Persister> {
+        Persister::with_file_writer(app, dir, outcome, Arc::new(write_file))
+    }
+
+    /// [`Persister::new`] writing files with `write_file`.
+    pub(crate) fn with_file_writer(
+        app: &App,
+        dir: PathBuf,
+        outcome: LoadOutcome,
+        write_file: FileWriter,
+    ) -> Arc<Persister> {
         let version = app.store.read().version();
         let p = Persister {
             dir,
@@ -398,6 +417,7 @@ impl Persister {
             writing: tokio::sync::Mutex::new(Vec::new()),
             failing: Mutex::new(false),
             file: Arc::new(Mutex::new(())),
+            write_file,
             metrics: Metrics::default(),
         };
         p.metrics.loads[outcome as usize].store(1, Ordering::Relaxed);
@@ -416,10 +436,12 @@ impl Persister {
             return;
         }
         let (dir, app2, reuse) = (self.dir.clone(), app.clone(), std::mem::take(&mut *buf));
-        let file = self.file.clone();
+        let (file, write_file) = (self.file.clone(), self.write_file.clone());
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let _file = file.lock();
+            // The store's lock is held only inside `snapshot`, for the capture: ingest and
+            // `/metrics` never wait for the encoding or the disk.
             let snap = snapshot(&app2, reuse);
             let written = write_file(&dir, &snap.bytes);
             (snap, written)
@@ -536,7 +558,7 @@ impl SelfMetrics for Persister {
             SelfFamily::new(
                 "monasca_sidecar_state_snapshot_lock_last_seconds",
                 MetricKind::Gauge,
-                "How long the last snapshot held the store's read lock (ingest waits that long).",
+                "How long the last snapshot held the store's read lock: the capture only, not the encoding (ingest waits that long).",
             )
             .value(load(&m.last_locked_ns) / 1e9),
         );

@@ -111,6 +111,166 @@ fn restored_store_renders_exactly_what_was_saved() {
     assert_eq!(again.bytes.len(), snap.bytes.len());
 }
 
+/// Encodes a store capture as the store section alone.
+fn encoded(capture: crate::store::StoreCapture) -> Vec<u8> {
+    let mut e = Enc::default();
+    capture.encode(&mut e);
+    e.buf
+}
+
+/// Updates of every kind: values up and down, a new worker, a new family, a departure, a
+/// worker retired for good (its values moved into the retired totals).
+fn churn(store: &mut crate::store::Store, now: Now) {
+    let text = "# TYPE rq_total counter\nrq_total{path=\"/x\"} 40\nrq_total{path=\"/z\"} 1\n\
+                # TYPE temp gauge\ntemp{_aggregate=\"max\"} 30\n";
+    let families = crate::parse::text::parse(text, false).expect("parses");
+    store
+        .apply(&push_worker("a"), &families, Scope::Worker, now)
+        .expect("applied");
+    let text = "# TYPE new_total counter\nnew_total 5\n";
+    let families = crate::parse::text::parse(text, false).expect("parses");
+    store
+        .apply(&push_worker("c"), &families, Scope::Worker, now)
+        .expect("applied");
+    store.remove_worker("push:job=api,instance=c");
+    store.retire_worker("push:job=api,instance=b");
+}
+
+#[test]
+fn a_capture_is_a_consistent_cut_and_does_not_hold_the_store_lock() {
+    let now = Now::now();
+    let app = populated(now);
+    let before = rendered(&app, now);
+    // Two captures of the same moment: one encoded at once, one after the store moved on.
+    let (at_once, held) = {
+        let store = app.store.read();
+        (store.capture(), store.capture())
+    };
+    let expected = encoded(at_once);
+    {
+        // The capture is alive, yet the store's lock is free: ingest goes on.
+        let mut store = app
+            .store
+            .try_write()
+            .expect("a capture must not hold the store's lock");
+        churn(&mut store, now);
+    }
+    let after = rendered(&app, now);
+    assert_ne!(after, before);
+    assert!(after.contains("new_total{job=\"api\"} 5\n"), "{after}");
+    // What the capture encodes is the store as it was when it was taken, byte for byte.
+    assert_eq!(encoded(held), expected);
+    // ...and it decodes into a store that renders exactly what was shown then.
+    let restored = Store::decode_state(StoreSettings::default(), &mut Dec::new(&expected), now)
+        .expect("decodes");
+    let back = App::new(SidecarConfig::default());
+    *back.store.write() = restored;
+    assert_eq!(rendered(&back, now), before);
+    // The live store was not disturbed by the copy the update made of the shared families.
+    assert_eq!(rendered(&app, now), after);
+    let mut fresh = app.store.write();
+    let expected_now = encoded(fresh.capture());
+    churn(&mut fresh, now);
+    assert_ne!(encoded(fresh.capture()), expected_now);
+}
+
+/// Polls a future once: `Some` when it is already done (nothing is waited for).
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_writer_is_on_the_disk_ingest_and_metrics_go_on_and_it_writes_its_cut() {
+    use std::sync::mpsc;
+    let now = Now::now();
+    let app = populated(now);
+    let dir = std::env::temp_dir().join(format!(
+        "monasca-state-slow-disk-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The second write stops on the "disk" until the test lets it go.
+    let (entered_tx, entered) = mpsc::channel::<()>();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    let calls = AtomicU64::new(0);
+    let slow: FileWriter = Arc::new(move |dir: &Path, bytes: &[u8]| {
+        if calls.fetch_add(1, Ordering::SeqCst) == 1 {
+            let _ = entered_tx.lock().send(());
+            let _ = release_rx.lock().recv();
+        }
+        write_file(dir, bytes)
+    });
+    let persister = Persister::with_file_writer(&app, dir.clone(), LoadOutcome::Missing, slow);
+    app.set_persister(persister.clone());
+    // A first update, written normally.
+    apply(
+        &app,
+        &push_worker("a"),
+        "# TYPE rq_total counter\nrq_total{path=\"/x\"} 20\n",
+        now,
+    );
+    persister.write(&app).await;
+    let first = app.store.read().version();
+    assert!(ready_now(app.durable(first)).is_some());
+    // A second update; its write gets stuck on the disk.
+    apply(
+        &app,
+        &push_worker("a"),
+        "# TYPE rq_total counter\nrq_total{path=\"/x\"} 30\n",
+        now,
+    );
+    let second = app.store.read().version();
+    let writer = {
+        let (p, app) = (persister.clone(), app.clone());
+        tokio::spawn(async move { p.write(&app).await })
+    };
+    tokio::task::spawn_blocking(move || entered.recv().expect("the write reached the disk"))
+        .await
+        .unwrap();
+    // Meanwhile: ingest takes the store's lock, /metrics renders, and a scrape of values
+    // already on disk does not wait for the writer.
+    {
+        let mut store = app
+            .store
+            .try_write()
+            .expect("the writer must not hold the store's lock while on the disk");
+        let families =
+            crate::parse::text::parse("# TYPE rq_total counter\nrq_total{path=\"/x\"} 50\n", false)
+                .unwrap();
+        store
+            .apply(&push_worker("a"), &families, Scope::Worker, now)
+            .unwrap();
+    }
+    let shown = rendered(&app, now);
+    assert!(
+        shown.contains("rq_total{job=\"api\",path=\"/x\"} 65\n"),
+        "{shown}"
+    );
+    assert!(ready_now(app.durable(first)).is_some());
+    // Values not on disk yet are what a scrape waits for (bounded): here, still pending.
+    assert!(ready_now(app.durable(second)).is_none());
+    release.send(()).unwrap();
+    writer.await.unwrap();
+    assert!(ready_now(app.durable(second)).is_some());
+    // The file holds the cut the write captured (a at 30: 10 retired + 30 + b's 5), not the
+    // update made meanwhile (a at 50).
+    let data = std::fs::read(dir.join(FILE_NAME)).unwrap();
+    let back = restore(&data, now).unwrap();
+    let text = rendered(&back, now);
+    assert!(
+        text.contains("rq_total{job=\"api\",path=\"/x\"} 45\n"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn returning_worker_continues_and_departed_total_stays() {
     let now = Now::now();

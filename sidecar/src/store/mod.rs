@@ -16,6 +16,7 @@ pub(crate) mod persist;
 mod tests;
 
 pub use key::{SeriesKeyBuilder, escape_label_value};
+pub use persist::StoreCapture;
 
 use crate::expose::{GaugeRules, resolve_mode};
 use crate::model::{Family, MetricKind, Value};
@@ -352,7 +353,7 @@ pub(crate) struct DistEntry {
 }
 
 /// The values of one series across workers.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum SeriesData {
     Scalar {
         entries: Vec<ScalarEntry>,
@@ -394,7 +395,7 @@ impl SeriesData {
 }
 
 /// One series of a family.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct SeriesState {
     /// Gauge mode fixed by the source or an `_aggregate` label.
     pub(crate) mode: Option<GaugeMode>,
@@ -439,7 +440,13 @@ impl SeriesState {
 }
 
 /// One metric family: metadata and series by canonical label text.
-#[derive(Debug)]
+///
+/// The store holds each family behind an `Arc` so that the state writer can capture a
+/// consistent cut of the whole store in O(workers + families) under the read lock (see
+/// [`Store::capture`]) and encode it after the lock is released. An update of a family that
+/// a capture still holds copies it first ([`Arc::make_mut`]): at most once per family and
+/// snapshot, and only while that snapshot is being encoded.
+#[derive(Clone, Debug)]
 pub(crate) struct FamilyState {
     pub(crate) kind: MetricKind,
     pub(crate) help: Option<Box<str>>,
@@ -452,7 +459,7 @@ pub(crate) struct FamilyState {
 #[derive(Debug)]
 pub struct Store {
     settings: StoreSettings,
-    pub(crate) families: BTreeMap<Box<str>, FamilyState>,
+    pub(crate) families: BTreeMap<Box<str>, Arc<FamilyState>>,
     pub(crate) workers: Vec<Option<WorkerState>>,
     worker_index: HashMap<String, u32>,
     free_workers: Vec<u32>,
@@ -598,20 +605,24 @@ impl Store {
             let ts = p.ts.unwrap_or(now.wall);
             let state = match self.families.get_mut(&*family.name) {
                 Some(f) => {
+                    let f = Arc::make_mut(f);
                     if f.help.is_none() {
                         f.help = family.help.as_deref().map(Into::into);
                     }
                     f
                 }
-                None => self
-                    .families
-                    .entry(family.name.as_ref().into())
-                    .or_insert(FamilyState {
-                        kind: family.kind,
-                        help: family.help.as_deref().map(Into::into),
-                        unit: family.unit.as_deref().map(Into::into),
-                        series: IndexMap::new(),
-                    }),
+                None => Arc::make_mut(
+                    self.families
+                        .entry(family.name.as_ref().into())
+                        .or_insert_with(|| {
+                            Arc::new(FamilyState {
+                                kind: family.kind,
+                                help: family.help.as_deref().map(Into::into),
+                                unit: family.unit.as_deref().map(Into::into),
+                                series: IndexMap::new(),
+                            })
+                        }),
+                ),
             };
             let kind = state.kind;
             let series = match state.series.get_mut(p.key.as_str()) {
@@ -705,6 +716,7 @@ impl Store {
         let Some(family) = self.families.get_mut(name) else {
             return Swept::default();
         };
+        let family = Arc::make_mut(family);
         let kind = family.kind;
         let mut swept = Swept::default();
         family.series.retain(|_, s| {
@@ -748,6 +760,7 @@ impl Store {
             let Some(family) = self.families.get_mut(&name) else {
                 continue;
             };
+            let family = Arc::make_mut(family);
             let kind = family.kind;
             family.series.retain(|_, s| {
                 if s.entry_generation(worker).is_some_and(|g| g & DROPPED != 0) {
@@ -1010,6 +1023,7 @@ impl Store {
             let Some(family) = self.families.get_mut(&wf.name) else {
                 continue;
             };
+            let family = Arc::make_mut(family);
             let kind = family.kind;
             let family_mode = resolve_mode(&self.rules, &wf.name);
             family.series.retain(|_, s| {

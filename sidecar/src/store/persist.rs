@@ -78,105 +78,39 @@ impl Store {
         self.version
     }
 
-    /// Appends the store's part of the state file. `wall` is the snapshot's wall-clock time;
-    /// last-seen times are written as wall-clock seconds.
-    pub fn encode_state(&self, e: &mut Enc) {
-        e.u32(self.generation);
-        let kept: Vec<(u32, &WorkerState)> = self
+    /// Captures what the state file keeps of the store, as a consistent cut, in
+    /// O(workers + families): families are shared (`Arc`), not copied, so the caller holds the
+    /// store's lock only for this and encodes the capture after releasing it
+    /// ([`StoreCapture::encode`]). An update of a family the capture still holds copies that
+    /// family first (see [`FamilyState`]); the capture never sees it.
+    pub fn capture(&self) -> StoreCapture {
+        let mut keep = vec![false; self.workers.len()];
+        let workers = self
             .workers
             .iter()
             .enumerate()
-            .filter_map(|(i, w)| Some((i as u32, w.as_ref().filter(|w| persisted(w))?)))
+            .filter_map(|(i, w)| {
+                let w = w.as_ref().filter(|w| persisted(w))?;
+                keep[i] = true;
+                Some(CapturedWorker {
+                    index: i as u32,
+                    key: w.key.clone(),
+                    last_seen_wall: w.last_seen_wall,
+                    departed: w.departed,
+                    families: w.families.clone(),
+                })
+            })
             .collect();
-        let mut keep = vec![false; self.workers.len()];
-        e.len(kept.len());
-        for (i, w) in &kept {
-            keep[*i as usize] = true;
-            e.u32(*i);
-            e.str(&w.key.id);
-            e.u8(source_code(w.key.source));
-            e.pairs(w.key.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-            e.pairs(
-                w.key
-                    .common_labels
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str())),
-            );
-            // Wall-clock time, not the monotonic instant: it is what survives a restart.
-            e.f64(w.last_seen_wall);
-            e.u8(u8::from(w.departed));
-            e.len(w.families.len());
-            for f in &w.families {
-                e.str(&f.name);
-                e.u32(f.series);
-                e.u32(f.dropped);
-            }
-        }
-        let kept_worker = |w: u32| keep.get(w as usize).copied().unwrap_or(false);
-        e.len(self.families.len());
-        for (name, family) in &self.families {
-            e.str(name);
-            e.u8(kind_code(family.kind));
-            e.opt_str(family.help.as_deref());
-            e.opt_str(family.unit.as_deref());
-            e.len(family.series.len());
-            for (key, s) in &family.series {
-                e.str(key);
-                e.u8(mode_code(s.mode));
-                match &s.data {
-                    SeriesData::Scalar {
-                        entries,
-                        retired,
-                        retired_gauge,
-                    } => {
-                        e.u8(0);
-                        e.len(entries.iter().filter(|x| kept_worker(x.worker)).count());
-                        for x in entries.iter().filter(|x| kept_worker(x.worker)) {
-                            e.u32(x.worker);
-                            e.u32(x.generation);
-                            e.f64(x.ts);
-                            e.f64(x.value);
-                        }
-                        e.f64(*retired);
-                        match retired_gauge {
-                            None => e.u8(0),
-                            Some(g) => {
-                                e.u8(1);
-                                e.u32(g.count);
-                                for v in [g.sum, g.min, g.max, g.latest_ts, g.latest] {
-                                    e.f64(v);
-                                }
-                                e.len(g.by_worker.len());
-                                for (w, v) in &g.by_worker {
-                                    e.str(w);
-                                    e.f64(*v);
-                                }
-                            }
-                        }
-                    }
-                    SeriesData::Dist {
-                        bounds,
-                        entries,
-                        retired,
-                    } => {
-                        e.u8(1);
-                        e.f64s(bounds);
-                        e.len(entries.iter().filter(|x| kept_worker(x.worker)).count());
-                        for x in entries.iter().filter(|x| kept_worker(x.worker)) {
-                            e.u32(x.worker);
-                            e.u32(x.generation);
-                            e.f64s(&x.values);
-                        }
-                        match retired {
-                            None => e.u8(0),
-                            Some(r) => {
-                                e.u8(1);
-                                e.f64s(r);
-                            }
-                        }
-                    }
-                }
-            }
+        StoreCapture {
+            generation: self.generation,
+            version: self.version,
+            workers,
+            keep,
+            families: self
+                .families
+                .iter()
+                .map(|(name, f)| (name.clone(), f.clone()))
+                .collect(),
         }
     }
 
@@ -355,7 +289,7 @@ impl Store {
                 unit,
                 series,
             };
-            if store.families.insert(name, state).is_some() {
+            if store.families.insert(name, Arc::new(state)).is_some() {
                 return Err(DecodeError::Corrupt("a family appears twice"));
             }
         }
@@ -363,6 +297,136 @@ impl Store {
             store.drop_worker(&id, true);
         }
         Ok(store)
+    }
+}
+
+/// A worker as a [`StoreCapture`] holds it.
+#[derive(Debug)]
+struct CapturedWorker {
+    index: u32,
+    key: WorkerKey,
+    last_seen_wall: f64,
+    departed: bool,
+    families: Vec<WorkerFamily>,
+}
+
+/// The store's part of a state file, captured by [`Store::capture`] and not yet encoded.
+#[derive(Debug)]
+pub struct StoreCapture {
+    generation: u32,
+    version: u64,
+    /// The persisted workers (multiprocess ones are left out, see the module doc).
+    workers: Vec<CapturedWorker>,
+    /// By worker slot: true when the worker is persisted (its entries are written).
+    keep: Vec<bool>,
+    families: Vec<(Box<str>, Arc<FamilyState>)>,
+}
+
+impl StoreCapture {
+    /// The store version captured (see [`Store::version`]).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Appends the store's part of the state file. Each family is released as soon as it is
+    /// written, so an update racing the encoding copies only the families not written yet.
+    /// Last-seen times are written as wall-clock seconds (what survives a restart).
+    pub fn encode(self, e: &mut Enc) {
+        e.u32(self.generation);
+        e.len(self.workers.len());
+        for w in &self.workers {
+            e.u32(w.index);
+            e.str(&w.key.id);
+            e.u8(source_code(w.key.source));
+            e.pairs(w.key.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            e.pairs(
+                w.key
+                    .common_labels
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
+            e.f64(w.last_seen_wall);
+            e.u8(u8::from(w.departed));
+            e.len(w.families.len());
+            for f in &w.families {
+                e.str(&f.name);
+                e.u32(f.series);
+                e.u32(f.dropped);
+            }
+        }
+        let keep = self.keep;
+        let kept_worker = |w: u32| keep.get(w as usize).copied().unwrap_or(false);
+        e.len(self.families.len());
+        for (name, family) in self.families {
+            encode_family(&name, &family, &kept_worker, e);
+        }
+    }
+}
+
+/// One family of a [`StoreCapture`]: its metadata and every series, with the entries of the
+/// persisted workers only.
+fn encode_family(name: &str, family: &FamilyState, kept_worker: &dyn Fn(u32) -> bool, e: &mut Enc) {
+    e.str(name);
+    e.u8(kind_code(family.kind));
+    e.opt_str(family.help.as_deref());
+    e.opt_str(family.unit.as_deref());
+    e.len(family.series.len());
+    for (key, s) in &family.series {
+        e.str(key);
+        e.u8(mode_code(s.mode));
+        match &s.data {
+            SeriesData::Scalar {
+                entries,
+                retired,
+                retired_gauge,
+            } => {
+                e.u8(0);
+                e.len(entries.iter().filter(|x| kept_worker(x.worker)).count());
+                for x in entries.iter().filter(|x| kept_worker(x.worker)) {
+                    e.u32(x.worker);
+                    e.u32(x.generation);
+                    e.f64(x.ts);
+                    e.f64(x.value);
+                }
+                e.f64(*retired);
+                match retired_gauge {
+                    None => e.u8(0),
+                    Some(g) => {
+                        e.u8(1);
+                        e.u32(g.count);
+                        for v in [g.sum, g.min, g.max, g.latest_ts, g.latest] {
+                            e.f64(v);
+                        }
+                        e.len(g.by_worker.len());
+                        for (w, v) in &g.by_worker {
+                            e.str(w);
+                            e.f64(*v);
+                        }
+                    }
+                }
+            }
+            SeriesData::Dist {
+                bounds,
+                entries,
+                retired,
+            } => {
+                e.u8(1);
+                e.f64s(bounds);
+                e.len(entries.iter().filter(|x| kept_worker(x.worker)).count());
+                for x in entries.iter().filter(|x| kept_worker(x.worker)) {
+                    e.u32(x.worker);
+                    e.u32(x.generation);
+                    e.f64s(&x.values);
+                }
+                match retired {
+                    None => e.u8(0),
+                    Some(r) => {
+                        e.u8(1);
+                        e.f64s(r);
+                    }
+                }
+            }
+        }
     }
 }
 
