@@ -1,7 +1,9 @@
-//! The cost of persisting state (`stateDir`) at 500k worker-series (5 workers x 100k series,
-//! counters and gauges with 3 labels): the snapshot (encoded under the store's read lock:
-//! what ingest waits), the whole write (snapshot, encode, write, fsync, rename, fsync of the
-//! directory) and the load at start (read, check, decode).
+//! The cost of persisting state (`stateDir`) at 500k worker-series (5 workers x 100k series in
+//! 100 families, counters and gauges with 3 labels): the capture under the store's read lock
+//! (what ingest waits), the encoding after the lock is released, the whole write (capture,
+//! encode, write, fsync, rename, fsync of the directory), the load at start (read, check,
+//! decode), and what copy-on-write costs ingest: one worker's full update (100k series, every
+//! family) while a capture still holds every family, against the same update without one.
 //!
 //! Run: `cargo bench -p monasca-sidecar --bench state`. `-- --table-only` prints only a
 //! markdown table of medians over STATE_RUNS runs (used by `bench/run.py`).
@@ -47,19 +49,58 @@ fn scratch() -> std::path::PathBuf {
     dir
 }
 
-/// One measured round: (snapshot lock ms, whole write ms, load ms, file bytes).
-fn round(app: &App, dir: &std::path::Path) -> (f64, f64, f64, usize) {
+/// One measured write, in ms (and the file's size).
+struct Write {
+    locked: f64,
+    encoded: f64,
+    whole: f64,
+    bytes: usize,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn write_round(app: &App, dir: &std::path::Path) -> Write {
     let started = Instant::now();
     let snap = state::snapshot(app, Vec::new());
     state::write_file(dir, &snap.bytes).expect("write");
-    let write = started.elapsed();
+    Write {
+        locked: ms(snap.locked),
+        encoded: ms(snap.encoded),
+        whole: ms(started.elapsed()),
+        bytes: snap.bytes.len(),
+    }
+}
+
+/// Reads, checks and decodes the file (dropping the decoded store is not timed).
+fn load_ms(app: &App, dir: &std::path::Path) -> f64 {
     let started = Instant::now();
     let data = std::fs::read(dir.join(FILE_NAME)).expect("read");
     let restored = state::decode(&data, StoreSettings::default(), app.now()).expect("decode");
-    let load = started.elapsed();
+    let took = started.elapsed();
     black_box(restored);
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    (ms(snap.locked), ms(write), ms(load), snap.bytes.len())
+    ms(took)
+}
+
+/// The time of worker 0's full update (every series higher than before) under the store's
+/// write lock, with a capture holding every family (so every family is copied first) or not.
+fn update_ms(app: &App, scale: u64, during_capture: bool) -> f64 {
+    let body = worker_body(SERIES, scale);
+    let families = parse_body(body.as_bytes(), BodyFormat::Text).expect("valid body");
+    let key = GroupingKey::from_path("job/api/instance/w0").unwrap();
+    let now = app.now();
+    let capture = during_capture.then(|| app.store.read().capture());
+    let mut store = app.store.write();
+    let worker = key.worker(&store.settings().worker_labels);
+    let started = Instant::now();
+    store
+        .apply(&worker, &families, Scope::Worker, now)
+        .expect("apply");
+    let took = started.elapsed();
+    drop(store);
+    black_box(capture);
+    ms(took)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -71,31 +112,50 @@ fn table(runs: usize) {
     let app = filled_app();
     let dir = scratch();
     let series = app.store.read().worker_series_count();
-    let (mut lock, mut write, mut load, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    for _ in 0..runs.max(1) {
-        let (l, w, d, b) = round(&app, &dir);
-        lock.push(l);
-        write.push(w);
-        load.push(d);
-        bytes = b;
-    }
+    let families = app.store.read().family_count();
+    // Writes first, loads after: a capture right after dropping a decoded 500k-series store
+    // would time the allocator tidying up that store, not the capture.
+    let writes: Vec<Write> = (0..runs.max(1)).map(|_| write_round(&app, &dir)).collect();
+    let loads: Vec<f64> = (0..runs.max(1)).map(|_| load_ms(&app, &dir)).collect();
     let _ = std::fs::remove_dir_all(&dir);
+    // Worker 0 started at scale 1; every update is higher.
+    let mut scale = 1;
+    let (mut plain, mut copying) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        scale += 1;
+        plain.push(update_ms(&app, scale, false));
+        scale += 1;
+        copying.push(update_ms(&app, scale, true));
+    }
+    let of = |f: fn(&Write) -> f64| median(writes.iter().map(f).collect());
     println!(
-        "State file ({series} worker-series, {:.1} MB):",
-        bytes as f64 / 1e6
+        "State file ({series} worker-series in {families} families, {:.1} MB):",
+        writes[0].bytes as f64 / 1e6
     );
     println!("| step | time |\n| --- | --- |");
     println!(
-        "| snapshot under the store's read lock (ingest waits this long) | {:.1} ms |",
-        median(lock)
+        "| capture under the store's read lock (ingest waits this long; `/metrics` renders go on) | {:.2} ms |",
+        of(|r| r.locked)
     );
     println!(
-        "| whole write: snapshot, encode, write, fsync, rename, fsync dir (off the runtime) | {:.1} ms |",
-        median(write)
+        "| encode the capture, StatsD and OTLP state (no store lock) | {:.1} ms |",
+        of(|r| r.encoded)
+    );
+    println!(
+        "| whole write: capture, encode, write, fsync, rename, fsync dir (off the runtime) | {:.1} ms |",
+        of(|r| r.whole)
     );
     println!(
         "| load at start: read, checksum, decode | {:.1} ms |",
-        median(load)
+        median(loads)
+    );
+    println!(
+        "| one worker's full update (100k series, every family), no capture alive | {:.1} ms |",
+        median(plain)
+    );
+    println!(
+        "| the same update while a capture holds every family (each family copied first) | {:.1} ms |",
+        median(copying)
     );
 }
 
@@ -104,6 +164,9 @@ fn bench(c: &mut Criterion) {
     let dir = scratch();
     let mut group = c.benchmark_group("state_500k_worker_series");
     group.sample_size(10);
+    group.bench_function("capture_under_lock", |b| {
+        b.iter(|| black_box(app.store.read().capture()))
+    });
     let mut buf = Vec::new();
     group.bench_function("snapshot", |b| {
         b.iter(|| {

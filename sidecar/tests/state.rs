@@ -569,3 +569,124 @@ fn otlp_delta_totals_continue_across_sigkill() {
     );
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// An OTLP/JSON request with one cumulative counter point of `worker.id` `worker`, whose
+/// stream started at `start` (a new start time is a restart of that worker's counter).
+fn otlp_cumulative(worker: u32, start: u64, value: u64) -> String {
+    format!(
+        r#"{{"resourceMetrics":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"api"}}}},{{"key":"worker.id","value":{{"stringValue":"{worker}"}}}}]}},
+        "scopeMetrics":[{{"metrics":[{{"name":"jobs","sum":{{"aggregationTemporality":2,"isMonotonic":true,
+        "dataPoints":[{{"startTimeUnixNano":"{start}","timeUnixNano":"{}","asInt":"{value}"}}]}}}}]}}]}}]}}"#,
+        start + 1
+    )
+}
+
+#[test]
+fn otlp_cumulative_workers_and_their_retired_restarts_continue_across_sigkill() {
+    let state = scratch_dir("state");
+    let s = Sidecar::start(&config(&state));
+    let send = |s: &Sidecar, worker: u32, start: u64, v: u64| {
+        let r = common::http(
+            s.addrs["otlp"],
+            "POST",
+            "/v1/metrics",
+            &[("Content-Type", "application/json")],
+            otlp_cumulative(worker, start, v).as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    send(&s, 1, 100, 10);
+    send(&s, 2, 100, 5);
+    // Worker 2 restarts (new start time, back at 2): its 5 is retired, not lost.
+    send(&s, 2, 200, 2);
+    assert_eq!(
+        s.value(r#"jobs_total{job="api"}"#),
+        Some(17.0),
+        "{}",
+        s.metrics()
+    );
+    let s = s.restart();
+    assert_eq!(
+        s.value(r#"jobs_total{job="api"}"#),
+        Some(17.0),
+        "{}",
+        s.log()
+    );
+    // Both continue from their persisted values; the retired 5 stays: 12 + 5 + 3.
+    send(&s, 1, 100, 12);
+    send(&s, 2, 200, 3);
+    assert_eq!(
+        s.value(r#"jobs_total{job="api"}"#),
+        Some(20.0),
+        "{}",
+        s.metrics()
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A scrape target on loopback answering `GET /metrics` with whatever `body` holds.
+fn scrape_target(body: Arc<Mutex<String>>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind scrape target");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match std::io::Read::read(&mut stream, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = body.lock().unwrap().clone();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn scrape_targets_and_their_retired_restarts_continue_across_sigkill() {
+    let state = scratch_dir("state");
+    let counter = |v: u64| format!("# TYPE scraped_total counter\nscraped_total {v}\n");
+    let (a, b) = (
+        Arc::new(Mutex::new(counter(10))),
+        Arc::new(Mutex::new(counter(5))),
+    );
+    let (addr_a, addr_b) = (scrape_target(a.clone()), scrape_target(b.clone()));
+    let config = format!(
+        "{}scrape: {{targets: [\"{addr_a}\", \"{addr_b}\"], interval: 100ms, timeout: 2s}}\n",
+        config(&state)
+    );
+    let s = Sidecar::start(&config);
+    let total = |s: &Sidecar| s.value("scraped_total");
+    assert!(
+        common::wait_until(Duration::from_secs(15), || total(&s) == Some(15.0)),
+        "{}",
+        s.metrics()
+    );
+    // Target b restarts (its counter back at 2): its 5 is retired into the total.
+    *b.lock().unwrap() = counter(2);
+    assert!(
+        common::wait_until(Duration::from_secs(15), || total(&s) == Some(17.0)),
+        "{}",
+        s.metrics()
+    );
+    let s = s.restart();
+    // Right after the restart, before or after the first scrape: the same total (without the
+    // state it would be 10 + 2 = 12).
+    assert_eq!(total(&s), Some(17.0), "{}", s.log());
+    *a.lock().unwrap() = counter(11);
+    assert!(
+        common::wait_until(Duration::from_secs(15), || total(&s) == Some(18.0)),
+        "{}\n{}",
+        s.metrics(),
+        s.log()
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}

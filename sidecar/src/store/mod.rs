@@ -529,6 +529,11 @@ impl Store {
         self.families.values().map(|f| f.series.len()).sum()
     }
 
+    /// Number of families (what a state capture copies pointers of, see [`Store::capture`]).
+    pub fn family_count(&self) -> usize {
+        self.families.len()
+    }
+
     /// Number of (worker, series) values held.
     pub fn worker_series_count(&self) -> usize {
         self.workers.iter().flatten().map(|w| w.series).sum()
