@@ -78,6 +78,13 @@ impl Store {
         self.version
     }
 
+    /// Appends the store's part of the state file at once: [`Store::capture`] then
+    /// [`StoreCapture::encode`], for callers that hold the store anyway (tests, the model).
+    /// The store's time is not needed: last-seen times are kept as wall-clock seconds.
+    pub fn encode_state(&self, _now: super::Now, e: &mut Enc) {
+        self.capture().encode(e);
+    }
+
     /// Captures what the state file keeps of the store, as a consistent cut, in
     /// O(workers + families): families are shared (`Arc`), not copied, so the caller holds the
     /// store's lock only for this and encodes the capture after releasing it
