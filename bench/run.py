@@ -250,9 +250,12 @@ def section_state(out):
                            "--table-only"], check=True, text=True, capture_output=True, cwd=ROOT, env=env).stdout
     table = "\n".join(l for l in text.splitlines() if l.startswith("|") or l.startswith("State file"))
     out.append("## Persisted state (`stateDir`) at 500k worker-series\n\n"
-               "`sidecar/benches/state.rs`, median of the runs. The snapshot is the only part under a lock "
-               "(the store's read lock: `/metrics` renders go on, ingest waits); the file is written on a "
-               "blocking thread.\n\n" + table + "\n")
+               "`sidecar/benches/state.rs`, median of the runs. Only the capture holds the store's read "
+               "lock (families are shared, not copied: `/metrics` renders go on, ingest waits that long); "
+               "the capture is encoded and the file written after the lock is released, on a blocking "
+               "thread. The price: an update of a family that a capture being encoded still holds copies "
+               "that family first (at most once per family and write); the last two rows show it for an "
+               "update touching every family.\n\n" + table + "\n")
 
 
 def main():

@@ -22,9 +22,19 @@
 //!
 //! **When.** Every `stateInterval` when something changed, on graceful shutdown, and before a
 //! `/metrics` response shows values not yet written: what a scrape saw is on disk, so a
-//! SIGKILL can never make a scraped counter go backwards. The snapshot is encoded under the
-//! store's read lock (ingest waits that long, readers do not); the file is written on a
-//! blocking thread, off the runtime.
+//! SIGKILL can never make a scraped counter go backwards.
+//!
+//! **Cost.** The store's read lock is held only to capture the store
+//! ([`Store::capture`]: the families are shared through `Arc`s, not copied, so it costs
+//! O(workers + families), 0.3 ms at 500k worker-series in 100 families where encoding under
+//! the lock took 56 ms). The capture is encoded and the file written after the lock is
+//! released, on a blocking thread, off the runtime: ingest and `/metrics` renders never wait
+//! for the encoding or the disk. An update of a family that a capture being encoded still
+//! holds copies that family first (at most once per family and write). A `/metrics` response
+//! waits for the writer only when it shows values not yet on disk (for the write that holds
+//! them, at most [`MAX_DURABLE_WAIT`]); that wait is what keeps a SIGKILL from taking back a
+//! scraped value. The StatsD accumulator and the OTLP streams are encoded under their own
+//! locks (their size follows their own series).
 
 pub mod codec;
 
