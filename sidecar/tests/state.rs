@@ -595,32 +595,18 @@ fn otlp_cumulative_workers_and_their_retired_restarts_continue_across_sigkill() 
         );
         assert_eq!(r.status, 200, "{}", r.text());
     };
+    let jobs = |s: &Sidecar| s.value(r#"jobs_total{job="api"}"#);
     send(&s, 1, 100, 10);
     send(&s, 2, 100, 5);
     // Worker 2 restarts (new start time, back at 2): its 5 is retired, not lost.
     send(&s, 2, 200, 2);
-    assert_eq!(
-        s.value(r#"jobs_total{job="api"}"#),
-        Some(17.0),
-        "{}",
-        s.metrics()
-    );
+    assert_eq!(jobs(&s), Some(17.0), "{}", s.metrics());
     let s = s.restart();
-    assert_eq!(
-        s.value(r#"jobs_total{job="api"}"#),
-        Some(17.0),
-        "{}",
-        s.log()
-    );
+    assert_eq!(jobs(&s), Some(17.0), "{}", s.log());
     // Both continue from their persisted values; the retired 5 stays: 12 + 5 + 3.
     send(&s, 1, 100, 12);
     send(&s, 2, 200, 3);
-    assert_eq!(
-        s.value(r#"jobs_total{job="api"}"#),
-        Some(20.0),
-        "{}",
-        s.metrics()
-    );
+    assert_eq!(jobs(&s), Some(20.0), "{}", s.metrics());
     let _ = std::fs::remove_dir_all(&state);
 }
 
