@@ -80,8 +80,7 @@ impl Store {
 
     /// Appends the store's part of the state file at once: [`Store::capture`] then
     /// [`StoreCapture::encode`], for callers that hold the store anyway (tests, the model).
-    /// The store's time is not needed: last-seen times are kept as wall-clock seconds.
-    pub fn encode_state(&self, _now: super::Now, e: &mut Enc) {
+    pub fn encode_state(&self, e: &mut Enc) {
         self.capture().encode(e);
     }
 
