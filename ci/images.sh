@@ -7,25 +7,48 @@
 #       (ci/images/*.Containerfile; e2e/tests/images.rs keeps them in step).
 #   localhost/monasca-test-app:ci
 #       a minimal Debian root from debootstrap (python3, python3-prometheus-client, gunicorn),
-#       cached as a tarball under $MONASCA_CACHE/images/, plus sidecar/tests/py/gunicorn_app.py
-#       and prometheus_client at sidecar/tests/requirements.txt's version (PyPI).
+#       cached as a tarball under $MONASCA_IMAGE_CACHE, plus the tests' Python apps and clients
+#       (APP_SCRIPTS) under /app and, from PyPI wheels at sidecar/tests/requirements.txt's
+#       versions, the clients the real-pod variants run (APP_WHEELS) under /opt/site-packages.
 # Each image carries the sha256 of its content as a label and is rebuilt only when that changes;
 # the image it replaces is removed. Also makes this machine able to run containers (runc and
 # ulimits in /etc/containers/containers.conf, written only when a probe container fails).
+# Prints each step's time, each image's size and user.
 #
 # Usage: bash ci/images.sh     (called by ci/test.sh's install section, which installs the
 #        Debian packages it needs: podman runc catatonit debootstrap musl-tools)
+# A cold run (nothing cached) without touching the real caches, as measured for the README:
+#   MONASCA_IMAGE_CACHE=/tmp/cold/images PIP_CACHE_DIR=/tmp/cold/pip \
+#   CONTAINERS_STORAGE_CONF=/tmp/cold/storage.conf bash ci/images.sh
+# (storage.conf: [storage] driver = "overlay", graphroot and runroot under /tmp/cold).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${MONASCA_CACHE:-${HOME:-/root}/.cache/monasca-sidecar}"
-IMAGES_CACHE="$CACHE/images"
+IMAGES_CACHE="${MONASCA_IMAGE_CACHE:-$CACHE/images}"
 TARGET=x86_64-unknown-linux-musl
 HASH_LABEL=io.monasca.content-sha256
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 APP_PACKAGES=python3,python3-prometheus-client,gunicorn
+# Into the app image's /app: the apps and clients the real-pod scenarios run inside the pod.
+APP_SCRIPTS=(sidecar/tests/py/gunicorn_app.py sidecar/tests/py/otel_gunicorn_app.py
+  sidecar/tests/py/otel_gunicorn_conf.py e2e/py/monasca_statsd_sender.py e2e/py/pod_pushes.py)
+# From PyPI (with their dependencies), at the versions sidecar/tests/requirements.txt pins.
+APP_WHEELS=(prometheus_client monasca-statsd opentelemetry-sdk opentelemetry-exporter-otlp-proto-http)
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 started=$SECONDS
+step_started=$SECONDS
+step_name=""
+timings=()
+
+step() { # NAME: ends the running step (its time recorded) and starts NAME
+  if [ -n "$step_name" ]; then
+    timings+=("$(printf '%5d s  %s' "$((SECONDS - step_started))" "$step_name")")
+  fi
+  step_name="$1"
+  step_started=$SECONDS
+  [ -z "$1" ] || echo "== images: $1"
+}
 
 image_label() { # IMAGE: the content hash label of IMAGE, empty when IMAGE is absent
   podman image inspect --format "{{index .Labels \"$HASH_LABEL\"}}" "$1" 2>/dev/null || true
@@ -48,7 +71,7 @@ build_image() { # IMAGE CONTEXT CONTAINERFILE [BUILD-ARG...]: podman build unles
   fi
 }
 
-echo "== images: tools"
+step tools
 for tool in podman runc catatonit debootstrap musl-gcc; do
   command -v "$tool" >/dev/null 2>&1 || {
     echo "$tool is missing (ci/test.sh installs it: podman runc catatonit debootstrap musl-tools)" >&2
@@ -59,14 +82,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
   rustup target add "$TARGET"
 fi
 
-echo "== images: static release binaries ($TARGET)"
+step "static release binaries ($TARGET, cargo build --release)"
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build --quiet --release --locked --target "$TARGET" \
   -p monasca-sidecar -p monasca-operator --bin monasca-sidecar --bin monasca-operator
 
-echo "== images: monasca-sidecar and monasca-operator (FROM scratch)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 for binary in monasca-sidecar monasca-operator; do
+  step "image localhost/$binary:ci (FROM scratch)"
   context="$work/$binary"
   mkdir -p "$context"
   cp -r ci/images/rootfs "$context/"
@@ -75,7 +98,7 @@ for binary in monasca-sidecar monasca-operator; do
   build_image "localhost/$binary:ci" "$context" "ci/images/${binary#monasca-}.Containerfile"
 done
 
-echo "== images: the machine runs containers"
+step "the machine runs containers"
 conf=/etc/containers/containers.conf
 conf_set() { # SECTION LINE: adds LINE to [SECTION] of containers.conf (the section made if absent)
   mkdir -p "$(dirname "$conf")"
@@ -107,7 +130,7 @@ if ! probe; then
 fi
 echo "   a probe container ran"
 
-echo "== images: test app (Debian $DEBIAN_SUITE root: $APP_PACKAGES)"
+step "test app root (debootstrap Debian $DEBIAN_SUITE: $APP_PACKAGES)"
 mkdir -p "$IMAGES_CACHE"
 rootfs_key="$(echo "$DEBIAN_SUITE $APP_PACKAGES" | sha256sum | cut -c1-16)"
 rootfs_tar="$IMAGES_CACHE/app-rootfs-$rootfs_key.tar"
@@ -130,16 +153,32 @@ if ! podman image exists "$base"; then
   echo "   podman import $base"
   podman import --quiet "$rootfs_tar" "$base" >/dev/null
 fi
+step "image localhost/monasca-test-app:ci (PyPI wheels, apps)"
 context="$work/app"
-mkdir -p "$context"
-cp sidecar/tests/py/gunicorn_app.py "$context/"
-# prometheus_client at the version the other tests pin, from PyPI: Debian bookworm's 0.16
-# writes the older multiprocess file layout (no timestamp per value), which the sidecar does
-# not read (it counts those files as corrupt, reason "bad_entry").
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
-  --no-compile --target "$context/site-packages" "$(grep '^prometheus_client==' sidecar/tests/requirements.txt)"
+mkdir -p "$context/app"
+cp "${APP_SCRIPTS[@]}" "$context/app/"
+# The clients at the versions the other tests pin, as wheels for the image's Python (bookworm:
+# CPython 3.11), pip's cache keeping them between runs. prometheus_client from PyPI also because
+# Debian bookworm's 0.16 writes the older multiprocess file layout (no timestamp per value),
+# which the sidecar does not read (it counts those files as corrupt, reason "bad_entry").
+pins=()
+for wheel in "${APP_WHEELS[@]}"; do
+  pin="$(grep -i "^$wheel==" sidecar/tests/requirements.txt)" || {
+    echo "$wheel is not pinned in sidecar/tests/requirements.txt" >&2
+    exit 1
+  }
+  pins+=("$pin")
+done
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-compile \
+  --only-binary=:all: --implementation cp --python-version 3.11 --platform manylinux2014_x86_64 \
+  --target "$context/site-packages" "${pins[@]}"
 build_image localhost/monasca-test-app:ci "$context" ci/images/app.Containerfile "BASE=$base"
+step ""
 
-echo "== images: sizes"
-podman images --format '   {{.Repository}}:{{.Tag}} {{.Size}}' --filter reference='localhost/monasca-*'
+echo "== images: sizes and users"
+for image in localhost/monasca-sidecar:ci localhost/monasca-operator:ci localhost/monasca-test-app:ci; do
+  podman image inspect --format "   $image {{.Size}} bytes, user {{if .Config.User}}{{.Config.User}}{{else}}root (the pod sets runAsUser){{end}}" "$image"
+done
+echo "== images: timings"
+printf '   %s\n' "${timings[@]}"
 echo "   image stage took $((SECONDS - started)) s"
