@@ -45,21 +45,39 @@ const WORKERS: usize = 4;
 const REQUESTS_BEFORE_KILL: usize = 120;
 const REQUESTS_AFTER_KILL: usize = 80;
 
-/// Why a scenario of this module cannot run here (podman missing or an image not built), with
-/// podman's own words; `None` when it can (or `name` is not one of this module's scenarios).
+/// Why a scenario of this module cannot run here (podman missing, an image not built, or a
+/// container that cannot run), with podman's own words; `None` when it can (or `name` is not
+/// one of this module's scenarios). Decided once per test binary.
 pub(super) fn unmet_requirement(name: &str) -> Option<String> {
+    static UNMET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if !SCENARIOS.iter().any(|(n, _)| *n == name) {
         return None;
     }
-    for image in [SIDECAR_IMAGE, APP_IMAGE] {
-        if let Err(e) = podman(&["image", "inspect", "--format", "{{.Id}}", image]) {
-            return Some(format!(
-                "cannot run real pods: image {image} ({e}); build the images with \
-                 `bash ci/images.sh`"
-            ));
-        }
-    }
-    None
+    UNMET
+        .get_or_init(|| {
+            for image in [SIDECAR_IMAGE, APP_IMAGE] {
+                if let Err(e) = podman(&["image", "inspect", "--format", "{{.Id}}", image]) {
+                    return Some(format!(
+                        "cannot run real pods: image {image}: {e} (the images come from \
+                         `bash ci/images.sh`)"
+                    ));
+                }
+            }
+            // A machine with podman and the images may still be unable to run a container
+            // (OCI runtime, cgroups, ulimits: what ci/images.sh sets up).
+            let probe = [
+                "run",
+                "--rm",
+                "--pull=never",
+                "--network=none",
+                APP_IMAGE,
+                "true",
+            ];
+            podman(&probe)
+                .err()
+                .map(|e| format!("cannot run real pods: a probe container failed: {e}"))
+        })
+        .clone()
 }
 
 /// Install, run the operator, a multiprocess MetricsSidecar and an annotated gunicorn pod; run
