@@ -691,51 +691,65 @@ fn total(exposition: &str, name: &str, labels: &[(&str, &str)]) -> (f64, usize) 
     exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(parse_sample)
-        .filter(|(n, l, _)| {
-            n == name
+        .filter_map(Sample::parse)
+        .filter(|sample| {
+            sample.name == name
                 && labels
                     .iter()
-                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+                    .all(|(k, v)| sample.labels.iter().any(|(lk, lv)| lk == k && lv == v))
         })
-        .fold((0.0, 0), |(sum, count), (_, _, value)| {
-            (sum + value, count + 1)
+        .fold((0.0, 0), |(sum, count), sample| {
+            (sum + sample.value, count + 1)
         })
 }
 
-/// One text-format sample line: name, labels (unescaped), value.
-fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
-    let name_end = line.find(['{', ' '])?;
-    let name = line[..name_end].to_string();
-    let mut labels = Vec::new();
-    let mut rest = &line[name_end..];
-    if let Some(mut inner) = rest.strip_prefix('{') {
-        loop {
-            inner = inner.trim_start_matches(',');
-            if let Some(after) = inner.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let (key, after_key) = inner.split_once("=\"")?;
-            let mut value = String::new();
-            let mut chars = after_key.char_indices();
-            let end = loop {
-                match chars.next()? {
-                    (i, '"') => break i,
-                    (_, '\\') => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    (_, other) => value.push(other),
+/// One sample of the text format.
+struct Sample {
+    name: String,
+    /// Unescaped values.
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    /// One sample line; `None` for anything else.
+    fn parse(line: &str) -> Option<Sample> {
+        let name_end = line.find(['{', ' '])?;
+        let name = line[..name_end].to_string();
+        let mut labels = Vec::new();
+        let mut rest = &line[name_end..];
+        if let Some(mut inner) = rest.strip_prefix('{') {
+            loop {
+                inner = inner.trim_start_matches(',');
+                if let Some(after) = inner.strip_prefix('}') {
+                    rest = after;
+                    break;
                 }
-            };
-            labels.push((key.to_string(), value));
-            inner = &after_key[end + 1..];
+                let (key, after_key) = inner.split_once("=\"")?;
+                let mut value = String::new();
+                let mut chars = after_key.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (i, '"') => break i,
+                        (_, '\\') => match chars.next()?.1 {
+                            'n' => value.push('\n'),
+                            other => value.push(other),
+                        },
+                        (_, other) => value.push(other),
+                    }
+                };
+                labels.push((key.to_string(), value));
+                inner = &after_key[end + 1..];
+            }
         }
+        // Rust reads "+Inf", "-Inf" and "NaN" as the exposition writes them.
+        let value = rest.split_whitespace().next()?.parse().ok()?;
+        Some(Sample {
+            name,
+            labels,
+            value,
+        })
     }
-    // Rust reads "+Inf", "-Inf" and "NaN" as the exposition writes them.
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some((name, labels, value))
 }
 
 /// Runs podman; its stdout, or its exit status and stderr.
