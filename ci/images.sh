@@ -158,9 +158,9 @@ context="$work/app"
 mkdir -p "$context/app"
 cp "${APP_SCRIPTS[@]}" "$context/app/"
 # The clients at the versions the other tests pin, as wheels for the image's Python (bookworm:
-# CPython 3.11), pip's cache keeping them between runs. prometheus_client from PyPI also because
-# Debian bookworm's 0.16 writes the older multiprocess file layout (no timestamp per value),
-# which the sidecar does not read (it counts those files as corrupt, reason "bad_entry").
+# CPython 3.11), pip's cache keeping them between runs: the pod tests run the same client
+# versions as the other tests (Debian bookworm's prometheus_client 0.16, with its older
+# multiprocess layout, is covered by sidecar/tests/multiprocess.rs).
 pins=()
 for wheel in "${APP_WHEELS[@]}"; do
   pin="$(grep -i "^$wheel==" sidecar/tests/requirements.txt)" || {
