@@ -273,3 +273,52 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     .await
     .expect("hang guard");
 }
+
+/// Slowloris on the headers phase: headers trickled one byte every half second never complete.
+/// The server closes the connection at the request deadline (the same
+/// [`webhook::REQUEST_DEADLINE`] that bounds bodies), before the trickle would have ended,
+/// without answering it; other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_sent_slowly_are_cut_off_at_the_request_deadline() {
+    let server = start().await;
+    tokio::time::timeout(HANG_GUARD, async {
+        let mut slow = raw_tls(&server).await;
+        let head = b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-padding: ";
+        // At this pace the trickle outlasts the deadline two and a half times (and hyper's old
+        // default of 30 s would let it finish): a lower bound, so a slow machine only adds margin.
+        let pace = Duration::from_millis(500);
+        let bytes = (webhook::REQUEST_DEADLINE.as_millis() * 5 / 2 / pace.as_millis()) as usize;
+        let trickle = head.iter().copied().chain(std::iter::repeat(b'a')).take(bytes);
+        let mut closed_after = None;
+        for (sent, byte) in trickle.enumerate() {
+            if slow.write_all(&[byte]).await.is_err() || slow.flush().await.is_err() {
+                closed_after = Some(sent);
+                break;
+            }
+            // A read that returns means the server answered or closed: stop trickling.
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(pace, slow.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => {
+                    closed_after = Some(sent);
+                    break;
+                }
+                Ok(Ok(n)) => panic!(
+                    "the server answered unfinished headers: {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Err(_) => {}
+            }
+            if sent == 3 {
+                // Mid-trickle, a normal client is served as usual.
+                still_injects(&server).await;
+            }
+        }
+        let sent = closed_after.expect("the server closed the slowloris connection");
+        assert!(sent < bytes, "closed before the trickle ended ({sent} of {bytes} bytes)");
+        // Never reached the handler: no review was counted for it.
+        assert_eq!(server.ctx.metrics.reviews(Outcome::Timeout), 0);
+        still_injects(&server).await;
+    })
+    .await
+    .expect("hang guard");
+}

@@ -34,11 +34,12 @@ use tokio_rustls::TlsAcceptor;
 /// object, which etcd limits to 1.5 MiB anyway.
 pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024 + 256 * 1024;
 
-/// Reading the body and answering must finish within this time from the end of the headers. The
-/// apiserver sends a review in one write and gives up after the webhook's `timeoutSeconds`
-/// (3 s), so only a slow or hostile client ever reaches it; it is cut off instead of holding a
-/// connection and a request slot.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Reading the body and answering must finish within this time from the end of the headers
+/// (which themselves must arrive within it: see [`server::REQUEST_DEADLINE`], the one deadline of
+/// the HTTP stack). The apiserver sends a review in one write and gives up after the webhook's
+/// `timeoutSeconds` (3 s), so only a slow or hostile client ever reaches it; it is cut off
+/// instead of holding a connection and a request slot.
+pub const REQUEST_DEADLINE: Duration = server::REQUEST_DEADLINE;
 
 /// Serves the webhook on `listener` with certificates from `certs` until `shutdown` resolves.
 pub async fn serve(
