@@ -4,6 +4,7 @@
 
 use crate::metrics::Gauges;
 use crate::server::{self, HttpResponse};
+use crate::webhook::review::annotation_without_label;
 use crate::{Context, discovery};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -51,6 +52,12 @@ pub fn handle(request: &Request<Incoming>, ctx: &Context) -> HttpResponse {
                 leader: ctx.leadership.is_leader(),
                 cert_loaded: ctx.cert_loaded(),
                 cert_expiry: ctx.cert_expiry(),
+                namespaces_annotation_without_label: ctx
+                    .namespaces
+                    .state()
+                    .iter()
+                    .filter(|ns| annotation_without_label(&ns.metadata).is_some())
+                    .count(),
             })),
         ),
         "/discovery/targets" => server::response(

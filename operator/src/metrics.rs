@@ -324,6 +324,9 @@ pub struct Gauges {
     pub cert_loaded: bool,
     /// When the served certificate expires (Unix seconds), if one is loaded.
     pub cert_expiry: Option<i64>,
+    /// Namespaces opted in by the `inject` annotation alone (no label): their pods no longer
+    /// reach the webhook (see `webhook::review::annotation_without_label`).
+    pub namespaces_annotation_without_label: usize,
 }
 
 impl Metrics {
@@ -625,6 +628,11 @@ impl Metrics {
                     "1 when a webhook serving certificate is loaded.",
                     u64::from(g.cert_loaded),
                 ),
+                (
+                    "monasca_operator_namespaces_annotation_without_label",
+                    "Namespaces with the monasca.openstack.org/inject annotation but not the label: the apiserver no longer sends their pods to the webhook (add the label).",
+                    g.namespaces_annotation_without_label as u64,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}");
                 let _ = writeln!(out, "# TYPE {name} gauge");
@@ -670,12 +678,14 @@ mod tests {
             leader: true,
             cert_loaded: true,
             cert_expiry: Some(1_900_000_000),
+            namespaces_annotation_without_label: 2,
         }));
         assert!(text.contains("monasca_operator_reconciles_total{result=\"ok\"} 1"));
         assert!(text.contains("monasca_operator_reconcile_errors_total{reason=\"conflict\"} 1"));
         assert!(text.contains("monasca_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("monasca_operator_injected_pods 3"));
         assert!(text.contains("monasca_operator_leader 1"));
+        assert!(text.contains("monasca_operator_namespaces_annotation_without_label 2"));
         assert!(text.contains("monasca_operator_certificate_expiry_timestamp_seconds 1900000000"));
         assert!(text.contains("monasca_operator_admission_shed_total{reason=\"in_flight\"} 0"));
         assert!(

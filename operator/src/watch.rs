@@ -99,6 +99,33 @@ where
     }
 }
 
+/// Logs, once per namespace (again after it was fixed and broken again), each namespace opted in
+/// by the `inject` annotation without the label, with the command that fixes it; the
+/// `monasca_operator_namespaces_annotation_without_label` gauge counts them.
+fn report_annotation_without_label()
+-> impl FnMut(&Result<watcher::Event<PartialObjectMeta<Namespace>>, watcher::Error>) {
+    let mut reported = std::collections::HashSet::new();
+    move |item| {
+        let Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) = item else {
+            return;
+        };
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        match crate::webhook::review::annotation_without_label(&ns.metadata) {
+            Some(value) if reported.insert(name.clone()) => tracing::warn!(
+                namespace = %name,
+                "namespace has the {key} annotation but not the label: the apiserver no longer \
+                 sends its pods to the webhook, so only pods annotated themselves are injected; \
+                 fix: kubectl label namespace {name} {key}={value}",
+                key = monasca_crds::ANNOTATION_INJECT,
+            ),
+            Some(_) => {}
+            None => {
+                reported.remove(&name);
+            }
+        }
+    }
+}
+
 /// Creates the context's stores and spawns the watches that fill them (for the life of the
 /// process). The context reports ready once both stores have had their first full list.
 pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<Context> {
@@ -137,7 +164,8 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff();
+    .default_backoff()
+    .inspect(report_annotation_without_label());
     tokio::spawn(drive(
         reflector::reflector(namespace_writer, namespaces),
         "Namespace",

@@ -140,6 +140,21 @@ fn namespace_opt_in(
     Some(view)
 }
 
+/// The value of a namespace's `monasca.openstack.org/inject` **annotation** when it opts the
+/// namespace in without the label of the same key: since the webhook configuration matches
+/// namespaces by label (`namespaceSelector`), the apiserver no longer calls the webhook for
+/// such a namespace's pods, so they go uninjected unless they carry the annotation themselves.
+/// `"false"` is not reported (it asks for nothing). The fix is the label (see README,
+/// "Namespace-wide opt-in").
+pub fn annotation_without_label(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&str> {
+    let key = monasca_crds::ANNOTATION_INJECT;
+    let annotation = meta.annotations.as_ref()?.get(key)?;
+    let labelled = meta.labels.as_ref().is_some_and(|l| l.contains_key(key));
+    (!labelled && annotation != monasca_crds::INJECT_FALSE).then_some(annotation.as_str())
+}
+
 /// Whether `body` holds more than `limit` JSON values. Counts without building anything (keys
 /// and strings are borrowed or skipped), so it costs no memory whatever the body holds; a body
 /// that is not JSON counts as not exceeding (the typed parse then reports it).
