@@ -263,8 +263,26 @@ pub async fn run_lease(
                 tracing::warn!(error = %e, errors, leader = was_leader, "Lease API error; retrying");
             }
         }
+        // Wake at the deadline too (not only after `retry`): the moment writing stops is logged
+        // when it happens, and the next round starts right away.
+        let deadline = (*state.borrow()).filter(|d| Instant::now() < *d);
+        let wake = deadline.map_or(timing.retry, |d| {
+            timing
+                .retry
+                .min(d.saturating_duration_since(Instant::now()))
+        });
+        let expired = async {
+            tokio::time::sleep(wake).await;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                tracing::warn!(
+                    errors,
+                    lease = ?timing.duration,
+                    "leadership deadline passed without a successful renewal: this replica stopped writing (the webhook keeps serving)"
+                );
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(timing.retry) => {}
+            () = expired => {}
             () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
                 let held = state.borrow().is_some();
                 state.send_replace(None);
