@@ -42,9 +42,9 @@ pub const KEY_CA_CERT: &str = "ca.crt";
 pub const KEY_CA_KEY: &str = "ca.key";
 pub const KEY_TLS_CERT: &str = "tls.crt";
 pub const KEY_TLS_KEY: &str = "tls.key";
-/// The CAs replaced by the last CA change, and until when they stay trusted (Unix seconds).
+/// The CAs replaced by the last CA change, trusted until every replica serves a certificate
+/// from the new one (see [`replicas`]).
 pub const KEY_PREVIOUS_CA: &str = "ca.previous.crt";
-pub const KEY_PREVIOUS_UNTIL: &str = "ca.previous.until";
 
 /// The field manager of every write the operator makes (server-side apply and patches).
 pub const FIELD_MANAGER: &str = "monasca-operator";
@@ -57,9 +57,9 @@ pub const NAMESPACE_WEBHOOK_NAME: &str = "namespace.inject.monasca.openstack.org
 /// own: releases that applied the whole object as `monasca-operator` keep that (dormant)
 /// ownership, which never reverts anything since that manager no longer applies.
 pub const WEBHOOK_FIELD_MANAGER: &str = "monasca-operator-webhook-ca";
-/// How long CAs replaced by a new one stay in `caBundle`: far longer than replicas take to load
-/// the new certificate from the Secret they watch (seconds).
-const CA_OVERLAP: Duration = Duration::from_secs(10 * 60);
+/// How often the leader looks at the replicas' reports while old CAs are still trusted: the
+/// overlap ends within this of the last replica switching.
+const OVERLAP_CHECK: Duration = Duration::from_secs(3);
 /// Between trusting a new CA in `caBundle` and serving a certificate from it: the apiserver's
 /// webhook configuration cache must have the new bundle before any replica switches.
 const CA_PROPAGATION: Duration = Duration::from_secs(2);
@@ -86,17 +86,16 @@ pub struct Bundle {
     pub cert: String,
     pub key: String,
     /// CAs replaced by `ca_cert` (PEM, possibly several; empty when none), still trusted in
-    /// `caBundle` until `previous_until` so that replicas serving a certificate from them keep
-    /// working while they switch.
+    /// `caBundle` so that replicas serving a certificate from them keep working while they
+    /// switch. The leader empties it once every replica serves the new certificate
+    /// ([`replicas::overlap`]).
     pub previous_cas: String,
-    /// Unix seconds.
-    pub previous_until: i64,
 }
 
 impl Bundle {
-    /// The `caBundle` at `now`: the CA, and the previous ones during the overlap.
-    pub fn ca_bundle(&self, now: i64) -> String {
-        if now < self.previous_until && !self.previous_cas.trim().is_empty() {
+    /// The `caBundle`: the CA, and the previous ones during the overlap.
+    pub fn ca_bundle(&self) -> String {
+        if !self.previous_cas.trim().is_empty() {
             format!("{}{}", self.ca_cert, self.previous_cas)
         } else {
             self.ca_cert.clone()
@@ -328,16 +327,13 @@ pub fn execute(
         _ => generate_ca(now)?,
     };
     let (cert, key) = issue_serving(&ca_cert, &ca_key, names, now)?;
-    let (previous_cas, previous_until) = existing
-        .map(|b| (b.previous_cas.clone(), b.previous_until))
-        .unwrap_or_default();
+    let previous_cas = existing.map(|b| b.previous_cas.clone()).unwrap_or_default();
     Ok(Some(Bundle {
         ca_cert,
         ca_key,
         cert,
         key,
         previous_cas,
-        previous_until,
     }))
 }
 
@@ -387,15 +383,11 @@ impl Bundle {
             cert: get(KEY_TLS_CERT)?,
             key: get(KEY_TLS_KEY)?,
             previous_cas: get(KEY_PREVIOUS_CA).unwrap_or_default(),
-            previous_until: get(KEY_PREVIOUS_UNTIL)
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0),
         })
     }
 
     /// The Secret holding this bundle.
     pub fn to_secret(&self, namespace: &str) -> Secret {
-        let until = self.previous_until.to_string();
         let mut entries = vec![
             (KEY_CA_CERT, &self.ca_cert),
             (KEY_CA_KEY, &self.ca_key),
@@ -404,7 +396,6 @@ impl Bundle {
         ];
         if !self.previous_cas.is_empty() {
             entries.push((KEY_PREVIOUS_CA, &self.previous_cas));
-            entries.push((KEY_PREVIOUS_UNTIL, &until));
         }
         let data = entries
             .into_iter()
@@ -870,6 +861,9 @@ pub async fn ensure(manager: &Manager, leadership: &Leadership) -> Result<Option
     }
     let secrets: Api<Secret> = Api::namespaced(manager.client.clone(), &manager.namespace);
     let existing = secrets.get_opt(WEBHOOK_TLS_SECRET_NAME).await?;
+    let resource_version = existing
+        .as_ref()
+        .and_then(|s| s.metadata.resource_version.clone());
     let bundle = existing.as_ref().and_then(Bundle::from_secret);
     let names = manager.webhook.names();
     let now = now_unix();
@@ -885,9 +879,8 @@ pub async fn ensure(manager: &Manager, leadership: &Leadership) -> Result<Option
                 let mut trusted: Vec<String> = trusted_now(manager).await?.into_iter().collect();
                 trusted.extend(bundle.as_ref().map(|b| b.ca_cert.clone()));
                 new.previous_cas = previous_cas(&trusted, &new.ca_cert, now);
-                new.previous_until = now.saturating_add(CA_OVERLAP.as_secs() as i64);
                 reissued_after_loss = existing.is_none() && !new.previous_cas.is_empty();
-                sync_webhook_configuration(manager, Some(&new.ca_bundle(now))).await?;
+                sync_webhook_configuration(manager, Some(&new.ca_bundle())).await?;
                 synced = true;
                 if !new.previous_cas.is_empty() {
                     tokio::time::sleep(CA_PROPAGATION).await;
@@ -912,13 +905,64 @@ pub async fn ensure(manager: &Manager, leadership: &Leadership) -> Result<Option
             Some(new)
         }
     };
+    let current = match current {
+        Some(bundle)
+            if decision == Plan::Keep
+                && !bundle.previous_cas.is_empty()
+                && leadership.is_leader() =>
+        {
+            Some(end_overlap_when_switched(manager, &secrets, bundle, resource_version).await?)
+        }
+        other => other,
+    };
     if let Some(bundle) = &current
         && leadership.is_leader()
         && !synced
     {
-        sync_webhook_configuration(manager, Some(&bundle.ca_bundle(now))).await?;
+        sync_webhook_configuration(manager, Some(&bundle.ca_bundle())).await?;
     }
     Ok(current)
+}
+
+/// During a CA overlap: once every replica reports serving the Secret's certificate (see
+/// [`replicas`]), writes the Secret without the previous CAs (the caller then applies the
+/// `caBundle` of the new CA alone). Otherwise changes nothing. Returns the bundle now in force.
+async fn end_overlap_when_switched(
+    manager: &Manager,
+    secrets: &Api<Secret>,
+    bundle: Bundle,
+    resource_version: Option<String>,
+) -> Result<Bundle> {
+    let Some(serving) = replicas::pem_fingerprint(&bundle.cert) else {
+        return Ok(bundle);
+    };
+    let reports = replicas::list(&manager.client, &manager.namespace).await?;
+    match replicas::overlap(&serving, &reports, now_unix()) {
+        replicas::Overlap::Keep { waiting } => {
+            tracing::debug!(
+                ?waiting,
+                "keeping the previous CA in caBundle until every replica serves the new certificate"
+            );
+            Ok(bundle)
+        }
+        replicas::Overlap::End => {
+            let ended = Bundle {
+                previous_cas: String::new(),
+                ..bundle
+            };
+            let mut secret = ended.to_secret(&manager.namespace);
+            // A concurrent writer makes this fail (409); the next pass starts from theirs.
+            secret.metadata.resource_version = resource_version;
+            secrets
+                .replace(WEBHOOK_TLS_SECRET_NAME, &PostParams::default(), &secret)
+                .await?;
+            tracing::info!(
+                replicas = reports.len(),
+                "every replica serves the new certificate: the previous CA leaves caBundle"
+            );
+            Ok(ended)
+        }
+    }
 }
 
 /// A Warning Event on the new Secret: the old one was deleted, so its CA (and key) are gone and
@@ -927,8 +971,8 @@ async fn report_new_ca(manager: &Manager, secret: &Secret) {
     use kube::Resource;
     let note = format!(
         "Secret {WEBHOOK_TLS_SECRET_NAME} was deleted: its CA cannot be recovered, so a new webhook \
-         CA was issued; caBundle trusts the old and new CAs for {} min while replicas switch",
-        CA_OVERLAP.as_secs() / 60
+         CA was issued; caBundle trusts the old and new CAs until every replica serves the new \
+         certificate"
     );
     tracing::warn!("{note}");
     publish_warning(
@@ -952,9 +996,8 @@ fn next_check(bundle: Option<&Bundle>, now: i64) -> Duration {
         })
         .unwrap_or(RECHECK);
     let until_overlap_ends = bundle
-        .filter(|b| b.previous_until > now && !b.previous_cas.is_empty())
-        .map(|b| Duration::from_secs((b.previous_until - now).max(1) as u64 + 1))
-        .unwrap_or(RECHECK);
+        .filter(|b| !b.previous_cas.is_empty())
+        .map_or(RECHECK, |_| OVERLAP_CHECK);
     until_renewal.min(until_overlap_ends).min(RECHECK)
 }
 
@@ -1070,6 +1113,8 @@ pub async fn watch_webhook_configuration(
         }
     }
 }
+
+pub mod replicas;
 
 #[cfg(test)]
 mod tests;

@@ -82,6 +82,13 @@ struct Args {
     #[arg(long, env = "MONASCA_OPERATOR_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
+    /// The operator's own webhook Secret mounted as a directory (self-managed mode): its
+    /// tls.crt/tls.key are served from the start, even while the apiserver is unreachable, and
+    /// reloaded when they change; the Secret watch still delivers changes sooner. Ignored with
+    /// --tls-cert/--tls-key.
+    #[arg(long, env = "MONASCA_OPERATOR_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+
     /// Sidecar image for MetricsSidecars that do not name one.
     #[arg(long, env = "MONASCA_OPERATOR_SIDECAR_IMAGE", default_value = concat!("monasca/monasca-sidecar:", env!("CARGO_PKG_VERSION")))]
     sidecar_image: String,
@@ -196,8 +203,8 @@ async fn main() -> Result<()> {
     };
 
     // Leadership first: the stores and the controller read it.
+    let identity = identity();
     let (leadership, lease_task) = if args.leader_election {
-        let identity = identity();
         let timing = leader::LeaseTiming::new(args.lease_duration)?;
         let elector = leader::Elector::new(client.clone(), &namespace, &identity, timing);
         let (state_tx, state_rx) = signal_watch::channel(None);
@@ -220,16 +227,32 @@ async fn main() -> Result<()> {
     );
 
     let self_managed = args.tls_cert.is_none();
-    let certs = Arc::new(match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
+    let certs = Arc::new(match (&args.tls_cert, &args.tls_key, &args.tls_dir) {
+        (Some(cert), Some(key), _) => {
             CertResolver::from_files(cert.clone(), key.clone(), Some(ctx.metrics.clone()))
                 .context("loading the webhook serving certificate")?
         }
+        (_, _, Some(dir)) => CertResolver::from_mounted_secret(
+            dir.join(certs::KEY_TLS_CERT),
+            dir.join(certs::KEY_TLS_KEY),
+            Some(ctx.metrics.clone()),
+        ),
         _ => CertResolver::empty(Some(ctx.metrics.clone())),
     });
     ctx.set_certs(certs.clone());
     // Deleting or editing the Secret or the webhook configuration wakes the leader at once.
     let recheck = Arc::new(tokio::sync::Notify::new());
+    // Each replica reports the certificate it serves, so that a CA overlap ends only when every
+    // replica switched (see certs::replicas).
+    let report_task = self_managed.then(|| {
+        tokio::spawn(certs::replicas::run(
+            client.clone(),
+            namespace.clone(),
+            identity.clone(),
+            certs.clone(),
+            stop_rx.clone(),
+        ))
+    });
     if self_managed {
         tokio::spawn(certs::watch_secret(
             client.clone(),
@@ -303,6 +326,9 @@ async fn main() -> Result<()> {
         controller_task.await.context("controller task")?;
         if let Some(task) = lease_task {
             task.await.context("lease task")?;
+        }
+        if let Some(task) = report_task {
+            task.await.context("certificate report task")?;
         }
         Ok(())
     };

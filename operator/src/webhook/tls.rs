@@ -141,6 +141,38 @@ impl CertResolver {
         })
     }
 
+    /// Serves the PEM pair at `cert`/`key` when it loads, else nothing yet, reloading it whenever
+    /// the files change (appear, are replaced): the operator's own Secret mounted as a volume
+    /// (`--tls-dir`). Unlike [`CertResolver::from_files`] a missing or broken pair is not fatal:
+    /// the Secret is optional (created after the first start) and [`CertResolver::load_pem`]
+    /// (the Secret watch) can fill the resolver too. This is what lets a replica serve admission
+    /// at start while the apiserver is unreachable.
+    pub fn from_mounted_secret(
+        cert: PathBuf,
+        key: PathBuf,
+        metrics: Option<Arc<Metrics>>,
+    ) -> CertResolver {
+        let provider = provider();
+        let stamps = (stamp(&cert), stamp(&key));
+        let loaded = match load_pair(&cert, &key, &provider) {
+            Ok(loaded) => Some(Arc::new(loaded)),
+            Err(e) => {
+                tracing::info!(error = %e, "no certificate in the mounted Secret yet; waiting for it or for the Secret watch");
+                None
+            }
+        };
+        CertResolver {
+            current: ArcSwapOption::new(loaded),
+            files: Some(Files {
+                cert,
+                key,
+                seen: Mutex::new(stamps),
+            }),
+            provider,
+            metrics,
+        }
+    }
+
     /// Serves a fixed certificate (DER chain and key).
     pub fn fixed(
         chain: Vec<CertificateDer<'static>>,
@@ -167,8 +199,10 @@ impl CertResolver {
         }
     }
 
-    /// Whether a certificate is being served.
+    /// Whether a certificate is being served (reloading changed files first, so that a
+    /// certificate that appeared on disk makes the replica ready before any handshake).
     pub fn is_loaded(&self) -> bool {
+        self.reload_if_changed();
         self.current.load().is_some()
     }
 
