@@ -10,8 +10,10 @@
 //! operator's tests need (they read what the apiserver stores).
 //!
 //! Every process runs in its own process group and gets `SIGKILL` when the thread that started
-//! it dies (`PR_SET_PDEATHSIG`), so a test binary killed outright leaves no orphans behind; on an
-//! ordinary exit or a panic, [`Drop`] stops them (SIGTERM, then SIGKILL).
+//! it (the control plane's launcher thread) dies (`PR_SET_PDEATHSIG`), so a test binary killed
+//! outright leaves no orphans behind; on an ordinary exit or a panic, [`Drop`] stops them
+//! (SIGTERM, then SIGKILL). [`ControlPlane::stop_apiserver`] and
+//! [`ControlPlane::start_apiserver`] make an apiserver outage on the same etcd and port.
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -188,6 +190,57 @@ impl Process {
     }
 }
 
+/// The one thread that starts every process of a control plane, living as long as it does.
+/// `PR_SET_PDEATHSIG` fires when the *thread* that spawned a child ends, so a process started
+/// from a short-lived thread (a tokio worker or blocking-pool thread of one test, restarting the
+/// apiserver) would be killed when that thread goes; started from here, it lives until the
+/// control plane is dropped (or the test binary dies).
+struct Launcher {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Launcher {
+    fn new() -> Result<Launcher, String> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("control-plane-launcher".into())
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })
+            .map_err(|e| format!("starting the launcher thread: {e}"))?;
+        Ok(Launcher { jobs })
+    }
+
+    /// [`Process::spawn`] on the launcher thread.
+    fn spawn(
+        &self,
+        name: &'static str,
+        binary: &Path,
+        args: &[String],
+        dir: &Path,
+    ) -> Result<Process, String> {
+        let (binary, args, dir) = (binary.to_path_buf(), args.to_vec(), dir.to_path_buf());
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = reply.send(Process::spawn(name, &binary, &args, &dir));
+            }))
+            .map_err(|_| "the launcher thread is gone".to_string())?;
+        answer
+            .recv()
+            .map_err(|_| "the launcher thread is gone".to_string())?
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
 /// The last `lines` lines of a log file.
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -199,6 +252,10 @@ fn tail(path: &Path, lines: usize) -> String {
 pub struct ControlPlane {
     /// Stopped in reverse order of start (controller-manager, apiserver, etcd).
     processes: Vec<Process>,
+    /// How the apiserver was started, to start it again ([`ControlPlane::start_apiserver`]).
+    apiserver: Option<(PathBuf, Vec<String>)>,
+    /// The thread every process is started from (see [`Launcher`]).
+    launcher: Launcher,
     dir: PathBuf,
     kubeconfig: PathBuf,
     server: String,
@@ -206,8 +263,8 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts a control plane from `binaries` and waits until it serves. Must be called from a
-    /// thread that outlives it (the processes die with the thread that started them).
+    /// Starts a control plane from `binaries` and waits until it serves. Not from within an
+    /// async runtime (it blocks); the processes are started from a thread of its own.
     pub fn start(binaries: &Binaries) -> Result<ControlPlane, String> {
         ControlPlane::start_with(binaries, &[])
     }
@@ -222,6 +279,8 @@ impl ControlPlane {
         let dir = crate::scratch_dir("control-plane");
         let mut plane = ControlPlane {
             processes: Vec::new(),
+            apiserver: None,
+            launcher: Launcher::new()?,
             kubeconfig: dir.join("admin.kubeconfig"),
             dir,
             server: String::new(),
@@ -261,8 +320,10 @@ impl ControlPlane {
             "--unsafe-no-fsync=true".to_string(),
             "--log-level=warn".to_string(),
         ];
-        self.processes
-            .push(Process::spawn("etcd", &binaries.etcd, &etcd_args, &dir)?);
+        let etcd = self
+            .launcher
+            .spawn("etcd", &binaries.etcd, &etcd_args, &dir)?;
+        self.processes.push(etcd);
 
         let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
@@ -285,28 +346,10 @@ impl ControlPlane {
             "--profiling=false".to_string(),
         ];
         apiserver_args.extend(apiserver_flags.iter().map(|f| f.to_string()));
-        self.processes.push(Process::spawn(
-            "kube-apiserver",
-            &binaries.apiserver,
-            &apiserver_args,
-            &dir,
-        )?);
-
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?;
+        self.apiserver = Some((binaries.apiserver.clone(), apiserver_args));
+        self.start_apiserver()?;
+        let runtime = runtime()?;
         let client = runtime.block_on(client_for(&self.kubeconfig))?;
-        self.wait("kube-apiserver /readyz", &runtime, || async {
-            let request = ::http::Request::get("/readyz")
-                .body(Vec::new())
-                .map_err(|e| e.to_string())?;
-            client
-                .request_text(request)
-                .await
-                .map(|body| body.trim() == "ok")
-                .map_err(|e| e.to_string())
-        })?;
 
         let controller_manager_args = vec![
             format!("--kubeconfig={}", self.kubeconfig.display()),
@@ -317,12 +360,13 @@ impl ControlPlane {
             format!("--root-ca-file={}", file("ca.crt")),
             "--use-service-account-credentials=false".to_string(),
         ];
-        self.processes.push(Process::spawn(
+        let controller_manager = self.launcher.spawn(
             "kube-controller-manager",
             &binaries.controller_manager,
             &controller_manager_args,
             &dir,
-        )?);
+        )?;
+        self.processes.push(controller_manager);
         // The ServiceAccount controller creates `default` in every namespace: the
         // controller-manager is up and its controllers run (pods need that ServiceAccount).
         let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
@@ -339,6 +383,47 @@ impl ControlPlane {
             },
         )?;
         Ok(())
+    }
+
+    /// Stops kube-apiserver (SIGTERM, then SIGKILL), leaving etcd and the controller-manager
+    /// running: an apiserver outage. [`ControlPlane::start_apiserver`] ends it.
+    pub fn stop_apiserver(&mut self) {
+        for process in &mut self.processes {
+            if process.name == "kube-apiserver" {
+                process.stop();
+            }
+        }
+        self.processes.retain(|p| p.name != "kube-apiserver");
+    }
+
+    /// Starts kube-apiserver with the arguments it first had (same etcd, same port, same
+    /// certificates) and waits for its `/readyz`. A no-op when it is running.
+    pub fn start_apiserver(&mut self) -> Result<(), String> {
+        if self.processes.iter().any(|p| p.name == "kube-apiserver") {
+            return Ok(());
+        }
+        let (binary, args) = self
+            .apiserver
+            .clone()
+            .ok_or("the apiserver was never started")?;
+        let apiserver = self
+            .launcher
+            .spawn("kube-apiserver", &binary, &args, &self.dir)?;
+        // After etcd, before the controller-manager: `processes` stays in start order for Drop.
+        let at = self.processes.len().min(1);
+        self.processes.insert(at, apiserver);
+        let runtime = runtime()?;
+        let client = runtime.block_on(client_for(&self.kubeconfig))?;
+        self.wait("kube-apiserver /readyz", &runtime, || async {
+            let request = ::http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            client
+                .request_text(request)
+                .await
+                .map(|body| body.trim() == "ok")
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// Polls `ready` until it is `Ok(true)`, failing early when a process exits.

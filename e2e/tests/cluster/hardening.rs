@@ -26,7 +26,27 @@ pub(super) const SCENARIOS: &[(&str, Scenario)] = &[
         "deleted_secret_and_webhook_configuration_are_repaired_with_zero_failed_handshakes",
         |env| Box::pin(repairs_without_failed_handshakes(env)),
     ),
+    (APISERVER_OUTAGE, |env| Box::pin(apiserver_outage(env))),
+    (
+        "after_sigterm_admission_is_served_for_the_shutdown_delay_while_readyz_says_503",
+        |env| Box::pin(graceful_shutdown(env)),
+    ),
+    (
+        "ca_rotation_keeps_the_old_ca_until_both_replicas_serve_the_new_one_without_failed_handshakes",
+        |env| Box::pin(ca_rotation_two_replicas(env)),
+    ),
+    (
+        "a_namespace_with_the_inject_annotation_but_no_label_is_reported",
+        |env| Box::pin(annotation_without_label(env)),
+    ),
 ];
+
+const APISERVER_OUTAGE: &str =
+    "apiserver_outage_webhook_serves_leader_stops_writing_resumes_and_a_replica_starts_without_it";
+
+/// Scenarios that stop and restart kube-apiserver: they run only on the control plane the
+/// harness starts itself (ignored with the reason on an outside cluster, failed under CI).
+pub(super) const NEEDS_OWN_CONTROL_PLANE: &[&str] = &[APISERVER_OUTAGE];
 
 /// The webhook's listen address, from the operator's arguments.
 fn webhook_addr(args: &OperatorArgs) -> SocketAddr {
@@ -731,4 +751,620 @@ fn json_patch_replace_timeout() -> json_patch::Patch {
         {"op": "replace", "path": "/webhooks/0/timeoutSeconds", "value": 7}
     ]))
     .expect("patch")
+}
+
+/// The real ReplicaSet-pod AdmissionReview the apiserver sent (shared fixtures), moved to
+/// `namespace`.
+fn fixture_review(namespace: &str) -> Vec<u8> {
+    let path =
+        monasca_e2e::sidecar::fixtures().join("admission/create-replicaset-pod-generatename.json");
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut review: serde_json::Value = serde_json::from_slice(&text).expect("fixture JSON");
+    review["request"]["namespace"] = namespace.into();
+    review["request"]["object"]["metadata"]["namespace"] = namespace.into();
+    serde_json::to_vec(&review).expect("json")
+}
+
+/// What the webhook answered a review over TLS: the status and the AdmissionReview, or why
+/// there was no answer (refused, handshake failed, closed).
+async fn post_review(
+    addr: SocketAddr,
+    trust: Arc<rustls::ClientConfig>,
+    body: Vec<u8>,
+) -> Result<(u16, serde_json::Value), String> {
+    tokio::task::spawn_blocking(move || {
+        let stream = handshake(addr, trust)?;
+        let head = format!(
+            "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let answer = exchange(stream, &head, &body);
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
+        let review = answer
+            .split_once("\r\n\r\n")
+            .and_then(|(_, body)| serde_json::from_str(body).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Ok((status, review))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Whether an answered review allowed the pod and carried a patch (injected).
+fn injected(review: &serde_json::Value) -> bool {
+    review["response"]["allowed"] == serde_json::json!(true)
+        && review["response"]["patch"].is_string()
+}
+
+/// A metric of an operator, from its admin listener (`None` while it does not answer).
+async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    let (status, body) = get(admin, "/metrics").await?;
+    (status == 200)
+        .then(|| cluster::sample(&body, series))
+        .flatten()
+}
+
+/// Issue 13, apiserver outage. kube-apiserver is stopped for longer than the Lease (30 s):
+/// (a) the running operator answers the real fixture review over TLS throughout, with its
+/// patch (admission reads only memory); its leadership ends at its local deadline while the
+/// apiserver is still away (`monasca_operator_leader` 0, a log line) and no reconcile is
+/// attempted after that; (b) a second operator STARTED during the outage, with only the mounted
+/// Secret (`--tls-dir`), does not exit and answers admission. When the apiserver is back, the
+/// first operator leads again and a MetricsSidecar change is reconciled into its ConfigMap, and
+/// the second becomes ready.
+async fn apiserver_outage(env: Env) {
+    let Started {
+        operator_namespace,
+        app_namespace,
+        operator_args,
+        operator,
+    } = env.start_operator().await;
+    let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
+    let spec = MetricsSidecarSpec::default();
+    create_sidecar(&sidecars, "default", spec.clone()).await;
+    wait_config_map(&env.client, &app_namespace, "default").await;
+    let ca = webhook_ca(&env.client, &operator_namespace).await;
+    let trust = trusting(&ca);
+    let addr = webhook_addr(&operator_args);
+    let review = fixture_review(&app_namespace);
+    let leader = |admin| async move { metric(admin, "monasca_operator_leader").await };
+    eventually("the operator to lead", WAIT, || {
+        leader(operator_args.admin).then_some_one()
+    })
+    .await;
+    let (status, answer) = post_review(addr, trust.clone(), review.clone())
+        .await
+        .expect("the webhook answers");
+    assert_eq!(status, 200);
+    assert!(injected(&answer), "{answer}");
+
+    // The Secret as the kubelet mounts it, for the replica started during the outage.
+    let secret = Api::<Secret>::namespaced(env.client.clone(), &operator_namespace)
+        .get(WEBHOOK_TLS_SECRET_NAME)
+        .await
+        .expect("the webhook Secret");
+    let mounted = monasca_e2e::scratch_dir("mounted-secret");
+    for key in ["tls.crt", "tls.key"] {
+        let value = secret.data.as_ref().and_then(|d| d.get(key)).expect(key);
+        std::fs::write(mounted.join(key), &value.0).expect("write the mounted Secret");
+    }
+
+    env.stop_apiserver().await;
+    let stopped = std::time::Instant::now();
+    say("kube-apiserver stopped");
+    // (a) Admission keeps working; leadership ends by the local deadline, apiserver still away.
+    let mut answered = 0;
+    loop {
+        let (status, answer) = post_review(addr, trust.clone(), review.clone())
+            .await
+            .expect("the webhook answers during the outage");
+        assert_eq!(status, 200, "{answer}");
+        assert!(injected(&answer), "still injected from memory: {answer}");
+        answered += 1;
+        if leader(operator_args.admin).await == Some(0.0) {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < WAIT,
+            "leadership did not end within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    say(&format!(
+        "leadership ended {:.1}s into the outage; {answered} reviews answered meanwhile",
+        stopped.elapsed().as_secs_f64()
+    ));
+    let log = operator.log();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("Lease") || l.contains("leadership"))
+    {
+        say(line);
+    }
+    assert!(
+        log.contains("leadership deadline passed without a successful renewal"),
+        "the end of writing is logged"
+    );
+    let write_attempts = |admin| async move {
+        let metrics = get(admin, "/metrics").await.expect("metrics").1;
+        let total = |prefix: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        (
+            total("monasca_operator_reconciles_total"),
+            total("monasca_operator_reconcile_errors_total"),
+        )
+    };
+    let at_deadline = write_attempts(operator_args.admin).await;
+
+    // (b) A replica started now, with the apiserver unreachable, serves the mounted certificate.
+    let mut second_args = env.operator_args(&env.kubeconfig, &operator_namespace);
+    second_args
+        .args
+        .extend(["--tls-dir".to_string(), mounted.display().to_string()]);
+    let mut second = Operator::start(&second_args.args);
+    let second_addr = webhook_addr(&second_args);
+    let (status, answer) = eventually(
+        "the replica started during the outage to answer admission",
+        WAIT,
+        || {
+            let (trust, review) = (trust.clone(), review.clone());
+            async move { post_review(second_addr, trust, review).await.ok() }
+        },
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["response"]["allowed"], serde_json::json!(true));
+    // The outage lasts longer than the Lease (30 s), and the new replica stays up through it.
+    let lease = Duration::from_secs(35);
+    if let Some(rest) = lease.checked_sub(stopped.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    assert!(
+        second.is_running(),
+        "the replica started during the outage must not exit"
+    );
+    let (status, _) = post_review(addr, trust.clone(), review.clone())
+        .await
+        .expect("still answering at the end of the outage");
+    assert_eq!(status, 200);
+    assert_eq!(
+        write_attempts(operator_args.admin).await,
+        at_deadline,
+        "no reconcile (no write attempt) after the leadership deadline"
+    );
+
+    env.start_apiserver().await;
+    say(&format!(
+        "kube-apiserver back after {:.1}s",
+        stopped.elapsed().as_secs_f64()
+    ));
+    eventually("the first operator to lead again", WAIT, || {
+        leader(operator_args.admin).then_some_one()
+    })
+    .await;
+    let mut changed = spec.clone();
+    changed.config.worker_labels.push("rank".into());
+    sidecars
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": {"config": {"workerLabels": changed.config.worker_labels}}
+            })),
+        )
+        .await
+        .expect("change the MetricsSidecar");
+    let want = changed.rendered_config().expect("renders");
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &app_namespace);
+    eventually(
+        "the change to be reconciled into the ConfigMap",
+        WAIT,
+        || {
+            let (config_maps, want) = (config_maps.clone(), want.clone());
+            async move {
+                let config_map = config_maps
+                    .get_opt(&config_map_name("default"))
+                    .await
+                    .ok()??;
+                (config_map.data?.get(CONFIG_MAP_KEY)? == &want).then_some(())
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the replica started during the outage to be ready",
+        WAIT,
+        || get(second_args.admin, "/readyz").then_some_ok(),
+    )
+    .await;
+    assert!(second.is_running());
+    second.stop();
+    operator.stop();
+    let _ = std::fs::remove_dir_all(mounted);
+}
+
+/// Issue 13, graceful shutdown of the real binary: after SIGTERM, `/readyz` says 503 while the
+/// webhook still answers the real fixture review over TLS (200, with its patch); it keeps
+/// answering for the shutdown delay (8 s here: the last answer comes no earlier than that, a
+/// lower bound), and the process exits by itself, successfully, within delay + 30 s.
+async fn graceful_shutdown(env: Env) {
+    install(&env.client).await;
+    let operator_namespace = env.namespace("op").await;
+    let app_namespace = env.namespace("app").await;
+    let delay = Duration::from_secs(8);
+    let mut args = env.operator_args(&env.kubeconfig, &operator_namespace);
+    args.args.extend([
+        "--shutdown-delay-seconds".to_string(),
+        delay.as_secs().to_string(),
+    ]);
+    let mut operator = args.start().await;
+    let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &app_namespace);
+    create_sidecar(&sidecars, "default", MetricsSidecarSpec::default()).await;
+    let trust = trusting(&webhook_ca(&env.client, &operator_namespace).await);
+    let addr = webhook_addr(&args);
+    let review = fixture_review(&app_namespace);
+    eventually("an injecting answer", WAIT, || {
+        let (trust, review) = (trust.clone(), review.clone());
+        async move {
+            post_review(addr, trust, review)
+                .await
+                .ok()
+                .filter(|(s, a)| *s == 200 && injected(a))
+        }
+    })
+    .await;
+
+    // SAFETY: kill(2) on the child we started.
+    unsafe { libc::kill(operator.pid() as i32, libc::SIGTERM) };
+    let signalled = std::time::Instant::now();
+    eventually("/readyz to say 503", WAIT, || async {
+        get(args.admin, "/readyz").await.filter(|(s, _)| *s == 503)
+    })
+    .await;
+    let mut answered = 0;
+    let mut last_answer = None;
+    while let Ok((status, answer)) = post_review(addr, trust.clone(), review.clone()).await {
+        assert_eq!(status, 200, "{answer}");
+        assert!(injected(&answer), "{answer}");
+        answered += 1;
+        last_answer = Some(signalled.elapsed());
+        if signalled.elapsed() > delay + Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let last_answer = last_answer.expect("admission answered after SIGTERM, with /readyz at 503");
+    say(&format!(
+        "after SIGTERM: {answered} reviews answered, the last {:.1}s after the signal",
+        last_answer.as_secs_f64()
+    ));
+    assert!(
+        last_answer >= delay - Duration::from_secs(1),
+        "admission served through the shutdown delay (last answer at {last_answer:?})"
+    );
+    let bound = delay + Duration::from_secs(30);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = operator.sigterm_and_wait(bound.saturating_sub(signalled.elapsed()));
+        (status, operator)
+    })
+    .await
+    .expect("wait");
+    let (status, operator) = status;
+    let status = status.expect("the operator exits within delay + 30 s");
+    assert!(status.success(), "{status}");
+    assert!(
+        operator
+            .log()
+            .contains("SIGTERM: still serving during the shutdown delay")
+    );
+}
+
+/// Issue 13, CA rotation with two replicas. Replica A leads; replica B follows and is frozen
+/// (SIGSTOP) while A reissues the CA (the Secret is deleted): B keeps serving the old
+/// certificate, so the old CA must stay in `caBundle` for as long as B is frozen (checked over
+/// 20 s, well within the 60 s after which a silent replica's report no longer counts). Once B
+/// runs again and serves the new certificate, the old CA leaves `caBundle`. A client that trusts
+/// the webhook configuration's `caBundle` (re-read for every connection) handshakes with both
+/// replicas throughout (B only while it runs): not one handshake fails.
+async fn ca_rotation_two_replicas(env: Env) {
+    install(&env.client).await;
+    let operator_namespace = env.namespace("op").await;
+    let a_args = env.operator_args(&env.kubeconfig, &operator_namespace);
+    let a = a_args.start().await;
+    eventually("replica A to lead", WAIT, || {
+        metric(a_args.admin, "monasca_operator_leader").then_some_one()
+    })
+    .await;
+    let b_args = env.operator_args(&env.kubeconfig, &operator_namespace);
+    let b = b_args.start().await;
+    let first_ca = webhook_ca(&env.client, &operator_namespace).await;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(env.client.clone());
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &operator_namespace);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), &operator_namespace);
+    let reports = || async {
+        leases
+            .list(&ListParams::default().labels(monasca_operator::certs::replicas::REPLICA_LABEL))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    };
+    eventually(
+        "both replicas to report their certificate",
+        WAIT,
+        || async { (reports().await.len() == 2).then_some(()) },
+    )
+    .await;
+
+    let b_frozen = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let targets = [webhook_addr(&a_args), webhook_addr(&b_args)];
+    let client_loop = {
+        let (stop, ok, failed, configs, b_frozen) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            configs.clone(),
+            b_frozen.clone(),
+        );
+        tokio::spawn(async move {
+            let mut bundle = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (i, addr) in targets.into_iter().enumerate() {
+                    if i == 1 && b_frozen.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if let Ok(Some(config)) = configs.get_opt(WEBHOOK_CONFIGURATION_NAME).await
+                        && let Some(ca) = config
+                            .webhooks
+                            .and_then(|w| w.into_iter().next())
+                            .and_then(|w| w.client_config.ca_bundle)
+                    {
+                        bundle = ca.0;
+                    }
+                    let config = trusting(&bundle);
+                    let result =
+                        tokio::task::spawn_blocking(move || handshake(addr, config).map(drop))
+                            .await
+                            .expect("handshake task");
+                    match result {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            say(&format!("handshake with {addr} failed: {e}"));
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // B stops running (its handshakes are skipped meanwhile); A reissues the CA.
+    b_frozen.store(true, Ordering::Relaxed);
+    // Let a handshake with B that is under way finish before it freezes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: kill(2) on a child we started.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGSTOP) };
+    secrets
+        .delete(WEBHOOK_TLS_SECRET_NAME, &DeleteParams::default())
+        .await
+        .expect("delete the Secret");
+    let new_ca = eventually("a new Secret with a new CA", WAIT, || async {
+        let secret = secrets.get_opt(WEBHOOK_TLS_SECRET_NAME).await.ok()??;
+        let ca = secret.data?.get("ca.crt")?.0.clone();
+        (ca != first_ca).then_some(ca)
+    })
+    .await;
+    let bundle_text = || async {
+        configs
+            .get_opt(WEBHOOK_CONFIGURATION_NAME)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.webhooks?.first()?.client_config.ca_bundle.clone())
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let (old_pem, new_pem) = (
+        String::from_utf8_lossy(&first_ca).trim().to_string(),
+        String::from_utf8_lossy(&new_ca).trim().to_string(),
+    );
+    // A serves the new certificate; B, frozen, still the old: both CAs stay trusted.
+    let only_new = trusting(&new_ca);
+    eventually("replica A to serve the new certificate", WAIT, || {
+        let config = only_new.clone();
+        let addr = targets[0];
+        async move {
+            tokio::task::spawn_blocking(move || handshake(addr, config).ok().map(drop))
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    let frozen_since = std::time::Instant::now();
+    while frozen_since.elapsed() < Duration::from_secs(20) {
+        let bundle = bundle_text().await;
+        assert!(
+            bundle.contains(&new_pem) && bundle.contains(&old_pem),
+            "both CAs stay trusted while replica B serves the old certificate"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // B runs again, loads the new Secret, reports it; only then does the old CA go.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGCONT) };
+    eventually("replica B to serve the new certificate", WAIT, || {
+        let config = only_new.clone();
+        let addr = targets[1];
+        async move {
+            tokio::task::spawn_blocking(move || handshake(addr, config).ok().map(drop))
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    b_frozen.store(false, Ordering::Relaxed);
+    eventually("the old CA to leave caBundle", WAIT, || async {
+        let bundle = bundle_text().await;
+        (bundle.contains(&new_pem) && !bundle.contains(&old_pem)).then_some(())
+    })
+    .await;
+    let secret = secrets.get(WEBHOOK_TLS_SECRET_NAME).await.expect("Secret");
+    let serving = monasca_operator::certs::replicas::pem_fingerprint(&String::from_utf8_lossy(
+        &secret.data.expect("data")["tls.crt"].0,
+    ))
+    .expect("fingerprint");
+    for lease in reports().await {
+        assert_eq!(
+            annotation(
+                &lease.metadata,
+                monasca_operator::certs::replicas::SERVING_ANNOTATION
+            ),
+            Some(&serving),
+            "every replica reports the new certificate"
+        );
+    }
+    // A few more rounds against both with the new bundle alone.
+    let before = ok.load(Ordering::Relaxed);
+    eventually("more handshakes after the overlap", WAIT, || async {
+        (ok.load(Ordering::Relaxed) >= before + 10).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    client_loop.await.expect("client loop");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    say(&format!(
+        "handshakes across the CA rotation: {ok} ok, {failed} failed"
+    ));
+    assert_eq!(failed, 0, "no handshake failed");
+    for admin in [a_args.admin, b_args.admin] {
+        assert_eq!(
+            metric(
+                admin,
+                "monasca_operator_tls_handshake_failures_total{reason=\"certificate_rejected\"}"
+            )
+            .await,
+            Some(0.0)
+        );
+    }
+    b.stop();
+    a.stop();
+}
+
+/// Issue 13, namespace-wide opt-in: a namespace with the `inject` annotation and no label is
+/// not sent to the webhook by the apiserver any more; the operator says so (a log line with the
+/// fix, and the `monasca_operator_namespaces_annotation_without_label` gauge). Labelling it
+/// (the fix) injects its pods and clears the report.
+async fn annotation_without_label(env: Env) {
+    let Started {
+        operator_args,
+        operator,
+        ..
+    } = env.start_operator().await;
+    let namespace = env.namespace("annotated").await;
+    let sidecars: Api<MetricsSidecar> = Api::namespaced(env.client.clone(), &namespace);
+    create_sidecar(&sidecars, "default", MetricsSidecarSpec::default()).await;
+    let gauge = "monasca_operator_namespaces_annotation_without_label";
+    let before = metric(operator_args.admin, gauge).await.expect("the gauge");
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    namespaces
+        .patch(
+            &namespace,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {ANNOTATION_INJECT: "true"}}
+            })),
+        )
+        .await
+        .expect("annotate the namespace");
+    eventually("the gauge to count the namespace", WAIT, || async {
+        (metric(operator_args.admin, gauge).await? == before + 1.0).then_some(())
+    })
+    .await;
+    let log = operator.log();
+    assert!(
+        log.contains(&format!(
+            "kubectl label namespace {namespace} {ANNOTATION_INJECT}=true"
+        )),
+        "the log says how to fix it"
+    );
+    // The apiserver does not call the webhook for a pod that says nothing itself.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &namespace);
+    let silent = |name: &str| Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: annotated_pod(name).spec,
+        ..Pod::default()
+    };
+    let pod = pods
+        .create(&PostParams::default(), &silent("before-label"))
+        .await
+        .expect("create pod");
+    assert!(!has_sidecar(&pod), "annotation alone: not injected");
+
+    namespaces
+        .patch(
+            &namespace,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"labels": {ANNOTATION_INJECT: "true"}}
+            })),
+        )
+        .await
+        .expect("label the namespace");
+    eventually("the gauge to drop the labelled namespace", WAIT, || async {
+        (metric(operator_args.admin, gauge).await? == before).then_some(())
+    })
+    .await;
+    let pod = eventually(
+        "a pod in the labelled namespace to be injected",
+        WAIT,
+        || {
+            let pods = pods.clone();
+            let pod = silent(&format!("after-label-{}", unix_now() % 100_000));
+            async move {
+                let created = pods.create(&PostParams::default(), &pod).await.ok()?;
+                has_sidecar(&created).then_some(created)
+            }
+        },
+    )
+    .await;
+    assert!(has_sidecar(&pod));
+    operator.stop();
+}
+
+/// Small adapters for `eventually`, which wants `Option`s.
+trait Eventually {
+    fn then_some_one(self) -> impl Future<Output = Option<()>>;
+}
+
+impl<F: Future<Output = Option<f64>>> Eventually for F {
+    async fn then_some_one(self) -> Option<()> {
+        (self.await == Some(1.0)).then_some(())
+    }
+}
+
+trait EventuallyOk {
+    fn then_some_ok(self) -> impl Future<Output = Option<()>>;
+}
+
+impl<F: Future<Output = Option<(u16, String)>>> EventuallyOk for F {
+    async fn then_some_ok(self) -> Option<()> {
+        (self.await?.0 == 200).then_some(())
+    }
 }

@@ -131,8 +131,9 @@ const BASICS: &[(&str, Scenario)] = &[
 enum Target {
     Cluster {
         kubeconfig: PathBuf,
-        /// The control plane this binary started (stopped when the last test is done).
-        _control_plane: Option<ControlPlane>,
+        /// The control plane this binary started (stopped when the last test is done); the
+        /// scenarios that stop and restart its apiserver need it.
+        control_plane: Option<Arc<Mutex<ControlPlane>>>,
     },
     /// No cluster, outside CI: the tests are ignored with this reason.
     Ignored(String),
@@ -154,7 +155,7 @@ fn target() -> Target {
         ));
         return Target::Cluster {
             kubeconfig,
-            _control_plane: None,
+            control_plane: None,
         };
     }
     match Binaries::locate() {
@@ -171,7 +172,7 @@ fn target() -> Target {
                     ));
                     Target::Cluster {
                         kubeconfig: plane.kubeconfig().to_path_buf(),
-                        _control_plane: Some(plane),
+                        control_plane: Some(Arc::new(Mutex::new(plane))),
                     }
                 }
                 Err(e) => Target::Failed(format!("the control plane did not start: {e}")),
@@ -222,7 +223,9 @@ fn main() -> ExitCode {
             Trial::ignorable_test(name, move || match (&*target, own_plane(name)) {
                 (_, Some(plane)) => match start_own_plane(plane) {
                     Ok(control_plane) => {
-                        run(control_plane.kubeconfig(), name, scenario);
+                        let kubeconfig = control_plane.kubeconfig().to_path_buf();
+                        let control_plane = Arc::new(Mutex::new(control_plane));
+                        run(&kubeconfig, Some(control_plane.clone()), name, scenario);
                         drop(control_plane);
                         Ok(Completion::Completed)
                     }
@@ -231,7 +234,13 @@ fn main() -> ExitCode {
                 },
                 (Target::Ignored(reason), None) => Ok(Completion::ignored_with(reason)),
                 (Target::Failed(message), None) => Err(Failed::from(message.as_str())),
-                (Target::Cluster { kubeconfig, .. }, None) => {
+                (
+                    Target::Cluster {
+                        kubeconfig,
+                        control_plane,
+                    },
+                    None,
+                ) => {
                     // A scenario that needs more than the cluster (real_pods: podman and the
                     // local images): ignored with the reason, failed with it under CI.
                     if let Some(reason) = real_pods::unmet_requirement(name) {
@@ -240,7 +249,16 @@ fn main() -> ExitCode {
                         }
                         return Ok(Completion::ignored_with(reason));
                     }
-                    run(kubeconfig, name, scenario);
+                    if control_plane.is_none() && hardening::NEEDS_OWN_CONTROL_PLANE.contains(&name)
+                    {
+                        let reason = "stops and restarts kube-apiserver: needs the control plane \
+                                      this binary starts (KUBECONFIG names an outside cluster)";
+                        if in_ci() {
+                            return Err(Failed::from(reason));
+                        }
+                        return Ok(Completion::ignored_with(reason));
+                    }
+                    run(kubeconfig, control_plane.clone(), name, scenario);
                     Ok(Completion::Completed)
                 }
             })
@@ -258,6 +276,8 @@ fn main() -> ExitCode {
 struct Env {
     client: Client,
     kubeconfig: PathBuf,
+    /// The control plane this binary started, if it did (see [`Env::stop_apiserver`]).
+    control_plane: Option<Arc<Mutex<ControlPlane>>>,
     run: String,
     cleanup: Arc<Mutex<Vec<Cleanup>>>,
 }
@@ -272,7 +292,12 @@ enum Cleanup {
     AdmissionPolicy(String),
 }
 
-fn run(kubeconfig: &Path, name: &str, scenario: Scenario) {
+fn run(
+    kubeconfig: &Path,
+    control_plane: Option<Arc<Mutex<ControlPlane>>>,
+    name: &str,
+    scenario: Scenario,
+) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -283,11 +308,16 @@ fn run(kubeconfig: &Path, name: &str, scenario: Scenario) {
         let env = Env {
             client: client.clone(),
             kubeconfig: kubeconfig.to_path_buf(),
+            control_plane,
             run: run_id(name),
             cleanup: Arc::default(),
         };
         // The scenario runs in its own task so that cleanup runs even when it panics.
         let outcome = tokio::spawn(scenario(env.clone())).await;
+        // A scenario that failed during an apiserver outage leaves the apiserver running.
+        if env.control_plane.is_some() {
+            env.start_apiserver().await;
+        }
         cleanup(&env).await;
         if let Err(e) = outcome {
             std::panic::resume_unwind(e.into_panic());
@@ -374,6 +404,31 @@ async fn cleanup(env: &Env) {
 impl Env {
     fn defer(&self, item: Cleanup) {
         self.cleanup.lock().expect("cleanup list").push(item);
+    }
+
+    /// Stops kube-apiserver (etcd and the controller-manager keep running): an outage. Only
+    /// for scenarios listed in `hardening::NEEDS_OWN_CONTROL_PLANE`.
+    async fn stop_apiserver(&self) {
+        let plane = self
+            .control_plane
+            .clone()
+            .expect("the harness's own control plane");
+        tokio::task::spawn_blocking(move || plane.lock().expect("control plane").stop_apiserver())
+            .await
+            .expect("stopping kube-apiserver");
+    }
+
+    /// Starts kube-apiserver again on the same etcd and port and waits until it is ready (a
+    /// no-op when it runs).
+    async fn start_apiserver(&self) {
+        let plane = self
+            .control_plane
+            .clone()
+            .expect("the harness's own control plane");
+        tokio::task::spawn_blocking(move || plane.lock().expect("control plane").start_apiserver())
+            .await
+            .expect("starting kube-apiserver")
+            .expect("kube-apiserver restarted");
     }
 
     /// Creates namespace `monasca-e2e-<role>-<run>` (deleted afterwards) and waits for its
