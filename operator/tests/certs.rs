@@ -226,3 +226,70 @@ async fn two_instances_share_one_ca_and_rotation_fails_no_admission() {
         instance.server.await.expect("join").expect("server");
     }
 }
+
+/// `--tls-dir`: the webhook Secret mounted as a volume. Before the kubelet wrote it the replica
+/// serves nothing (and is not ready), without failing to start; once the files appear it is
+/// ready and serves them over real TLS without any apiserver; when the kubelet swaps in the
+/// renewed pair (a rename, as Secret volumes do) new handshakes get the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_secret_is_served_as_it_appears_and_reloaded_when_it_changes() {
+    let dir = std::env::temp_dir().join(format!("monasca-tls-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join(certs::KEY_TLS_CERT), dir.join(certs::KEY_TLS_KEY));
+    let cluster = Cluster::fixtures();
+    let resolver = Arc::new(CertResolver::from_mounted_secret(
+        cert.clone(),
+        key.clone(),
+        Some(cluster.ctx.metrics.clone()),
+    ));
+    cluster.ctx.set_certs(resolver.clone());
+    assert!(!cluster.ctx.cert_loaded(), "nothing mounted yet");
+
+    // The kubelet writes the Secret: files appear (written aside, then renamed in).
+    let write = |bundle: &Bundle| {
+        for (path, pem) in [(&cert, &bundle.cert), (&key, &bundle.key)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, pem).expect("write");
+            std::fs::rename(&tmp, path).expect("rename");
+        }
+    };
+    let first = certs::execute(Plan::Create, None, &names(), now())
+        .expect("generates")
+        .expect("bundle");
+    write(&first);
+    assert!(cluster.ctx.cert_loaded(), "ready once the files are there");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(webhook::serve(
+        listener,
+        resolver.clone(),
+        cluster.ctx.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let body = Bytes::from(fixture_bytes("create-replicaset-pod-generatename.json"));
+    let (mut sender, _) = connect(addr, client_trusting(&first.ca_cert))
+        .await
+        .expect("TLS with the mounted certificate");
+    assert!(admit(&mut sender, &body).await, "admission answered");
+
+    // A new CA (the Secret was replaced): the renamed files are served to new handshakes.
+    let second = certs::execute(Plan::NewCa, Some(&first), &names(), now())
+        .expect("generates")
+        .expect("bundle");
+    write(&second);
+    let (mut sender, _) = connect(addr, client_trusting(&second.ca_cert))
+        .await
+        .expect("TLS with the reloaded certificate");
+    assert!(admit(&mut sender, &body).await, "admission answered");
+    assert!(
+        connect(addr, client_trusting(&first.ca_cert)).await.is_err(),
+        "the old certificate is no longer served"
+    );
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server");
+    let _ = std::fs::remove_dir_all(dir);
+}
