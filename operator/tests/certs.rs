@@ -286,7 +286,9 @@ async fn a_mounted_secret_is_served_as_it_appears_and_reloaded_when_it_changes()
         .expect("TLS with the reloaded certificate");
     assert!(admit(&mut sender, &body).await, "admission answered");
     assert!(
-        connect(addr, client_trusting(&first.ca_cert)).await.is_err(),
+        connect(addr, client_trusting(&first.ca_cert))
+            .await
+            .is_err(),
         "the old certificate is no longer served"
     );
     let _ = stop.send(());

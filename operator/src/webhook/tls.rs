@@ -126,19 +126,15 @@ impl CertResolver {
         key: PathBuf,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<CertResolver> {
-        let provider = provider();
         let stamps = (stamp(&cert), stamp(&key));
-        let loaded = load_pair(&cert, &key, &provider)?;
-        Ok(CertResolver {
-            current: ArcSwapOption::from_pointee(loaded),
-            files: Some(Files {
-                cert,
-                key,
-                seen: Mutex::new(stamps),
-            }),
-            provider,
+        let loaded = load_pair(&cert, &key, &provider())?;
+        Ok(CertResolver::watching(
+            cert,
+            key,
+            stamps,
+            Some(loaded),
             metrics,
-        })
+        ))
     }
 
     /// Serves the PEM pair at `cert`/`key` when it loads, else nothing yet, reloading it whenever
@@ -152,23 +148,34 @@ impl CertResolver {
         key: PathBuf,
         metrics: Option<Arc<Metrics>>,
     ) -> CertResolver {
-        let provider = provider();
         let stamps = (stamp(&cert), stamp(&key));
-        let loaded = match load_pair(&cert, &key, &provider) {
-            Ok(loaded) => Some(Arc::new(loaded)),
+        let loaded = match load_pair(&cert, &key, &provider()) {
+            Ok(loaded) => Some(loaded),
             Err(e) => {
                 tracing::info!(error = %e, "no certificate in the mounted Secret yet; waiting for it or for the Secret watch");
                 None
             }
         };
+        CertResolver::watching(cert, key, stamps, loaded, metrics)
+    }
+
+    /// A resolver serving `loaded` and watching the files it came from (`stamps`: their
+    /// versions as read).
+    fn watching(
+        cert: PathBuf,
+        key: PathBuf,
+        stamps: (Option<FileStamp>, Option<FileStamp>),
+        loaded: Option<CertifiedKey>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> CertResolver {
         CertResolver {
-            current: ArcSwapOption::new(loaded),
+            current: ArcSwapOption::new(loaded.map(Arc::new)),
             files: Some(Files {
                 cert,
                 key,
                 seen: Mutex::new(stamps),
             }),
-            provider,
+            provider: provider(),
             metrics,
         }
     }
