@@ -85,7 +85,7 @@ struct Args {
     /// The operator's own webhook Secret mounted as a directory (self-managed mode): its
     /// tls.crt/tls.key are served from the start, even while the apiserver is unreachable, and
     /// reloaded when they change; the Secret watch still delivers changes sooner. Ignored with
-    /// --tls-cert/--tls-key.
+    /// --tls-cert/--tls-key (cert-manager mode).
     #[arg(long, env = "MONASCA_OPERATOR_TLS_DIR")]
     tls_dir: Option<PathBuf>,
 
