@@ -1294,16 +1294,23 @@ async fn annotation_without_label(env: Env) {
     let gauge = "monasca_operator_namespaces_annotation_without_label";
     let before = metric(operator_args.admin, gauge).await.expect("the gauge");
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
-    namespaces
-        .patch(
-            &namespace,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": {"annotations": {ANNOTATION_INJECT: "true"}}
-            })),
-        )
-        .await
-        .expect("annotate the namespace");
+    // Sets `inject: "true"` in the namespace's `annotations` or `labels`.
+    let opt_in_by = |field: &'static str| {
+        let (namespaces, namespace) = (namespaces.clone(), namespace.clone());
+        async move {
+            namespaces
+                .patch(
+                    &namespace,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({
+                        "metadata": {field: {ANNOTATION_INJECT: "true"}}
+                    })),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("set the namespace's {field}: {e}"));
+        }
+    };
+    opt_in_by("annotations").await;
     eventually("the gauge to count the namespace", WAIT, || async {
         (metric(operator_args.admin, gauge).await? == before + 1.0).then_some(())
     })
@@ -1331,16 +1338,7 @@ async fn annotation_without_label(env: Env) {
         .expect("create pod");
     assert!(!has_sidecar(&pod), "annotation alone: not injected");
 
-    namespaces
-        .patch(
-            &namespace,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": {"labels": {ANNOTATION_INJECT: "true"}}
-            })),
-        )
-        .await
-        .expect("label the namespace");
+    opt_in_by("labels").await;
     eventually("the gauge to drop the labelled namespace", WAIT, || async {
         (metric(operator_args.admin, gauge).await? == before).then_some(())
     })
