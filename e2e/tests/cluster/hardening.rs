@@ -208,6 +208,20 @@ async fn probe(
     served.then_some(())
 }
 
+/// Deletes the webhook Secret and waits for the leader to write a new one: its new CA (PEM).
+async fn delete_secret_for_a_new_ca(secrets: &Api<Secret>, old_ca: &[u8]) -> Vec<u8> {
+    secrets
+        .delete(WEBHOOK_TLS_SECRET_NAME, &DeleteParams::default())
+        .await
+        .expect("delete the Secret");
+    eventually("a new Secret with a new CA", WAIT, || async {
+        let secret = secrets.get_opt(WEBHOOK_TLS_SECRET_NAME).await.ok()??;
+        let ca = secret.data?.get("ca.crt")?.0.clone();
+        (ca != old_ca).then_some(ca)
+    })
+    .await
+}
+
 /// Peak resident memory of a process (VmHWM), in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
@@ -657,16 +671,7 @@ async fn repairs_without_failed_handshakes(env: Env) {
     let client = HandshakeLoop::start(configs.clone(), vec![(addr, Arc::default())]);
 
     // 1. The Secret is deleted: a new CA within seconds, both CAs trusted meanwhile, an Event.
-    secrets
-        .delete(WEBHOOK_TLS_SECRET_NAME, &DeleteParams::default())
-        .await
-        .expect("delete the Secret");
-    let new_ca = eventually("a new Secret with a new CA", WAIT, || async {
-        let secret = secrets.get_opt(WEBHOOK_TLS_SECRET_NAME).await.ok()??;
-        let ca = secret.data?.get("ca.crt")?.0.clone();
-        (ca != first_ca).then_some(ca)
-    })
-    .await;
+    let new_ca = delete_secret_for_a_new_ca(&secrets, &first_ca).await;
     let bundle = eventually("caBundle to trust the new CA", WAIT, || async {
         let config = configs.get_opt(WEBHOOK_CONFIGURATION_NAME).await.ok()??;
         let bundle = config.webhooks?.first()?.client_config.ca_bundle.clone()?.0;
@@ -1178,16 +1183,7 @@ async fn ca_rotation_two_replicas(env: Env) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // SAFETY: kill(2) on a child we started.
     unsafe { libc::kill(b.pid() as i32, libc::SIGSTOP) };
-    secrets
-        .delete(WEBHOOK_TLS_SECRET_NAME, &DeleteParams::default())
-        .await
-        .expect("delete the Secret");
-    let new_ca = eventually("a new Secret with a new CA", WAIT, || async {
-        let secret = secrets.get_opt(WEBHOOK_TLS_SECRET_NAME).await.ok()??;
-        let ca = secret.data?.get("ca.crt")?.0.clone();
-        (ca != first_ca).then_some(ca)
-    })
-    .await;
+    let new_ca = delete_secret_for_a_new_ca(&secrets, &first_ca).await;
     let bundle_text = || async {
         configs
             .get_opt(WEBHOOK_CONFIGURATION_NAME)
