@@ -74,7 +74,8 @@ fn two_workers_counter_sum_survives_deletion_and_restart() {
 
 #[test]
 fn stale_worker_keeps_counting_and_live_gauges_forget_it() {
-    let s = Sidecar::start("staleAfter: 1s\n");
+    // 3 s: long enough that a stalled machine does not make w1 stale before the first read.
+    let s = Sidecar::start("staleAfter: 3s\n");
     let body = |c: u32, g: u32| {
         format!("{COUNTER}{c}\n# TYPE inflight gauge\ninflight{{_aggregate=\"livesum\"}} {g}\n")
     };
@@ -82,7 +83,7 @@ fn stale_worker_keeps_counting_and_live_gauges_forget_it() {
     push(&s, "PUT", "/metrics/job/api/instance/w2", &body(5, 3));
     assert_eq!(s.value("inflight{job=\"api\"}"), Some(5.0));
     // Keep w1 fresh while w2 goes stale.
-    let stale = wait_until(Duration::from_secs(10), || {
+    let stale = wait_until(Duration::from_secs(20), || {
         push(&s, "PUT", "/metrics/job/api/instance/w1", &body(10, 2));
         s.value("inflight{job=\"api\"}") == Some(2.0)
     });
