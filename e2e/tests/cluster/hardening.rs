@@ -1030,9 +1030,13 @@ async fn apiserver_outage(env: Env) {
         .expect("change the MetricsSidecar");
     let want = changed.rendered_config().expect("renders");
     let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &app_namespace);
+    // The controller's own watches come back on kube's watcher backoff (doubling up to 30 s
+    // per step while the apiserver was down), then resume or relist after a 410: up to about
+    // two 30 s steps after the apiserver returns, slower under CI load. Twice WAIT still stays
+    // below the 300 s periodic resync, so only the watch recovery can pass this.
     eventually(
         "the change to be reconciled into the ConfigMap",
-        WAIT,
+        WAIT * 2,
         || {
             let (config_maps, want) = (config_maps.clone(), want.clone());
             async move {
