@@ -294,10 +294,22 @@ impl<'de: 'a, 'a> Deserialize<'de> for JsonLabels<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut labels = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                let mut names = Vec::with_capacity(labels.capacity());
                 while let Some((name, value)) = map.next_entry::<JsonStr<'de>, LabelValue<'de>>()? {
+                    names.push(name.0.clone());
                     if let Some(value) = value.0 {
                         labels.push((name.0, value));
                     }
+                }
+                // JSON allows a key twice in one object; a label set does not (the render would
+                // show the label twice, which no parser accepts). Sorted: O(n log n) however
+                // many labels a hostile body sends.
+                names.sort_unstable();
+                if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+                    return Err(de::Error::custom(format_args!(
+                        "label {:?} appears twice in one labels object",
+                        pair[0]
+                    )));
                 }
                 Ok(JsonLabels(labels))
             }
@@ -678,6 +690,24 @@ mod tests {
         assert!(out.contains("test{c=\"d\"} 24.68\n"), "{out}");
         assert!(!out.contains("_id") && !out.contains("_aggregate"), "{out}");
         assert_eq!(s.worker_count(), 2);
+    }
+
+    #[test]
+    fn a_label_twice_in_one_labels_object_is_refused_whole() {
+        let mut s = store();
+        let now = Now::now();
+        ingest(&mut s, with_worker("a", "sum", 1.0).as_bytes(), now).unwrap();
+        let before = text(&s, now);
+        // The proptest's find: a duplicate JSON key rendered as a label set with `le` twice.
+        let body = br#"[{"name": "h_count", "type": "counter", "values": [
+            {"name": "h_count", "labels": {"le": "w1", "le": "w1"}, "value": 0}]}]"#;
+        match ingest(&mut s, body, now) {
+            Err(e @ JsonError::Json(_)) => {
+                assert!(e.to_string().contains("\"le\" appears twice"), "{e}")
+            }
+            other => panic!("accepted or wrong error: {other:?}"),
+        }
+        assert_eq!(text(&s, now), before, "nothing else changed");
     }
 
     #[test]
