@@ -1,0 +1,218 @@
+//! File-system helpers of a round: listing the directory, reading a worker file up to its
+//! `used` size, checking a folded file is still the one recorded, writing the retired tables.
+//! No state of their own: everything they know comes in as arguments.
+
+use super::{INITIAL_READ, Ident, MAX_FILE_BYTES};
+use crate::multiprocess::format::{self, FileError, FileKind, RETIRED_PID};
+use crate::multiprocess::retired::{self, FoldedFile, Table};
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+/// Checks a file's layout (entries within `used`, keys UTF-8) and returns the value offsets.
+/// Keys are parsed when the worker's plan is built; one that is not valid JSON leaves out
+/// only its entry.
+pub(super) fn layout(raw: &[u8]) -> Result<Vec<u32>, FileError> {
+    let mut offsets = Vec::new();
+    for entry in format::entries(raw)? {
+        offsets.push(entry?.value_offset as u32);
+    }
+    Ok(offsets)
+}
+
+/// Reads a worker file by path: `used` first, then exactly `used` bytes into `buf`. The
+/// outer error is I/O; the inner one says the content is not a valid file (yet, or any more).
+pub(super) fn read_db(
+    path: &Path,
+    buf: &mut Vec<u8>,
+    legacy: &mut bool,
+) -> io::Result<(Ident, Result<(), FileError>)> {
+    let file = std::fs::File::open(path)?;
+    let ident = ident_of(&file)?;
+    let result = read_content(&file, buf, 0, legacy)?;
+    Ok((ident, result))
+}
+
+pub(super) fn ident_of(file: &std::fs::File) -> io::Result<Ident> {
+    let meta = file.metadata()?;
+    Ok(Ident {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+    })
+}
+
+/// Reads the first `used` bytes of `file` into `buf` (exactly `used` long afterwards). One
+/// `pread` when `hint` (the last known `used`) is still right, two when the file grew.
+/// `buf` is only grown, never cleared first, so a steady file costs no zero-filling.
+pub(super) fn read_content(
+    file: &std::fs::File,
+    buf: &mut Vec<u8>,
+    hint: usize,
+    legacy: &mut bool,
+) -> io::Result<Result<(), FileError>> {
+    let want = if hint >= format::HEADER_LEN {
+        hint
+    } else {
+        INITIAL_READ
+    };
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let got = read_at_most(file, &mut buf[..want], 0)?;
+    let empty = |buf: &mut Vec<u8>| {
+        buf.truncate(0);
+        buf.extend_from_slice(&[0u8; format::HEADER_LEN]);
+    };
+    if got == 0 {
+        // Created, not yet sized by the client: empty.
+        empty(buf);
+        return Ok(Ok(()));
+    }
+    let used = match format::read_used(&buf[..got]) {
+        Ok(u) => u,
+        Err(e) => return Ok(Err(e)),
+    };
+    if used == 0 {
+        empty(buf);
+        return Ok(Ok(()));
+    }
+    if used > MAX_FILE_BYTES {
+        return Ok(Err(FileError::TooLarge(used)));
+    }
+    let mut have = got;
+    if used > got && got == want {
+        if buf.len() < used {
+            buf.resize(used, 0);
+        }
+        have = got + read_at_most(file, &mut buf[got..used], got as u64)?;
+    }
+    if have < used {
+        buf.truncate(have);
+        return Ok(Err(FileError::UsedBeyondEnd { used, len: have }));
+    }
+    buf.truncate(used);
+    // Everything past this point (offsets, change detection, folds) sees the current layout.
+    if format::normalize_legacy(buf) {
+        *legacy = true;
+    }
+    Ok(Ok(()))
+}
+
+/// `pread` until `buf` is full or the file ends; returns the bytes read.
+fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// The directory's `.db` files.
+pub(super) struct Listing {
+    /// In directory order.
+    pub files: Vec<ListedFile>,
+    /// `.db` files that are not prometheus_client files (at most [`MAX_UNKNOWN_LISTED`]).
+    pub unknown: Vec<String>,
+    /// Worker files over the cap: not listed, never read.
+    pub skipped: usize,
+}
+
+/// A prometheus_client file in a listing.
+pub(super) struct ListedFile {
+    pub name: String,
+    pub kind: FileKind,
+    pub pid: String,
+    pub ino: u64,
+}
+
+/// Names of unknown `.db` files remembered per listing (they are only logged).
+const MAX_UNKNOWN_LISTED: usize = 64;
+
+/// Lists the directory: the retired files and the worker files `known` says are tracked
+/// always, other worker files while fewer than `new_allowed` have been taken.
+pub(super) fn list_dir(
+    dir: &Path,
+    new_allowed: usize,
+    known: &dyn Fn(&str) -> bool,
+) -> io::Result<Listing> {
+    let mut files = Vec::new();
+    let mut unknown = Vec::new();
+    let mut new = 0usize;
+    let mut skipped = 0usize;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !name.ends_with(".db") || name.starts_with('.') {
+            continue;
+        }
+        match format::parse_file_name(&name) {
+            Some(n) => {
+                if n.pid != RETIRED_PID && !known(&name) {
+                    if new >= new_allowed {
+                        skipped += 1;
+                        continue;
+                    }
+                    new += 1;
+                }
+                let (kind, pid) = (n.kind, n.pid.to_string());
+                files.push(ListedFile {
+                    name,
+                    kind,
+                    pid,
+                    ino: entry.ino(),
+                });
+            }
+            None if unknown.len() < MAX_UNKNOWN_LISTED => unknown.push(name),
+            None => {}
+        }
+    }
+    Ok(Listing {
+        files,
+        unknown,
+        skipped,
+    })
+}
+
+/// True when `rec` describes the file now in the directory (same inode, same content).
+pub(super) fn leftover_matches(dir: &Path, rec: &FoldedFile) -> bool {
+    let path = dir.join(&rec.file);
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return false;
+    };
+    if meta.dev() != rec.dev || meta.ino() != rec.ino {
+        return false;
+    }
+    if rec.len == 0 {
+        return true;
+    }
+    let mut buf = Vec::new();
+    match read_db(&path, &mut buf, &mut false) {
+        Ok((_, Ok(()))) => buf.len() as u64 == rec.len && retired::fnv1a(&buf) == rec.hash,
+        _ => false,
+    }
+}
+
+/// Writes the staged tables atomically, then makes the renames durable.
+pub(super) fn write_tables(
+    dir: &Path,
+    staged: &BTreeMap<FileKind, Table>,
+    layout: format::Layout,
+) -> io::Result<()> {
+    for (kind, table) in staged {
+        let data = table
+            .encode(layout)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        retired::write_atomic(dir, &retired::file_name(*kind), &data)?;
+    }
+    retired::sync_dir(dir)
+}

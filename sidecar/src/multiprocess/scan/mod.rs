@@ -1,0 +1,414 @@
+//! One pass over the directory: read what changed, decide who is alive, fold the dead into
+//! the persisted totals, update the store, delete folded files.
+//!
+//! Invariants, in the order a round relies on them:
+//! - a worker file is only ever read up to its `used` size, and a file that cannot be read
+//!   keeps its last good values (never dropped, never double counted);
+//! - a dead worker's files are read once more after it is found dead (they are final then),
+//!   and their values reach the retired files (written atomically, directory fsynced) before
+//!   the store forgets the worker and before any file is deleted;
+//! - every store change of a round happens under one write lock, so no render sees a worker
+//!   both folded and live, or neither;
+//! - with `multiprocessCompact: false` the directory is read-only for the sidecar: departed
+//!   values are retired by the store (in memory), as for any other source.
+//!
+//! Cost: a file whose size did not change is compared value slot by value slot with the last
+//! read (the client only ever appends keys and rewrites values in place); only the series
+//! whose values changed are re-applied (`Scope::Series`), from a [`Plan`] built when the
+//! worker's keys last changed, so steady state parses no JSON at all.
+
+mod apply;
+mod fold;
+mod fs;
+mod read;
+mod round;
+
+pub(crate) use apply::apply_resilient;
+
+use super::LogOnce;
+use super::Stats;
+use super::format::{self, FileKind, RETIRED_PID};
+use super::liveness::{Liveness, LivenessMode, LivenessPolicy};
+use super::merge::{FxHashMap, FxHashSet, Plan, Slot};
+use super::retired::{self, FoldedFile, Retired};
+use crate::app::App;
+use crate::store::{Source, Store, WorkerKey};
+use monasca_config::SidecarConfig;
+use round::{Round, RoundCtx};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The store id of the worker holding the persisted retired totals.
+pub const RETIRED_WORKER_ID: &str = "multiprocess:retired";
+
+/// Largest `used` size read. The real client needs ~150 bytes per series, so this is far
+/// beyond `maxSeriesPerWorker`; it stops a corrupt header from making the sidecar allocate
+/// gigabytes.
+pub const MAX_FILE_BYTES: usize = 256 << 20;
+
+/// First read of a file of unknown size, like the client's reader: a page, then the rest of
+/// `used` if it is larger (files are preallocated to 64 KiB, mostly unused).
+const INITIAL_READ: usize = 4096;
+
+/// At most this many worker files are kept open between scans (a steady file then costs a
+/// single `pread` per scan); beyond, files are opened for each read.
+const MAX_OPEN_FILES: usize = 512;
+
+/// A quiet (stale) worker's unchanged files are read anyway every this many rounds, in case
+/// a write did not move the mtime (mmap writes to a page not yet written back do not).
+const QUIET_REREAD_ROUNDS: u64 = 10;
+
+/// How long to wait before retrying a failed write or delete in the directory.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Above this share of changed series, a worker is re-applied whole (cheaper than the
+/// bookkeeping of a partial update).
+const PARTIAL_MAX_SHARE: usize = 4;
+
+/// The store id of a pid's worker.
+pub fn worker_id(pid: &str) -> String {
+    format!("multiprocess:pid={pid}")
+}
+
+fn worker_key(pid: &str) -> WorkerKey {
+    WorkerKey::new(
+        Source::Multiprocess,
+        worker_id(pid),
+        vec![("pid".to_string(), pid.to_string())],
+    )
+}
+
+fn retired_key() -> WorkerKey {
+    WorkerKey::new(
+        Source::Multiprocess,
+        RETIRED_WORKER_ID,
+        vec![("pid".to_string(), RETIRED_PID.to_string())],
+    )
+}
+
+/// A plan slot: the file kind's rank and the value's offset in that file.
+fn slot(kind: FileKind, offset: u32) -> Slot {
+    ((kind.rank() as u64) << 32) | u64::from(offset)
+}
+
+/// What the sidecar knows about one worker file.
+#[derive(Debug)]
+struct FileState {
+    kind: FileKind,
+    pid: String,
+    dev: u64,
+    ino: u64,
+    /// The last good content, `used` bytes. Meaningful only when `good`.
+    raw: Vec<u8>,
+    /// Value offsets of the entries of `raw`.
+    offsets: Vec<u32>,
+    good: bool,
+    mtime: SystemTime,
+    /// When the content was last seen to change (the file's mtime at first sight).
+    changed: SystemTime,
+    /// Why the current content cannot be read, if it cannot.
+    corrupt: Option<&'static str>,
+    /// (mtime, length) at the last `stat` of a quiet file.
+    quiet_stat: Option<(SystemTime, u64)>,
+    /// Kept open between scans (see [`MAX_OPEN_FILES`]).
+    handle: Option<std::fs::File>,
+    /// `raw` and `offsets` were dropped (a quiet worker that can never be folded): only
+    /// `released_len` and `released_hash` say what the content was. Read back from disk
+    /// before the worker is applied again ([`DirState::restore`]).
+    released: bool,
+    released_len: usize,
+    released_hash: u64,
+}
+
+impl FileState {
+    fn new(kind: FileKind, pid: &str, ident: Ident, raw: Vec<u8>, offsets: Vec<u32>) -> Self {
+        FileState {
+            kind,
+            pid: pid.to_string(),
+            dev: ident.dev,
+            ino: ident.ino,
+            raw,
+            offsets,
+            good: true,
+            mtime: ident.mtime,
+            changed: ident.mtime,
+            corrupt: None,
+            quiet_stat: None,
+            handle: None,
+            released: false,
+            released_len: 0,
+            released_hash: 0,
+        }
+    }
+
+    /// Drops the copy of the content, keeping what tells a change.
+    fn release(&mut self) {
+        self.released_len = self.raw.len();
+        self.released_hash = retired::fnv1a(&self.raw);
+        self.raw = Vec::new();
+        self.offsets = Vec::new();
+        self.handle = None;
+        self.released = true;
+    }
+
+    fn value(&self, offset: u32) -> Option<(f64, f64)> {
+        format::value_at(&self.raw, offset as usize)
+    }
+}
+
+#[derive(Debug, Default)]
+struct PidState {
+    in_store: bool,
+    /// Apply the whole worker (keys changed, liveness changed, never applied, or a failure).
+    full: bool,
+    /// Value slots changed since the last apply (keys unchanged).
+    changed: Vec<Slot>,
+    /// The last apply included live gauges.
+    applied_alive: bool,
+    /// The last apply was rejected; retried when the files change.
+    failed: bool,
+    /// The structure of the worker's values; None when its keys changed.
+    plan: Option<Plan>,
+    /// Per file kind (by rank), per entry of the file (in `offsets` order): its series in
+    /// `plan`, or `u32::MAX` when it does not contribute.
+    entry_series: Vec<Vec<u32>>,
+    /// Found dead (or stale) last round: its files are only checked, not read (see
+    /// [`DirState::quiet_unchanged`]).
+    quiet: bool,
+    /// Its files' contents and its plan were dropped (see [`FileState::release`]); the store
+    /// holds its values.
+    released: bool,
+}
+
+/// Identity of a file on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ident {
+    dev: u64,
+    ino: u64,
+    mtime: SystemTime,
+}
+
+/// A change to the retired totals prepared in a round, written before it takes effect.
+enum Fold {
+    /// Every value of an old content (a dead or replaced file).
+    Whole { kind: FileKind, raw: Vec<u8> },
+    /// Only the entries at these value offsets (counters that went down: `Counter.reset()`).
+    Entries {
+        kind: FileKind,
+        raw: Vec<u8>,
+        offsets: Vec<usize>,
+    },
+}
+
+/// Everything known about one directory.
+pub struct DirState {
+    pub dir: PathBuf,
+    files: FxHashMap<String, FileState>,
+    pids: FxHashMap<String, PidState>,
+    retired: Retired,
+    retired_loaded: bool,
+    /// The store holds the current retired totals.
+    retired_in_store: bool,
+    /// Worker files already folded into the retired totals: deleted as soon as possible,
+    /// ignored until then. `bool`: keep (unreadable when folded, so never deleted).
+    folded: FxHashMap<String, (FoldedFile, bool)>,
+    liveness: Liveness,
+    scratch: Vec<u8>,
+    /// A worker file was in prometheus_client's layout before 0.17 (no timestamps): the
+    /// retired files are then written in it too. Sticky: one directory, one client version.
+    legacy_layout: bool,
+    /// Files that may still be kept open this round.
+    open_budget: usize,
+    /// Rounds so far (quiet files are read every [`QUIET_REREAD_ROUNDS`]).
+    round_number: u64,
+    retry_writes_at: Option<Instant>,
+    retry_deletes_at: Option<Instant>,
+    /// The store's epoch when its values were last applied (see [`Store::epoch`]).
+    store_epoch: u64,
+    /// Worker files over the cap in the last listing.
+    skipped: usize,
+    /// Tests: stop every round right before deleting folded files, as a crash would.
+    #[cfg(test)]
+    pub(crate) crash_before_delete: bool,
+}
+
+/// How a round went, for self-metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RoundSummary {
+    pub files: usize,
+    pub live: usize,
+    pub dead: usize,
+    pub retired_series: usize,
+    pub liveness: Option<LivenessMode>,
+    /// Worker files left unread because of `limits.maxMultiprocessFiles`.
+    pub skipped: usize,
+    /// Files held without a copy of their content (quiet workers that cannot be folded).
+    pub released: usize,
+    /// Why dead workers' files are not compacted, if they are not.
+    pub not_compacting: Option<NotCompacting>,
+}
+
+/// Why the directory is not compacted: a fixed set (metric label values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotCompacting {
+    /// Liveness from file changes: the app's processes are not visible in `/proc` (no shared
+    /// process namespace, or the config says `mtime`), so no worker can be proven dead.
+    MtimeLiveness,
+    /// `multiprocessCompact: false`.
+    CompactionOff,
+}
+
+impl NotCompacting {
+    pub const ALL: [NotCompacting; 2] =
+        [NotCompacting::MtimeLiveness, NotCompacting::CompactionOff];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            NotCompacting::MtimeLiveness => "mtime_liveness",
+            NotCompacting::CompactionOff => "compaction_off",
+        }
+    }
+}
+
+impl DirState {
+    pub fn new(dir: PathBuf, policy: LivenessPolicy) -> Self {
+        DirState {
+            dir,
+            files: FxHashMap::default(),
+            pids: FxHashMap::default(),
+            retired: Retired::default(),
+            retired_loaded: false,
+            retired_in_store: false,
+            folded: FxHashMap::default(),
+            liveness: Liveness::new(policy),
+            scratch: Vec::new(),
+            legacy_layout: false,
+            open_budget: 0,
+            round_number: 0,
+            retry_writes_at: None,
+            retry_deletes_at: None,
+            store_epoch: 0,
+            skipped: 0,
+            #[cfg(test)]
+            crash_before_delete: false,
+        }
+    }
+
+    /// Applies a (reloaded) liveness policy.
+    pub fn set_liveness_policy(&mut self, policy: LivenessPolicy) {
+        self.liveness.set_policy(policy);
+    }
+
+    /// The store no longer holds any of the directory's values (it was cleared): every worker
+    /// and the retired totals are applied whole next time.
+    fn forget_store(&mut self) {
+        self.retired_in_store = false;
+        for st in self.pids.values_mut() {
+            st.in_store = false;
+            st.failed = false;
+            st.full = true;
+        }
+    }
+
+    /// The directory is no longer read (config changed): its workers leave the store the
+    /// ordinary way, retiring their counters in memory.
+    pub fn detach(self, store: &mut Store) {
+        for (pid, state) in &self.pids {
+            if state.in_store {
+                store.retire_worker(&worker_id(pid));
+            }
+        }
+        store.retire_worker(RETIRED_WORKER_ID);
+    }
+
+    /// One pass. See the module documentation for the invariants, and [`round`] for the
+    /// phases.
+    pub fn round(
+        &mut self,
+        app: &App,
+        cfg: &SidecarConfig,
+        stats: &Stats,
+        log: &mut LogOnce,
+    ) -> RoundSummary {
+        let ctx = RoundCtx {
+            app,
+            stats,
+            log,
+            compact: cfg.multiprocess_compact,
+            stale_after: cfg.stale_after.as_std(),
+            file_cap: usize::try_from(cfg.limits.max_multiprocess_files).unwrap_or(usize::MAX),
+        };
+        // List the directory; new files only up to the cap, counted before anything is read
+        // or allocated for them.
+        let tracked = self.files.len() + self.folded.len();
+        let known = |name: &str| self.files.contains_key(name) || self.folded.contains_key(name);
+        let listing = match fs::list_dir(&self.dir, ctx.file_cap.saturating_sub(tracked), &known) {
+            Ok(l) => {
+                ctx.log.clear("list");
+                l
+            }
+            Err(e) => {
+                if ctx.log.first("list") {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list the multiprocess directory; keeping the last values");
+                }
+                stats.error("list");
+                apply::touch_all(app, &self.pids, self.retired_in_store);
+                return self.summary(0, 0, ctx.compact);
+            }
+        };
+        Round::new(self, ctx, &listing).run()
+    }
+
+    fn summary(&self, live: usize, dead: usize, compact: bool) -> RoundSummary {
+        let not_compacting = if !compact {
+            Some(NotCompacting::CompactionOff)
+        } else if self.liveness.mode() == LivenessMode::Mtime {
+            Some(NotCompacting::MtimeLiveness)
+        } else {
+            None
+        };
+        RoundSummary {
+            files: self.files.len() + self.folded.len(),
+            live,
+            dead,
+            retired_series: self.retired.series(),
+            liveness: Some(self.liveness.mode()),
+            skipped: self.skipped,
+            released: self.files.values().filter(|f| f.released).count(),
+            not_compacting,
+        }
+    }
+
+    /// Drops the file copies and plans of quiet workers that are fully applied.
+    fn release_quiet(&mut self) {
+        let releasable: FxHashSet<String> = self
+            .pids
+            .iter()
+            .filter(|(_, st)| {
+                st.quiet
+                    && !st.released
+                    && st.in_store
+                    && !st.full
+                    && !st.failed
+                    && !st.applied_alive
+                    && st.changed.is_empty()
+            })
+            .map(|(pid, _)| pid.clone())
+            .collect();
+        if releasable.is_empty() {
+            return;
+        }
+        for f in self.files.values_mut() {
+            if f.good && f.corrupt.is_none() && !f.released && releasable.contains(&f.pid) {
+                f.release();
+            }
+        }
+        for pid in &releasable {
+            if let Some(st) = self.pids.get_mut(pid) {
+                st.released = true;
+                st.plan = None;
+                st.entry_series = Vec::new();
+            }
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Reading worker files into a [`DirState`]: a changed file's new content and the slots that
+//! moved, a quiet file's cheap "unchanged" check, a dead worker's final re-read, and a
+//! released worker's files read back.
+
+use super::fold::{decreased, reset_fold};
+use super::fs::{ListedFile, ident_of, layout, read_content, read_db};
+use super::round::RoundCtx;
+use super::{DirState, FileState, Fold, Ident, QUIET_REREAD_ROUNDS, slot};
+use crate::multiprocess::Stats;
+use crate::multiprocess::format;
+use crate::multiprocess::retired;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+impl DirState {
+    /// Reads a released worker's files back from disk, so it can be applied or folded again.
+    /// Returns false (the worker stays released) when one of them cannot be read as the same
+    /// file.
+    pub(super) fn restore(&mut self, pid: &str, stats: &Stats) -> bool {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.pid == pid && f.released)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let Ok((ident, Ok(()))) = read_db(
+                &self.dir.join(&name),
+                &mut self.scratch,
+                &mut self.legacy_layout,
+            ) else {
+                return false;
+            };
+            stats.file_reads.inc();
+            let Ok(offsets) = layout(&self.scratch) else {
+                return false;
+            };
+            let Some(f) = self.files.get_mut(&name) else {
+                continue;
+            };
+            if ident.dev != f.dev || ident.ino != f.ino {
+                return false;
+            }
+            f.raw = std::mem::take(&mut self.scratch);
+            f.offsets = offsets;
+            f.mtime = ident.mtime;
+            f.released = false;
+        }
+        if let Some(st) = self.pids.get_mut(pid) {
+            st.released = false;
+            st.plan = None;
+            st.full = true;
+        }
+        true
+    }
+
+    /// Reads one worker file; records what changed for its pid, and folds for values that
+    /// went away (compaction only).
+    pub(super) fn read_file(
+        &mut self,
+        file: &ListedFile,
+        ctx: &mut RoundCtx<'_>,
+        folds: &mut Vec<(String, Fold)>,
+    ) {
+        let (name, kind, pid, ino) = (file.name.as_str(), file.kind, file.pid.as_str(), file.ino);
+        let (compact, stats, log) = (ctx.compact, ctx.stats, &mut *ctx.log);
+        let path = self.dir.join(name);
+        // A known file still under its name (same inode in the listing) is read through the
+        // handle kept open, with its last size as the read size: one syscall.
+        let cached = self
+            .files
+            .get(name)
+            .filter(|f| f.ino == ino && f.handle.is_some());
+        let read = match cached {
+            Some(f) => {
+                let hint = if f.good { f.raw.len() } else { 0 };
+                let ident = Ident {
+                    dev: f.dev,
+                    ino: f.ino,
+                    mtime: f.mtime,
+                };
+                match &f.handle {
+                    Some(h) => read_content(h, &mut self.scratch, hint, &mut self.legacy_layout)
+                        .map(|r| (ident, r, None)),
+                    None => Err(io::Error::from(io::ErrorKind::NotFound)),
+                }
+            }
+            None => {
+                let budget = &mut self.open_budget;
+                let legacy = &mut self.legacy_layout;
+                std::fs::File::open(&path).and_then(|file| {
+                    let ident = ident_of(&file)?;
+                    let hint = self
+                        .files
+                        .get(name)
+                        .filter(|f| f.good && f.ino == ident.ino)
+                        .map_or(0, |f| f.raw.len());
+                    let r = read_content(&file, &mut self.scratch, hint, legacy)?;
+                    let keep = (*budget > 0).then(|| {
+                        *budget -= 1;
+                        file
+                    });
+                    Ok((ident, r, keep))
+                })
+            }
+        };
+        let (ident, result, handle) = match read {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                if log.first(&format!("read:{name}")) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read a multiprocess file; keeping its last values");
+                }
+                stats.error("read");
+                return;
+            }
+        };
+        if let Some(f) = self.files.get_mut(name)
+            && handle.is_some()
+        {
+            f.handle = None;
+        }
+        let handle = match (self.files.get_mut(name), handle) {
+            (Some(f), Some(h)) if f.dev == ident.dev && f.ino == ident.ino => {
+                f.handle = Some(h);
+                None
+            }
+            (_, h) => h,
+        };
+        stats.file_reads.inc();
+        let now = SystemTime::now();
+
+        // A released file (no copy kept): unchanged when its length and hash are.
+        if let Some(f) = self.files.get_mut(name)
+            && f.released
+            && result.is_ok()
+            && f.dev == ident.dev
+            && f.ino == ident.ino
+            && f.released_len == self.scratch.len()
+            && f.released_hash == retired::fnv1a(&self.scratch)
+        {
+            f.mtime = ident.mtime;
+            return;
+        }
+
+        // The common case: same file, same size. The client never rewrites keys, so only
+        // the value slots can differ.
+        if let Some(f) = self.files.get_mut(name)
+            && result.is_ok()
+            && f.good
+            && f.dev == ident.dev
+            && f.ino == ident.ino
+            && f.raw.len() == self.scratch.len()
+        {
+            f.mtime = ident.mtime;
+            if f.corrupt.take().is_some() {
+                log.clear(&format!("corrupt:{name}"));
+            }
+            // One vectorised comparison for the usual "nothing changed".
+            if f.raw == self.scratch {
+                return;
+            }
+            let changed: Vec<u32> = f
+                .offsets
+                .iter()
+                .copied()
+                .filter(|&o| {
+                    let o = o as usize;
+                    f.raw.get(o..o + 16) != self.scratch.get(o..o + 16)
+                })
+                .collect();
+            if changed.is_empty() {
+                return;
+            }
+            if compact && kind.is_cumulative() {
+                let went_down: Vec<usize> = changed
+                    .iter()
+                    .map(|&o| o as usize)
+                    .filter(|&o| {
+                        let old = format::value_at(&f.raw, o).map(|v| v.0);
+                        let new = format::value_at(&self.scratch, o).map(|v| v.0);
+                        matches!((old, new), (Some(a), Some(b)) if b < a)
+                    })
+                    .collect();
+                if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
+                    folds.push((pid.to_string(), fold));
+                }
+            }
+            std::mem::swap(&mut f.raw, &mut self.scratch);
+            f.changed = now;
+            let st = self.pids.entry(pid.to_string()).or_default();
+            st.changed
+                .extend(changed.into_iter().map(|o| slot(kind, o)));
+            return;
+        }
+
+        let offsets = result.and_then(|()| layout(&self.scratch));
+        let offsets = match offsets {
+            Ok(o) => o,
+            Err(e) => {
+                let reason = e.reason();
+                if log.first(&format!("corrupt:{name}")) {
+                    tracing::warn!(file = %path.display(), error = %e, "corrupt multiprocess file skipped; its last good values are kept");
+                    stats.corrupt(reason);
+                }
+                match self.files.get_mut(name) {
+                    Some(f) => {
+                        f.corrupt = Some(reason);
+                        f.mtime = ident.mtime;
+                    }
+                    None => {
+                        let mut f = FileState::new(kind, pid, ident, Vec::new(), Vec::new());
+                        f.good = false;
+                        f.corrupt = Some(reason);
+                        self.files.insert(name.to_string(), f);
+                    }
+                }
+                return;
+            }
+        };
+        log.clear(&format!("corrupt:{name}"));
+        match self.files.get_mut(name) {
+            Some(f) => {
+                // A released file has no old content to fold: the store retires what it held.
+                if compact && f.good && !f.released {
+                    let replaced = f.dev != ident.dev
+                        || f.ino != ident.ino
+                        || self.scratch.len() < f.raw.len();
+                    if replaced {
+                        if kind.folds() {
+                            folds.push((
+                                pid.to_string(),
+                                Fold::Whole {
+                                    kind,
+                                    raw: f.raw.clone(),
+                                },
+                            ));
+                        }
+                    } else if kind.is_cumulative() {
+                        let went_down = decreased(&f.raw, &self.scratch);
+                        if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
+                            folds.push((pid.to_string(), fold));
+                        }
+                    }
+                }
+                std::mem::swap(&mut f.raw, &mut self.scratch);
+                f.offsets = offsets;
+                f.good = true;
+                f.released = false;
+                f.dev = ident.dev;
+                f.ino = ident.ino;
+                f.mtime = ident.mtime;
+                f.changed = now;
+                f.corrupt = None;
+                if handle.is_some() {
+                    f.handle = handle;
+                }
+            }
+            None => {
+                let mut f =
+                    FileState::new(kind, pid, ident, std::mem::take(&mut self.scratch), offsets);
+                f.handle = handle;
+                self.files.insert(name.to_string(), f);
+            }
+        }
+        let st = self.pids.entry(pid.to_string()).or_default();
+        st.full = true;
+        st.plan = None;
+    }
+
+    /// True when `name` belongs to a worker found dead (or stale) last round and is certainly
+    /// unchanged, so reading it can be skipped: a dead process's files are final when `/proc`
+    /// says it is gone; otherwise the file's inode, mtime and length must not have moved
+    /// (and it is read anyway every [`QUIET_REREAD_ROUNDS`] rounds). Without this, thousands
+    /// of dead workers' files would be read every second when compaction is off.
+    pub(super) fn quiet_unchanged(&mut self, name: &str, pid: &str, ino: u64, gone: bool) -> bool {
+        if !self.pids.get(pid).is_some_and(|st| st.quiet && st.in_store) {
+            return false;
+        }
+        let Some(f) = self.files.get_mut(name) else {
+            return false;
+        };
+        if f.ino != ino || !f.good || f.corrupt.is_some() {
+            return false;
+        }
+        if gone {
+            return true;
+        }
+        if self.round_number.is_multiple_of(QUIET_REREAD_ROUNDS) {
+            f.quiet_stat = None;
+            return false;
+        }
+        let Ok(meta) = std::fs::metadata(self.dir.join(name)) else {
+            return false;
+        };
+        let now = (meta.modified().unwrap_or(UNIX_EPOCH), meta.len());
+        if meta.ino() == ino && f.quiet_stat == Some(now) {
+            return true;
+        }
+        f.quiet_stat = Some(now);
+        false
+    }
+
+    /// Reads a dead worker's file once more and keeps the content if it is valid and the same
+    /// file (otherwise the last good content stays).
+    pub(super) fn reread_final(&mut self, name: &str, stats: &Stats) {
+        let Some(f) = self.files.get_mut(name) else {
+            return;
+        };
+        let Ok((ident, Ok(()))) = read_db(
+            &self.dir.join(name),
+            &mut self.scratch,
+            &mut self.legacy_layout,
+        ) else {
+            return;
+        };
+        stats.file_reads.inc();
+        if ident.dev != f.dev || ident.ino != f.ino {
+            return;
+        }
+        let Ok(offsets) = layout(&self.scratch) else {
+            return;
+        };
+        if f.raw != self.scratch {
+            std::mem::swap(&mut f.raw, &mut self.scratch);
+            f.offsets = offsets;
+            f.good = true;
+            f.corrupt = None;
+        }
+        f.mtime = ident.mtime;
+    }
+}
