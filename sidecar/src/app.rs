@@ -1,8 +1,9 @@
 //! Shared state of a running sidecar: the store, the config in force, and the self-metrics of
 //! every component.
 
+use crate::codec::Enc;
 use crate::expose::SelfFamily;
-use crate::state::{Persister, StatePart};
+use crate::state::Persister;
 use crate::store::{Now, Store, StoreSettings};
 use monasca_config::SidecarConfig;
 use parking_lot::{Mutex, RwLock};
@@ -25,6 +26,12 @@ pub trait Refresh: Send + Sync {
 /// store is cleared (`POST /v1/clear`) so that it starts again from zero.
 pub trait Clear: Send + Sync {
     fn clear(&self);
+}
+
+/// A source that keeps state of its own beside the store (the StatsD accumulator) and writes
+/// it into the state file.
+pub trait StatePart: Send + Sync {
+    fn encode_state(&self, now: crate::store::Now, e: &mut Enc);
 }
 
 /// Everything the listeners and background tasks share.

@@ -5,6 +5,7 @@
 //! values and retires what disappears; [`expose`] aggregates and renders `/metrics`.
 
 pub mod app;
+pub mod codec;
 pub mod config_file;
 pub mod expose;
 pub mod ingest;

@@ -13,9 +13,9 @@
 //! `MODEL_CASES` (default 64) cases of 160–239 steps: at least 10,240 steps per run.
 
 use monasca_config::{GaugeMode, SidecarConfig};
+use monasca_sidecar::codec::{Dec, Enc};
 use monasca_sidecar::expose::{Format, render};
 use monasca_sidecar::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
-use monasca_sidecar::state::codec::{Dec, Enc};
 use monasca_sidecar::store::{Now, Scope, Source, Store, StoreSettings, WorkerKey};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};

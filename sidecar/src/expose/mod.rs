@@ -8,11 +8,10 @@ mod format;
 #[cfg(test)]
 mod tests;
 
-pub use aggregate::{GaugeRules, resolve_mode};
 pub use format::{Format, negotiate};
 
 use crate::model::MetricKind;
-use crate::store::{SeriesData, Store};
+use crate::store::{SeriesView, Store};
 use aggregate::{GaugeOutput, gauge_output};
 use format::Writer;
 use std::time::Instant;
@@ -64,44 +63,31 @@ pub fn render(
     self_families: &[SelfFamily],
     out: &mut Vec<u8>,
 ) {
-    let rules = store.rules();
+    let view = store.view(now);
+    let stale_workers = view.stale_workers();
     let mut w = Writer::new(format, out);
     let mut own = self_families.iter().peekable();
-    let mut stale_workers: Vec<bool> = Vec::new();
-    for i in 0..store.workers.len() {
-        stale_workers.push(store.is_stale(i as u32, now));
-    }
-    let worker_labels: Vec<&str> = store
-        .workers
-        .iter()
-        .map(|w| w.as_ref().map_or("", |w| &*w.label_text))
-        .collect();
-    for (name, family) in &store.families {
-        while let Some(s) = own.next_if(|s| s.name < &**name) {
+    for family in view.families() {
+        let name = family.name;
+        while let Some(s) = own.next_if(|s| s.name < name) {
             w.self_family(s);
         }
-        let family_mode = resolve_mode(rules, name);
-        w.family_header(
-            name,
-            family.kind,
-            family.help.as_deref(),
-            family.unit.as_deref(),
-        );
-        for (labels, series) in &family.series {
-            match &series.data {
-                SeriesData::Scalar {
+        w.family_header(name, family.kind, family.help, family.unit);
+        for (labels, series) in family.series() {
+            match series {
+                SeriesView::Scalar {
+                    mode,
                     entries,
                     retired,
                     retired_gauge,
                 } => match family.kind {
                     MetricKind::Counter => {
-                        let total = *retired + entries.iter().map(|e| e.value).sum::<f64>();
+                        let total = retired + entries.iter().map(|e| e.value).sum::<f64>();
                         w.sample(name, "", labels, "", total);
                     }
                     _ => {
-                        let mode = series.mode.unwrap_or(family_mode);
-                        match gauge_output(mode, entries, retired_gauge.as_deref(), &stale_workers)
-                        {
+                        let mode = mode.unwrap_or(family.mode);
+                        match gauge_output(mode, entries, retired_gauge, stale_workers) {
                             GaugeOutput::None => {}
                             GaugeOutput::One(v) => w.sample(name, "", labels, "", v),
                             GaugeOutput::PerWorker(values) => {
@@ -109,9 +95,7 @@ pub fn render(
                                     .into_iter()
                                     .map(|(worker, v, ts)| {
                                         let worker_text = match worker {
-                                            aggregate::WorkerRef::Live(i) => {
-                                                worker_labels.get(i as usize).copied().unwrap_or("")
-                                            }
+                                            aggregate::WorkerRef::Live(i) => view.worker_labels(i),
                                             aggregate::WorkerRef::Retired(text) => text,
                                         };
                                         (aggregate::per_worker_labels(labels, worker_text), v, ts)
@@ -124,7 +108,7 @@ pub fn render(
                         }
                     }
                 },
-                SeriesData::Dist {
+                SeriesView::Dist {
                     bounds,
                     entries,
                     retired,

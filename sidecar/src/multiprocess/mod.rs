@@ -34,7 +34,6 @@ mod scan;
 mod tests;
 
 pub use liveness::{LivenessMode, LivenessPolicy};
-pub(crate) use scan::apply_resilient;
 pub use scan::{MAX_FILE_BYTES, NotCompacting, RETIRED_WORKER_ID, worker_id};
 
 use crate::app::{App, Refresh, SelfMetrics};

@@ -58,10 +58,9 @@ pub use decode::{DecodeError, Encoding};
 pub use translate::{Settings, Temporality, Translation, translate};
 
 use crate::app::SelfMetrics;
+use crate::codec::{Dec as StateDec, DecodeError as StateError, Enc as StateEnc};
 use crate::expose::SelfFamily;
 use crate::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
-use crate::state::DecodeError as StateError;
-use crate::state::codec::{Dec as StateDec, Enc as StateEnc};
 use crate::store::{Now, Scope, Store};
 use indexmap::IndexMap;
 use monasca_config::GaugeMode;

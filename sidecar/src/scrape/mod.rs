@@ -181,17 +181,10 @@ fn apply(app: &App, id: &str, scraped: &client::Scraped) -> Result<usize, Scrape
     let now = app.now();
     let mut store = app.store.write();
     let mut rejected = false;
-    let applied = crate::multiprocess::apply_resilient(
-        &mut store,
-        &worker,
-        &families,
-        now,
-        false,
-        &mut |e| {
-            rejected = true;
-            tracing::debug!(target = %id, error = %e, "scraped family rejected by the store");
-        },
-    );
+    let applied = store.apply_resilient(&worker, &families, now, false, &mut |e| {
+        rejected = true;
+        tracing::debug!(target = %id, error = %e, "scraped family rejected by the store");
+    });
     if !applied {
         return Err(ScrapeError::Rejected);
     }

@@ -36,13 +36,11 @@
 //! scraped value. The StatsD accumulator and the OTLP streams are encoded under their own
 //! locks (their size follows their own series).
 
-pub mod codec;
-
 use crate::app::{App, SelfMetrics};
+use crate::codec::{Dec, Enc};
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
 use crate::store::{Now, Store, StoreSettings};
-use codec::{Dec, Enc};
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,14 +48,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-pub(crate) use crate::store::persist::{kind_code, kind_from};
+pub use crate::app::StatePart;
+pub use crate::codec::{DecodeError, FORMAT_VERSION};
 
 /// The state file's name inside `stateDir` (not `*.db`: the directory may be the multiprocess
 /// directory, whose reader globs those).
 pub const FILE_NAME: &str = "monasca-sidecar.state";
 const MAGIC: &[u8; 8] = b"MSCSTATE";
-/// The format this build writes and reads; a larger one is refused as `future_version`.
-pub const FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 + 8;
 /// Bad state files kept for inspection (older ones are deleted).
 pub const BAD_FILES_KEPT: usize = 3;
@@ -68,19 +65,6 @@ const MAX_DURABLE_WAIT: Duration = Duration::from_secs(5);
 const SECTION_STORE: u8 = 1;
 const SECTION_STATSD: u8 = 2;
 const SECTION_OTLP: u8 = 3;
-
-/// Why a state file was not loaded.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("the file is empty")]
-    Empty,
-    #[error("the file is truncated")]
-    Truncated,
-    #[error("the file is corrupt: {0}")]
-    Corrupt(&'static str),
-    #[error("the file has format version {0}, newer than this sidecar's {FORMAT_VERSION}")]
-    FutureVersion(u32),
-}
 
 /// How loading the state went (label of `monasca_sidecar_state_loads_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,12 +249,6 @@ pub fn decode(data: &[u8], settings: StoreSettings, now: Now) -> Result<Restored
         statsd,
         otlp,
     })
-}
-
-/// A source that keeps state of its own beside the store (the StatsD accumulator) and writes
-/// it into the state file.
-pub trait StatePart: Send + Sync {
-    fn encode_state(&self, now: Now, e: &mut Enc);
 }
 
 /// Writes `bytes` as `dir/FILE_NAME` atomically: temp file, fsync, rename, fsync directory

@@ -49,9 +49,8 @@
 
 use super::line::{self, Line, LineError, SampleType, TagStyle};
 use super::mapping::{Mapped, MappedName, Mapper, MappingError};
+use crate::codec::{Dec, DecodeError, Enc};
 use crate::model::{Family, HistogramValue, Label, MetricKind, Series, Value};
-use crate::state::DecodeError;
-use crate::state::codec::{Dec, Enc};
 use crate::store::{AGGREGATE_LABEL, escape_label_value};
 use monasca_config::{SidecarConfig, StatsdDialect, StatsdMetricType, is_label_name};
 use smallvec::SmallVec;
@@ -675,7 +674,7 @@ impl Accumulator {
         e.len(self.families.len());
         for (name, family) in &self.families {
             e.str(name);
-            e.u8(crate::state::kind_code(family.kind));
+            e.u8(crate::store::persist::kind_code(family.kind));
             e.len(family.series.len());
             for (key, s) in &family.series {
                 e.str(key);
@@ -710,7 +709,7 @@ impl Accumulator {
         let n = d.len(8)?;
         for _ in 0..n {
             let name: Box<str> = d.str()?.into();
-            let kind = crate::state::kind_from(d.u8()?)?;
+            let kind = crate::store::persist::kind_from(d.u8()?)?;
             let ns = d.len(8)?;
             let mut series = HashMap::with_capacity(ns);
             for _ in 0..ns {

@@ -56,8 +56,8 @@ pub fn worker_key() -> WorkerKey {
     )
 }
 
-impl crate::state::StatePart for Shared {
-    fn encode_state(&self, now: crate::store::Now, e: &mut crate::state::codec::Enc) {
+impl crate::app::StatePart for Shared {
+    fn encode_state(&self, now: crate::store::Now, e: &mut crate::codec::Enc) {
         self.acc.lock().encode_state(now, e);
     }
 }

@@ -12,13 +12,17 @@
 
 mod key;
 pub(crate) mod persist;
+mod resilient;
+mod rules;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use key::{SeriesKeyBuilder, escape_label_value};
 pub use persist::StoreCapture;
+pub use rules::{GaugeRules, resolve_mode};
+pub(crate) use view::SeriesView;
 
-use crate::expose::{GaugeRules, resolve_mode};
 use crate::model::{Family, MetricKind, Value};
 use indexmap::IndexMap;
 use monasca_config::GaugeMode;
@@ -163,12 +167,12 @@ pub enum StoreError {
     #[error("family {0} appears twice in one update")]
     DuplicateFamily(String),
     #[error("duplicate series {0} (after removing worker labels)")]
-    DuplicateSeries(String),
+    DuplicateSeries(SeriesName),
     #[error(
         "histogram {series} has bucket bounds {pushed} but this series is aggregated with {existing}"
     )]
     HistogramLayoutMismatch {
-        series: String,
+        series: SeriesName,
         existing: String,
         pushed: String,
     },
@@ -182,7 +186,7 @@ pub enum StoreError {
     ReservedName(String),
     #[error("label {label} of {series} is reserved: {why}")]
     ReservedLabel {
-        series: String,
+        series: SeriesName,
         label: String,
         why: &'static str,
     },
@@ -196,14 +200,17 @@ pub enum StoreError {
         other: String,
     },
     #[error("{series}: {why}")]
-    Invalid { series: String, why: &'static str },
+    Invalid {
+        series: SeriesName,
+        why: &'static str,
+    },
     #[error(
         "{series} has the non-finite value {value}; counters, buckets and counts must be finite"
     )]
-    NonFinite { series: String, value: f64 },
+    NonFinite { series: SeriesName, value: f64 },
     #[error("{series} is aggregated with {existing} (the first mode seen wins), not {pushed}")]
     ModeConflict {
-        series: String,
+        series: SeriesName,
         existing: &'static str,
         pushed: &'static str,
     },
@@ -229,7 +236,7 @@ impl StoreError {
     }
 
     /// The family the error is about, when it is about one: lets a source leave out just that
-    /// family and apply the rest (see the multiprocess reader).
+    /// family and apply the rest (see [`Store::apply_resilient`]).
     pub fn family(&self) -> Option<&str> {
         match self {
             StoreError::TypeConflict { family, .. } => Some(family),
@@ -240,9 +247,32 @@ impl StoreError {
             | StoreError::NonFinite { series, .. }
             | StoreError::ReservedLabel { series, .. }
             | StoreError::Invalid { series, .. }
-            | StoreError::ModeConflict { series, .. } => series.split('{').next(),
+            | StoreError::ModeConflict { series, .. } => Some(&series.family),
             StoreError::InvalidAggregate(_) | StoreError::TooManySeries { .. } => None,
         }
+    }
+}
+
+/// The series an error is about: its family as data (for [`StoreError::family`]) and its
+/// canonical label text. Displays as `family{labels}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesName {
+    pub family: String,
+    pub labels: String,
+}
+
+impl SeriesName {
+    pub fn new(family: &str, labels: &str) -> Self {
+        SeriesName {
+            family: family.to_string(),
+            labels: labels.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for SeriesName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{{{}}}", self.family, self.labels)
     }
 }
 
@@ -834,7 +864,7 @@ impl Store {
                 {
                     self.layout_mismatches += 1;
                     return Err(StoreError::HistogramLayoutMismatch {
-                        series: format!("{}{{{}}}", family.name, key),
+                        series: SeriesName::new(&family.name, &key),
                         existing: format_bounds(bounds),
                         pushed: format_bounds(&h.bounds),
                     });
@@ -842,13 +872,13 @@ impl Store {
                 check_labels(family, series, &worker.common_labels, &key)?;
                 if let Some(bad) = non_finite(family.kind, &series.value) {
                     return Err(StoreError::NonFinite {
-                        series: format!("{}{{{}}}", family.name, key),
+                        series: SeriesName::new(&family.name, &key),
                         value: bad,
                     });
                 }
                 if let Some(why) = invalid_value(family.kind, &series.value) {
                     return Err(StoreError::Invalid {
-                        series: format!("{}{{{}}}", family.name, key),
+                        series: SeriesName::new(&family.name, &key),
                         why,
                     });
                 }
@@ -861,7 +891,7 @@ impl Store {
                         .unwrap_or_else(|| resolve_mode(&self.rules, &family.name));
                     if fixed != pushed {
                         return Err(StoreError::ModeConflict {
-                            series: format!("{}{{{}}}", family.name, key),
+                            series: SeriesName::new(&family.name, &key),
                             existing: fixed.as_str(),
                             pushed: pushed.as_str(),
                         });
@@ -887,9 +917,9 @@ impl Store {
             let mut keys_in_family: HashSet<&str> = HashSet::with_capacity(prepared.len() - first);
             for p in &prepared[first..] {
                 if !keys_in_family.insert(p.key.as_str()) {
-                    return Err(StoreError::DuplicateSeries(format!(
-                        "{}{{{}}}",
-                        family.name, p.key
+                    return Err(StoreError::DuplicateSeries(SeriesName::new(
+                        &family.name,
+                        &p.key,
                     )));
                 }
             }
@@ -1308,7 +1338,7 @@ fn check_labels(
             continue;
         };
         return Err(StoreError::ReservedLabel {
-            series: format!("{}{{{key}}}", family.name),
+            series: SeriesName::new(&family.name, key),
             label: name.to_string(),
             why,
         });

@@ -10,9 +10,8 @@ use super::{
     DROPPED, DistEntry, FamilyState, RetiredGauge, ScalarEntry, SeriesData, SeriesState, Source,
     Store, StoreSettings, WorkerFamily, WorkerKey, WorkerState,
 };
+use crate::codec::{Dec, DecodeError, Enc};
 use crate::model::MetricKind;
-use crate::state::DecodeError;
-use crate::state::codec::{Dec, Enc};
 use indexmap::IndexMap;
 use monasca_config::GaugeMode;
 use std::collections::HashMap;

@@ -1,12 +1,12 @@
 //! Putting a round's updates into the store: the store's answer per worker, and the
-//! resilient apply that leaves out only the family the store rejects.
+//! resilient apply ([`Store::apply_resilient`]) with the reader's self-metrics and log.
 
 use super::{PidState, RETIRED_WORKER_ID, worker_id};
 use crate::app::App;
 use crate::model::Family;
 use crate::multiprocess::merge::FxHashMap;
 use crate::multiprocess::{LogOnce, Stats};
-use crate::store::{Now, Scope, Store, StoreError, WorkerKey};
+use crate::store::{Now, Store, WorkerKey};
 
 /// What applying a pid's update did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,60 +39,6 @@ pub(super) fn touch_all(app: &App, pids: &FxHashMap<String, PidState>, retired: 
     }
 }
 
-/// Applies a worker's families (`Scope::Worker`); when the store rejects the update (a type
-/// conflict with another source, a histogram layout mismatch, a reserved name), drops the
-/// offending family and retries, so one bad family never hides the worker's others.
-/// `on_reject` sees every rejection. Returns true when something was applied.
-pub(crate) fn apply_resilient(
-    store: &mut Store,
-    worker: &WorkerKey,
-    families: &[Family<'_>],
-    now: Now,
-    unbounded: bool,
-    on_reject: &mut dyn FnMut(&StoreError),
-) -> bool {
-    let mut excluded: Vec<usize> = Vec::new();
-    for _ in 0..=families.len() {
-        let filtered: Vec<Family<'_>>;
-        let current: &[Family<'_>] = if excluded.is_empty() {
-            families
-        } else {
-            filtered = families
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !excluded.contains(i))
-                .map(|(_, f)| f.clone())
-                .collect();
-            &filtered
-        };
-        if current.is_empty() {
-            return false;
-        }
-        let result = if unbounded {
-            store.apply_unbounded(worker, current, Scope::Worker, now)
-        } else {
-            store.apply(worker, current, Scope::Worker, now)
-        };
-        let err = match result {
-            Ok(_) => return true,
-            Err(e) => e,
-        };
-        on_reject(&err);
-        let Some(name) = err.family() else {
-            return false;
-        };
-        let Some(pos) = families
-            .iter()
-            .enumerate()
-            .position(|(i, f)| !excluded.contains(&i) && f.name == name)
-        else {
-            return false;
-        };
-        excluded.push(pos);
-    }
-    false
-}
-
 pub(super) fn apply_fallback(
     store: &mut Store,
     worker: &WorkerKey,
@@ -102,7 +48,7 @@ pub(super) fn apply_fallback(
     stats: &Stats,
     log: &mut LogOnce,
 ) -> bool {
-    apply_resilient(store, worker, families, now, unbounded, &mut |err| {
+    store.apply_resilient(worker, families, now, unbounded, &mut |err| {
         stats.rejected(err.reason(), 1);
         if log.first(&format!("reject:{}:{}", worker.id, err.reason())) {
             tracing::warn!(worker = %worker.id, error = %err, "multiprocess values rejected by the store; the family is left out");

@@ -23,8 +23,6 @@ mod fs;
 mod read;
 mod round;
 
-pub(crate) use apply::apply_resilient;
-
 use super::LogOnce;
 use super::Stats;
 use super::format::{self, FileKind, RETIRED_PID};

@@ -2,7 +2,21 @@
 //! `u32` length then UTF-8 bytes. Pure; the reader never panics on any input, it reports
 //! [`DecodeError`] instead.
 
-use super::DecodeError;
+/// The format this build writes and reads; a larger one is refused as `future_version`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why a state file was not loaded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is truncated")]
+    Truncated,
+    #[error("the file is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("the file has format version {0}, newer than this sidecar's {FORMAT_VERSION}")]
+    FutureVersion(u32),
+}
 
 /// Appends values to a byte buffer.
 #[derive(Debug, Default)]

@@ -1,0 +1,208 @@
+//! The sidecar's top-level modules, drawn from the code, import one another without a circle:
+//! every `crate::<module>` path in a non-test source file is an edge from the file's
+//! top-level module to `<module>`. A circle (for example the store reaching into `expose`
+//! while `expose` reads the store) fails this test, naming the modules on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Edges `from -> to` between the top-level modules of `src`.
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            source_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// True for test-only files (`tests.rs`, `fixtures.rs`, anything under a `tests/` folder).
+fn is_test_file(rel: &Path) -> bool {
+    rel.components().any(|c| c.as_os_str() == "tests")
+        || rel
+            .file_stem()
+            .is_some_and(|s| s == "tests" || s == "fixtures")
+}
+
+/// The code of a file up to its first `#[cfg(test)]` module (inline test modules sit at the
+/// end of a file by convention), comments left out (a doc link is not an import).
+fn non_test_code(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]\nmod ") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The top-level modules named by `crate::` paths in `text`, including grouped imports
+/// (`use crate::{a, b::c}`).
+fn referenced_modules(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut rest = text;
+    while let Some(i) = rest.find("crate::") {
+        let after = &rest[i + "crate::".len()..];
+        if let Some(group) = after.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for part in group[..end].split(',') {
+                let name = ident(part.trim());
+                if !name.is_empty() {
+                    found.insert(name);
+                }
+            }
+        } else {
+            let name = ident(after);
+            if !name.is_empty() {
+                found.insert(name);
+            }
+        }
+        rest = after;
+    }
+    found
+}
+
+/// The graph of `src`: one node per top-level module (`lib.rs` and `main.rs` are the root and
+/// left out).
+fn module_graph(src: &Path) -> Graph {
+    let mut files = Vec::new();
+    source_files(src, &mut files);
+    let mut graph = Graph::new();
+    for path in files {
+        let rel = path.strip_prefix(src).expect("under src");
+        if is_test_file(rel) {
+            continue;
+        }
+        let first = rel
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .expect("a file name");
+        let module = first.trim_end_matches(".rs").to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable source");
+        let edges = graph.entry(module.clone()).or_default();
+        for target in referenced_modules(&non_test_code(&text)) {
+            if target != module {
+                edges.insert(target);
+            }
+        }
+    }
+    graph
+}
+
+/// A circle in `graph`, as the modules on it, if there is one.
+fn find_cycle(graph: &Graph) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Open,
+        Done,
+    }
+    fn visit(
+        node: &str,
+        graph: &Graph,
+        marks: &mut BTreeMap<String, Mark>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match marks.get(node) {
+            Some(Mark::Done) => return None,
+            Some(Mark::Open) => {
+                let start = stack.iter().position(|n| n == node).unwrap_or(0);
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(node.to_string());
+                return Some(cycle);
+            }
+            None => {}
+        }
+        marks.insert(node.to_string(), Mark::Open);
+        stack.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, marks, stack) {
+                return Some(cycle);
+            }
+        }
+        stack.pop();
+        marks.insert(node.to_string(), Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut marks, &mut Vec::new()))
+}
+
+#[test]
+fn the_detector_finds_a_circle_and_accepts_a_chain() {
+    let graph = |edges: &[(&str, &str)]| {
+        let mut g = Graph::new();
+        for (from, to) in edges {
+            g.entry(from.to_string())
+                .or_default()
+                .insert(to.to_string());
+            g.entry(to.to_string()).or_default();
+        }
+        g
+    };
+    assert_eq!(
+        find_cycle(&graph(&[("a", "b"), ("b", "c"), ("c", "a")])),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    assert_eq!(
+        find_cycle(&graph(&[("a", "b"), ("b", "c"), ("a", "c")])),
+        None
+    );
+    assert_eq!(
+        referenced_modules("use crate::{store::Store, model};\nlet x = crate::expose::f();"),
+        ["expose", "model", "store"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+}
+
+/// Edges still closing a circle, each with why, to be removed (not added to): `App` still
+/// holds the OTLP receiver's state, the state writer and the restored StatsD accumulators,
+/// while those modules use `App`. Issue 15's `sources/` step (one lifecycle, `main.rs` only
+/// wiring) takes them out of `App`.
+const KNOWN_CIRCLE_EDGES: [(&str, &str); 3] =
+    [("app", "otlp"), ("app", "state"), ("app", "statsd")];
+
+#[test]
+fn sidecar_modules_import_each_other_without_a_circle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph = module_graph(&src);
+    assert!(
+        graph.contains_key("store") && graph.contains_key("expose"),
+        "the graph was not drawn from the sources: {graph:?}"
+    );
+    assert!(
+        !graph["store"].contains("expose"),
+        "the store imports expose again: {graph:#?}"
+    );
+    for (from, to) in KNOWN_CIRCLE_EDGES {
+        let removed = graph.get_mut(from).is_some_and(|edges| edges.remove(to));
+        assert!(
+            removed,
+            "{from} -> {to} is gone: remove it from KNOWN_CIRCLE_EDGES"
+        );
+    }
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!(
+            "import circle between top-level modules: {}\nfull graph: {graph:#?}",
+            cycle.join(" -> ")
+        );
+    }
+}
