@@ -12,11 +12,14 @@ pub mod prometheus;
 pub mod push_worker;
 pub mod sidecar;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
-/// Path of a binary of this workspace, building it first if needed (`cargo test --workspace`
-/// has already built it; `cargo test -p monasca-e2e` alone has not).
+/// Path of a binary of this workspace, building it first if it is missing or older than a
+/// source of the workspace (`cargo test --workspace` has already built it; `cargo test -p
+/// monasca-e2e` alone has not, and a binary left by an earlier build must never stand in for
+/// the code under test).
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     if let Ok(p) = std::env::var(format!(
         "{}_BIN",
@@ -32,7 +35,12 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         .expect("test binary lives in target/<profile>/deps")
         .to_path_buf();
     let candidate = profile_dir.join(name);
-    if candidate.exists() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ sits in the workspace root");
+    if let Ok(built) = std::fs::metadata(&candidate).and_then(|m| m.modified())
+        && newest_source(workspace, false).is_none_or(|source| source <= built)
+    {
         return candidate;
     }
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -50,6 +58,35 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         candidate.display()
     );
     candidate
+}
+
+/// The newest modification time of the files a workspace binary is built from: every `.rs`
+/// under a `src/` directory, every `Cargo.toml` and `Cargo.lock` (skipping `target/`, `e2e/`
+/// and hidden directories).
+fn newest_source(dir: &Path, in_src: bool) -> Option<SystemTime> {
+    let mut newest = None;
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let time = if kind.is_dir() {
+            if name.starts_with('.') || name == "target" || name == "e2e" {
+                continue;
+            }
+            newest_source(&path, in_src || name == "src")
+        } else if name == "Cargo.toml" || name == "Cargo.lock" || (in_src && name.ends_with(".rs"))
+        {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(time);
+    }
+    newest
 }
 
 /// A fresh scratch directory.
