@@ -142,7 +142,10 @@ async fn main() -> Result<()> {
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
     let args = Args::parse();
-    init_tracing(args.log_format);
+    monasca_runtime::logging::init_tracing(match args.log_format {
+        LogFormat::Text => monasca_runtime::logging::LogFormat::Text,
+        LogFormat::Json => monasca_runtime::logging::LogFormat::Json,
+    });
 
     let namespace = args
         .namespace
@@ -308,7 +311,7 @@ async fn main() -> Result<()> {
     ));
     let admin_task = tokio::spawn(admin::serve(admin_listener, ctx.clone(), stopped(stop_rx)));
 
-    shutdown_signal().await;
+    monasca_runtime::shutdown_signal().await;
     // Keep serving while the endpoint removal propagates (kube-proxy, the apiserver's endpoint
     // cache): reviews still arrive here for a few seconds after SIGTERM. /readyz says not ready
     // meanwhile, so nothing new is routed here.
@@ -373,16 +376,6 @@ async fn pod_monitors_installed(client: &Client) -> bool {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -404,29 +397,4 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .await
         .map_err(|source| Error::Bind { addr, source })
         .map_err(Into::into)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the operator");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -15,14 +15,10 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use std::convert::Infallible;
+use monasca_runtime::http as runtime_http;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -30,17 +26,15 @@ use tokio_rustls::TlsAcceptor;
 /// A slow or silent client must not hold a task forever (slowloris): the TLS handshake must
 /// complete within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// One timeout story for every request: [`REQUEST_DEADLINE`] bounds each phase a client
-/// controls. The headers must arrive within it (hyper's header timer), then the body must arrive
-/// and the answer be written within it again (the handler's deadline, `webhook::handle`), so no
-/// request holds a connection longer than twice this. hyper starts the header timer as soon as a
-/// connection waits for a request, so it also closes keep-alive connections idle that long: the
-/// apiserver's client notices the close and dials again (a handshake per ten idle seconds, which
-/// the `HANDSHAKE_TIMEOUT` and connection cap already account for). It used to be a separate
-/// 30 s; one constant keeps the bound easy to state and to test.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-/// How long open connections may take to finish their requests after shutdown begins.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// One timeout story for every request, shared with the sidecar ([`monasca_runtime::http`]):
+/// the headers must arrive within [`REQUEST_DEADLINE`] (hyper's header timer), then the body
+/// must arrive and the answer be written within it again (the handler's deadline,
+/// `webhook::handle`), so no request holds a connection longer than twice this. hyper starts
+/// the header timer as soon as a connection waits for a request, so it also closes keep-alive
+/// connections idle that long: the apiserver's client notices the close and dials again (a
+/// handshake per ten idle seconds, which the `HANDSHAKE_TIMEOUT` and connection cap already
+/// account for).
+pub use monasca_runtime::http::REQUEST_DEADLINE;
 
 /// The caps of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +109,7 @@ pub fn method_not_allowed(allow: &'static str) -> HttpResponse {
 }
 
 /// Accepts connections on `listener` until `shutdown` resolves, then lets open connections
-/// finish (up to 10 s). Connections and requests beyond `limits` are shed and counted in
+/// finish (up to [`runtime_http::DRAIN_TIMEOUT`]). Connections and requests beyond `limits` are shed and counted in
 /// `metrics`, as are failed TLS handshakes.
 pub async fn serve<H, F>(
     listener: TcpListener,
@@ -153,81 +147,44 @@ pub async fn serve<H, F>(
             }
         }
     };
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Closed unread: the cheapest answer, and the client fails fast.
-            metrics.shed(Shed::Connections);
-            tracing::debug!(%peer, "connection cap reached; closing a new connection");
-            drop(tcp);
-            continue;
-        };
-        // Small request/response exchanges: Nagle's algorithm would add delay to each.
-        let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let handler = handler.clone();
-        let tls = tls.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => serve_connection(tcp, watcher, handler).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, watcher, handler).await,
-                        Ok(Err(e)) => {
-                            let reason = HandshakeFailure::of(&e);
-                            metrics.handshake_failed(reason);
-                            tracing::debug!(%peer, error = %e, reason = reason.label(), "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            metrics.handshake_failed(HandshakeFailure::Timeout);
-                            tracing::debug!(%peer, "TLS handshake timed out");
+    runtime_http::serve(
+        listener,
+        shutdown,
+        runtime_http::DRAIN_TIMEOUT,
+        limits.listener.label(),
+        move |tcp, peer, watcher| {
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                // Closed unread: the cheapest answer, and the client fails fast.
+                metrics.shed(Shed::Connections);
+                tracing::debug!(%peer, "connection cap reached; closing a new connection");
+                return None;
+            };
+            let handler = handler.clone();
+            let tls = tls.clone();
+            let metrics = metrics.clone();
+            Some(async move {
+                let _permit = permit;
+                match tls {
+                    None => runtime_http::serve_connection(tcp, watcher, handler).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => runtime_http::serve_connection(stream, watcher, handler).await,
+                            Ok(Err(e)) => {
+                                let reason = HandshakeFailure::of(&e);
+                                metrics.handshake_failed(reason);
+                                tracing::debug!(%peer, error = %e, reason = reason.label(), "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                metrics.handshake_failed(HandshakeFailure::Timeout);
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                            }
                         }
                     }
                 }
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain timeout; closing them");
-    }
-}
-
-async fn serve_connection<I, H, F>(io: I, watcher: Watcher, handler: H)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = HttpResponse> + Send + 'static,
-{
-    let service = service_fn(move |request| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler(request).await) }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(REQUEST_DEADLINE)
-        .serve_connection(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
+            })
+        },
+    )
+    .await;
 }
 
 /// Counts a request in the in-flight gauge for as long as it lives (dropped on every path,

@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use monasca_runtime::logging::LogFormat;
 use monasca_sidecar::app::App;
 use monasca_sidecar::config_file::{ConfigWatcher, load_config};
 use monasca_sidecar::server::{self, Role, ServerStats};
@@ -29,7 +30,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     one_malloc_arena();
     let args = Args::parse();
-    init_tracing(&args.log_format);
+    monasca_runtime::logging::init_tracing(if args.log_format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,20 +55,6 @@ fn one_malloc_arena() {
     // SAFETY: mallopt only sets an allocator tunable; no other thread exists yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 
@@ -145,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(ConfigWatcher::new(path, config).run(app))
     });
 
-    shutdown_signal().await;
+    monasca_runtime::shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = shutdown_tx.send(true);
     for t in tasks {
@@ -167,26 +158,4 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(dir = %p.dir().display(), "state written");
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch SIGTERM");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

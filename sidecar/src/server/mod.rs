@@ -8,10 +8,7 @@ mod stats;
 pub use stats::ServerStats;
 
 use crate::app::App;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use monasca_runtime::http;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,7 +34,7 @@ impl Role {
 }
 
 /// Serves `listener` until `shutdown` flips to true, then drains in-flight requests for up to
-/// `drain` before returning.
+/// `drain` before returning (the accept loop and timeouts are [`monasca_runtime::http`]'s).
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -46,46 +43,24 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(listener = %role.as_str(), error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    http::serve(
+        listener,
+        stopped,
+        drain,
+        role.as_str(),
+        move |tcp, _peer, watcher| {
+            let app = app.clone();
+            let stats = stats.clone();
+            let handler = move |req| {
                 let app = app.clone();
                 let stats = stats.clone();
-                let service = service_fn(move |req| {
-                    let app = app.clone();
-                    let stats = stats.clone();
-                    async move { Ok::<_, std::convert::Infallible>(routes::handle(req, &app, &stats, role).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => {
-            tracing::warn!(listener = %role.as_str(), "connections still open after the drain period");
-        }
-    }
+                async move { routes::handle(req, &app, &stats, role).await }
+            };
+            Some(http::serve_connection(tcp, watcher, handler))
+        },
+    )
+    .await;
 }

@@ -3,6 +3,7 @@
 use crate::app::{App, SelfMetrics};
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
+use monasca_runtime::labels::push_label;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Weak;
@@ -74,11 +75,8 @@ impl SelfMetrics for ServerStats {
         );
         for ((api, reason), n) in self.errors.lock().iter() {
             let mut labels = String::new();
-            labels.push_str("api=\"");
-            labels.push_str(api);
-            labels.push_str("\",reason=\"");
-            labels.push_str(reason);
-            labels.push('"');
+            push_label(&mut labels, "api", api);
+            push_label(&mut labels, "reason", reason);
             errors.samples.push((labels, *n as f64));
         }
         out.push(errors);
