@@ -5,9 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use monasca_sidecar::model::Value;
-use monasca_sidecar::multiprocess::format::{self, FileKind};
-use monasca_sidecar::multiprocess::merge::{MergeIssues, Parsed, build_families};
-use monasca_sidecar::multiprocess::retired::Table;
+use monasca_sidecar::sources::multiprocess::format::{self, FileKind};
+use monasca_sidecar::sources::multiprocess::merge::{MergeIssues, Parsed, build_families};
+use monasca_sidecar::sources::multiprocess::retired::Table;
 
 /// Counter, histogram, summary, and a gauge in `all` and in `mostrecent` mode.
 const KINDS: [FileKind; 5] = [

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use monasca_sidecar::model::Value;
-use monasca_sidecar::parse::protobuf;
+use monasca_sidecar::sources::parse::protobuf;
 
 fuzz_target!(|data: &[u8]| {
     match protobuf::decode(data) {

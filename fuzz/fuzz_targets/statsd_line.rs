@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use monasca_sidecar::model::Value;
-use monasca_sidecar::statsd::{Accumulator, line, worker_key};
+use monasca_sidecar::sources::statsd::{Accumulator, line, worker_key};
 use monasca_sidecar::store::{Now, Scope, Store, StoreSettings};
 
 /// The Prometheus metric (`colon`) or label name grammar.

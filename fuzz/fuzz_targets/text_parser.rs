@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use monasca_sidecar::model::{Family, Value};
-use monasca_sidecar::parse::text;
+use monasca_sidecar::sources::parse::text;
 
 fuzz_target!(|data: &[u8]| {
     for openmetrics in [false, true] {

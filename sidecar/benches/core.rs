@@ -6,7 +6,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use monasca_sidecar::expose::{Format, render};
-use monasca_sidecar::ingest::push::{BodyFormat, GroupingKey, parse_body};
+use monasca_sidecar::sources::push::{BodyFormat, GroupingKey, parse_body};
 use monasca_sidecar::store::{Now, Scope, Store, StoreSettings};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;

@@ -17,8 +17,10 @@ use criterion::{BatchSize, Criterion, criterion_group};
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
 use monasca_sidecar::expose::{Format, render};
-use monasca_sidecar::multiprocess::format::{encode_entry, encode_key, finish_file, start_file};
-use monasca_sidecar::multiprocess::{LivenessPolicy, Options, Reader};
+use monasca_sidecar::sources::multiprocess::format::{
+    encode_entry, encode_key, finish_file, start_file,
+};
+use monasca_sidecar::sources::multiprocess::{LivenessPolicy, Options, Reader};
 use std::hint::black_box;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

@@ -6,9 +6,9 @@
 //! Run: `cargo bench -p monasca-sidecar --bench otlp -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use monasca_sidecar::ingest::push::{BodyFormat, GroupingKey, parse_body};
-use monasca_sidecar::otlp::decode::{Encoding, decode};
-use monasca_sidecar::otlp::{Settings, Streams, translate};
+use monasca_sidecar::sources::otlp::decode::{Encoding, decode};
+use monasca_sidecar::sources::otlp::{Settings, Streams, translate};
+use monasca_sidecar::sources::push::{BodyFormat, GroupingKey, parse_body};
 use monasca_sidecar::store::{Now, Scope, Store, StoreSettings};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};

@@ -4,8 +4,8 @@
 //! Run: `cargo bench -p monasca-sidecar --bench parse -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use monasca_sidecar::parse::protobuf::{self, proto};
-use monasca_sidecar::parse::text;
+use monasca_sidecar::sources::parse::protobuf::{self, proto};
+use monasca_sidecar::sources::parse::text;
 use prost::Message;
 use std::fmt::Write;
 use std::hint::black_box;

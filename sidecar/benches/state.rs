@@ -11,7 +11,7 @@
 use criterion::{Criterion, criterion_group};
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
-use monasca_sidecar::ingest::push::{BodyFormat, GroupingKey, parse_body};
+use monasca_sidecar::sources::push::{BodyFormat, GroupingKey, parse_body};
 use monasca_sidecar::state::{self, FILE_NAME};
 use monasca_sidecar::store::{Scope, StoreSettings};
 use std::hint::black_box;

@@ -8,7 +8,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use monasca_config::SidecarConfig;
-use monasca_sidecar::statsd::{Accumulator, line};
+use monasca_sidecar::sources::statsd::{Accumulator, line};
 use std::hint::black_box;
 
 /// 1 200 lines: plain, DogStatsD, monasca-statsd (Python dict), InfluxDB, Librato and

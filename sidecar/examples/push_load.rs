@@ -9,7 +9,7 @@
 //! series exist at the end (the same count in both servers). With `shared`, every pusher sends
 //! the same series (a pod's workers): SERIES aggregated series of PUSHERS workers each.
 
-use monasca_sidecar::parse::protobuf::proto;
+use monasca_sidecar::sources::parse::protobuf::proto;
 use prost::Message as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -10,7 +10,7 @@
 
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
-use monasca_sidecar::statsd;
+use monasca_sidecar::sources::statsd;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 

@@ -43,12 +43,12 @@ pub struct App {
     refreshers: RwLock<Vec<Arc<dyn Refresh>>>,
     clearers: RwLock<Vec<Arc<dyn Clear>>>,
     /// The OTLP receiver's stream state (delta totals, start times) and self-metrics.
-    pub otlp: Arc<crate::otlp::Otlp>,
+    pub otlp: Arc<crate::sources::otlp::Otlp>,
     /// The state writer, when `stateDir` is set (see [`crate::state`]).
     state: OnceLock<Arc<Persister>>,
     state_parts: RwLock<Vec<Arc<dyn StatePart>>>,
     /// StatsD accumulators read from the state file, taken by the StatsD listener at start.
-    restored_statsd: Mutex<Option<crate::statsd::accumulate::Restored>>,
+    restored_statsd: Mutex<Option<crate::sources::statsd::accumulate::Restored>>,
     /// Every listener is bound (`/readyz`).
     listening: AtomicBool,
 }
@@ -61,7 +61,7 @@ impl App {
             reporters: RwLock::new(Vec::new()),
             refreshers: RwLock::new(Vec::new()),
             clearers: RwLock::new(Vec::new()),
-            otlp: Arc::new(crate::otlp::Otlp::new()),
+            otlp: Arc::new(crate::sources::otlp::Otlp::new()),
             state: OnceLock::new(),
             listening: AtomicBool::new(false),
             state_parts: RwLock::new(Vec::new()),
@@ -92,12 +92,12 @@ impl App {
     }
 
     /// Hands restored StatsD accumulators to the StatsD listener (see [`crate::state::install`]).
-    pub fn set_restored_statsd(&self, restored: crate::statsd::accumulate::Restored) {
+    pub fn set_restored_statsd(&self, restored: crate::sources::statsd::accumulate::Restored) {
         *self.restored_statsd.lock() = Some(restored);
     }
 
     /// Takes the restored StatsD accumulators, if any.
-    pub fn take_restored_statsd(&self) -> Option<crate::statsd::accumulate::Restored> {
+    pub fn take_restored_statsd(&self) -> Option<crate::sources::statsd::accumulate::Restored> {
         self.restored_statsd.lock().take()
     }
 

@@ -81,7 +81,7 @@ fn parse_with_env(
         && !text.contains("staleAfter")
     {
         // Python float() syntax, as the original read it: "60", "90.5", "1e2".
-        config.stale_after = crate::ingest::json::parse_decay_seconds(&decay)
+        config.stale_after = crate::sources::json::parse_decay_seconds(&decay)
             .map_err(|reason| EnvOrConfig::Env("DECAY_SECONDS", reason))?;
         if config.forget_after < config.stale_after {
             config.forget_after = config.stale_after;
@@ -129,7 +129,7 @@ fn parse_with_env(
 /// start-up with the same one-line error as on reload), instead of being skipped after the
 /// rest was installed.
 fn check_components(config: &SidecarConfig) -> Result<(), ConfigError> {
-    crate::statsd::Mapper::new(&config.statsd)
+    crate::sources::statsd::Mapper::new(&config.statsd)
         .map(drop)
         .map_err(|e| ConfigError::invalid("statsd.mappings", e.to_string()))
 }

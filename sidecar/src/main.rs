@@ -77,7 +77,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     app.register(app.otlp.clone());
     // StatsD first: restored StatsD values reach the store before `/metrics` can be read.
-    let statsd = monasca_sidecar::statsd::spawn(app.clone())
+    let statsd = monasca_sidecar::sources::statsd::spawn(app.clone())
         .await
         .context("cannot start the StatsD listener")?;
     let mut tasks = Vec::new();
@@ -110,8 +110,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // prometheus_client multiprocess files (config `multiprocessDir` or PROMETHEUS_MULTIPROC_DIR)
     // and scrape-mode workers; both idle until configured and follow config reloads.
-    let multiprocess = monasca_sidecar::multiprocess::spawn(app.clone());
-    let scraper = monasca_sidecar::scrape::spawn(app.clone());
+    let multiprocess = monasca_sidecar::sources::multiprocess::spawn(app.clone());
+    let scraper = monasca_sidecar::sources::scrape::spawn(app.clone());
 
     // Forget workers not seen for `forgetAfter`, retiring their counters.
     let sweeper = {

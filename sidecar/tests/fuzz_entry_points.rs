@@ -6,7 +6,7 @@
 mod fuzz_checks;
 
 use base64::Engine as _;
-use monasca_sidecar::ingest::push::GroupingKey;
+use monasca_sidecar::sources::push::GroupingKey;
 use proptest::prelude::*;
 
 /// JSON that looks like an ingest body: families with names, types, values of every JSON kind

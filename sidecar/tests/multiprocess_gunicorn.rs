@@ -123,7 +123,7 @@ fn gunicorn_counts_exactly_through_the_binary() {
     let first = sidecar.metrics();
     assert!(
         first.contains("monasca_sidecar_multiprocess_enabled 1"),
-        "the binary does not run the multiprocess reader (wire monasca_sidecar::multiprocess::spawn into main):\n{first}"
+        "the binary does not run the multiprocess reader (wire monasca_sidecar::sources::multiprocess::spawn into main):\n{first}"
     );
     let s = sidecar.clone();
     scenario(&dir, Arc::new(move || s.metrics()));

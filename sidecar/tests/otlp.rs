@@ -470,7 +470,8 @@ fn bad_input_is_rejected_clearly_and_good_points_are_kept() {
         &[],
     );
     assert_eq!(r.status, 400);
-    let status = monasca_sidecar::otlp::decode::Status::decode(&r.body[..]).expect("Status");
+    let status =
+        monasca_sidecar::sources::otlp::decode::Status::decode(&r.body[..]).expect("Status");
     assert_eq!(status.code, 3);
     assert!(
         status.message.contains("malformed OTLP protobuf"),

@@ -8,7 +8,7 @@ mod multiprocess_support;
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
 use monasca_sidecar::expose::{self, Format};
-use monasca_sidecar::scrape;
+use monasca_sidecar::sources::scrape;
 use multiprocess_support::{PyProcess, samples, scratch, self_metric, wait_until};
 use std::io::Write as _;
 use std::net::TcpListener;

@@ -8,7 +8,7 @@ mod common;
 use monasca_config::{MappingAction, MatchType, SidecarConfig, StatsdMapping, StatsdMetricType};
 use monasca_sidecar::app::App;
 use monasca_sidecar::expose::{Format, render};
-use monasca_sidecar::statsd::{self, StatsdHandle};
+use monasca_sidecar::sources::statsd::{self, StatsdHandle};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{TcpStream, UdpSocket};

@@ -3,7 +3,7 @@
 use super::{Role, ServerStats};
 use crate::app::App;
 use crate::expose;
-use crate::ingest::push::{self, BodyFormat, GroupingKey, PushError};
+use crate::sources::push::{self, BodyFormat, GroupingKey, PushError};
 use crate::store::Scope;
 use bytes::Bytes;
 use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
@@ -277,7 +277,7 @@ async fn json_ingest(req: Request<Incoming>, app: &App, stats: &ServerStats) -> 
         }
     };
     let now = app.now();
-    let result = crate::ingest::json::ingest(&mut app.store.write(), &body, now);
+    let result = crate::sources::json::ingest(&mut app.store.write(), &body, now);
     match result {
         Ok(_) => json_true(),
         Err(e) => {
@@ -303,10 +303,10 @@ fn json_clear(app: &App) -> Resp {
 /// 200 with an `ExportMetricsServiceResponse` (with `partial_success` when points were
 /// rejected), or 400/413/415 with a `google.rpc.Status`, in the encoding of the request.
 async fn otlp_metrics(req: Request<Incoming>, app: &App, stats: &ServerStats) -> Resp {
-    use crate::otlp::decode::{
+    use crate::sources::otlp::decode::{
         self, CODE_INVALID_ARGUMENT, CODE_RESOURCE_EXHAUSTED, CODE_UNIMPLEMENTED,
     };
-    use crate::otlp::{Encoding, Settings};
+    use crate::sources::otlp::{Encoding, Settings};
     let config = app.config();
     let answer = |status: StatusCode, encoding: Encoding, body: Vec<u8>| {
         let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -5,7 +5,7 @@
 //! override body labels; samples must not carry timestamps.
 
 use crate::model::Family;
-use crate::parse::{ParseError, protobuf, text};
+use crate::sources::parse::{ParseError, protobuf, text};
 use crate::store::{Source, WorkerKey};
 use base64::Engine as _;
 use monasca_config::is_label_name;

@@ -5,7 +5,7 @@
 //! departed/dropped bookkeeping and last-seen times (as wall-clock seconds, so stale and forget
 //! timers continue), the StatsD accumulators and the OTLP delta totals. Multiprocess workers
 //! are not: their `*.db` files and the reader's own `*_retired.db` totals are the truth for
-//! them (see [`crate::multiprocess`]), and the reader rebuilds them from the directory.
+//! them (see [`crate::sources::multiprocess`]), and the reader rebuilds them from the directory.
 //!
 //! **File.** One file, [`FILE_NAME`], written atomically (temp file, fsync, rename, fsync of
 //! the directory):
@@ -117,8 +117,8 @@ impl LoadOutcome {
 #[derive(Debug)]
 pub struct Restored {
     pub store: Store,
-    pub statsd: Option<crate::statsd::accumulate::Restored>,
-    pub otlp: Option<crate::otlp::RestoredStreams>,
+    pub statsd: Option<crate::sources::statsd::accumulate::Restored>,
+    pub otlp: Option<crate::sources::otlp::RestoredStreams>,
 }
 
 /// One snapshot, encoded: the bytes of a whole state file.
@@ -161,7 +161,7 @@ pub fn snapshot(app: &App, mut buf: Vec<u8>) -> Snapshot {
     section(&mut e, SECTION_OTLP, |e| app.otlp.encode_state(e));
     let body = (e.buf.len() - HEADER) as u64;
     e.buf[12..20].copy_from_slice(&body.to_le_bytes());
-    let sum = crate::multiprocess::retired::fnv1a(&e.buf);
+    let sum = crate::sources::multiprocess::retired::fnv1a(&e.buf);
     e.u64(sum);
     Snapshot {
         bytes: e.buf,
@@ -213,7 +213,7 @@ pub fn decode(data: &[u8], settings: StoreSettings, now: Now) -> Result<Restored
     }
     let mut sum = [0u8; 8];
     sum.copy_from_slice(&data[end - 8..]);
-    if crate::multiprocess::retired::fnv1a(&data[..end - 8]) != u64::from_le_bytes(sum) {
+    if crate::sources::multiprocess::retired::fnv1a(&data[..end - 8]) != u64::from_le_bytes(sum) {
         return Err(DecodeError::Corrupt("checksum mismatch"));
     }
     let mut d = Dec::new(&data[HEADER..end - 8]);
@@ -230,10 +230,12 @@ pub fn decode(data: &[u8], settings: StoreSettings, now: Now) -> Result<Restored
                 store = Some(Store::decode_state(settings.clone(), &mut s, now)?);
             }
             SECTION_STATSD if statsd.is_none() => {
-                statsd = Some(crate::statsd::Accumulator::decode_state(&mut s, now)?);
+                statsd = Some(crate::sources::statsd::Accumulator::decode_state(
+                    &mut s, now,
+                )?);
             }
             SECTION_OTLP if otlp.is_none() => {
-                otlp = Some(crate::otlp::Otlp::decode_state(&mut s)?);
+                otlp = Some(crate::sources::otlp::Otlp::decode_state(&mut s)?);
             }
             _ => return Err(DecodeError::Corrupt("unknown or repeated section")),
         }
@@ -254,8 +256,8 @@ pub fn decode(data: &[u8], settings: StoreSettings, now: Now) -> Result<Restored
 /// Writes `bytes` as `dir/FILE_NAME` atomically: temp file, fsync, rename, fsync directory
 /// (the multiprocess reader's retired totals are written the same way).
 pub fn write_file(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::multiprocess::retired::write_atomic(dir, FILE_NAME, bytes)?;
-    crate::multiprocess::retired::sync_dir(dir)
+    crate::sources::multiprocess::retired::write_atomic(dir, FILE_NAME, bytes)?;
+    crate::sources::multiprocess::retired::sync_dir(dir)
 }
 
 /// Reads the state file in `dir` and installs it in `app` (which must be fresh: nothing
@@ -303,7 +305,7 @@ pub fn load(app: &App, dir: &Path) -> LoadOutcome {
 /// when that was already retired (forgotten while the sidecar was down), the accumulated
 /// values are in the retired totals and must start again from zero.
 pub fn install(app: &App, restored: Restored) {
-    let has_statsd = restored.store.has_worker(crate::statsd::WORKER_ID);
+    let has_statsd = restored.store.has_worker(crate::sources::statsd::WORKER_ID);
     *app.store.write() = restored.store;
     if let Some(statsd) = restored.statsd.filter(|_| has_statsd) {
         app.set_restored_statsd(statsd);

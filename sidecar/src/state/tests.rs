@@ -19,7 +19,7 @@ fn push_worker(id: &str) -> WorkerKey {
 }
 
 fn apply(app: &App, worker: &WorkerKey, text: &str, now: Now) {
-    let families = crate::parse::text::parse(text, false).expect("test exposition parses");
+    let families = crate::sources::parse::text::parse(text, false).expect("test exposition parses");
     app.store
         .write()
         .apply(worker, &families, Scope::Worker, now)
@@ -123,12 +123,12 @@ fn encoded(capture: crate::store::StoreCapture) -> Vec<u8> {
 fn churn(store: &mut crate::store::Store, now: Now) {
     let text = "# TYPE rq_total counter\nrq_total{path=\"/x\"} 40\nrq_total{path=\"/z\"} 1\n\
                 # TYPE temp gauge\ntemp{_aggregate=\"max\"} 30\n";
-    let families = crate::parse::text::parse(text, false).expect("parses");
+    let families = crate::sources::parse::text::parse(text, false).expect("parses");
     store
         .apply(&push_worker("a"), &families, Scope::Worker, now)
         .expect("applied");
     let text = "# TYPE new_total counter\nnew_total 5\n";
-    let families = crate::parse::text::parse(text, false).expect("parses");
+    let families = crate::sources::parse::text::parse(text, false).expect("parses");
     store
         .apply(&push_worker("c"), &families, Scope::Worker, now)
         .expect("applied");
@@ -241,9 +241,11 @@ async fn while_the_writer_is_on_the_disk_ingest_and_metrics_go_on_and_it_writes_
             .store
             .try_write()
             .expect("the writer must not hold the store's lock while on the disk");
-        let families =
-            crate::parse::text::parse("# TYPE rq_total counter\nrq_total{path=\"/x\"} 50\n", false)
-                .unwrap();
+        let families = crate::sources::parse::text::parse(
+            "# TYPE rq_total counter\nrq_total{path=\"/x\"} 50\n",
+            false,
+        )
+        .unwrap();
         store
             .apply(&push_worker("a"), &families, Scope::Worker, now)
             .unwrap();
@@ -341,13 +343,14 @@ fn multiprocess_workers_are_left_to_their_own_files() {
 #[test]
 fn statsd_accumulator_round_trips() {
     let now = Now::now();
-    let mut acc = crate::statsd::Accumulator::default();
+    let mut acc = crate::sources::statsd::Accumulator::default();
     acc.set_clock(now.mono);
     acc.ingest_datagram(b"jobs:3|c\nlat:250|ms\nlevel:7|g\nlevel:+2|g");
     let mut e = Enc::default();
     acc.encode_state(now, &mut e);
-    let restored = crate::statsd::Accumulator::decode_state(&mut Dec::new(&e.buf), now).unwrap();
-    let mut back = crate::statsd::Accumulator::default();
+    let restored =
+        crate::sources::statsd::Accumulator::decode_state(&mut Dec::new(&e.buf), now).unwrap();
+    let mut back = crate::sources::statsd::Accumulator::default();
     back.restore(restored);
     let mut a = acc.take_changes();
     let mut b = back.take_changes();
@@ -400,7 +403,7 @@ fn framed(mut file: Vec<u8>, body_edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     file.truncate(HEADER);
     file[12..20].copy_from_slice(&(body.len() as u64).to_le_bytes());
     file.extend_from_slice(&body);
-    let sum = crate::multiprocess::retired::fnv1a(&file);
+    let sum = crate::sources::multiprocess::retired::fnv1a(&file);
     file.extend_from_slice(&sum.to_le_bytes());
     file
 }

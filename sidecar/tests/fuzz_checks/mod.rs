@@ -9,11 +9,11 @@ use monasca_config::{
     Duration, MappingAction, MatchType, SidecarConfig, Statsd, StatsdMapping, StatsdMetricType,
 };
 use monasca_sidecar::expose::{Format, render};
-use monasca_sidecar::ingest::json;
-use monasca_sidecar::ingest::push::GroupingKey;
 use monasca_sidecar::model::{MetricKind, Value};
-use monasca_sidecar::parse::text;
-use monasca_sidecar::statsd::{Mapped, Mapper};
+use monasca_sidecar::sources::json;
+use monasca_sidecar::sources::parse::text;
+use monasca_sidecar::sources::push::GroupingKey;
+use monasca_sidecar::sources::statsd::{Mapped, Mapper};
 use monasca_sidecar::store::{Now, Store, StoreSettings};
 
 /// The Prometheus metric (`colon`) or label name grammar.

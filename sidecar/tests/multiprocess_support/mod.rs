@@ -6,7 +6,7 @@
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
 use monasca_sidecar::expose::{self, Format};
-use monasca_sidecar::multiprocess::{self, LivenessPolicy, Multiprocess, Options};
+use monasca_sidecar::sources::multiprocess::{self, LivenessPolicy, Multiprocess, Options};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

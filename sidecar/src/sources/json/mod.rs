@@ -281,7 +281,9 @@ fn build<'a>(body: &'a [JsonFamily<'a>]) -> Result<Updates<'a>, JsonError> {
             let update = workers.entry(worker).or_default();
             let family = update.families.entry(index).or_insert_with(|| {
                 let store_name = if *kind == MetricKind::Counter {
-                    crate::parse::counter_family_name(Cow::Borrowed(counter_name.unwrap_or(name)))
+                    crate::sources::parse::counter_family_name(Cow::Borrowed(
+                        counter_name.unwrap_or(name),
+                    ))
                 } else {
                     Cow::Borrowed(name)
                 };

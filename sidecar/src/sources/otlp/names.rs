@@ -174,7 +174,7 @@ pub fn value_text(value: Option<&AnyValue>, out: &mut String) {
         any_value::Value::IntValue(i) => {
             let _ = write!(out, "{i}");
         }
-        any_value::Value::DoubleValue(d) => out.push_str(&crate::otlp::float_text(*d)),
+        any_value::Value::DoubleValue(d) => out.push_str(&crate::sources::otlp::float_text(*d)),
         other => out.push_str(&json_value(other).to_string()),
     }
 }
@@ -189,7 +189,7 @@ fn json_value(v: &any_value::Value) -> serde_json::Value {
         any_value::Value::StringValueStrindex(i) => (*i).into(),
         any_value::Value::DoubleValue(d) => serde_json::Number::from_f64(*d)
             .map(serde_json::Value::Number)
-            .unwrap_or_else(|| crate::otlp::float_text(*d).into()),
+            .unwrap_or_else(|| crate::sources::otlp::float_text(*d).into()),
         any_value::Value::BytesValue(b) => {
             base64::engine::general_purpose::STANDARD.encode(b).into()
         }

@@ -953,7 +953,7 @@ fn error_kinds_have_distinct_names() {
 // ---------------------------------------------------------------------------------------
 // Protobuf
 
-const GO_PUSH_BODY: &[u8] = include_bytes!("../../../../shared/fixtures/wire/go-push-body.bin");
+const GO_PUSH_BODY: &[u8] = include_bytes!("../../../../../shared/fixtures/wire/go-push-body.bin");
 
 #[test]
 fn go_client_push_body_decodes() {

@@ -15,7 +15,7 @@ pub mod targets;
 use crate::app::{App, SelfMetrics};
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
-use crate::parse::text;
+use crate::sources::parse::text;
 use crate::store::{Source, WorkerKey};
 use client::ScrapeError;
 use parking_lot::Mutex;

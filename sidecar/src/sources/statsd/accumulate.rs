@@ -376,7 +376,7 @@ impl Accumulator {
                 Cow::Borrowed(&*tag.name)
             } else {
                 let mut s = String::with_capacity(tag.name.len() + 1);
-                crate::statsd::mapping::sanitize_label_name(&tag.name, &mut s);
+                crate::sources::statsd::mapping::sanitize_label_name(&tag.name, &mut s);
                 Cow::Owned(s)
             };
             if name.starts_with("__")

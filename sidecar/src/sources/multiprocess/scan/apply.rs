@@ -4,8 +4,8 @@
 use super::{PidState, RETIRED_WORKER_ID, worker_id};
 use crate::app::App;
 use crate::model::Family;
-use crate::multiprocess::merge::FxHashMap;
-use crate::multiprocess::{LogOnce, Stats};
+use crate::sources::multiprocess::merge::FxHashMap;
+use crate::sources::multiprocess::{LogOnce, Stats};
 use crate::store::{Now, Store, WorkerKey};
 
 /// What applying a pid's update did.

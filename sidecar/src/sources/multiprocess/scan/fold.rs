@@ -4,10 +4,10 @@
 
 use super::fs::{leftover_matches, write_tables};
 use super::{DirState, FileState, Fold, RETRY_AFTER, slot};
-use crate::multiprocess::format::{self, FileKind};
-use crate::multiprocess::merge::{FxHashSet, MergeIssues, Plan, PlanBuilder};
-use crate::multiprocess::retired::{self, FOLDABLE, FoldedFile, Retired, Table};
-use crate::multiprocess::{LogOnce, Stats};
+use crate::sources::multiprocess::format::{self, FileKind};
+use crate::sources::multiprocess::merge::{FxHashSet, MergeIssues, Plan, PlanBuilder};
+use crate::sources::multiprocess::retired::{self, FOLDABLE, FoldedFile, Retired, Table};
+use crate::sources::multiprocess::{LogOnce, Stats};
 use std::collections::BTreeMap;
 use std::io;
 use std::time::Instant;

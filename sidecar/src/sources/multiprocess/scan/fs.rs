@@ -3,8 +3,8 @@
 //! No state of their own: everything they know comes in as arguments.
 
 use super::{INITIAL_READ, Ident, MAX_FILE_BYTES};
-use crate::multiprocess::format::{self, FileError, FileKind, RETIRED_PID};
-use crate::multiprocess::retired::{self, FoldedFile, Table};
+use crate::sources::multiprocess::format::{self, FileError, FileKind, RETIRED_PID};
+use crate::sources::multiprocess::retired::{self, FoldedFile, Table};
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};

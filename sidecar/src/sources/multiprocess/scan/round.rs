@@ -15,11 +15,11 @@ use super::{
 };
 use crate::app::App;
 use crate::model::Family;
-use crate::multiprocess::format::{FileKind, RETIRED_PID};
-use crate::multiprocess::liveness::{LivenessMode, Verdict};
-use crate::multiprocess::merge::{self, FxHashMap, FxHashSet, MergeIssues, Slot};
-use crate::multiprocess::retired::{self, FoldedFile};
-use crate::multiprocess::{LogOnce, Stats};
+use crate::sources::multiprocess::format::{FileKind, RETIRED_PID};
+use crate::sources::multiprocess::liveness::{LivenessMode, Verdict};
+use crate::sources::multiprocess::merge::{self, FxHashMap, FxHashSet, MergeIssues, Slot};
+use crate::sources::multiprocess::retired::{self, FoldedFile};
+use crate::sources::multiprocess::{LogOnce, Stats};
 use crate::store::{Now, Scope};
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
