@@ -10,6 +10,7 @@
 
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
+use monasca_sidecar::sources::SourceContext;
 use monasca_sidecar::sources::statsd;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -117,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let app = App::new(config);
-    let handle = rt.block_on(statsd::spawn(app.clone()))?;
+    let handle = rt.block_on(statsd::spawn(&SourceContext::standalone(&app), None))?;
     let target = handle.udp_addr().ok_or("statsd disabled")?;
 
     // A mix of dialects over 1 000 series.

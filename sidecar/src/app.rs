@@ -1,38 +1,14 @@
 //! Shared state of a running sidecar: the store, the config in force, and the self-metrics of
-//! every component.
+//! every component. Components plug in through the traits of [`crate::component`]; `App`
+//! names none of them but the OTLP receiver's stream state, which does not import `App`.
 
-use crate::codec::Enc;
+use crate::component::{Clear, Durable, Refresh, SelfMetrics, StatePart};
 use crate::expose::SelfFamily;
-use crate::state::Persister;
-use crate::store::{Now, Store, StoreSettings};
+use crate::store::{Now, Store, StoreSettings, sweeper::Swept};
 use monasca_config::SidecarConfig;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-
-/// A component that reports its own `monasca_sidecar_*` metrics at render time.
-pub trait SelfMetrics: Send + Sync {
-    /// Appends this component's families (names must start with `monasca_sidecar_`).
-    fn families(&self, out: &mut Vec<SelfFamily>);
-}
-
-/// A source that can bring its values up to date on demand (the multiprocess reader), run
-/// right before `/metrics` is rendered so a scrape never sees values older than the files.
-pub trait Refresh: Send + Sync {
-    fn refresh(&self);
-}
-
-/// A source that keeps state of its own beside the store (StatsD accumulators), told when the
-/// store is cleared (`POST /v1/clear`) so that it starts again from zero.
-pub trait Clear: Send + Sync {
-    fn clear(&self);
-}
-
-/// A source that keeps state of its own beside the store (the StatsD accumulator) and writes
-/// it into the state file.
-pub trait StatePart: Send + Sync {
-    fn encode_state(&self, now: crate::store::Now, e: &mut Enc);
-}
 
 /// Everything the listeners and background tasks share.
 pub struct App {
@@ -45,10 +21,8 @@ pub struct App {
     /// The OTLP receiver's stream state (delta totals, start times) and self-metrics.
     pub otlp: Arc<crate::sources::otlp::Otlp>,
     /// The state writer, when `stateDir` is set (see [`crate::state`]).
-    state: OnceLock<Arc<Persister>>,
+    state: OnceLock<Arc<dyn Durable>>,
     state_parts: RwLock<Vec<Arc<dyn StatePart>>>,
-    /// StatsD accumulators read from the state file, taken by the StatsD listener at start.
-    restored_statsd: Mutex<Option<crate::sources::statsd::accumulate::Restored>>,
     /// Every listener is bound (`/readyz`).
     listening: AtomicBool,
 }
@@ -65,12 +39,11 @@ impl App {
             state: OnceLock::new(),
             listening: AtomicBool::new(false),
             state_parts: RwLock::new(Vec::new()),
-            restored_statsd: Mutex::new(None),
         })
     }
 
     /// Installs the state writer (once, at start).
-    pub fn set_persister(&self, persister: Arc<Persister>) {
+    pub fn set_persister(&self, persister: Arc<dyn Durable>) {
         let _ = self.state.set(persister);
     }
 
@@ -89,16 +62,6 @@ impl App {
     /// The registered state parts.
     pub fn state_parts(&self) -> Vec<Arc<dyn StatePart>> {
         self.state_parts.read().clone()
-    }
-
-    /// Hands restored StatsD accumulators to the StatsD listener (see [`crate::state::install`]).
-    pub fn set_restored_statsd(&self, restored: crate::sources::statsd::accumulate::Restored) {
-        *self.restored_statsd.lock() = Some(restored);
-    }
-
-    /// Takes the restored StatsD accumulators, if any.
-    pub fn take_restored_statsd(&self) -> Option<crate::sources::statsd::accumulate::Restored> {
-        self.restored_statsd.lock().take()
     }
 
     /// Records that every listener is bound: from now on `/readyz` answers 200. Until then
@@ -177,5 +140,12 @@ impl App {
     /// The current time (one place, so tests and tasks agree).
     pub fn now(&self) -> Now {
         Now::now()
+    }
+}
+
+impl Swept for App {
+    fn sweep(&self) -> Vec<String> {
+        let now = self.now();
+        self.store.write().sweep(now)
     }
 }

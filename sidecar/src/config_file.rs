@@ -5,9 +5,12 @@
 //! is reported (log line and `monasca_sidecar_config_reload_errors_total`) and the last good
 //! configuration stays in force.
 
-use crate::app::{App, SelfMetrics};
+use crate::app::App;
+use crate::component::SelfMetrics;
 use crate::expose::SelfFamily;
+use crate::lifecycle::Handle;
 use crate::model::MetricKind;
+use crate::sources::SourceContext;
 use monasca_config::{ConfigError, MultiprocessLiveness, SidecarConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -190,6 +193,13 @@ impl ConfigWatcher {
             current,
             stats,
         }
+    }
+
+    /// Checks the file every second as a component of `ctx`, until its handle is stopped.
+    pub fn spawn(self, ctx: &SourceContext) -> Handle {
+        let mut handle = Handle::new("config watcher", ctx.child_token());
+        handle.spawn(self.run(ctx.app().clone()));
+        handle
     }
 
     /// Checks the file every second until the task is dropped.

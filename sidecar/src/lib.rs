@@ -7,8 +7,10 @@
 
 pub mod app;
 pub mod codec;
+pub mod component;
 pub mod config_file;
 pub mod expose;
+pub mod lifecycle;
 pub mod model;
 pub mod server;
 pub mod sources;

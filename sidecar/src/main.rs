@@ -5,11 +5,13 @@ use clap::Parser;
 use monasca_runtime::logging::LogFormat;
 use monasca_sidecar::app::App;
 use monasca_sidecar::config_file::{ConfigWatcher, load_config};
-use monasca_sidecar::server::{self, Role, ServerStats};
+use monasca_sidecar::lifecycle::CancellationToken;
+use monasca_sidecar::server::{self, ServerStats};
+use monasca_sidecar::sources::{self, SourceContext};
+use monasca_sidecar::state;
+use monasca_sidecar::store::sweeper;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Aggregating metrics sidecar: every worker of a pod as one clean Prometheus target.
 #[derive(Parser, Debug)]
@@ -61,97 +63,50 @@ fn one_malloc_arena() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     let app = App::new(config.clone());
+    let ctx = SourceContext::new(app.clone(), CancellationToken::new());
     // Persisted state first: it must be in place before any listener accepts data.
-    let persister = config.state_dir.as_ref().map(|dir| {
-        let dir = PathBuf::from(dir);
-        let outcome = monasca_sidecar::state::load(&app, &dir);
-        let persister = monasca_sidecar::state::Persister::new(&app, dir, outcome);
-        app.set_persister(persister.clone());
-        app.register(persister.clone());
-        persister
-    });
+    let (persister, restored_statsd) = match config.state_dir.as_ref() {
+        Some(dir) => {
+            let (persister, statsd) = state::open(&app, PathBuf::from(dir));
+            (Some(persister), statsd)
+        }
+        None => (None, None),
+    };
     let stats = ServerStats::new(&app);
     app.register(stats.clone());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let drain = Duration::from_secs(args.drain_seconds);
-
     app.register(app.otlp.clone());
     // StatsD first: restored StatsD values reach the store before `/metrics` can be read.
-    let statsd = monasca_sidecar::sources::statsd::spawn(app.clone())
+    let statsd = sources::statsd::spawn(&ctx, restored_statsd)
         .await
         .context("cannot start the StatsD listener")?;
-    let mut tasks = Vec::new();
-    let mut listeners = vec![
-        (Role::Metrics, &config.listen.metrics),
-        (Role::Ingest, &config.listen.ingest),
-    ];
-    // OTLP/HTTP; the listener follows the config at start (like the others).
-    if config.otlp.enabled {
-        listeners.push((Role::Otlp, &config.listen.otlp));
-    }
-    for (role, addr) in listeners {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} ({} listener)", role.as_str()))?;
-        let local = listener.local_addr()?;
-        tracing::info!(listener = %role.as_str(), addr = %local, "listening");
-        tasks.push(tokio::spawn(server::serve(
-            listener,
-            app.clone(),
-            stats.clone(),
-            role,
-            shutdown_rx.clone(),
-            drain,
-        )));
-    }
-
+    let listeners = server::bind(&config).await?;
+    let http = server::spawn(
+        &ctx,
+        &stats,
+        listeners,
+        Duration::from_secs(args.drain_seconds),
+    );
     // Every listener is bound (StatsD above, HTTP here): `/readyz` may say so.
     app.mark_listening();
-
-    // prometheus_client multiprocess files (config `multiprocessDir` or PROMETHEUS_MULTIPROC_DIR)
-    // and scrape-mode workers; both idle until configured and follow config reloads.
-    let multiprocess = monasca_sidecar::sources::multiprocess::spawn(app.clone());
-    let scraper = monasca_sidecar::sources::scrape::spawn(app.clone());
-
-    // Forget workers not seen for `forgetAfter`, retiring their counters.
-    let sweeper = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let now = app.now();
-                let gone = app.store.write().sweep(now);
-                for id in gone {
-                    tracing::info!(worker = %id, "worker expired; its counters are retired");
-                }
-            }
-        })
-    };
-
-    let writer = persister.clone().map(|p| tokio::spawn(p.run(app.clone())));
-
-    let watcher = args.config.clone().map(|path| {
-        let app = app.clone();
-        tokio::spawn(ConfigWatcher::new(path, config).run(app))
-    });
+    // Multiprocess files and scrape targets: both idle until configured, follow reloads.
+    let multiprocess = sources::multiprocess::spawn(&ctx);
+    let scraper = sources::scrape::spawn(&ctx);
+    let sweeper = sweeper::spawn(app.clone(), ctx.child_token(), sweeper::SWEEP_INTERVAL);
+    let writer = persister.as_ref().map(|p| p.spawn(&ctx));
+    let watcher = args
+        .config
+        .map(|path| ConfigWatcher::new(path, config).spawn(&ctx));
 
     monasca_runtime::shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
-    let _ = shutdown_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    statsd.flush();
-    drop(statsd);
-    drop(scraper);
+    // In order: listeners drain, StatsD flushes, the other sources stop, the state is written.
+    http.stop().await;
+    statsd.stop().await;
+    scraper.stop().await;
     multiprocess.stop();
-    sweeper.abort();
-    if let Some(w) = watcher {
-        w.abort();
-    }
-    if let Some(w) = writer {
-        w.abort();
+    sweeper.stop().await;
+    for handle in [watcher, writer].into_iter().flatten() {
+        handle.stop().await;
     }
     if let Some(p) = persister {
         p.write(&app).await;

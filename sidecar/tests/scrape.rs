@@ -8,6 +8,7 @@ mod multiprocess_support;
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
 use monasca_sidecar::expose::{self, Format};
+use monasca_sidecar::sources::SourceContext;
 use monasca_sidecar::sources::scrape;
 use multiprocess_support::{PyProcess, samples, scratch, self_metric, wait_until};
 use std::io::Write as _;
@@ -108,7 +109,7 @@ fn four_workers_one_killed_totals_never_decrease() {
     ))
     .expect("config");
     let app = App::new(config);
-    let _scraper = scrape::spawn(app.clone());
+    let _scraper = scrape::spawn(&SourceContext::standalone(&app));
 
     for (i, w) in workers.iter_mut().enumerate() {
         w.command(&format!("inc {}", (i + 1) * 10));

@@ -8,6 +8,7 @@ mod common;
 use monasca_config::{MappingAction, MatchType, SidecarConfig, StatsdMapping, StatsdMetricType};
 use monasca_sidecar::app::App;
 use monasca_sidecar::expose::{Format, render};
+use monasca_sidecar::sources::SourceContext;
 use monasca_sidecar::sources::statsd::{self, StatsdHandle};
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -31,7 +32,7 @@ fn start(mut config: SidecarConfig) -> Running {
         .expect("runtime");
     let app = App::new(config);
     let handle = rt
-        .block_on(statsd::spawn(app.clone()))
+        .block_on(statsd::spawn(&SourceContext::standalone(&app), None))
         .expect("statsd listener starts");
     Running {
         handle,

@@ -8,6 +8,9 @@ mod stats;
 pub use stats::ServerStats;
 
 use crate::app::App;
+use crate::lifecycle::Handle;
+use crate::sources::SourceContext;
+use monasca_config::SidecarConfig;
 use monasca_runtime::http;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +34,59 @@ impl Role {
             Role::Otlp => "otlp",
         }
     }
+}
+
+/// Binds the HTTP listeners the config asks for (metrics, ingest and, when enabled, OTLP) and
+/// logs each address. An error names the address and the listener.
+pub async fn bind(config: &SidecarConfig) -> std::io::Result<Vec<(Role, TcpListener)>> {
+    let mut roles = vec![
+        (Role::Metrics, &config.listen.metrics),
+        (Role::Ingest, &config.listen.ingest),
+    ];
+    if config.otlp.enabled {
+        roles.push((Role::Otlp, &config.listen.otlp));
+    }
+    let mut listeners = Vec::new();
+    for (role, addr) in roles {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} ({} listener): {e}", role.as_str()),
+            )
+        })?;
+        tracing::info!(listener = %role.as_str(), addr = %listener.local_addr()?, "listening");
+        listeners.push((role, listener));
+    }
+    Ok(listeners)
+}
+
+/// Starts one [`serve`] task per listener as one component of `ctx`: cancelling its token
+/// (or the root) stops accepting and drains in-flight requests for up to `drain`;
+/// [`Handle::stop`] returns once every listener has drained.
+pub fn spawn(
+    ctx: &SourceContext,
+    stats: &Arc<ServerStats>,
+    listeners: Vec<(Role, TcpListener)>,
+    drain: Duration,
+) -> Handle {
+    let mut handle = Handle::new("http", ctx.child_token());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let token = handle.token().clone();
+    handle.spawn_until_done(async move {
+        token.cancelled().await;
+        let _ = stop_tx.send(true);
+    });
+    for (role, listener) in listeners {
+        handle.spawn_until_done(serve(
+            listener,
+            ctx.app().clone(),
+            stats.clone(),
+            role,
+            stop_rx.clone(),
+            drain,
+        ));
+    }
+    handle
 }
 
 /// Serves `listener` until `shutdown` flips to true, then drains in-flight requests for up to

@@ -1,6 +1,7 @@
 //! Self-metrics of the HTTP listeners and of the store.
 
-use crate::app::{App, SelfMetrics};
+use crate::app::App;
+use crate::component::SelfMetrics;
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
 use monasca_runtime::labels::push_label;

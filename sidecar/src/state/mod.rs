@@ -36,20 +36,25 @@
 //! scraped value. The StatsD accumulator and the OTLP streams are encoded under their own
 //! locks (their size follows their own series).
 
-use crate::app::{App, SelfMetrics};
+use crate::app::App;
 use crate::codec::{Dec, Enc};
+use crate::component::{Durable, SelfMetrics};
 use crate::expose::SelfFamily;
+use crate::lifecycle::Handle;
 use crate::model::MetricKind;
+use crate::sources::SourceContext;
 use crate::store::{Now, Store, StoreSettings};
 use parking_lot::Mutex;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-pub use crate::app::StatePart;
 pub use crate::codec::{DecodeError, FORMAT_VERSION};
+pub use crate::component::StatePart;
 
 /// The state file's name inside `stateDir` (not `*.db`: the directory may be the multiprocess
 /// directory, whose reader globs those).
@@ -260,9 +265,25 @@ pub fn write_file(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     crate::sources::multiprocess::retired::sync_dir(dir)
 }
 
+/// What [`load`] found: how loading went (a self-metric), and the StatsD accumulators, which
+/// are handed to the StatsD listener when it starts.
+#[derive(Debug)]
+pub struct Loaded {
+    pub outcome: LoadOutcome,
+    pub statsd: Option<StatsdRestored>,
+}
+
+type StatsdRestored = crate::sources::statsd::accumulate::Restored;
+
 /// Reads the state file in `dir` and installs it in `app` (which must be fresh: nothing
 /// listens yet). Never fails: a bad file is set aside and the sidecar starts empty.
-pub fn load(app: &App, dir: &Path) -> LoadOutcome {
+pub fn load(app: &App, dir: &Path) -> Loaded {
+    let mut statsd = None;
+    let outcome = load_into(app, dir, &mut statsd);
+    Loaded { outcome, statsd }
+}
+
+fn load_into(app: &App, dir: &Path, statsd: &mut Option<StatsdRestored>) -> LoadOutcome {
     if let Err(e) = std::fs::create_dir_all(dir) {
         tracing::error!(dir = %dir.display(), error = %e,
             "cannot create stateDir; starting with empty state, state will not be kept");
@@ -287,7 +308,7 @@ pub fn load(app: &App, dir: &Path) -> LoadOutcome {
         Ok(restored) => {
             let workers = restored.store.worker_count();
             let series = restored.store.series_count();
-            install(app, restored);
+            *statsd = install(app, restored);
             tracing::info!(path = %path.display(), workers, series, bytes = data.len(),
                 "state loaded");
             LoadOutcome::Loaded
@@ -301,18 +322,28 @@ pub fn load(app: &App, dir: &Path) -> LoadOutcome {
     }
 }
 
+/// Loads the state file in `dir` into `app` ([`load`]) and installs the writer for it:
+/// registered for its self-metrics and as `app`'s durability wait. Returns the writer (start
+/// it with [`Persister::spawn`]) and the StatsD accumulators for the StatsD listener.
+pub fn open(app: &App, dir: PathBuf) -> (Arc<Persister>, Option<StatsdRestored>) {
+    let loaded = load(app, &dir);
+    let persister = Persister::new(app, dir, loaded.outcome);
+    app.set_persister(persister.clone());
+    app.register(persister.clone());
+    (persister, loaded.statsd)
+}
+
 /// Installs decoded state. The StatsD accumulators only come with the store's StatsD worker:
 /// when that was already retired (forgotten while the sidecar was down), the accumulated
-/// values are in the retired totals and must start again from zero.
-pub fn install(app: &App, restored: Restored) {
+/// values are in the retired totals and must start again from zero. Returns the StatsD
+/// accumulators to hand to the StatsD listener.
+pub fn install(app: &App, restored: Restored) -> Option<StatsdRestored> {
     let has_statsd = restored.store.has_worker(crate::sources::statsd::WORKER_ID);
     *app.store.write() = restored.store;
-    if let Some(statsd) = restored.statsd.filter(|_| has_statsd) {
-        app.set_restored_statsd(statsd);
-    }
     if let Some(otlp) = restored.otlp {
         app.otlp.restore(otlp);
     }
+    restored.statsd.filter(|_| has_statsd)
 }
 
 /// Renames a bad state file (or directory) to `FILE_NAME.bad-<unix seconds>` and deletes
@@ -496,6 +527,20 @@ impl Persister {
             }
             self.write(&app).await;
         }
+    }
+
+    /// Starts the writer loop ([`Persister::run`]) as a component of `ctx`: stopping it
+    /// abandons the periodic writes; the caller writes the final state itself.
+    pub fn spawn(self: &Arc<Self>, ctx: &SourceContext) -> Handle {
+        let mut handle = Handle::new("state writer", ctx.child_token());
+        handle.spawn(self.clone().run(ctx.app().clone()));
+        handle
+    }
+}
+
+impl Durable for Persister {
+    fn durable(&self, version: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Persister::durable(self, version))
     }
 }
 

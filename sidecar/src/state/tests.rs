@@ -74,7 +74,7 @@ fn rendered(app: &App, now: Now) -> String {
 fn restore(bytes: &[u8], now: Now) -> Result<Arc<App>, DecodeError> {
     let app = App::new(SidecarConfig::default());
     let restored = decode(bytes, StoreSettings::default(), now)?;
-    install(&app, restored);
+    let _statsd = install(&app, restored);
     Ok(app)
 }
 

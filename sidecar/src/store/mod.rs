@@ -16,6 +16,7 @@ mod key;
 pub(crate) mod persist;
 mod resilient;
 mod rules;
+pub mod sweeper;
 #[cfg(test)]
 mod tests;
 mod validate;

@@ -6,6 +6,7 @@
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
 use monasca_sidecar::expose::{self, Format};
+use monasca_sidecar::sources::SourceContext;
 use monasca_sidecar::sources::multiprocess::{self, LivenessPolicy, Multiprocess, Options};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -279,7 +280,7 @@ impl InProcess {
         let config = SidecarConfig::from_yaml(config_yaml).expect("valid config");
         let app = App::new(config);
         let mp = multiprocess::spawn_with(
-            app.clone(),
+            &SourceContext::standalone(&app),
             Options {
                 liveness: LivenessPolicy::Auto,
                 interval: Duration::from_millis(200),

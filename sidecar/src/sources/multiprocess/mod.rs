@@ -22,7 +22,7 @@
 //!   keeps its previous value in the retired totals.
 //!
 //! Scans run on a thread of their own at least every second, and on demand right before a
-//! `/metrics` render ([`crate::app::Refresh`]); an unchanged directory costs a `stat`, a
+//! `/metrics` render ([`crate::component::Refresh`]); an unchanged directory costs a `stat`, a
 //! `pread` and a `memcmp` per file.
 
 pub mod format;
@@ -36,15 +36,18 @@ mod tests;
 pub use liveness::{LivenessMode, LivenessPolicy};
 pub use scan::{MAX_FILE_BYTES, NotCompacting, RETIRED_WORKER_ID, worker_id};
 
-use crate::app::{App, Refresh, SelfMetrics};
+use crate::app::App;
+use crate::component::{Refresh, SelfMetrics};
 use crate::expose::SelfFamily;
+use crate::lifecycle::{CancellationToken, Handle};
 use crate::model::MetricKind;
+use crate::sources::SourceContext;
 use monasca_config::{MultiprocessLiveness, SidecarConfig};
 use parking_lot::{Condvar, Mutex};
 use scan::DirState;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -76,45 +79,48 @@ impl Default for Options {
 /// The running reader. Dropping it stops the background thread (after the current scan).
 pub struct Multiprocess {
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    handle: Handle,
 }
 
 /// Starts the reader with default [`Options`]: registers its self-metrics and its refresh
-/// hook with `app`, and scans on a background thread. The directory comes from the config
-/// (`multiprocessDir`, re-read every scan so reloads apply), else from the environment; with
-/// neither, the reader idles.
-pub fn spawn(app: Arc<App>) -> Multiprocess {
-    spawn_with(app, Options::default())
+/// hook with the context's app, and scans on a background thread. The directory comes from
+/// the config (`multiprocessDir`, re-read every scan so reloads apply), else from the
+/// environment; with neither, the reader idles.
+pub fn spawn(ctx: &SourceContext) -> Multiprocess {
+    spawn_with(ctx, Options::default())
 }
 
 /// [`spawn`] with explicit options.
-pub fn spawn_with(app: Arc<App>, options: Options) -> Multiprocess {
+pub fn spawn_with(ctx: &SourceContext, options: Options) -> Multiprocess {
+    let app = ctx.app();
     let reader = Reader::new(options.clone());
+    let mut handle = Handle::new("multiprocess", ctx.child_token());
     let shared = Arc::new(Shared {
-        app: Arc::downgrade(&app),
+        app: Arc::downgrade(app),
         stats: reader.stats.clone(),
         scanner: Mutex::new(reader),
-        stop: AtomicBool::new(false),
+        stop: handle.token().clone(),
         wake: Mutex::new(false),
         wake_cv: Condvar::new(),
     });
     app.register(shared.clone());
     app.register_refresh(shared.clone());
-    drop(app);
     let thread = {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("multiprocess".into())
             .spawn(move || shared.run(options.interval))
     };
-    let thread = match thread {
-        Ok(t) => Some(t),
+    match thread {
+        Ok(t) => {
+            let waker = shared.clone();
+            handle.add_thread(t, move || waker.wake());
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot start the multiprocess reader thread; scanning only before each /metrics render");
-            None
         }
-    };
-    Multiprocess { shared, thread }
+    }
+    Multiprocess { shared, handle }
 }
 
 impl Multiprocess {
@@ -129,27 +135,9 @@ impl Multiprocess {
         self.shared.clone()
     }
 
-    /// Stops the background thread and waits for it.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        {
-            let mut woken = self.shared.wake.lock();
-            *woken = true;
-            self.shared.wake_cv.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Multiprocess {
-    fn drop(&mut self) {
-        self.shutdown();
+    /// Stops the background thread and waits for it (blocking: callable without a runtime).
+    pub fn stop(self) {
+        self.handle.stop_blocking();
     }
 }
 
@@ -157,14 +145,22 @@ struct Shared {
     app: Weak<App>,
     scanner: Mutex<Reader>,
     stats: Arc<Stats>,
-    stop: AtomicBool,
+    /// Cancelled when the reader stops.
+    stop: CancellationToken,
     wake: Mutex<bool>,
     wake_cv: Condvar,
 }
 
 impl Shared {
+    /// Wakes the background thread (to see that it is stopped).
+    fn wake(&self) {
+        let mut woken = self.wake.lock();
+        *woken = true;
+        self.wake_cv.notify_all();
+    }
+
     fn run(&self, interval: Duration) {
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.stop.is_cancelled() {
             {
                 let mut scanner = self.scanner.lock();
                 let fresh = scanner
@@ -188,7 +184,7 @@ impl Shared {
 
 impl Refresh for Shared {
     fn refresh(&self) {
-        if self.stop.load(Ordering::SeqCst) {
+        if self.stop.is_cancelled() {
             return;
         }
         let requested = Instant::now();

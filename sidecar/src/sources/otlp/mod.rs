@@ -57,8 +57,8 @@ pub mod translate;
 pub use decode::{DecodeError, Encoding};
 pub use translate::{Settings, Temporality, Translation, translate};
 
-use crate::app::SelfMetrics;
 use crate::codec::{Dec as StateDec, DecodeError as StateError, Enc as StateEnc};
+use crate::component::SelfMetrics;
 use crate::expose::SelfFamily;
 use crate::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
 use crate::store::{Now, Scope, Store};

@@ -12,9 +12,12 @@
 pub mod client;
 pub mod targets;
 
-use crate::app::{App, SelfMetrics};
+use crate::app::App;
+use crate::component::SelfMetrics;
 use crate::expose::SelfFamily;
+use crate::lifecycle::Handle;
 use crate::model::MetricKind;
+use crate::sources::SourceContext;
 use crate::sources::parse::text;
 use crate::store::{Source, WorkerKey};
 use client::ScrapeError;
@@ -30,32 +33,21 @@ const MAX_CONCURRENT: usize = 64;
 /// How often to look at the config again while scraping is off.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// The running scraper; dropping it stops it.
-pub struct Scraper {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Scraper {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The store id of a target's worker.
 pub fn worker_id(target: &str) -> String {
     format!("scrape:{target}")
 }
 
-/// Starts scraping on the current tokio runtime and registers the self-metrics with `app`.
-/// Idle while `scrape.targets` is empty; the config is re-read every round.
-pub fn spawn(app: Arc<App>) -> Scraper {
+/// Starts scraping on the current tokio runtime and registers the self-metrics with the
+/// context's app. Idle while `scrape.targets` is empty; the config is re-read every round.
+/// Dropping (or stopping) the handle stops it.
+pub fn spawn(ctx: &SourceContext) -> Handle {
+    let app = ctx.app();
     let shared = Arc::new(Shared::default());
     app.register(shared.clone());
-    let weak = Arc::downgrade(&app);
-    drop(app);
-    Scraper {
-        task: tokio::spawn(run(weak, shared)),
-    }
+    let mut handle = Handle::new("scrape", ctx.child_token());
+    handle.spawn(run(Arc::downgrade(app), shared));
+    handle
 }
 
 #[derive(Default)]

@@ -24,9 +24,12 @@ pub use accumulate::{Accumulator, Counts, DropReason, FamilyChange};
 pub use line::{Line, LineError, Sample, SampleType, Tag, TagStyle, parse_line, parse_str};
 pub use mapping::{Mapped, MappedName, Mapper, MappingError, sanitize_metric_name};
 
-use crate::app::{App, SelfMetrics};
+use crate::app::App;
+use crate::component::SelfMetrics;
 use crate::expose::SelfFamily;
+use crate::lifecycle::Handle;
 use crate::model::{Family, MetricKind};
+use crate::sources::SourceContext;
 use crate::store::{Scope, Source, WorkerKey};
 use monasca_config::SidecarConfig;
 use parking_lot::Mutex;
@@ -56,7 +59,7 @@ pub fn worker_key() -> WorkerKey {
     )
 }
 
-impl crate::app::StatePart for Shared {
+impl crate::component::StatePart for Shared {
     fn encode_state(&self, now: crate::store::Now, e: &mut crate::codec::Enc) {
         self.acc.lock().encode_state(now, e);
     }
@@ -306,7 +309,7 @@ impl Shared {
 
 /// `POST /v1/clear`: StatsD values live only in the sidecar, so the accumulator starts again
 /// from zero right away (samples that arrive after the clear are kept, none from before).
-impl crate::app::Clear for Shared {
+impl crate::component::Clear for Shared {
     fn clear(&self) {
         let mut acc = self.acc.lock();
         acc.reset();
@@ -402,7 +405,7 @@ pub struct StatsdHandle {
     udp: Option<SocketAddr>,
     tcp: Option<SocketAddr>,
     inner: Option<(Arc<App>, Arc<Shared>)>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    handle: Handle,
 }
 
 impl StatsdHandle {
@@ -436,31 +439,33 @@ impl StatsdHandle {
             .as_ref()
             .map_or(0, |(_, s)| s.metrics.datagrams.load(Ordering::Relaxed))
     }
-}
 
-impl Drop for StatsdHandle {
-    fn drop(&mut self) {
-        if let Some((_, shared)) = &self.inner {
-            shared.stop.store(true, Ordering::Relaxed);
-        }
-        for t in &self.tasks {
-            t.abort();
-        }
+    /// Applies what was accumulated, then stops the receivers and the flush task.
+    pub async fn stop(self) {
+        self.flush();
+        let StatsdHandle { handle, .. } = self;
+        handle.stop().await;
     }
 }
 
-/// Starts the StatsD listener per `app.config()`: UDP on `listen.statsd` and, when
+/// Starts the StatsD listener per the context's config: UDP on `listen.statsd` and, when
 /// `statsd.tcp`, TCP on the same address and port (with port 0, both get the same ephemeral
-/// port). Registers the self-metrics. Returns a disabled handle when `statsd.enabled` is
-/// false. Must run inside a Tokio runtime.
-pub async fn spawn(app: Arc<App>) -> io::Result<StatsdHandle> {
+/// port). `restored` are the accumulators read from the state file ([`crate::state::load`]).
+/// Registers the self-metrics. Returns a disabled handle when `statsd.enabled` is false.
+/// Must run inside a Tokio runtime.
+pub async fn spawn(
+    ctx: &SourceContext,
+    restored: Option<accumulate::Restored>,
+) -> io::Result<StatsdHandle> {
+    let app = ctx.app().clone();
+    let mut handle = Handle::new("statsd", ctx.child_token());
     let config = app.config();
     if !config.statsd.enabled {
         return Ok(StatsdHandle {
             udp: None,
             tcp: None,
             inner: None,
-            tasks: Vec::new(),
+            handle,
         });
     }
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
@@ -470,7 +475,6 @@ pub async fn spawn(app: Arc<App>) -> io::Result<StatsdHandle> {
         .parse()
         .map_err(|e| invalid(format!("listen.statsd {:?}: {e}", config.listen.statsd)))?;
     let mut acc = Accumulator::new(&config).map_err(|e| invalid(e.to_string()))?;
-    let restored = app.take_restored_statsd();
     let was_restored = restored.is_some();
     if let Some(r) = restored {
         acc.restore(r);
@@ -499,27 +503,29 @@ pub async fn spawn(app: Arc<App>) -> io::Result<StatsdHandle> {
     std::thread::Builder::new()
         .name("statsd-udp".into())
         .spawn(move || listener::udp_loop(udp, thread_shared))?;
+    // The UDP thread polls `stop` between receives; it is not waited for.
+    let stop_shared = shared.clone();
+    handle.on_cancel(move || stop_shared.stop.store(true, Ordering::Relaxed));
 
-    let mut tasks = Vec::new();
     if let Some(tcp) = tcp {
-        tasks.push(tokio::spawn(listener::tcp_accept_loop(tcp, shared.clone())));
+        handle.spawn(listener::tcp_accept_loop(tcp, shared.clone()));
     }
     let (flush_app, flush_shared) = (app.clone(), shared.clone());
-    tasks.push(tokio::spawn(async move {
+    handle.spawn(async move {
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             flush_shared.flush(&flush_app);
         }
-    }));
+    });
     // Same shape as the HTTP listeners' announcement (tests read `listener=` and `addr=`).
     tracing::info!(listener = "statsd", addr = %udp_addr, tcp = ?tcp_addr, receive_buffer, "listening");
     Ok(StatsdHandle {
         udp: Some(udp_addr),
         tcp: tcp_addr,
         inner: Some((app, shared)),
-        tasks,
+        handle,
     })
 }
 
