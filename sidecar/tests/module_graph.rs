@@ -218,20 +218,10 @@ fn the_detector_finds_a_circle_and_accepts_a_chain() {
     );
 }
 
-/// Edges still closing a circle, each with why, to be removed (not added to): `App` still
-/// holds the OTLP receiver's state, the state writer and the restored StatsD accumulators,
-/// while those modules use `App`. Issue 15's `sources/` step (one lifecycle, `main.rs` only
-/// wiring) takes them out of `App`.
-const KNOWN_CIRCLE_EDGES: [(&str, &str); 3] = [
-    ("app", "sources::otlp"),
-    ("app", "state"),
-    ("app", "sources::statsd"),
-];
-
 #[test]
 fn sidecar_modules_import_each_other_without_a_circle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut graph = module_graph(&src);
+    let graph = module_graph(&src);
     assert!(
         graph.contains_key("store")
             && graph.contains_key("expose")
@@ -242,11 +232,10 @@ fn sidecar_modules_import_each_other_without_a_circle() {
         !graph["store"].contains("expose"),
         "the store imports expose again: {graph:#?}"
     );
-    for (from, to) in KNOWN_CIRCLE_EDGES {
-        let removed = graph.get_mut(from).is_some_and(|edges| edges.remove(to));
-        assert!(
-            removed,
-            "{from} -> {to} is gone: remove it from KNOWN_CIRCLE_EDGES"
+    for (from, to) in &graph {
+        println!(
+            "{from} -> {}",
+            to.iter().cloned().collect::<Vec<_>>().join(", ")
         );
     }
     if let Some(cycle) = find_cycle(&graph) {
