@@ -29,13 +29,25 @@ fn is_test_file(rel: &Path) -> bool {
             .is_some_and(|s| s == "tests" || s == "fixtures")
 }
 
-/// The code of a file up to its first `#[cfg(test)]` module (inline test modules sit at the
-/// end of a file by convention), comments left out (a doc link is not an import).
+/// The code of a file up to its first inline `#[cfg(test)]` module (`mod tests { .. }`, at
+/// the end of a file by convention; a `mod tests;` declaration near the top cuts nothing),
+/// comments left out (a doc link is not an import).
 fn non_test_code(text: &str) -> String {
-    let text = match text.find("#[cfg(test)]\nmod ") {
-        Some(i) => &text[..i],
-        None => text,
-    };
+    let marker = "#[cfg(test)]\nmod ";
+    let mut end = text.len();
+    let mut from = 0;
+    while let Some(i) = text[from..].find(marker) {
+        let at = from + i;
+        let line_end = text[at + marker.len()..]
+            .find('\n')
+            .map_or(text.len(), |n| at + marker.len() + n);
+        if text[at..line_end].trim_end().ends_with('{') {
+            end = at;
+            break;
+        }
+        from = line_end;
+    }
+    let text = &text[..end];
     text.lines()
         .filter(|line| !line.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
@@ -66,11 +78,15 @@ fn referenced_modules(text: &str) -> BTreeSet<String> {
                 .split(',')
                 .map(|part| ident(part.trim()))
                 .filter(|n| !n.is_empty())
-                .map(|n| format!("{SOURCES}::{n}"))
+                .map(|n| match n.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    true => name.clone(),
+                    false => format!("{SOURCES}::{n}"),
+                })
                 .collect();
         }
+        // A type or function of `sources` itself (`SourceContext`) is not a source.
         match ident(rest) {
-            n if n.is_empty() => vec![name],
+            n if n.is_empty() || n.starts_with(|c: char| c.is_ascii_uppercase()) => vec![name],
             n => vec![format!("{SOURCES}::{n}")],
         }
     };
@@ -203,10 +219,11 @@ fn the_detector_finds_a_circle_and_accepts_a_chain() {
     );
     assert_eq!(
         referenced_modules(
-            "use crate::sources::{parse::text, statsd};\nuse crate::{sources::push::X, app};\ncrate::sources::otlp::f();"
+            "use crate::sources::{parse::text, statsd};\nuse crate::{sources::push::X, app};\ncrate::sources::otlp::f();\nuse crate::sources::SourceContext;"
         ),
         [
             "app",
+            "sources",
             "sources::otlp",
             "sources::parse",
             "sources::push",
@@ -215,6 +232,11 @@ fn the_detector_finds_a_circle_and_accepts_a_chain() {
         .into_iter()
         .map(String::from)
         .collect()
+    );
+    let with_tests_declared = "use crate::a;\n#[cfg(test)]\nmod tests;\nuse crate::b;\n#[cfg(test)]\nmod inline {\nuse crate::c;\n}";
+    assert_eq!(
+        referenced_modules(&non_test_code(with_tests_declared)),
+        ["a", "b"].into_iter().map(String::from).collect()
     );
 }
 
