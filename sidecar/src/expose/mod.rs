@@ -43,13 +43,11 @@ impl SelfFamily {
         self
     }
 
-    /// Adds a sample with one label.
+    /// Adds a sample with one label (escaped by [`monasca_runtime::labels::push_label`], the
+    /// one place self-metric label text is built).
     pub fn labelled(mut self, name: &str, value: &str, v: f64) -> Self {
         let mut labels = String::with_capacity(name.len() + value.len() + 3);
-        labels.push_str(name);
-        labels.push_str("=\"");
-        crate::store::escape_label_value(value, &mut labels);
-        labels.push('"');
+        monasca_runtime::labels::push_label(&mut labels, name, value);
         self.samples.push((labels, v));
         self
     }
