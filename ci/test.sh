@@ -101,6 +101,10 @@ bash ci/images.sh || echo "   ci/images.sh failed (above): the real-pod e2e test
 
 full=false
 if [ "$#" -eq 0 ]; then set -- --workspace; full=true; fi
+# The binaries the e2e tests start, built up to date before any test runs: the harness
+# (e2e::workspace_binary) takes them from target/<profile>/ and never runs a nested cargo build.
+echo "== cargo build --bins -p monasca-sidecar -p monasca-operator"
+cargo build --bins -p monasca-sidecar -p monasca-operator
 echo "== cargo test $*"
 cargo test "$@"
 if $full; then

@@ -12,19 +12,17 @@ pub mod prometheus;
 pub mod push_worker;
 pub mod sidecar;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::SystemTime;
+use std::path::PathBuf;
 
-/// Path of a binary of this workspace, building it first if it is missing or older than a
-/// source of the workspace (`cargo test --workspace` has already built it; `cargo test -p
-/// monasca-e2e` alone has not, and a binary left by an earlier build must never stand in for
-/// the code under test).
+/// Path of a binary of this workspace, as Cargo already built it: `$<NAME>_BIN` when set (a
+/// prebuilt or release binary, e.g. `MONASCA_SIDECAR_BIN`), else `target/<profile>/<name>`
+/// beside the running test. No nested `cargo build`: `ci/test.sh` builds both binaries before
+/// any test (`cargo build --bins`), and Cargo builds a package's own binary before its
+/// integration tests. A binary that is missing, or older than a source it is built from, must
+/// never stand in for the code under test: that fails here, naming the command to run.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(format!(
-        "{}_BIN",
-        name.to_ascii_uppercase().replace('-', "_")
-    )) {
+    let variable = format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
+    if let Ok(p) = std::env::var(&variable) {
         return PathBuf::from(p);
     }
     // target/<profile>/deps/<test-exe> -> target/<profile>/<name>
@@ -35,58 +33,41 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         .expect("test binary lives in target/<profile>/deps")
         .to_path_buf();
     let candidate = profile_dir.join(name);
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e/ sits in the workspace root");
-    if let Ok(built) = std::fs::metadata(&candidate).and_then(|m| m.modified())
-        && newest_source(workspace, false).is_none_or(|source| source <= built)
-    {
-        return candidate;
-    }
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "-p", package, "--bin", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build");
+    let build = format!("cargo build -p {package} --bin {name}");
+    let built = std::fs::metadata(&candidate)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is not built: run `{build}` first (ci/test.sh does), or set {variable}",
+                candidate.display()
+            )
+        });
+    // Cargo's own record of the files the binary was built from (`<name>.d`): exact, so a
+    // change to another package or to a test-only file does not make it look stale.
+    let stale: Vec<String> = std::fs::read_to_string(profile_dir.join(format!("{name}.d")))
+        .unwrap_or_default()
+        .split_once(": ")
+        .map(|(_, sources)| {
+            sources
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|source| {
+            std::fs::metadata(source)
+                .and_then(|m| m.modified())
+                .map_or(true, |changed| changed > built)
+        })
+        .collect();
     assert!(
-        status.success(),
-        "cargo build -p {package} --bin {name} failed"
-    );
-    assert!(
-        candidate.exists(),
-        "{} not found after building",
-        candidate.display()
+        stale.is_empty(),
+        "{} is older than its sources ({}): run `{build}` (ci/test.sh does), or set {variable}",
+        candidate.display(),
+        stale.join(", ")
     );
     candidate
-}
-
-/// The newest modification time of the files a workspace binary is built from: every `.rs`
-/// under a `src/` directory, every `Cargo.toml` and `Cargo.lock` (skipping `target/`, `e2e/`
-/// and hidden directories).
-fn newest_source(dir: &Path, in_src: bool) -> Option<SystemTime> {
-    let mut newest = None;
-    let entries = std::fs::read_dir(dir).ok()?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let time = if kind.is_dir() {
-            if name.starts_with('.') || name == "target" || name == "e2e" {
-                continue;
-            }
-            newest_source(&path, in_src || name == "src")
-        } else if name == "Cargo.toml" || name == "Cargo.lock" || (in_src && name.ends_with(".rs"))
-        {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        } else {
-            None
-        };
-        newest = newest.max(time);
-    }
-    newest
 }
 
 /// A fresh scratch directory.
