@@ -157,6 +157,10 @@ pub(super) fn update_entry(
                     Updated { before, reset }
                 }
                 None => {
+                    // A series' first worker is often its only one: no room for three more.
+                    if entries.is_empty() {
+                        entries.reserve_exact(1);
+                    }
                     entries.push(DistEntry {
                         worker,
                         generation,

@@ -269,11 +269,15 @@ pub(crate) struct DistEntry {
     pub(crate) values: Box<[f64]>,
 }
 
+/// The workers' values of one scalar series. Most series have one worker (a pushed group, a
+/// StatsD series): its entry lives inline, so a series costs no allocation for its values.
+pub(crate) type ScalarEntries = smallvec::SmallVec<[ScalarEntry; 1]>;
+
 /// The values of one series across workers.
 #[derive(Clone, Debug)]
 pub(crate) enum SeriesData {
     Scalar {
-        entries: Vec<ScalarEntry>,
+        entries: ScalarEntries,
         /// Counters: the sum of departed or reset workers' values.
         retired: f64,
         /// Gauges: departed workers' last values.
@@ -293,7 +297,7 @@ impl SeriesData {
     fn empty_for(value: &Value) -> SeriesData {
         match value {
             Value::Scalar(_) => SeriesData::Scalar {
-                entries: Vec::new(),
+                entries: ScalarEntries::new(),
                 retired: 0.0,
                 retired_gauge: None,
             },

@@ -7,8 +7,8 @@
 //! that died while the sidecar was down twice (once here, once when the reader folds its file).
 
 use super::{
-    DROPPED, DistEntry, FamilyState, RetiredGauge, ScalarEntry, SeriesData, SeriesState, Source,
-    Store, StoreSettings, WorkerFamily, WorkerKey, WorkerState,
+    DROPPED, DistEntry, FamilyState, RetiredGauge, ScalarEntries, ScalarEntry, SeriesData,
+    SeriesState, Source, Store, StoreSettings, WorkerFamily, WorkerKey, WorkerState,
 };
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::model::MetricKind;
@@ -196,7 +196,7 @@ impl Store {
                 let data = match d.u8()? {
                     0 if !matches!(kind, MetricKind::Histogram | MetricKind::Summary) => {
                         let ne = d.len(24)?;
-                        let mut entries = Vec::with_capacity(ne);
+                        let mut entries = ScalarEntries::with_capacity(ne);
                         for _ in 0..ne {
                             let worker = worker(d)?;
                             let generation = d.u32()?;
