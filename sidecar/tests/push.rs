@@ -451,6 +451,60 @@ fn gzip_push_and_gzip_metrics() {
     s.checked_metrics();
 }
 
+/// A counter family of `n` series, about 60 bytes a line.
+fn bulk_body(n: usize) -> String {
+    let mut body = String::from("# TYPE bulk_total counter\n");
+    for i in 0..n {
+        body.push_str(&format!(
+            "bulk_total{{endpoint=\"/v2.0/metrics/{i}\",status=\"{}\"}} {i}\n",
+            200 + i % 5
+        ));
+    }
+    body
+}
+
+#[test]
+fn freed_body_memory_is_returned_after_a_burst_of_large_pushes() {
+    let s = Sidecar::start("");
+    let trims = |s: &Sidecar| {
+        let text = s.metrics();
+        sample_value(&text, "monasca_sidecar_allocator_trims_total")
+    };
+    assert_eq!(trims(&s), Some(0.0));
+    // Below the threshold (4 MiB of bodies since the last trim): nothing to give back yet.
+    let body = bulk_body(40_000);
+    assert!(body.len() > 2 << 20 && body.len() < 4 << 20);
+    assert_eq!(
+        push(&s, "PUT", "/metrics/job/bulk/instance/a", &body).status,
+        200
+    );
+    assert_eq!(trims(&s), Some(0.0));
+    // The second large body ends a burst past the threshold: one trim, and no value is lost.
+    assert_eq!(
+        push(&s, "PUT", "/metrics/job/bulk/instance/b", &body).status,
+        200
+    );
+    assert_eq!(trims(&s), Some(1.0));
+    assert_eq!(
+        push(&s, "PUT", "/metrics/job/small", &format!("{COUNTER}1\n")).status,
+        200
+    );
+    assert_eq!(trims(&s), Some(1.0));
+    let text = s.metrics();
+    assert_eq!(
+        sample_value(
+            &text,
+            "bulk_total{endpoint=\"/v2.0/metrics/39999\",job=\"bulk\",status=\"204\"}"
+        ),
+        Some(2.0 * 39_999.0)
+    );
+    assert_eq!(
+        sample_value(&text, "monasca_sidecar_series"),
+        Some(40_001.0)
+    );
+    s.checked_metrics();
+}
+
 #[test]
 fn go_client_protobuf_push_fixture() {
     let s = Sidecar::start("");

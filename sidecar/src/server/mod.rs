@@ -2,6 +2,7 @@
 //! `/readyz`, `/v1/workers`), the ingest listener (Pushgateway API, JSON API) and the OTLP/HTTP
 //! listener (`POST /v1/metrics`).
 
+mod memory;
 mod routes;
 mod stats;
 

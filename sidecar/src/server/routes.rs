@@ -1,5 +1,6 @@
 //! Request routing and handlers. Handlers are thin: parse, call the pure layer, answer.
 
+use super::memory::BodyGuard;
 use super::{Role, ServerStats};
 use crate::app::App;
 use crate::expose;
@@ -160,8 +161,13 @@ fn workers(app: &App) -> Resp {
     resp
 }
 
-/// Reads the body up to the configured limit, decompressing gzip.
-async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, PushError> {
+/// Reads the body up to the configured limit, decompressing gzip, and counts it for giving
+/// its memory back after a burst (see [`super::memory`]).
+async fn read_body(
+    req: Request<Incoming>,
+    limit: u64,
+    memory: &BodyGuard<'_>,
+) -> Result<Bytes, PushError> {
     let gzip = match header(&req, CONTENT_ENCODING).map(str::trim) {
         None | Some("") | Some("identity") => false,
         Some(e) if e.eq_ignore_ascii_case("gzip") => true,
@@ -178,8 +184,11 @@ async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, PushErro
         .await
         .map_err(|_| PushError::TooLarge(limit))?
         .to_bytes();
+    memory.read(body.len());
     if gzip {
-        push::gunzip(&body, limit).map(Bytes::from)
+        let plain = push::gunzip(&body, limit)?;
+        memory.read(plain.len());
+        Ok(Bytes::from(plain))
     } else {
         Ok(body)
     }
@@ -213,7 +222,9 @@ async fn push_route(req: Request<Incoming>, rest: &str, app: &App, stats: &Serve
         return text(StatusCode::ACCEPTED, "");
     }
     let format = BodyFormat::from_content_type(header(&req, CONTENT_TYPE));
-    let body = match read_body(req, config.limits.max_body_bytes).await {
+    // Declared first so that it drops after the body and what is parsed from it.
+    let body_memory = stats.bodies.begin();
+    let body = match read_body(req, config.limits.max_body_bytes, &body_memory).await {
         Ok(b) => b,
         Err(e) => {
             stats.rejected("push", e.reason());
@@ -265,7 +276,9 @@ async fn json_ingest(req: Request<Incoming>, app: &App, stats: &ServerStats) -> 
             "the JSON API is disabled (push.json)",
         );
     }
-    let body = match read_body(req, config.limits.max_body_bytes).await {
+    // Declared first so that it drops after the body and what is parsed from it.
+    let body_memory = stats.bodies.begin();
+    let body = match read_body(req, config.limits.max_body_bytes, &body_memory).await {
         Ok(b) => b,
         Err(e) => {
             stats.rejected("json", e.reason());
@@ -326,7 +339,9 @@ async fn otlp_metrics(req: Request<Incoming>, app: &App, stats: &ServerStats) ->
             decode::status(CODE_UNIMPLEMENTED, msg, Encoding::Protobuf),
         );
     };
-    let body = match read_body(req, config.limits.max_body_bytes).await {
+    // Declared first so that it drops after the body and what is parsed from it.
+    let body_memory = stats.bodies.begin();
+    let body = match read_body(req, config.limits.max_body_bytes, &body_memory).await {
         Ok(b) => b,
         Err(e) => {
             stats.rejected("otlp", e.reason());

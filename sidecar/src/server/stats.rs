@@ -1,5 +1,6 @@
 //! Self-metrics of the HTTP listeners and of the store.
 
+use super::memory::BodyMemory;
 use crate::app::App;
 use crate::component::SelfMetrics;
 use crate::expose::SelfFamily;
@@ -22,6 +23,8 @@ pub struct ServerStats {
     render_ns_total: AtomicU64,
     /// The store's own figures are read at render time through this.
     app: Mutex<Option<Weak<App>>>,
+    /// Request bodies in flight, for giving their memory back after a burst.
+    pub(super) bodies: BodyMemory,
 }
 
 impl ServerStats {
@@ -104,6 +107,14 @@ impl SelfMetrics for ServerStats {
                 "Duration of the previous /metrics render.",
             )
             .value(load(&self.last_render_ns) / 1e9),
+        );
+        out.push(
+            SelfFamily::new(
+                "monasca_sidecar_allocator_trims_total",
+                MetricKind::Counter,
+                "Free heap memory handed back to the OS after a burst of large request bodies.",
+            )
+            .value(self.bodies.trims() as f64),
         );
         let app = self.app.lock().as_ref().and_then(Weak::upgrade);
         if let Some(app) = app {
