@@ -48,7 +48,7 @@ pub fn handle(request: &Request<Incoming>, ctx: &Context) -> HttpResponse {
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             ctx.metrics.render_with(Some(Gauges {
-                injected_pods: ctx.injected_pods.len(),
+                injected_pods: ctx.injected_pod_count(),
                 leader: ctx.leadership.is_leader(),
                 cert_loaded: ctx.cert_loaded(),
                 cert_expiry: ctx.cert_expiry(),
@@ -63,7 +63,7 @@ pub fn handle(request: &Request<Incoming>, ctx: &Context) -> HttpResponse {
         "/discovery/targets" => server::response(
             StatusCode::OK,
             "application/json",
-            discovery::render(&ctx.injected_pods.state(), &ctx.sidecars.state()),
+            discovery::render(&ctx.injected_pods(), &ctx.sidecars.state()),
         ),
         "/healthz" => server::text(StatusCode::OK, "ok"),
         _ if ctx.is_ready() => server::text(StatusCode::OK, "ready"),

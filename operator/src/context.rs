@@ -4,13 +4,62 @@ use crate::inject::Settings;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::webhook::tls::CertResolver;
+use futures::Stream;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
-use monasca_crds::MetricsSidecar;
+use monasca_crds::{LABEL_SIDECAR, MetricsSidecar};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::Notify;
+
+fn is_injected(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL_SIDECAR))
+}
+
+/// The namespaces whose pods changed since the controller last took them: one entry per
+/// namespace however many of its pods changed, so it stays bounded by the namespaces even when
+/// nothing takes them.
+#[derive(Default)]
+pub struct PodChanges {
+    pending: Mutex<HashSet<String>>,
+    notify: Notify,
+}
+
+impl PodChanges {
+    /// Records a change to a pod of `namespace`.
+    pub fn record(&self, namespace: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.contains(namespace) {
+            pending.insert(namespace.to_string());
+        }
+        drop(pending);
+        self.notify.notify_one();
+    }
+
+    /// Every recorded namespace, as it is recorded (batched while nobody reads).
+    pub fn namespaces(self: Arc<Self>) -> impl Stream<Item = String> + Send + 'static {
+        use futures::StreamExt;
+        futures::stream::unfold(self, |changes| async move {
+            loop {
+                let batch: Vec<String> = {
+                    let mut pending = changes.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    pending.drain().collect()
+                };
+                if !batch.is_empty() {
+                    return Some((futures::stream::iter(batch), changes));
+                }
+                changes.notify.notified().await;
+            }
+        })
+        .flatten()
+    }
+}
 
 /// Shared as `Arc<Context>`. Admission reads only from here: the reflector stores are kept
 /// current by watches, so a review never waits on the API server.
@@ -21,12 +70,14 @@ pub struct Context {
     pub sidecars: Store<MetricsSidecar>,
     /// Every Namespace's metadata (for the namespace-wide `inject` annotation).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// Every Pod, slimmed to what counting needs (metadata, phase, `hostNetwork`, container
-    /// names: see [`crate::controller::status::slim`]).
+    /// Every Pod, from the operator's one pod watch, slimmed to what counting and discovery
+    /// read (metadata, phase, IP, `hostNetwork`, container names, the sidecar's ports: see
+    /// [`crate::controller::status::slim`]). Injected pods are those with the sidecar label
+    /// ([`Context::injected_pods`]).
     pub pods: Store<Pod>,
-    /// Injected pods (label `monasca.openstack.org/sidecar`), slimmed to metadata, phase and IP
-    /// (discovery needs the IP, which metadata-only watches do not carry).
-    pub injected_pods: Store<Pod>,
+    /// Namespaces whose pods changed, for the controller's reconcile trigger (fed by the same
+    /// pod watch).
+    pub pod_changes: Arc<PodChanges>,
     /// Whether this replica may write.
     pub leadership: Leadership,
     /// Self-metrics.
@@ -53,7 +104,7 @@ impl Context {
             sidecars,
             namespaces,
             pods: Writer::default().as_reader(),
-            injected_pods: Writer::default().as_reader(),
+            pod_changes: Arc::default(),
             leadership: Leadership::standalone(),
             metrics: Arc::new(Metrics::default()),
             admission_events: Default::default(),
@@ -66,10 +117,9 @@ impl Context {
         }
     }
 
-    /// Adds the pod stores; readiness then also waits for them.
-    pub fn with_pods(mut self, pods: Store<Pod>, injected_pods: Store<Pod>) -> Context {
+    /// Adds the pod store; readiness then also waits for it.
+    pub fn with_pods(mut self, pods: Store<Pod>) -> Context {
         self.pods = pods;
-        self.injected_pods = injected_pods;
         self.pods_synced = AtomicBool::new(false);
         self
     }
@@ -85,12 +135,12 @@ impl Context {
         let _ = self.certs.set(certs);
     }
 
-    /// Records that both pod stores have their first complete list.
+    /// Records that the pod store has its first complete list.
     pub fn mark_pods_synced(&self) {
         self.pods_synced.store(true, Ordering::Release);
     }
 
-    /// Whether the pod stores are complete (counting from a partial list would report pods as
+    /// Whether the pod store is complete (counting from a partial list would report pods as
     /// missing).
     pub fn pods_synced(&self) -> bool {
         self.pods_synced.load(Ordering::Acquire)
@@ -104,6 +154,16 @@ impl Context {
     /// When the served webhook certificate expires (Unix seconds), if one is loaded.
     pub fn cert_expiry(&self) -> Option<i64> {
         self.certs.get().and_then(|c| c.expiry())
+    }
+
+    /// The (slimmed) injected pods: those carrying the sidecar label.
+    pub fn injected_pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.state_filter(is_injected)
+    }
+
+    /// How many pods are injected.
+    pub fn injected_pod_count(&self) -> usize {
+        self.pods.state_filter(is_injected).len()
     }
 
     /// The (slimmed) pods of one namespace.
@@ -155,5 +215,63 @@ impl Context {
     /// The metadata of one namespace, if it is known (read its annotations from there).
     pub fn namespace(&self, namespace: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
         self.namespaces.get(&ObjectRef::new(namespace))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn pod_changes_come_once_per_namespace_and_wake_a_waiting_reader() {
+        let changes = Arc::new(PodChanges::default());
+        for namespace in ["a", "b", "a", "a"] {
+            changes.record(namespace);
+        }
+        let mut namespaces = Box::pin(changes.clone().namespaces());
+        let mut first = vec![
+            namespaces.next().await.expect("a namespace"),
+            namespaces.next().await.expect("a namespace"),
+        ];
+        first.sort();
+        assert_eq!(first, ["a", "b"], "four changes, two namespaces");
+        // Nothing pending: the reader waits for the next change.
+        let next = tokio::spawn(async move { namespaces.next().await });
+        tokio::task::yield_now().await;
+        changes.record("c");
+        assert_eq!(next.await.expect("reader").as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn injected_pods_are_the_stored_pods_with_the_sidecar_label() {
+        let mut writer: Writer<Pod> = Writer::default();
+        for (name, labelled) in [("plain", false), ("injected", true)] {
+            let mut pod = Pod::default();
+            pod.metadata.name = Some(name.into());
+            pod.metadata.namespace = Some("ns".into());
+            if labelled {
+                pod.metadata.labels = Some([(LABEL_SIDECAR.to_string(), "default".into())].into());
+            }
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(pod));
+        }
+        let settings = Settings {
+            operator_namespace: "monasca-system".into(),
+            sidecar_image: "monasca/monasca-sidecar:test".into(),
+            server_version: None,
+        };
+        let ctx = Context::new(
+            settings,
+            Writer::default().as_reader(),
+            Writer::default().as_reader(),
+        )
+        .with_pods(writer.as_reader());
+        let names: Vec<_> = ctx
+            .injected_pods()
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        assert_eq!(names, ["injected"]);
+        assert_eq!(ctx.injected_pod_count(), 1);
     }
 }

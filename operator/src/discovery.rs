@@ -2,12 +2,12 @@
 //! JSON (`[{"targets": ["10.0.0.7:9102"], "labels": {...}}]`), so Prometheus or monasca-agent
 //! finds all sidecars cluster-wide from one URL, without kubernetes_sd relabeling recipes.
 //!
-//! Pure: built from the in-memory store of injected pods (watched by label, with only the
-//! metadata, IP and the sidecar container's ports kept); the port is the one the pod declares,
+//! Pure: built from the operator's pod store (its one pod watch, slimmed to metadata, phase, IP,
+//! container names and the sidecar container's ports), filtered by the sidecar label; the port is the one the pod declares,
 //! so a `MetricsSidecar` moved to another port never points Prometheus at pods still on the old.
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use monasca_crds::{DEFAULT_METRICS_PORT, LABEL_SIDECAR, MetricsSidecar, SIDECAR_CONTAINER_NAME};
+use k8s_openapi::api::core::v1::Pod;
+use monasca_crds::{DEFAULT_METRICS_PORT, LABEL_SIDECAR, MetricsSidecar};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -103,38 +103,6 @@ pub fn targets(pods: &[Arc<Pod>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<Targe
 /// The response body.
 pub fn render(pods: &[Arc<Pod>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<u8> {
     serde_json::to_vec(&targets(pods, sidecars)).unwrap_or_else(|_| b"[]".to_vec())
-}
-
-/// Keeps only what discovery and counting need of a pod, so a cluster-wide store stays small:
-/// metadata, phase, IP, and the `monasca-sidecar` container's name and ports.
-pub fn slim(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.spec = pod.spec.take().map(|spec| {
-        let keep = |containers: Vec<Container>| -> Vec<Container> {
-            containers
-                .into_iter()
-                .filter(|c| c.name == SIDECAR_CONTAINER_NAME)
-                .map(|c| Container {
-                    name: c.name,
-                    ports: c.ports,
-                    ..Container::default()
-                })
-                .collect()
-        };
-        PodSpec {
-            containers: keep(spec.containers),
-            init_containers: spec.init_containers.map(keep),
-            ..PodSpec::default()
-        }
-    });
-    pod.status = pod
-        .status
-        .take()
-        .map(|s| k8s_openapi::api::core::v1::PodStatus {
-            phase: s.phase,
-            pod_ip: s.pod_ip,
-            ..Default::default()
-        });
 }
 
 #[cfg(test)]
@@ -244,17 +212,17 @@ mod tests {
             ]}))
             .expect("spec"),
         );
-        slim(&mut injected);
+        crate::controller::status::slim(&mut injected);
         let spec = injected
             .spec
             .as_ref()
             .expect("the sidecar's ports are kept");
+        assert_eq!(spec.containers.len(), 2, "every container's name is kept");
+        assert_eq!(spec.containers[0].ports, None, "the app's ports are not");
         assert_eq!(
-            spec.containers.len(),
-            1,
-            "only the sidecar container is kept"
+            spec.containers[1].image, None,
+            "the sidecar: only its name and ports"
         );
-        assert_eq!(spec.containers[0].image, None, "only its name and ports");
         let groups = targets(&[Arc::new(injected)], &[Arc::new(sidecar)]);
         assert_eq!(groups[0].targets, vec!["10.1.2.3:9102".to_string()]);
     }

@@ -5,18 +5,19 @@
 //! kube's `DeserializeGuard`: an object that does not parse is logged and dropped from the store
 //! (as if deleted) instead of failing the whole list.
 
+use crate::Context;
+use crate::context::PodChanges;
 use crate::inject::Settings;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::{Context, discovery};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
-use monasca_crds::{LABEL_SIDECAR, MetricsSidecar};
+use monasca_crds::MetricsSidecar;
 use std::sync::Arc;
 
 /// Logs an object that does not parse and returns a tombstone (its metadata only) that removes
@@ -126,20 +127,32 @@ fn report_annotation_without_label()
     }
 }
 
+/// Tells the controller which namespace a pod event concerns (a relist's pods too: a change may
+/// have been missed while the watch was down).
+fn record_change(changes: &PodChanges, event: &watcher::Event<Pod>) {
+    match event {
+        watcher::Event::Apply(pod)
+        | watcher::Event::Delete(pod)
+        | watcher::Event::InitApply(pod) => {
+            changes.record(pod.metadata.namespace.as_deref().unwrap_or_default());
+        }
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
+}
+
 /// Creates the context's stores and spawns the watches that fill them (for the life of the
 /// process). The context reports ready once both stores have had their first full list.
 pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<Context> {
     let mut sidecar_writer: Writer<MetricsSidecar> = Writer::default();
     let namespace_writer: Writer<PartialObjectMeta<Namespace>> = Writer::default();
     let pod_writer: Writer<Pod> = Writer::default();
-    let injected_writer: Writer<Pod> = Writer::default();
     let ctx = Arc::new(
         Context::new(
             settings,
             sidecar_writer.as_reader(),
             namespace_writer.as_reader(),
         )
-        .with_pods(pod_writer.as_reader(), injected_writer.as_reader())
+        .with_pods(pod_writer.as_reader())
         .with_leadership(leadership),
     );
 
@@ -171,34 +184,22 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
         "Namespace",
     ));
 
-    // Every pod, for the controller's counts, slimmed as it arrives: a pod's spec is most of its
-    // size and the controller needs only metadata, the phase (only Pending and Running pods
-    // count) and what the webhook's skip rules read (hostNetwork, container names).
+    // Every pod, watched once, slimmed as it arrives (a pod's spec is most of its size): the
+    // store behind the controller's counts, the webhook's skip rules and discovery (injected
+    // pods carry the sidecar label), and the controller's trigger (the namespace of each change).
+    let changes = ctx.pod_changes.clone();
     let pods = watcher(
-        Api::<Pod>::all(client.clone()),
+        Api::<Pod>::all(client),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(crate::controller::status::slim);
+    .modify(crate::controller::status::slim)
+    .inspect_ok(move |event| record_change(&changes, event));
     tokio::spawn(drive(reflector::reflector(pod_writer, pods), "Pod"));
 
-    // Injected pods in full (discovery needs their IP), slimmed down to what it reads.
-    let injected = watcher(
-        Api::<Pod>::all(client),
-        watcher::Config::default()
-            .labels(LABEL_SIDECAR)
-            .any_semantic(),
-    )
-    .default_backoff()
-    .modify(discovery::slim);
-    tokio::spawn(drive(
-        reflector::reflector(injected_writer, injected),
-        "injected Pod",
-    ));
-
-    let (c, pods, injected) = (ctx.clone(), ctx.pods.clone(), ctx.injected_pods.clone());
+    let (c, pods) = (ctx.clone(), ctx.pods.clone());
     tokio::spawn(async move {
-        if pods.wait_until_ready().await.is_ok() && injected.wait_until_ready().await.is_ok() {
+        if pods.wait_until_ready().await.is_ok() {
             c.mark_pods_synced();
         }
     });

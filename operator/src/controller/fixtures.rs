@@ -231,7 +231,6 @@ impl Harness {
         let sidecars: Writer<MetricsSidecar> = Writer::default();
         let namespaces: Writer<PartialObjectMeta<Namespace>> = Writer::default();
         let pods: Writer<Pod> = Writer::default();
-        let injected: Writer<Pod> = Writer::default();
         let (tx, leadership) = Leadership::channel(leader);
         // The sender is not needed: leadership stays fixed for a test.
         std::mem::forget(tx);
@@ -244,7 +243,7 @@ impl Harness {
             sidecars.as_reader(),
             namespaces.as_reader(),
         )
-        .with_pods(pods.as_reader(), injected.as_reader())
+        .with_pods(pods.as_reader())
         .with_leadership(leadership);
         shared.mark_pods_synced();
         let mut ctx = Context::new(client, Arc::new(shared), false);

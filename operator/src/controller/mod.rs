@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
@@ -674,13 +674,9 @@ async fn reconcile_pod_monitor(
     Ok(())
 }
 
-/// The pods that may concern a sidecar: every `MetricsSidecar` of the pod's namespace (which
+/// The sidecars a pod change may concern: every `MetricsSidecar` of the pod's namespace (which
 /// one a pod asks for depends on annotations and on the namespace's other sidecars).
-fn sidecars_of_pod(
-    shared: &crate::Context,
-    pod: &PartialObjectMeta<Pod>,
-) -> Vec<ObjectRef<Guarded>> {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+fn sidecars_of_namespace(shared: &crate::Context, namespace: &str) -> Vec<ObjectRef<Guarded>> {
     shared
         .sidecars_in(namespace)
         .iter()
@@ -690,9 +686,10 @@ fn sidecars_of_pod(
 
 /// Runs the controller until `shutdown` resolves.
 ///
-/// Known cost: the pod trigger below is a second metadata-only pod watch beside the one that
-/// feeds [`crate::Context::pods`] (kube's stable API cannot share one stream between a store
-/// and a controller; `unstable-runtime-subscribe` can). The `MetricsSidecar` watch is guarded
+/// Pods trigger reconciles through [`crate::Context::pod_changes`], fed by the operator's one
+/// pod watch (the one behind [`crate::Context::pods`]), not a watch of their own: at 10,000
+/// pods every watch is another copy in memory and another stream from the apiserver. The
+/// `MetricsSidecar` watch is guarded
 /// ([`Guarded`]): an object that does not parse is reconciled as such (reported), never a
 /// failed relist that would stop every other object's reconciles.
 pub async fn run(
@@ -707,11 +704,15 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .owns(Api::<ConfigMap>::all(client.clone()), managed)
-    // Metadata only: the controller needs labels and annotations, not specs.
-    .watches(
-        Api::<PartialObjectMeta<Pod>>::all(client),
-        watcher::Config::default().any_semantic(),
-        move |pod| sidecars_of_pod(&shared, &pod),
+    // A pod change reconciles the sidecars of its namespace.
+    .reconcile_on(
+        ctx.shared
+            .pod_changes
+            .clone()
+            .namespaces()
+            .flat_map(move |namespace| {
+                futures::stream::iter(sidecars_of_namespace(&shared, &namespace))
+            }),
     )
     .reconcile_all_on(ctx.shared.leadership.gained())
     // Native sidecars detected on or off: every NativeSidecar condition follows at once.

@@ -8,7 +8,10 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use monasca_crds::{ANNOTATION_CONFIG_HASH, LABEL_SIDECAR, MetricsSidecar, MetricsSidecarStatus};
+use monasca_crds::{
+    ANNOTATION_CONFIG_HASH, LABEL_SIDECAR, MetricsSidecar, MetricsSidecarStatus,
+    SIDECAR_CONTAINER_NAME,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -86,8 +89,9 @@ pub struct PodCensus {
     pub excluded: Vec<String>,
 }
 
-/// Keeps only what the census reads of a pod (metadata, phase, `hostNetwork`, container names),
-/// so the cluster-wide pod store stays small.
+/// Keeps only what the operator reads of a pod, so the cluster-wide pod store (its one pod
+/// watch) stays small: metadata, phase, IP, `hostNetwork`, every container's name (the census,
+/// the webhook's skip rules), and the sidecar container's ports (discovery's port).
 pub fn slim(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.spec = pod.spec.take().map(|spec| {
@@ -95,6 +99,11 @@ pub fn slim(pod: &mut Pod) {
             containers
                 .into_iter()
                 .map(|c| Container {
+                    ports: if c.name == SIDECAR_CONTAINER_NAME {
+                        c.ports
+                    } else {
+                        None
+                    },
                     name: c.name,
                     ..Container::default()
                 })
@@ -109,6 +118,7 @@ pub fn slim(pod: &mut Pod) {
     });
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
+        pod_ip: s.pod_ip,
         ..PodStatus::default()
     });
 }

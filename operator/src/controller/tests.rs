@@ -700,7 +700,7 @@ fn the_census_store_keeps_only_what_it_reads() {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "monasca", "labels": {"a": "b"}},
             "spec": {"hostNetwork": true, "containers": [{"name": "app"}]},
-            "status": {"phase": "Running"},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"},
         })
     );
 }
