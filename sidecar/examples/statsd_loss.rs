@@ -3,10 +3,14 @@
 //! test: it prints figures and exits 0 unless something fails to start.
 //!
 //! ```text
-//! cargo run --release -p monasca-sidecar --example statsd_loss -- [RATE] [SECONDS] [LINES_PER_DATAGRAM]
+//! cargo run --release -p monasca-sidecar --example statsd_loss -- [RATE] [SECONDS] [LINES_PER_DATAGRAM] [TARGET]
 //! ```
 //! Defaults: 200000 lines/s for 10 s, 1 line per datagram (the hardest case: one datagram
 //! per line, as unbuffered clients send).
+//!
+//! With `TARGET` (`host:port` of a running sidecar's StatsD listener) it only sends, and prints
+//! one JSON line (`lines_sent`, `counter_increments`, `seconds`): `bench/run.py` measures the
+//! whole pipeline of a real sidecar process that way (its CPU time, its `/metrics`).
 
 use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
@@ -39,7 +43,7 @@ fn kernel_drops(port: u16) -> Option<u64> {
 /// Sends datagrams with one `sendmmsg(2)` call (the sender must not be the bottleneck of a
 /// receiver benchmark); returns how many were sent.
 #[cfg(target_os = "linux")]
-fn send_batch(socket: &UdpSocket, batch: &[Vec<u8>]) -> usize {
+fn send_batch(socket: &UdpSocket, batch: &[&[u8]]) -> usize {
     use std::os::fd::AsRawFd;
     let mut iovecs: Vec<libc::iovec> = batch
         .iter()
@@ -81,7 +85,7 @@ fn send_batch(socket: &UdpSocket, batch: &[Vec<u8>]) -> usize {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_batch(socket: &UdpSocket, batch: &[Vec<u8>]) -> usize {
+fn send_batch(socket: &UdpSocket, batch: &[&[u8]]) -> usize {
     batch.iter().filter(|d| socket.send(d).is_ok()).count()
 }
 
@@ -105,10 +109,97 @@ fn thread_cpu_seconds(name: &str) -> Option<f64> {
     None
 }
 
+/// The lines sent: a mix of dialects over 1 000 series; a quarter are timers, the rest
+/// counters incremented by 1.
+fn corpus() -> Vec<String> {
+    (0..1000)
+        .map(|i| match i % 4 {
+            0 => format!("loss.plain.c{i}:1|c"),
+            1 => format!("loss.dog.c{i}:1|c|#env:prod,service:api"),
+            2 => format!("loss.monasca.c{i}:1|c|#{{'service': 'monitoring', 'hostname': 'h1'}}"),
+            _ => format!("loss.timer.t{i}:{}|ms", i % 300),
+        })
+        .collect()
+}
+
+/// What [`send_paced`] sent.
+struct Sent {
+    datagrams: u64,
+    counter_increments: u64,
+    errors: u64,
+    time: Duration,
+}
+
+/// Sends `total_lines` lines at `rate` lines/s, paced by the clock, `per_datagram` lines per
+/// datagram, cycling through [`corpus`].
+fn send_paced(socket: &UdpSocket, rate: u64, total_lines: u64, per_datagram: usize) -> Sent {
+    let lines = corpus();
+    let datagrams: Vec<(Vec<u8>, u64)> = lines
+        .chunks(per_datagram)
+        .map(|c| {
+            let counters = c
+                .iter()
+                .filter(|l| l.ends_with("|c") || l.contains("|c|"))
+                .count();
+            (c.join("\n").into_bytes(), counters as u64)
+        })
+        .collect();
+    let total_datagrams = total_lines.div_ceil(per_datagram as u64);
+    let datagrams_per_ms = (rate as f64 / per_datagram as f64) / 1000.0;
+    let start = Instant::now();
+    let mut sent = Sent {
+        datagrams: 0,
+        counter_increments: 0,
+        errors: 0,
+        time: Duration::ZERO,
+    };
+    let mut next = 0usize;
+    while sent.datagrams < total_datagrams {
+        // Pace by the clock: send what is due, then yield until the next millisecond.
+        let due = ((start.elapsed().as_secs_f64() * 1000.0 * datagrams_per_ms) as u64)
+            .min(total_datagrams);
+        while sent.datagrams < due {
+            let n = ((due - sent.datagrams) as usize)
+                .min(64)
+                .min(datagrams.len() - next);
+            let batch: Vec<&[u8]> = datagrams[next..next + n]
+                .iter()
+                .map(|(d, _)| d.as_slice())
+                .collect();
+            let done = send_batch(socket, &batch);
+            sent.errors += (n - done) as u64;
+            sent.counter_increments += datagrams[next..next + done]
+                .iter()
+                .map(|(_, c)| c)
+                .sum::<u64>();
+            next = (next + n) % datagrams.len();
+            sent.datagrams += n as u64;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    sent.time = start.elapsed();
+    sent
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate = arg(1, 200_000);
     let seconds = arg(2, 10);
     let per_datagram = arg(3, 1).max(1) as usize;
+    let total_lines = rate * seconds;
+
+    if let Some(target) = std::env::args().nth(4) {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        socket.connect(&target)?;
+        let sent = send_paced(&socket, rate, total_lines, per_datagram);
+        println!(
+            "{{\"lines_sent\": {total_lines}, \"datagrams\": {}, \"counter_increments\": {}, \"send_errors\": {}, \"seconds\": {:.3}}}",
+            sent.datagrams,
+            sent.counter_increments,
+            sent.errors,
+            sent.time.as_secs_f64()
+        );
+        return Ok(());
+    }
 
     let mut config = SidecarConfig::default();
     config.listen.statsd = "127.0.0.1:0".into();
@@ -121,50 +212,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let handle = rt.block_on(statsd::spawn(&SourceContext::standalone(&app), None))?;
     let target = handle.udp_addr().ok_or("statsd disabled")?;
 
-    // A mix of dialects over 1 000 series.
-    let lines: Vec<String> = (0..1000)
-        .map(|i| match i % 4 {
-            0 => format!("loss.plain.c{i}:1|c"),
-            1 => format!("loss.dog.c{i}:1|c|#env:prod,service:api"),
-            2 => format!("loss.monasca.c{i}:1|c|#{{'service': 'monitoring', 'hostname': 'h1'}}"),
-            _ => format!("loss.timer.t{i}:{}|ms", i % 300),
-        })
-        .collect();
-    let datagrams: Vec<Vec<u8>> = lines
-        .chunks(per_datagram)
-        .map(|c| c.join("\n").into_bytes())
-        .collect();
-
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.connect(target)?;
-    let total_lines = rate * seconds;
-    let total_datagrams = total_lines.div_ceil(per_datagram as u64);
-    let datagrams_per_ms = (rate as f64 / per_datagram as f64) / 1000.0;
     println!(
         "sending {total_lines} lines ({rate}/s for {seconds} s, {per_datagram} per datagram) to {target}"
     );
-
-    let start = Instant::now();
-    let mut sent_datagrams = 0u64;
-    let mut send_errors = 0u64;
-    let mut next = 0usize;
-    while sent_datagrams < total_datagrams {
-        // Pace by the clock: send what is due, then yield until the next millisecond.
-        let due = ((start.elapsed().as_secs_f64() * 1000.0 * datagrams_per_ms) as u64)
-            .min(total_datagrams);
-        while sent_datagrams < due {
-            let n = ((due - sent_datagrams) as usize)
-                .min(64)
-                .min(datagrams.len() - next);
-            let batch = &datagrams[next..next + n];
-            let done = send_batch(&socket, batch);
-            send_errors += (n - done) as u64;
-            next = (next + n) % datagrams.len();
-            sent_datagrams += n as u64;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let send_time = start.elapsed();
+    let sent = send_paced(&socket, rate, total_lines, per_datagram);
+    let (sent_datagrams, send_errors, send_time) = (sent.datagrams, sent.errors, sent.time);
 
     // Let the receiver drain.
     let settle = Instant::now();
