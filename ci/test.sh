@@ -40,6 +40,10 @@ echo "== installing test dependencies"
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   apt_install prometheus
 fi
+# Debian: Prometheus Pushgateway, the side-by-side baseline of `python3 bench/run.py`.
+if ! command -v prometheus-pushgateway >/dev/null 2>&1; then
+  apt_install prometheus-pushgateway
+fi
 # util-linux: setpriv and unshare run the sidecar under its pod uid and in a pid namespace of
 # its own (sidecar/tests/multiprocess_pod.rs; those tests need root, as CI has).
 if ! command -v setpriv >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
