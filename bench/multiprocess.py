@@ -1,38 +1,41 @@
 #!/usr/bin/env python3
 """Multiprocess directory: monasca-sidecar vs prometheus_client's MultiProcessCollector.
 
-Usage: bench/multiprocess.py [RUNS]   (called by bench/run.py; prints a Markdown section)
+Usage: bench/multiprocess.py [RUNS]   (bench/run.py imports `measure`; alone it prints JSON)
 
-Directories are written by the real prometheus_client code (bench/mp_write.py). The Python
-figure is MultiProcessCollector + generate_latest, in-process (no HTTP); the sidecar figure is
-a full HTTP GET /metrics from the release binary (which re-checks the directory before every
-render), so it includes what the Python figure leaves out.
+Every case puts both sides on the SAME directory, written by the real prometheus_client code
+(bench/mp_write.py, and prometheus_client's own MmapedDict for the updates):
+- unchanged: 64 live workers x 1,000 series, nothing written between scrapes;
+- changing: the same directory, every worker updates 10% of its series before each scrape
+  (a live app's steady state);
+- churned: 2,000 files of 500 dead pids, before compaction (`multiprocessLiveness: mtime`, as
+  the operator sets it without a shared pid namespace: nothing is deleted) and after the sidecar compacted them (`proc`, a shared pid
+  namespace; both sides then read what is left); the pile-up (Python on the 2,000 files) is the user's alternative to compaction;
+- cold first view: from the sidecar's process start to its first complete /metrics.
+Python: MultiProcessCollector + generate_latest in this process (no HTTP). Sidecar: an HTTP
+GET /metrics to the release binary, which re-checks the directory before rendering. After
+every update both outputs are checked to show the updated value, so neither side is timed on
+stale data.
 """
+import json
 import os
+import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-SIDECAR = os.path.join(ROOT, "target", "release", "monasca-sidecar")
-
-PY_TIMER = """
-import sys, time
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
-d, runs = sys.argv[1], int(sys.argv[2])
-for _ in range(runs):
-    t = time.perf_counter()
-    reg = CollectorRegistry()
-    multiprocess.MultiProcessCollector(reg, path=d)
-    body = generate_latest(reg)
-    print(time.perf_counter() - t, len(body))
-"""
+from prometheus_client.mmap_dict import MmapedDict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIDECAR = os.path.join(ROOT, "target", "release", "monasca-sidecar")
+WRITER = os.path.join(ROOT, "bench", "mp_write.py")
+LIVE_WORKERS, LIVE_SERIES, DEAD_PIDS = 64, 1000, 500
+CHANGED_SHARE = 0.10
 
 
 def free_port():
@@ -41,99 +44,238 @@ def free_port():
         return s.getsockname()[1]
 
 
-def python_times(directory):
-    out = subprocess.run([sys.executable, "-c", PY_TIMER, directory, str(RUNS)], check=True,
-                         text=True, capture_output=True).stdout
-    return [float(line.split()[0]) for line in out.splitlines()]
+def python_collect(directory):
+    """One MultiProcessCollector + generate_latest: (seconds, body)."""
+    t = time.perf_counter()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    body = generate_latest(registry)
+    return time.perf_counter() - t, body
 
 
 def get(port):
     t = time.perf_counter()
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read()
     return time.perf_counter() - t, body
 
 
-def sidecar_times(directory, env_proof):
-    """Steady-state GET /metrics times, and the time until the first complete view."""
-    port = free_port()
-    cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    cfg.write(f'listen: {{metrics: "127.0.0.1:{port}", ingest: "127.0.0.1:{free_port()}", '
-              f'statsd: "127.0.0.1:{free_port()}"}}\nmultiprocessDir: {directory}\n'
-              "limits: {maxSeriesPerWorker: 1000000}\n")
-    cfg.close()
-    # A process whose environment names the directory proves the pid namespace is shared, so
-    # the sidecar may use /proc liveness (and fold and delete dead pids' files).
-    proof = None
-    if env_proof:
-        proof = subprocess.Popen(["sleep", "600"], env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=directory))
-    start = time.perf_counter()
-    proc = subprocess.Popen([SIDECAR, "--config", cfg.name], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
+class Sidecar:
+    """The release sidecar reading `directory` with `multiprocessLiveness: <liveness>`, as the
+    operator configures it: `proc` in a pod with a shared pid namespace (dead pids' files are
+    folded and deleted), `mtime` without one (nothing is deleted)."""
+
+    def __init__(self, directory, liveness="mtime"):
+        self.port = free_port()
+        self.config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        self.config.write(
+            f'listen: {{metrics: "127.0.0.1:{self.port}", ingest: "127.0.0.1:{free_port()}", '
+            f'statsd: "127.0.0.1:{free_port()}"}}\nmultiprocessDir: {directory}\n'
+            f"multiprocessLiveness: {liveness}\nlimits: {{maxSeriesPerWorker: 1000000}}\n")
+        self.config.close()
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([SIDECAR, "--config", self.config.name],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def first_view(self, complete):
+        """Seconds from process start until `complete(body)` holds for a GET /metrics."""
         while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("monasca-sidecar exited")
             try:
-                _, body = get(port)
-                if b"bench_" in body:
-                    break
+                _, body = get(self.port)
+                if complete(body):
+                    return time.perf_counter() - self.started
             except OSError:
-                time.sleep(0.01)
-        first = time.perf_counter() - start
-        get(port)  # settle: the first background scans may still be compacting
-        time.sleep(1.5)
-        times = [get(port)[0] for _ in range(RUNS)]
-        files = len(os.listdir(directory))
-        return times, first, files
+                pass
+            time.sleep(0.005)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        os.unlink(self.config.name)
+
+
+def sample_value(body, name, labels):
+    """The value of one sample in a text exposition (either side's float formatting)."""
+    pattern = re.escape(name) + r"\{" + re.escape(labels) + r"\} (\S+)"
+    m = re.search(pattern.encode(), body)
+    return float(m.group(1)) if m else None
+
+
+def live_complete(body):
+    return (body.count(b'bench_requests_total{') >= expected_counters()
+            and b"bench_latency_seconds_count" in body and b"bench_inflight{" in body)
+
+
+def expected_counters():
+    n_hist = max(1, LIVE_SERIES // 20 // 13)
+    return LIVE_SERIES - LIVE_SERIES // 5 - n_hist * 13
+
+
+class Updater:
+    """Updates CHANGED_SHARE of every worker's series through prometheus_client's MmapedDict
+    (the code a worker's `inc()` runs), a different slice each step."""
+
+    def __init__(self, directory):
+        self.files = []
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            keys = [k for k, _, _, _ in MmapedDict.read_all_values_from_file(path)]
+            self.files.append((MmapedDict(path), keys))
+        self.step_no = 0
+        self.changed_per_step = 0
+
+    def step(self):
+        self.step_no += 1
+        changed = 0
+        for mmap, keys in self.files:
+            n = max(1, int(len(keys) * CHANGED_SHARE))
+            start = (self.step_no * n) % len(keys)
+            for j in range(n):
+                key = keys[(start + j) % len(keys)]
+                value, _timestamp = mmap.read_value(key)
+                mmap.write_value(key, value + 1, 0.0)
+                changed += 1
+        self.changed_per_step = changed
+
+    def probe(self):
+        """A counter this step changed, and its total over all workers now."""
+        for mmap, keys in self.files:
+            n = max(1, int(len(keys) * CHANGED_SHARE))
+            start = (self.step_no * n) % len(keys)
+            for j in range(n):
+                key = keys[(start + j) % len(keys)]
+                metric, sample, labels, _ = json.loads(key)
+                if sample == "bench_requests_total":
+                    total = sum(m.read_value(key)[0] for m, ks in self.files if key in set(ks))
+                    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+                    return sample, label_text, total
+        raise RuntimeError("no counter among the updated keys")
+
+    def close(self):
+        for mmap, _ in self.files:
+            mmap.close()
+
+
+def check_same(what, body, probe):
+    name, labels, total = probe
+    seen = sample_value(body, name, labels)
+    if seen is None or abs(seen - total) > 1e-6 * max(1.0, abs(total)):
+        raise RuntimeError(f"{what}: {name}{{{labels}}} is {seen}, the files hold {total}")
+
+
+def write(directory, *args):
+    os.makedirs(directory)
+    subprocess.run([sys.executable, WRITER, directory, *args], check=True)
+
+
+def measure(runs, work):
+    """Every case's timings (seconds), as a dict for bench/run.py."""
+    out = {"runs": runs, "workers": LIVE_WORKERS, "series": LIVE_SERIES, "dead_pids": DEAD_PIDS}
+    live = os.path.join(work, "live")
+    write(live, "live", str(LIVE_WORKERS), str(LIVE_SERIES))
+    out["live_files"] = len(os.listdir(live))
+
+    # Cold first view: a fresh sidecar each run (the directory is in the page cache, as it is
+    # for a sidecar restarted beside a running app).
+    cold = []
+    for _ in range(runs):
+        s = Sidecar(live)
+        cold.append(s.first_view(live_complete))
+        s.stop()
+    out["cold_first_view"] = cold
+
+    out["python_unchanged"] = [python_collect(live)[0] for _ in range(runs)]
+    s = Sidecar(live)
+    try:
+        s.first_view(live_complete)
+        get(s.port)
+        out["sidecar_unchanged"] = [get(s.port)[0] for _ in range(runs)]
+
+        updater = Updater(live)
+        py, sc = [], []
+        try:
+            for _ in range(runs):
+                updater.step()
+                probe = updater.probe()
+                t, body = python_collect(live)
+                check_same("python, changing", body, probe)
+                py.append(t)
+                updater.step()
+                probe = updater.probe()
+                t, body = get(s.port)
+                check_same("sidecar, changing", body, probe)
+                sc.append(t)
+        finally:
+            updater.close()
+        out["python_changing"], out["sidecar_changing"] = py, sc
+        out["changed_per_step"] = updater.changed_per_step
     finally:
-        proc.kill()
-        proc.wait()
-        if proof:
-            proof.kill()
-            proof.wait()
+        s.stop()
 
+    dead = os.path.join(work, "dead")
+    write(dead, "dead", str(DEAD_PIDS))
+    out["dead_files_before"] = len(os.listdir(dead))
+    probe = ("bench_jobs_total", 'queue="a"', float(sum(range(DEAD_PIDS))))
+    # Before compaction: no shared pid namespace (mtime liveness), so the sidecar reads all files
+    # and deletes none.
+    s = Sidecar(dead)
+    try:
+        s.first_view(lambda b: b"bench_jobs_total" in b)
+        get(s.port)
+        sc = []
+        for _ in range(runs):
+            t, body = get(s.port)
+            check_same("sidecar, churned", body, probe)
+            sc.append(t)
+        out["sidecar_churned"] = sc
+    finally:
+        s.stop()
+    py = []
+    for _ in range(runs):
+        t, body = python_collect(dead)
+        check_same("python, churned", body, probe)
+        py.append(t)
+    out["python_churned"] = py
+    if len(os.listdir(dead)) != out["dead_files_before"]:
+        raise RuntimeError("files disappeared without compaction")
 
-def fmt(values, scale=1000, digits=1):
-    med, lo, hi = statistics.median(values), min(values), max(values)
-    return f"{med * scale:.{digits}f} ms ({lo * scale:.{digits}f}–{hi * scale:.{digits}f})"
+    # Compaction: the sidecar folds the dead pids into *_retired.db files and deletes theirs;
+    # then both sides read what is left.
+    s = Sidecar(dead, liveness="proc")
+    try:
+        s.first_view(lambda b: b"bench_jobs_total" in b)
+        deadline = time.time() + 60
+        while len(os.listdir(dead)) >= out["dead_files_before"] and time.time() < deadline:
+            time.sleep(0.1)
+            get(s.port)
+        time.sleep(1.5)  # the background scans that may still be folding
+        get(s.port)
+        out["dead_files_after"] = len(os.listdir(dead))
+        sc = []
+        for _ in range(runs):
+            t, body = get(s.port)
+            check_same("sidecar, compacted", body, probe)
+            sc.append(t)
+        out["sidecar_compacted"] = sc
+    finally:
+        s.stop()
+    py = []
+    for _ in range(runs):
+        t, body = python_collect(dead)
+        check_same("python, compacted", body, probe)
+        py.append(t)
+    out["python_compacted"] = py
+    return out
 
 
 def main():
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     work = tempfile.mkdtemp(prefix="monasca-mp-bench-")
-    rows = []
     try:
-        live = os.path.join(work, "live")
-        os.makedirs(live)
-        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "mp_write.py"), live, "live", "64", "1000"],
-                       check=True)
-        py = python_times(live)
-        sc, first, _ = sidecar_times(live, env_proof=False)
-        rows.append(("64 live workers x 1,000 series, unchanged between scrapes", py, sc, first, None))
-
-        for compact in (False, True):
-            dead = os.path.join(work, f"dead{int(compact)}")
-            os.makedirs(dead)
-            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "mp_write.py"), dead, "dead", "500"],
-                           check=True)
-            before = len(os.listdir(dead))
-            py = python_times(dead)
-            sc, first, after = sidecar_times(dead, env_proof=compact)
-            label = (f"{before:,} dead-pid files, " +
-                     (f"compacted by the sidecar ({after} files left)" if compact
-                      else "not compacted (no shared pid namespace)"))
-            rows.append((label, py, sc, first, after))
+        print(json.dumps(measure(runs, work), indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("## Multiprocess directory: monasca-sidecar vs prometheus_client MultiProcessCollector\n")
-    print("Directories written by the real prometheus_client code (`bench/mp_write.py`). Python: "
-          "`MultiProcessCollector` + `generate_latest` in-process. Sidecar: an HTTP `GET /metrics` "
-          "to the release binary, which re-checks the directory before rendering (unchanged files are "
-          "compared in place, so this is the incremental re-scrape). First view: from process start "
-          "to the first complete `/metrics` (cold scan included).\n")
-    print("| directory | Python collector | sidecar GET /metrics | ratio | sidecar first view |")
-    print("| --- | --- | --- | --- | --- |")
-    for label, py, sc, first, _ in rows:
-        ratio = statistics.median(py) / statistics.median(sc)
-        print(f"| {label} | {fmt(py)} | {fmt(sc, digits=2)} | {ratio:.0f}x | {first * 1000:.0f} ms |")
-    print()
 
 
 if __name__ == "__main__":
