@@ -12,7 +12,8 @@ BENCHMARKS.md is written by hand. Needs: Debian prometheus-pushgateway, PyPI pro
 (both installed by ci/test.sh), the control-plane binaries for the operator section.
 
 Environment: RUNS, PUSH_SECONDS (5), STATSD_SECONDS (5), PODS (10000), SECTIONS (a comma list of
-section names, for development; a partial run says so in its header).
+section names, for development; a partial run says so in its header), BUILD=0 (do not build the
+release binaries first).
 """
 import glob
 import json
@@ -573,7 +574,8 @@ SECTIONS_BY_NAME = {
 
 def main():
     started = time.time()
-    build()
+    if os.environ.get("BUILD", "1") != "0":  # BUILD=0: use the release binaries already built
+        build()
     r = Report()
     failed = []
     # The sections that build benches with cargo first, so no compile runs beside a measurement
