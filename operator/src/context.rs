@@ -258,7 +258,7 @@ mod tests {
         let settings = Settings {
             operator_namespace: "monasca-system".into(),
             sidecar_image: "monasca/monasca-sidecar:test".into(),
-            server_version: None,
+            native_sidecars: crate::inject::NativeSidecars::Unknown.into(),
         };
         let ctx = Context::new(
             settings,
