@@ -42,15 +42,18 @@ impl PodChanges {
         self.notify.notify_one();
     }
 
+    /// The namespaces recorded since the last call (each once).
+    pub fn take(&self) -> Vec<String> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.drain().collect()
+    }
+
     /// Every recorded namespace, as it is recorded (batched while nobody reads).
     pub fn namespaces(self: Arc<Self>) -> impl Stream<Item = String> + Send + 'static {
         use futures::StreamExt;
         futures::stream::unfold(self, |changes| async move {
             loop {
-                let batch: Vec<String> = {
-                    let mut pending = changes.pending.lock().unwrap_or_else(|e| e.into_inner());
-                    pending.drain().collect()
-                };
+                let batch = changes.take();
                 if !batch.is_empty() {
                     return Some((futures::stream::iter(batch), changes));
                 }

@@ -10,7 +10,7 @@ use crate::context::PodChanges;
 use crate::inject::Settings;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
@@ -127,16 +127,32 @@ fn report_annotation_without_label()
     }
 }
 
-/// Tells the controller which namespace a pod event concerns (a relist's pods too: a change may
-/// have been missed while the watch was down).
-fn record_change(changes: &PodChanges, event: &watcher::Event<Pod>) {
-    match event {
-        watcher::Event::Apply(pod)
-        | watcher::Event::Delete(pod)
-        | watcher::Event::InitApply(pod) => {
+/// Tells the controller which namespaces pod events concern, once the store holds them (it sits
+/// after the reflector): a watched change at once; a relist's pods (a change may have been
+/// missed while the watch was down) when the relist is done, since the store swaps in the new
+/// list only then and a reconcile before that would count the old one.
+fn record_changes(
+    changes: Arc<PodChanges>,
+) -> impl FnMut(&Result<watcher::Event<Pod>, watcher::Error>) {
+    let mut relisted = std::collections::HashSet::new();
+    move |item| match item {
+        Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) => {
             changes.record(pod.metadata.namespace.as_deref().unwrap_or_default());
         }
-        watcher::Event::Init | watcher::Event::InitDone => {}
+        Ok(watcher::Event::Init) => relisted.clear(),
+        Ok(watcher::Event::InitApply(pod)) => {
+            if let Some(namespace) = &pod.metadata.namespace {
+                if !relisted.contains(namespace) {
+                    relisted.insert(namespace.clone());
+                }
+            }
+        }
+        Ok(watcher::Event::InitDone) => {
+            for namespace in relisted.drain() {
+                changes.record(&namespace);
+            }
+        }
+        Err(_) => {}
     }
 }
 
@@ -187,15 +203,15 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
     // Every pod, watched once, slimmed as it arrives (a pod's spec is most of its size): the
     // store behind the controller's counts, the webhook's skip rules and discovery (injected
     // pods carry the sidecar label), and the controller's trigger (the namespace of each change).
-    let changes = ctx.pod_changes.clone();
     let pods = watcher(
         Api::<Pod>::all(client),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(crate::controller::status::slim)
-    .inspect_ok(move |event| record_change(&changes, event));
-    tokio::spawn(drive(reflector::reflector(pod_writer, pods), "Pod"));
+    .modify(crate::controller::status::slim);
+    let stored =
+        reflector::reflector(pod_writer, pods).inspect(record_changes(ctx.pod_changes.clone()));
+    tokio::spawn(drive(stored, "Pod"));
 
     let (c, pods) = (ctx.clone(), ctx.pods.clone());
     tokio::spawn(async move {
@@ -216,4 +232,72 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
         }
     });
     ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(namespace: &str, name: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.namespace = Some(namespace.into());
+        pod.metadata.name = Some(name.into());
+        pod
+    }
+
+    /// The controller is told of a change only once the store it reconciles from holds it: a
+    /// watched change at once, a relist's namespaces when the relisted store is swapped in.
+    #[tokio::test]
+    async fn pod_changes_are_recorded_after_the_store_holds_them() {
+        let changes = Arc::new(PodChanges::default());
+        let writer: Writer<Pod> = Writer::default();
+        let store = writer.as_reader();
+        let events = futures::stream::iter([
+            watcher::Event::Init,
+            watcher::Event::InitApply(pod("a", "p1")),
+            watcher::Event::InitApply(pod("b", "p2")),
+            watcher::Event::InitApply(pod("a", "p3")),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(pod("c", "p4")),
+            watcher::Event::Delete(pod("a", "p1")),
+        ])
+        .map(Ok::<_, watcher::Error>);
+        let mut stored = std::pin::pin!(
+            reflector::reflector(writer, events).inspect(record_changes(changes.clone()))
+        );
+        let mut seen = Vec::new();
+        while stored.next().await.is_some() {
+            let mut namespaces = changes.take();
+            namespaces.sort();
+            let names: Vec<String> = {
+                let mut n: Vec<String> = store
+                    .state()
+                    .iter()
+                    .filter_map(|p| p.metadata.name.clone())
+                    .collect();
+                n.sort();
+                n
+            };
+            seen.push((namespaces, names));
+        }
+        let expect = |ns: &[&str], names: &[&str]| {
+            (
+                ns.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            seen,
+            [
+                expect(&[], &[]),
+                expect(&[], &[]),
+                expect(&[], &[]),
+                expect(&[], &[]),
+                // The relist is recorded once per namespace, with the new list in the store.
+                expect(&["a", "b"], &["p1", "p2", "p3"]),
+                expect(&["c"], &["p1", "p2", "p3", "p4"]),
+                expect(&["a"], &["p2", "p3", "p4"]),
+            ]
+        );
+    }
 }
