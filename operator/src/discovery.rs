@@ -217,10 +217,13 @@ mod tests {
             .spec
             .as_ref()
             .expect("the sidecar's ports are kept");
-        assert_eq!(spec.containers.len(), 2, "every container's name is kept");
-        assert_eq!(spec.containers[0].ports, None, "the app's ports are not");
         assert_eq!(
-            spec.containers[1].image, None,
+            spec.containers.len(),
+            1,
+            "only the sidecar container is kept"
+        );
+        assert_eq!(
+            spec.containers[0].image, None,
             "the sidecar: only its name and ports"
         );
         let groups = targets(&[Arc::new(injected)], &[Arc::new(sidecar)]);

@@ -89,30 +89,40 @@ pub struct PodCensus {
     pub excluded: Vec<String>,
 }
 
+/// kubectl's copy of the whole object as last applied: never read here, often the largest
+/// annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Keeps only what the operator reads of a pod, so the cluster-wide pod store (its one pod
-/// watch) stays small: metadata, phase, IP, `hostNetwork`, every container's name (the census,
-/// the webhook's skip rules), and the sidecar container's ports (discovery's port).
+/// watch) stays small: metadata (without managed fields and kubectl's last-applied copy of the
+/// whole object), phase, IP, `hostNetwork`, and the `monasca-sidecar` container's name and ports
+/// (the census and the webhook's skip rules ask only whether it is there; discovery reads its
+/// port). Every other container goes: a k8s-openapi `Container` is over 2 KB before any of its
+/// strings, so one per pod would double the store.
 pub fn slim(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
     pod.spec = pod.spec.take().map(|spec| {
-        let names = |containers: Vec<Container>| -> Vec<Container> {
+        let sidecar_only = |containers: Vec<Container>| -> Vec<Container> {
             containers
                 .into_iter()
+                .filter(|c| c.name == SIDECAR_CONTAINER_NAME)
                 .map(|c| Container {
-                    ports: if c.name == SIDECAR_CONTAINER_NAME {
-                        c.ports
-                    } else {
-                        None
-                    },
                     name: c.name,
+                    ports: c.ports,
                     ..Container::default()
                 })
                 .collect()
         };
         PodSpec {
             host_network: spec.host_network,
-            containers: names(spec.containers),
-            init_containers: spec.init_containers.map(names),
+            containers: sidecar_only(spec.containers),
+            init_containers: spec
+                .init_containers
+                .map(sidecar_only)
+                .filter(|c| !c.is_empty()),
             ..PodSpec::default()
         }
     });

@@ -687,9 +687,12 @@ fn census_counts_pending_and_running_pods_and_not_pods_skipped_by_rule() {
 fn the_census_store_keeps_only_what_it_reads() {
     let mut full: Pod = serde_json::from_value(json!({
         "metadata": {"name": "p", "namespace": "monasca", "labels": {"a": "b"},
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}",
+                                     "monasca.openstack.org/inject": "true"},
                      "managedFields": [{"manager": "kubectl"}]},
         "spec": {"hostNetwork": true, "containers": [
-            {"name": "app", "image": "app:1", "env": [{"name": "X", "value": "y"}]}]},
+            {"name": "app", "image": "app:1", "env": [{"name": "X", "value": "y"}]}],
+                 "initContainers": [{"name": "init", "image": "init:1"}]},
         "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
     }))
     .expect("pod");
@@ -698,11 +701,38 @@ fn the_census_store_keeps_only_what_it_reads() {
         serde_json::to_value(&full).expect("JSON"),
         json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "namespace": "monasca", "labels": {"a": "b"}},
-            "spec": {"hostNetwork": true, "containers": [{"name": "app"}]},
+            "metadata": {"name": "p", "namespace": "monasca", "labels": {"a": "b"},
+                         "annotations": {"monasca.openstack.org/inject": "true"}},
+            "spec": {"hostNetwork": true, "containers": []},
             "status": {"phase": "Running", "podIP": "10.0.0.1"},
         })
     );
+}
+
+/// The slimmed store still answers the webhook's skip rules as the full pod does: a pod with
+/// its own `monasca-sidecar` container (as an init container too) and a hostNetwork pod.
+#[test]
+fn the_slimmed_store_keeps_what_the_skip_rules_read() {
+    let cases = [
+        json!({"containers": [{"name": "app"}, {"name": "monasca-sidecar", "image": "own:1"}]}),
+        json!({"containers": [{"name": "app"}],
+               "initContainers": [{"name": "monasca-sidecar", "image": "own:1"}]}),
+        json!({"hostNetwork": true, "containers": [{"name": "app"}]}),
+        json!({"containers": [{"name": "app"}], "initContainers": [{"name": "init"}]}),
+    ];
+    for spec in cases {
+        let full: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "monasca"}, "spec": spec,
+        }))
+        .expect("pod");
+        let mut slimmed = full.clone();
+        status::slim(&mut slimmed);
+        assert_eq!(
+            crate::inject::skipped_by_rule(&slimmed).map(|(reason, _)| reason),
+            crate::inject::skipped_by_rule(&full).map(|(reason, _)| reason),
+            "{spec}"
+        );
+    }
 }
 
 #[test]
