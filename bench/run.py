@@ -584,6 +584,7 @@ def main():
     for name in sorted(SECTIONS, key=lambda n: (n not in compiling, ALL_SECTIONS.index(n))):
         log(f"== {name}")
         r.current = name
+        section_started = time.time()
         try:
             SECTIONS_BY_NAME[name](r)
         except Exception as e:  # one broken section must not lose the others' figures
@@ -591,6 +592,7 @@ def main():
             log(f"section {name} failed: {e}\n{detail[-3000:]}")
             failed.append(name)
             r.add(f"## {name}: not measured\n\nThe section failed in this run: `{str(e)[:300]}`.\n")
+        log(f"== {name}: {time.time() - section_started:.0f} s")
     minutes = (time.time() - started) / 60
     partial = "" if set(SECTIONS) >= set(ALL_SECTIONS) else f" Partial run: only {', '.join(SECTIONS)}."
     if failed:
