@@ -141,10 +141,10 @@ fn record_changes(
         }
         Ok(watcher::Event::Init) => relisted.clear(),
         Ok(watcher::Event::InitApply(pod)) => {
-            if let Some(namespace) = &pod.metadata.namespace {
-                if !relisted.contains(namespace) {
-                    relisted.insert(namespace.clone());
-                }
+            if let Some(namespace) = &pod.metadata.namespace
+                && !relisted.contains(namespace)
+            {
+                relisted.insert(namespace.clone());
             }
         }
         Ok(watcher::Event::InitDone) => {
