@@ -32,6 +32,8 @@ pub mod retired;
 mod scan;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_incremental;
 
 pub use liveness::{LivenessMode, LivenessPolicy};
 pub use scan::{MAX_FILE_BYTES, NotCompacting, RETIRED_WORKER_ID, worker_id};

@@ -527,7 +527,7 @@ fn bounds_parse_like_float() {
     assert_eq!(format::parse_bound("x"), None);
 }
 
-mod scanning {
+pub(super) mod scanning {
     //! The reader over real directories (files in the client's exact format, written with
     //! the encoder the format tests pin), with `/proc` liveness: crash safety, restarts,
     //! counter resets, config reloads.
@@ -546,7 +546,7 @@ mod scanning {
     /// A pid above any `pid_max`: never alive.
     const DEAD: u32 = 99_999_999;
 
-    fn scratch(name: &str) -> PathBuf {
+    pub(in crate::sources::multiprocess) fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "mp-unit-{name}-{}-{:?}",
             std::process::id(),
@@ -691,7 +691,11 @@ mod scanning {
 
     /// A reader on `dir` with the given extra config and liveness option (the config's
     /// `multiprocessLiveness` wins over it unless `auto`).
-    fn start_with(dir: &Path, extra: &str, liveness: LivenessPolicy) -> (Arc<App>, Reader) {
+    pub(in crate::sources::multiprocess) fn start_with(
+        dir: &Path,
+        extra: &str,
+        liveness: LivenessPolicy,
+    ) -> (Arc<App>, Reader) {
         let yaml = format!("multiprocessDir: {:?}\n{extra}", dir.display().to_string());
         let app = App::new(SidecarConfig::from_yaml(&yaml).expect("config"));
         let reader = Reader::new(Options {

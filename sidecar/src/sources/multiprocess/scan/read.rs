@@ -154,45 +154,51 @@ impl DirState {
             && f.raw.len() == self.scratch.len()
         {
             f.mtime = ident.mtime;
-            if f.corrupt.take().is_some() {
-                log.clear(&format!("corrupt:{name}"));
-            }
-            // One vectorised comparison for the usual "nothing changed".
-            if f.raw == self.scratch {
-                return;
-            }
-            let changed: Vec<u32> = f
-                .offsets
-                .iter()
-                .copied()
-                .filter(|&o| {
-                    let o = o as usize;
-                    f.raw.get(o..o + 16) != self.scratch.get(o..o + 16)
-                })
-                .collect();
-            if changed.is_empty() {
-                return;
-            }
-            if compact && kind.is_cumulative() {
-                let went_down: Vec<usize> = changed
-                    .iter()
-                    .map(|&o| o as usize)
-                    .filter(|&o| {
-                        let old = format::value_at(&f.raw, o).map(|v| v.0);
-                        let new = format::value_at(&self.scratch, o).map(|v| v.0);
-                        matches!((old, new), (Some(a), Some(b)) if b < a)
-                    })
-                    .collect();
-                if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
-                    folds.push((pid.to_string(), fold));
+            // One vectorised comparison for the usual "nothing changed". Anything but values
+            // rewritten in place (not the client's doing: a garbled file, keys written over
+            // keys) is read below as a new layout.
+            let changed = if f.raw == self.scratch {
+                Some(Vec::new())
+            } else {
+                changed_slots(&f.raw, &self.scratch, &f.offsets)
+            };
+            if let Some(changed) = changed {
+                if f.corrupt.take().is_some() {
+                    log.clear(&format!("corrupt:{name}"));
                 }
+                if changed.is_empty() {
+                    return;
+                }
+                if compact && kind.is_cumulative() {
+                    let went_down: Vec<usize> = changed
+                        .iter()
+                        .map(|&o| o as usize)
+                        .filter(|&o| {
+                            let old = format::value_at(&f.raw, o).map(|v| v.0);
+                            let new = format::value_at(&self.scratch, o).map(|v| v.0);
+                            matches!((old, new), (Some(a), Some(b)) if b < a)
+                        })
+                        .collect();
+                    if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
+                        folds.push((pid.to_string(), fold));
+                    }
+                }
+                // Every other byte is the same: copy the changed slots only, and keep the
+                // scratch buffer at its size (no zero-filling for the next, larger file).
+                for &o in &changed {
+                    let o = o as usize;
+                    if let (Some(dst), Some(src)) =
+                        (f.raw.get_mut(o..o + 16), self.scratch.get(o..o + 16))
+                    {
+                        dst.copy_from_slice(src);
+                    }
+                }
+                f.changed = now;
+                let st = self.pids.entry(pid.to_string()).or_default();
+                st.changed
+                    .extend(changed.into_iter().map(|o| slot(kind, o)));
+                return;
             }
-            std::mem::swap(&mut f.raw, &mut self.scratch);
-            f.changed = now;
-            let st = self.pids.entry(pid.to_string()).or_default();
-            st.changed
-                .extend(changed.into_iter().map(|o| slot(kind, o)));
-            return;
         }
 
         let offsets = result.and_then(|()| layout(&self.scratch));
@@ -329,5 +335,66 @@ impl DirState {
             f.corrupt = None;
         }
         f.mtime = ident.mtime;
+    }
+}
+
+/// The value slots (offsets of `offsets`) whose 16 bytes differ between two contents of the
+/// same length, or None when any other byte differs: only values may change in place for
+/// the slots to still describe the file.
+pub(super) fn changed_slots(old: &[u8], new: &[u8], offsets: &[u32]) -> Option<Vec<u32>> {
+    if old.len() != new.len() {
+        return None;
+    }
+    let mut changed = Vec::new();
+    let mut from = 0usize;
+    for &o in offsets {
+        let o = o as usize;
+        let end = o.checked_add(16).filter(|&e| e <= old.len())?;
+        if old.get(from..o)? != new.get(from..o)? {
+            return None;
+        }
+        if old[o..end] != new[o..end] {
+            changed.push(o as u32);
+        }
+        from = end;
+    }
+    (old.get(from..)? == new.get(from..)?).then_some(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_slots;
+    use crate::sources::multiprocess::format;
+
+    fn file(values: &[f64]) -> (Vec<u8>, Vec<u32>) {
+        let mut out = Vec::new();
+        format::start_file(&mut out);
+        for (i, v) in values.iter().enumerate() {
+            let key = format::encode_key("c", "c_total", &[("i", &i.to_string())], "C.");
+            format::encode_entry(&mut out, &key, *v, 0.0);
+        }
+        assert!(format::finish_file(&mut out));
+        let offsets = format::entries(&out)
+            .expect("header")
+            .map(|e| e.expect("entry").value_offset as u32)
+            .collect();
+        (out, offsets)
+    }
+
+    #[test]
+    fn only_value_slots_may_differ() {
+        let (old, offsets) = file(&[1.0, 2.0, 3.0]);
+        assert_eq!(changed_slots(&old, &old, &offsets), Some(vec![]));
+        let (new, _) = file(&[1.0, 5.0, 3.0]);
+        assert_eq!(changed_slots(&old, &new, &offsets), Some(vec![offsets[1]]));
+        // A key byte rewritten in place: not a value change.
+        let mut garbled = old.clone();
+        garbled[13] = 0xff;
+        assert_eq!(changed_slots(&old, &garbled, &offsets), None);
+        // A header (`used`) rewritten: not a value change either.
+        let mut header = old.clone();
+        header[0] ^= 1;
+        assert_eq!(changed_slots(&old, &header, &offsets), None);
+        assert_eq!(changed_slots(&old, &old[..old.len() - 1], &offsets), None);
     }
 }

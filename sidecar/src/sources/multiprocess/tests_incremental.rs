@@ -1,0 +1,352 @@
+//! The incremental scan path against a full re-read: a reader that has followed a directory
+//! through a sequence of writes must show exactly what a fresh reader shows for the same
+//! files (with each unreadable file replaced by its last good content, which the reader
+//! keeps). Values are whole numbers, so sums do not depend on their order.
+
+use super::format::{self, FileKind};
+use super::tests::scanning::{scratch, start_with};
+use super::{LivenessPolicy, Reader};
+use crate::app::App;
+use crate::expose::{Format, render};
+use monasca_config::GaugeMode;
+use proptest::prelude::*;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Size the client preallocates a file to; `used` stays below it.
+const FILE_SIZE: usize = 1 << 16;
+
+/// One worker file as the test writes it.
+#[derive(Clone, Debug)]
+struct ModelFile {
+    name: String,
+    kind: FileKind,
+    /// (key, value), in file order.
+    entries: Vec<(String, f64)>,
+    /// The file on disk is unreadable; the reader shows `entries` (its last good content).
+    garbled: bool,
+}
+
+impl ModelFile {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        format::start_file(&mut out);
+        for (key, value) in &self.entries {
+            format::encode_entry(&mut out, key, *value, 0.0);
+        }
+        assert!(format::finish_file(&mut out));
+        out
+    }
+
+    /// The next key this file would append: a new label value of its series kind.
+    fn new_key(&self, n: u8) -> Vec<String> {
+        let v = format!("n{n}");
+        match self.kind {
+            FileKind::Counter => vec![format::encode_key(
+                "req",
+                "req_total",
+                &[("path", &v)],
+                "Requests.",
+            )],
+            FileKind::Histogram => {
+                let mut keys: Vec<String> = ["0.5", "1.0", "+Inf"]
+                    .iter()
+                    .map(|le| {
+                        format::encode_key("lat", "lat_bucket", &[("le", le), ("path", &v)], "L.")
+                    })
+                    .collect();
+                keys.push(format::encode_key("lat", "lat_sum", &[("path", &v)], "L."));
+                keys
+            }
+            _ => vec![format::encode_key(
+                &self.gauge_name(),
+                &self.gauge_name(),
+                &[("slot", &v)],
+                "G.",
+            )],
+        }
+    }
+
+    fn gauge_name(&self) -> String {
+        match self.kind {
+            FileKind::Gauge(mode) => format!("g_{}", mode.as_str()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// What the test does between two scans.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Values written in place (as the client's mmap writes do): `count` entries from `start`.
+    Set {
+        file: usize,
+        start: usize,
+        count: usize,
+        value: u16,
+    },
+    /// A new series appended to a live file (same inode, `used` grows).
+    Append { file: usize, label: u8 },
+    /// The file replaced by another with the keys in another order (a new inode: a new
+    /// process under the same pid), or rewritten in place with the same size.
+    Relayout { file: usize, in_place: bool },
+    /// The file made unreadable in place.
+    Garble { file: usize, how: u8 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..12usize, 0..40usize, 1..40usize, 0..1000u16)
+            .prop_map(|(file, start, count, value)| Op::Set { file, start, count, value }),
+        2 => (0..12usize, 0..30u8).prop_map(|(file, label)| Op::Append { file, label }),
+        1 => (0..12usize, any::<bool>()).prop_map(|(file, in_place)| Op::Relayout { file, in_place }),
+        1 => (0..12usize, 0..4u8).prop_map(|(file, how)| Op::Garble { file, how }),
+    ]
+}
+
+/// Three workers, each with a counter, a histogram and two gauge files (`max`, `livesum`),
+/// a few series each.
+fn initial_files() -> Vec<ModelFile> {
+    let mut files = Vec::new();
+    for pid in ["101", "102", "103"] {
+        for kind in [
+            FileKind::Counter,
+            FileKind::Histogram,
+            FileKind::Gauge(GaugeMode::Max),
+            FileKind::Gauge(GaugeMode::Livesum),
+        ] {
+            let mut f = ModelFile {
+                name: kind.file_name(pid),
+                kind,
+                entries: Vec::new(),
+                garbled: false,
+            };
+            for n in 0..4 {
+                for key in f.new_key(n) {
+                    f.entries.push((key, f64::from(n) + 1.0));
+                }
+            }
+            files.push(f);
+        }
+    }
+    files
+}
+
+/// Writes the file's content over the existing file from offset 0, as mmap writes land.
+fn write_in_place(dir: &Path, f: &ModelFile) {
+    let path = dir.join(&f.name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .expect("open");
+    file.set_len(FILE_SIZE as u64).expect("size");
+    file.write_all_at(&f.encode(), 0).expect("write");
+}
+
+/// Replaces the file with a new one (new inode).
+fn write_new(dir: &Path, f: &ModelFile) {
+    let tmp = dir.join(".tmp-rewrite");
+    let mut bytes = f.encode();
+    bytes.resize(FILE_SIZE, 0);
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, dir.join(&f.name)).expect("rename");
+}
+
+/// Makes the file unreadable in place, each way the format can fail.
+fn garble(dir: &Path, f: &ModelFile, how: u8) {
+    let mut bytes = f.encode();
+    let used = bytes.len();
+    match how {
+        // `used` ends inside the last entry.
+        0 => bytes[..4].copy_from_slice(&((used - 3) as i32).to_ne_bytes()),
+        // `used` beyond the end of the file.
+        1 => bytes[..4].copy_from_slice(&((FILE_SIZE + 8) as i32).to_ne_bytes()),
+        // A negative key length in the first entry.
+        2 => bytes[8..12].copy_from_slice(&(-5i32).to_ne_bytes()),
+        // A key that is not UTF-8, same size.
+        _ => bytes[13] = 0xff,
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(&f.name))
+        .expect("open");
+    file.write_all_at(&bytes, 0).expect("write");
+}
+
+fn apply(dir: &Path, files: &mut [ModelFile], op: &Op) {
+    match *op {
+        Op::Set {
+            file,
+            start,
+            count,
+            value,
+        } => {
+            let f = &mut files[file];
+            let n = f.entries.len();
+            for i in start..start + count {
+                f.entries[i % n].1 = f64::from(value) + (i % 7) as f64;
+            }
+            f.garbled = false;
+            write_in_place(dir, f);
+        }
+        Op::Append { file, label } => {
+            let f = &mut files[file];
+            for key in f.new_key(label) {
+                if !f.entries.iter().any(|(k, _)| *k == key) {
+                    f.entries.push((key, f64::from(label)));
+                }
+            }
+            f.garbled = false;
+            write_in_place(dir, f);
+        }
+        Op::Relayout { file, in_place } => {
+            let f = &mut files[file];
+            f.entries.reverse();
+            f.garbled = false;
+            if in_place {
+                write_in_place(dir, f);
+            } else {
+                write_new(dir, f);
+            }
+        }
+        Op::Garble { file, how } => {
+            let f = &mut files[file];
+            // A file that was never read cannot be garbled "after" a good read.
+            garble(dir, f, how);
+            f.garbled = true;
+        }
+    }
+}
+
+/// A reader that follows file changes only (nothing is ever deleted) and never finds a
+/// worker stale within a test.
+fn reader_on(dir: &Path) -> (Arc<App>, Reader) {
+    start_with(
+        dir,
+        "multiprocessLiveness: mtime\nstaleAfter: 1h\n",
+        LivenessPolicy::Mtime,
+    )
+}
+
+/// The exposition's lines, sorted (series order within a family is the store's insertion
+/// order, which differs between a reader that followed the writes and a fresh one).
+fn lines(app: &App) -> Vec<String> {
+    let mut out = Vec::new();
+    render(
+        &app.store.read(),
+        Format::Text,
+        app.now().mono,
+        &[],
+        &mut out,
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// What a fresh reader shows for the directory, with unreadable files replaced by their last
+/// good content.
+fn full_read(dir: &Path, fresh: &Path, files: &[ModelFile]) -> Vec<String> {
+    let _ = std::fs::remove_dir_all(fresh);
+    std::fs::create_dir_all(fresh).expect("mkdir");
+    for entry in std::fs::read_dir(dir).expect("list").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match files.iter().find(|f| f.name == name) {
+            Some(f) if f.garbled => write_new(fresh, f),
+            _ => {
+                std::fs::copy(entry.path(), fresh.join(&name)).expect("copy");
+            }
+        }
+    }
+    let (app, mut reader) = reader_on(fresh);
+    reader.scan(&app);
+    lines(&app)
+}
+
+fn corrupt_count(reader: &Reader) -> u64 {
+    reader.stats.labelled.lock().corrupt.values().sum()
+}
+
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let dir = scratch("live");
+    let fresh = scratch("fresh");
+    let mut files = initial_files();
+    for f in &files {
+        write_new(&dir, f);
+    }
+    let (app, mut reader) = reader_on(&dir);
+    reader.scan(&app);
+    for (step, op) in ops.iter().enumerate() {
+        let corrupt_before = corrupt_count(&reader);
+        let was_garbled = match op {
+            Op::Garble { file, .. } => files[*file].garbled,
+            _ => false,
+        };
+        apply(&dir, &mut files, op);
+        reader.scan(&app);
+        if matches!(op, Op::Garble { .. }) && !was_garbled {
+            prop_assert!(
+                corrupt_count(&reader) > corrupt_before,
+                "step {step}: {op:?} was not reported as corrupt"
+            );
+        }
+        let expected = full_read(&dir, &fresh, &files);
+        let seen = lines(&app);
+        prop_assert_eq!(&seen, &expected, "step {}: after {:?}", step, op);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&fresh);
+    Ok(())
+}
+
+#[test]
+fn incremental_scans_equal_a_full_re_read() {
+    proptest!(ProptestConfig::with_cases(48), |(ops in proptest::collection::vec(op(), 1..24))| {
+        run(&ops)?;
+    });
+}
+
+#[test]
+fn a_value_change_a_new_key_a_relayout_and_a_garbled_file() {
+    let ops = [
+        Op::Set {
+            file: 0,
+            start: 1,
+            count: 1,
+            value: 50,
+        },
+        Op::Append { file: 0, label: 9 },
+        Op::Set {
+            file: 0,
+            start: 0,
+            count: 40,
+            value: 60,
+        },
+        Op::Relayout {
+            file: 4,
+            in_place: true,
+        },
+        Op::Relayout {
+            file: 5,
+            in_place: false,
+        },
+        Op::Garble { file: 8, how: 3 },
+        Op::Set {
+            file: 9,
+            start: 0,
+            count: 2,
+            value: 7,
+        },
+        Op::Garble { file: 1, how: 0 },
+        Op::Append { file: 1, label: 12 },
+    ];
+    if let Err(e) = run(&ops) {
+        panic!("{e}");
+    }
+}
