@@ -727,7 +727,9 @@ pub fn normalize_legacy(data: &mut Vec<u8>) -> bool {
         out.extend_from_slice(&0f64.to_ne_bytes());
         pos = value_at + 8;
     }
-    if !finish_file(&mut out) {
+    // A damaged length can still walk to `used` while a key swallows a value's bytes: such a
+    // file is left alone, so the reader judges (and counts) it like any other corrupt file.
+    if !finish_file(&mut out) || !entries(&out).is_ok_and(|mut all| all.all(|e| e.is_ok())) {
         return false;
     }
     *data = out;
