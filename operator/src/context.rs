@@ -3,7 +3,7 @@
 use crate::inject::Settings;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::webhook::tls::CertResolver;
+use crate::tls::CertResolver;
 use futures::Stream;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::PartialObjectMeta;
@@ -86,7 +86,7 @@ pub struct Context {
     /// Self-metrics.
     pub metrics: Arc<Metrics>,
     /// Conflicts found at admission, published as Events on their `MetricsSidecar`.
-    pub admission_events: crate::webhook::events::Sink,
+    pub admission_events: crate::conflicts::Sink,
     /// The webhook's certificate source, once `main` has one (readiness needs it loaded).
     certs: OnceLock<Arc<CertResolver>>,
     sidecars_synced: AtomicBool,

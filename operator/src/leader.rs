@@ -16,6 +16,7 @@
 //! that can happen, which is the margin for the two replicas' timers (not their clocks: wall
 //! clock skew plays no part).
 
+use crate::identity::FIELD_MANAGER;
 use futures::Stream;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -28,8 +29,6 @@ use tokio::time::Instant;
 
 /// The Lease every replica competes for, in the operator's namespace.
 pub const LEASE_NAME: &str = "monasca-operator";
-/// The field manager of the Lease writes.
-const FIELD_MANAGER: &str = "monasca-operator";
 /// Accepted lease durations (seconds): long enough to ride out an apiserver hiccup or a
 /// leader's GC pause, short enough for a quick failover.
 pub const LEASE_DURATION_RANGE: std::ops::RangeInclusive<u64> = 30..=60;

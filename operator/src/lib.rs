@@ -18,14 +18,17 @@
 
 pub mod admin;
 pub mod certs;
+pub mod conflicts;
 pub mod context;
 pub mod controller;
 pub mod discovery;
 pub mod features;
+pub mod identity;
 pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 pub mod watch;
 pub mod webhook;
 

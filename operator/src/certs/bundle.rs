@@ -143,7 +143,7 @@ pub fn serving_matches(bundle: &Bundle, names: &[String], now: i64) -> bool {
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-    let provider = crate::webhook::tls::provider();
+    let provider = crate::tls::provider();
     let Ok(chain) = CertificateDer::pem_slice_iter(bundle.cert.as_bytes())
         .collect::<std::result::Result<Vec<_>, _>>()
     else {

@@ -16,7 +16,7 @@
 //! (the leader's loop and the watches).
 
 use crate::leader::Leadership;
-use crate::webhook::tls::CertResolver;
+use crate::tls::CertResolver;
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -50,8 +50,7 @@ pub const KEY_TLS_KEY: &str = "tls.key";
 /// from the new one (see [`replicas`]).
 pub const KEY_PREVIOUS_CA: &str = "ca.previous.crt";
 
-/// The field manager of every write the operator makes (server-side apply and patches).
-pub const FIELD_MANAGER: &str = "monasca-operator";
+pub use crate::identity::FIELD_MANAGER;
 /// The webhook for pods that opt in by their own annotation.
 pub const WEBHOOK_NAME: &str = "inject.monasca.openstack.org";
 /// The webhook for pods in namespaces that opt in by label (and say nothing themselves).
@@ -184,7 +183,7 @@ async fn publish_warning(
     note: String,
 ) {
     use kube::runtime::events::{Event, EventType, Recorder};
-    let recorder = Recorder::new(manager.client.clone(), crate::controller::reporter());
+    let recorder = Recorder::new(manager.client.clone(), crate::identity::reporter());
     let event = Event {
         type_: EventType::Warning,
         reason: reason.into(),

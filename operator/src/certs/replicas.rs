@@ -12,7 +12,7 @@
 //! EndpointSlices, no connections to other replicas. A replica deletes its Lease when it shuts
 //! down; one that died stops counting once its report is [`STALE_AFTER`] old.
 
-use crate::webhook::tls::CertResolver;
+use crate::tls::CertResolver;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};

@@ -8,7 +8,7 @@
 
 pub mod status;
 
-use crate::certs::FIELD_MANAGER;
+use crate::identity::FIELD_MANAGER;
 use crate::metrics::ReconcileResult;
 use crate::{Error, Result};
 use futures::StreamExt;
@@ -71,7 +71,7 @@ impl Context {
     pub fn new(client: Client, shared: Arc<crate::Context>, pod_monitors: bool) -> Context {
         Context {
             client,
-            reporter: reporter(),
+            reporter: crate::identity::reporter(),
             shared,
             pod_monitors,
             now: Timestamp::now,
@@ -86,14 +86,6 @@ impl Context {
         } else {
             Err(Error::NotLeader)
         }
-    }
-}
-
-/// The Event reporter: the operator, and the pod it runs in when known.
-pub fn reporter() -> Reporter {
-    Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
     }
 }
 

@@ -12,11 +12,11 @@
 
 pub mod events;
 pub mod review;
-pub mod tls;
 
 use crate::Context;
 use crate::metrics::Outcome;
 use crate::server::{self, HttpResponse};
+use crate::tls::CertResolver;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -25,7 +25,6 @@ use monasca_crds::WEBHOOK_PATH;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tls::CertResolver;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 

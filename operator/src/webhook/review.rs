@@ -2,10 +2,10 @@
 //! [`crate::inject::inject`]. Synchronous and free of network I/O, so tests run it on
 //! recorded apiserver requests.
 
+use crate::conflicts::ConflictEvent;
 use crate::context::Context;
 use crate::inject::{Decision, PodRequest, SkipReason, inject, keep_rewrite};
 use crate::metrics::Outcome;
-use crate::webhook::events::ConflictEvent;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Pod;

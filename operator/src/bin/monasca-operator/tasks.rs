@@ -7,7 +7,7 @@ use kube::Client;
 use monasca_operator::certs;
 use monasca_operator::inject::{NativeSupport, Settings};
 use monasca_operator::leader::{self, Leadership};
-use monasca_operator::webhook::tls::CertResolver;
+use monasca_operator::tls::CertResolver;
 use monasca_operator::{Context, Error, admin, controller, watch, webhook};
 use std::future::Future;
 use std::net::SocketAddr;
