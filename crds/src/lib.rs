@@ -8,6 +8,7 @@
 
 pub use monasca_config as config;
 
+mod fixtures;
 mod keys;
 mod schema;
 

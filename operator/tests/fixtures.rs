@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use monasca_crds::{MetricsSidecarSpec, NativeSidecar};
-use monasca_operator::inject::SkipReason;
+use monasca_crds::{MetricsSidecar, MetricsSidecarSpec, NativeSidecar};
+use monasca_operator::inject::{Settings, SkipReason};
 use serde_json::{Value, json};
 
 const REPLICASET: &str = "create-replicaset-pod-generatename.json";
@@ -312,7 +312,7 @@ fn app_prometheus_annotations_become_sidecar_scrape_targets() {
     let mut cluster = Cluster::fixtures();
     let mut spec = MetricsSidecarSpec::default();
     spec.config.listen.ingest = "127.0.0.1:9095".into();
-    cluster.sidecar(sidecar("demo", "persister-workers", spec));
+    cluster.sidecar(MetricsSidecar::fixture("demo", "persister-workers", spec));
     let (answer, _, patched) = run(&cluster, PERSISTER);
     assert!(answer.warnings.is_empty(), "{:?}", answer.warnings);
     assert_eq!(
@@ -406,8 +406,16 @@ fn unknown_sidecar_and_bad_annotation_admit_unchanged_with_a_warning() {
     assert_eq!(answer.warnings.len(), 1);
 
     // "true" with two sidecars and none named default is ambiguous.
-    cluster.remove_sidecar(sidecar("demo", "default", MetricsSidecarSpec::default()));
-    cluster.sidecar(sidecar("demo", "other", MetricsSidecarSpec::default()));
+    cluster.remove_sidecar(MetricsSidecar::fixture(
+        "demo",
+        "default",
+        MetricsSidecarSpec::default(),
+    ));
+    cluster.sidecar(MetricsSidecar::fixture(
+        "demo",
+        "other",
+        MetricsSidecarSpec::default(),
+    ));
     let answer = answer_json(&cluster, &fixture(REPLICASET));
     assert_skipped(&answer, "no_default_sidecar");
     assert!(
@@ -420,7 +428,11 @@ fn unknown_sidecar_and_bad_annotation_admit_unchanged_with_a_warning() {
 #[test]
 fn only_sidecar_in_namespace_serves_inject_true() {
     let mut cluster = Cluster::fixtures();
-    cluster.remove_sidecar(sidecar("demo", "default", MetricsSidecarSpec::default()));
+    cluster.remove_sidecar(MetricsSidecar::fixture(
+        "demo",
+        "default",
+        MetricsSidecarSpec::default(),
+    ));
     let (answer, _, patched) = run(&cluster, REPLICASET);
     assert!(answer.patch.is_some());
     assert_eq!(
@@ -465,9 +477,9 @@ fn native_sidecar_always_falls_back_to_a_regular_container_on_an_older_server() 
 fn native_sidecar_auto_is_native_only_for_pods_that_complete() {
     use monasca_operator::inject::NativeSidecars;
     let cluster_at = |native| {
-        let mut cluster = Cluster::new(settings(native));
+        let mut cluster = Cluster::new(Settings::fixture(native));
         cluster.namespace("demo", &[]);
-        cluster.sidecar(sidecar(
+        cluster.sidecar(MetricsSidecar::fixture(
             "demo",
             "default",
             MetricsSidecarSpec {
@@ -519,7 +531,11 @@ fn excluded_namespaces_are_never_injected() {
     let mut cluster = Cluster::fixtures();
     for namespace in ["kube-system", "monasca-system"] {
         cluster.namespace(namespace, &[]);
-        cluster.sidecar(sidecar(namespace, "default", MetricsSidecarSpec::default()));
+        cluster.sidecar(MetricsSidecar::fixture(
+            namespace,
+            "default",
+            MetricsSidecarSpec::default(),
+        ));
         let mut review = fixture(REPLICASET);
         review["request"]["namespace"] = json!(namespace);
         assert_skipped(&answer_json(&cluster, &review), "excluded_namespace");
@@ -562,7 +578,7 @@ fn persister_on_the_pushgateway_port_is_admitted_unchanged_with_a_port_conflict(
         multiprocess: true,
         ..Default::default()
     };
-    cluster.sidecar(sidecar("demo", "persister-workers", spec));
+    cluster.sidecar(MetricsSidecar::fixture("demo", "persister-workers", spec));
     let mut events = cluster.ctx.admission_events.channel().expect("one queue");
     let (answer, _, _) = run(&cluster, PERSISTER);
     assert_skipped(&answer, "port_conflict");
@@ -635,7 +651,7 @@ fn multiprocess_pods_share_their_process_namespace_and_the_sidecar_is_told() {
     ];
     for (choice, pod_setting, shared, rendered) in table {
         let mut cluster = Cluster::fixtures();
-        cluster.sidecar(sidecar(
+        cluster.sidecar(MetricsSidecar::fixture(
             "demo",
             "default",
             MetricsSidecarSpec {

@@ -14,7 +14,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use kube::{Client, Resource};
-use monasca_crds::{MetricsSidecar, MetricsSidecarSpec};
+use monasca_crds::MetricsSidecar;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,15 +33,6 @@ pub fn now() -> Timestamp {
 /// The RFC 3339 spelling of [`now`], as the apiserver (and our status) writes it.
 pub fn now_text() -> String {
     k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now()).expect("formats")
-}
-
-/// A `MetricsSidecar` as the apiserver returns it (uid, generation).
-pub fn sidecar(name: &str, spec: MetricsSidecarSpec) -> MetricsSidecar {
-    let mut sidecar = MetricsSidecar::new(name, spec);
-    sidecar.metadata.namespace = Some(NAMESPACE.into());
-    sidecar.metadata.uid = Some(UID.into());
-    sidecar.metadata.generation = Some(1);
-    sidecar
 }
 
 /// A Running pod (as the census store keeps it) with labels, annotations and an optional

@@ -116,7 +116,7 @@ fn injected_pod(name: &str, hash: &str, owner: Option<(&str, &str)>) -> Pod {
 async fn new_sidecar_gets_its_config_map_status_and_an_event() {
     let spec = MetricsSidecarSpec::default();
     let (hash, _) = hashes(&spec);
-    let cr = sidecar("default", spec.clone());
+    let cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     let harness = Harness::new(true)
         .with_sidecar(&cr)
         .with_pod(injected_pod("api-1", &hash, None))
@@ -153,7 +153,7 @@ async fn new_sidecar_gets_its_config_map_status_and_an_event() {
 async fn unchanged_sidecar_only_reapplies_its_config_map() {
     let spec = MetricsSidecarSpec::default();
     let (hash, _) = hashes(&spec);
-    let mut cr = sidecar("default", spec.clone());
+    let mut cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     cr.status = Some(MetricsSidecarStatus {
         observed_generation: Some(1),
         conditions: vec![
@@ -182,7 +182,7 @@ async fn changed_config_updates_the_config_map_without_restarting_pods() {
     spec.config.stale_after = monasca_crds::config::Duration::from_secs(90);
     let (hash, same_template) = hashes(&spec);
     assert_eq!(template, same_template);
-    let mut cr = sidecar("default", spec.clone());
+    let mut cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     cr.metadata.generation = Some(2);
     cr.status = Some(MetricsSidecarStatus {
         observed_generation: Some(1),
@@ -242,7 +242,7 @@ async fn pod_shape_change_rolls_the_owning_deployment_once() {
         ..old.clone()
     };
     let (hash, template) = hashes(&spec);
-    let mut cr = sidecar("default", spec.clone());
+    let mut cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     cr.status = Some(MetricsSidecarStatus {
         observed_generation: Some(1),
         injected_pods: 2,
@@ -321,7 +321,7 @@ async fn pod_shape_change_rolls_the_owning_deployment_once() {
 async fn uninjected_pods_are_counted_and_reported() {
     let spec = MetricsSidecarSpec::default();
     let (hash, _) = hashes(&spec);
-    let cr = sidecar("default", spec.clone());
+    let cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     let note = "1 pod asks for this sidecar but runs without it (created while the webhook was \
                 unavailable, or before this MetricsSidecar existed): late-pod; delete or roll \
                 them to inject";
@@ -357,7 +357,7 @@ async fn uninjected_pods_are_counted_and_reported() {
 #[tokio::test]
 async fn api_error_fails_the_reconcile_and_backs_off() {
     let spec = MetricsSidecarSpec::default();
-    let cr = sidecar("default", spec.clone());
+    let cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     let harness = Harness::new(true);
     let (result, ctx) = harness
         .reconcile(
@@ -397,7 +397,7 @@ async fn api_error_fails_the_reconcile_and_backs_off() {
 #[tokio::test]
 async fn conflicting_status_write_is_an_error_with_a_fixed_reason() {
     let spec = MetricsSidecarSpec::default();
-    let cr = sidecar("default", spec.clone());
+    let cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     let (result, _) = Harness::new(true)
         .reconcile(
             cr.clone(),
@@ -416,7 +416,8 @@ async fn conflicting_status_write_is_an_error_with_a_fixed_reason() {
 
 #[tokio::test]
 async fn follower_writes_nothing() {
-    let cr = sidecar("default", MetricsSidecarSpec::default());
+    let cr =
+        MetricsSidecar::fixture(NAMESPACE, "default", MetricsSidecarSpec::default()).stored(UID);
     let (result, _) = Harness::new(false).reconcile(cr, vec![]).await;
     assert_eq!(result.expect("no error"), Action::await_change());
 }
@@ -425,7 +426,7 @@ async fn follower_writes_nothing() {
 async fn invalid_config_is_reported_without_touching_the_config_map() {
     let mut spec = MetricsSidecarSpec::default();
     spec.config.listen.metrics = "not an address".into();
-    let cr = sidecar("default", spec.clone());
+    let cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     let error = spec.config.validate().expect_err("invalid").to_string();
     let message = format!("the sidecar configuration is invalid: sidecar configuration: {error}");
     let (result, _) = Harness::new(true)
@@ -453,14 +454,6 @@ async fn invalid_config_is_reported_without_touching_the_config_map() {
 
 // ---- pure status computation ----
 
-fn settings() -> crate::inject::Settings {
-    crate::inject::Settings {
-        operator_namespace: "monasca-system".into(),
-        sidecar_image: "img".into(),
-        native_sidecars: crate::inject::NativeSidecars::Unknown.into(),
-    }
-}
-
 fn census_of(
     cr: &MetricsSidecar,
     others: &[MetricsSidecar],
@@ -470,7 +463,7 @@ fn census_of(
     let pods: Vec<_> = pods.into_iter().map(Arc::new).collect();
     let mut sidecars: Vec<_> = others.iter().cloned().map(Arc::new).collect();
     sidecars.push(Arc::new(cr.clone()));
-    let settings = settings();
+    let settings = crate::inject::Settings::fixture(crate::inject::NativeSidecars::Unknown);
     status::census(
         cr,
         &Observed {
@@ -487,8 +480,10 @@ use std::collections::BTreeMap;
 
 #[test]
 fn census_follows_the_webhook_annotation_rules() {
-    let cr = sidecar("default", MetricsSidecarSpec::default());
-    let other = sidecar("other", MetricsSidecarSpec::default());
+    let cr =
+        MetricsSidecar::fixture(NAMESPACE, "default", MetricsSidecarSpec::default()).stored(UID);
+    let other =
+        MetricsSidecar::fixture(NAMESPACE, "other", MetricsSidecarSpec::default()).stored(UID);
     let mut terminating = pod("leaving", &[], &[(ANNOTATION_INJECT, "true")], None);
     terminating.metadata.deletion_timestamp = Some(Time(now()));
     let census = census_of(
@@ -515,7 +510,8 @@ fn census_follows_the_webhook_annotation_rules() {
 
 #[test]
 fn namespace_annotation_asks_for_every_pod_but_a_pod_can_opt_out() {
-    let cr = sidecar("default", MetricsSidecarSpec::default());
+    let cr =
+        MetricsSidecar::fixture(NAMESPACE, "default", MetricsSidecarSpec::default()).stored(UID);
     let namespace = BTreeMap::from([(ANNOTATION_INJECT.to_string(), "true".to_string())]);
     let census = census_of(
         &cr,
@@ -531,7 +527,8 @@ fn namespace_annotation_asks_for_every_pod_but_a_pod_can_opt_out() {
 
 #[test]
 fn status_keeps_transition_times_of_unchanged_conditions() {
-    let mut cr = sidecar("default", MetricsSidecarSpec::default());
+    let mut cr =
+        MetricsSidecar::fixture(NAMESPACE, "default", MetricsSidecarSpec::default()).stored(UID);
     let census = PodCensus {
         injected: vec!["a".into()],
         ..PodCensus::default()
@@ -585,7 +582,8 @@ fn status_keeps_transition_times_of_unchanged_conditions() {
 
 #[test]
 fn long_lists_of_pods_are_cut_in_messages() {
-    let cr = sidecar("default", MetricsSidecarSpec::default());
+    let cr =
+        MetricsSidecar::fixture(NAMESPACE, "default", MetricsSidecarSpec::default()).stored(UID);
     let census = PodCensus {
         uninjected: (0..8).map(|i| format!("p{i}")).collect(),
         ..PodCensus::default()
@@ -624,7 +622,8 @@ fn pod_monitor_selects_the_sidecar_label_on_the_metrics_port() {
 
 #[test]
 fn census_counts_pending_and_running_pods_and_not_pods_skipped_by_rule() {
-    let cr = sidecar("default", MetricsSidecarSpec::default());
+    let cr =
+        MetricsSidecar::fixture(NAMESPACE, "default", MetricsSidecarSpec::default()).stored(UID);
     let asks = || pod("x", &[], &[(ANNOTATION_INJECT, "true")], None);
     let named = |mut p: Pod, name: &str| {
         p.metadata.name = Some(name.into());
@@ -741,7 +740,8 @@ fn each_count_change_has_its_own_message() {
         injected: (0..n).map(|i| format!("p{i}")).collect(),
         ..PodCensus::default()
     };
-    let mut cr = sidecar("default", MetricsSidecarSpec::default());
+    let mut cr =
+        MetricsSidecar::fixture(NAMESPACE, "default", MetricsSidecarSpec::default()).stored(UID);
     let mut notes = Vec::new();
     for n in [1, 2, 3, 2] {
         let new = status::status(
@@ -808,7 +808,8 @@ fn one_rollout_event_names_every_workload() {
 
 #[test]
 fn native_sidecar_fallback_is_a_condition_and_one_event() {
-    let cr = sidecar("default", MetricsSidecarSpec::default());
+    let cr =
+        MetricsSidecar::fixture(NAMESPACE, "default", MetricsSidecarSpec::default()).stored(UID);
     let fallback = Native::Unavailable;
     let census = PodCensus::default();
     let config = ConfigState::Valid { hash: "h1" };
@@ -870,12 +871,14 @@ fn a_malformed_object_is_not_ready_with_the_parse_error() {
 
 #[test]
 fn a_name_too_long_for_a_label_is_invalid_config_not_an_api_error() {
-    let long = sidecar(&"n".repeat(64), MetricsSidecarSpec::default());
+    let long = MetricsSidecar::fixture(NAMESPACE, &"n".repeat(64), MetricsSidecarSpec::default())
+        .stored(UID);
     let error = long.validate().expect_err("refused");
     assert!(error.to_string().contains("63 characters"), "{error}");
-    let dotted = sidecar("a..b", MetricsSidecarSpec::default());
+    let dotted =
+        MetricsSidecar::fixture(NAMESPACE, "a..b", MetricsSidecarSpec::default()).stored(UID);
     assert!(dotted.validate().is_ok(), "dots are valid in a label value");
-    let bad = sidecar("-a", MetricsSidecarSpec::default());
+    let bad = MetricsSidecar::fixture(NAMESPACE, "-a", MetricsSidecarSpec::default()).stored(UID);
     assert!(bad.validate().is_err());
 }
 
@@ -889,7 +892,7 @@ async fn a_listen_change_without_restart_on_change_names_the_pods_to_roll() {
     spec.config.listen.metrics = "0.0.0.0:9300".into();
     let (hash, template) = hashes(&spec);
     assert_ne!(template, old_template, "a listen address shapes the pod");
-    let mut cr = sidecar("default", spec.clone());
+    let mut cr = MetricsSidecar::fixture(NAMESPACE, "default", spec.clone()).stored(UID);
     cr.status = Some(MetricsSidecarStatus {
         observed_generation: Some(1),
         injected_pods: 1,

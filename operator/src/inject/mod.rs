@@ -49,6 +49,20 @@ pub struct Settings {
     pub native_sidecars: NativeSupport,
 }
 
+impl Settings {
+    /// The settings the tests build on (controller-rs' fixtures: one builder, on the type):
+    /// namespace `monasca-system`, image `monasca/monasca-sidecar:test`, native sidecars as
+    /// given. Hidden from the docs; always compiled so that integration tests can use it.
+    #[doc(hidden)]
+    pub fn fixture(native: NativeSidecars) -> Settings {
+        Settings {
+            operator_namespace: "monasca-system".into(),
+            sidecar_image: "monasca/monasca-sidecar:test".into(),
+            native_sidecars: native.into(),
+        }
+    }
+}
+
 /// Whether the apiserver accepts native sidecars (init containers with `restartPolicy:
 /// Always`), decided by what it does, never by its version: a 1.29+ server can run with the
 /// `SidecarContainers` feature gate off, and then drops that `restartPolicy` and refuses the pod

@@ -5,20 +5,6 @@ use json_patch::Patch;
 use monasca_crds::{MetricsSidecarSpec, NativeSidecar, SIDECAR_CONTAINER_NAME};
 use serde_json::{Value, json};
 
-fn settings() -> Settings {
-    Settings {
-        operator_namespace: "monasca-system".into(),
-        sidecar_image: "monasca/monasca-sidecar:test".into(),
-        native_sidecars: NativeSidecars::Available.into(),
-    }
-}
-
-fn sidecar(name: &str, spec: MetricsSidecarSpec) -> Arc<MetricsSidecar> {
-    let mut s = MetricsSidecar::new(name, spec);
-    s.metadata.namespace = Some("demo".into());
-    Arc::new(s)
-}
-
 fn pod(value: Value) -> Pod {
     serde_json::from_value(value).expect("test pod")
 }
@@ -50,7 +36,7 @@ fn decide_in(
         },
         ns_annotations,
         sidecars,
-        &settings(),
+        &Settings::fixture(NativeSidecars::Available),
     )
 }
 
@@ -109,8 +95,12 @@ fn only_create_injects() {
                 pod: &pod,
             },
             None,
-            &[sidecar("default", Default::default())],
-            &settings(),
+            &[Arc::new(MetricsSidecar::fixture(
+                "demo",
+                "default",
+                Default::default(),
+            ))],
+            &Settings::fixture(NativeSidecars::Available),
         );
         assert_eq!(skip_reason(&d), Some(SkipReason::NotCreate));
     }
@@ -119,8 +109,12 @@ fn only_create_injects() {
 #[test]
 fn pod_annotation_overrides_namespace_default() {
     let sidecars = [
-        sidecar("default", Default::default()),
-        sidecar("other", Default::default()),
+        Arc::new(MetricsSidecar::fixture(
+            "demo",
+            "default",
+            Default::default(),
+        )),
+        Arc::new(MetricsSidecar::fixture("demo", "other", Default::default())),
     ];
     let ns = BTreeMap::from([(ANNOTATION_INJECT.to_string(), "true".to_string())]);
     let mut pod = app_pod("other");
@@ -162,7 +156,12 @@ fn missing_maps_and_arrays_are_created_whole() {
         multiprocess: true,
         ..Default::default()
     };
-    let d = decide_in("demo", &pod, Some(&ns), &[sidecar("default", spec)]);
+    let d = decide_in(
+        "demo",
+        &pod,
+        Some(&ns),
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+    );
     let patch = d.patch().expect("patch");
     let paths: Vec<String> = patch.0.iter().map(|op| op.path().to_string()).collect();
     assert_eq!(
@@ -197,7 +196,7 @@ fn reinvocation_only_completes_what_a_later_webhook_added() {
         native_sidecar: NativeSidecar::Never,
         ..Default::default()
     };
-    let sidecars = [sidecar("default", spec)];
+    let sidecars = [Arc::new(MetricsSidecar::fixture("demo", "default", spec))];
     let original = app_pod("true");
     let once = patched(&original, &decide(&original, &sidecars));
     assert_eq!(
@@ -241,7 +240,7 @@ fn user_multiproc_env_from_a_reference_or_a_conflicting_mount_is_warned_not_brok
         multiprocess: true,
         ..Default::default()
     };
-    let sidecars = [sidecar("default", spec)];
+    let sidecars = [Arc::new(MetricsSidecar::fixture("demo", "default", spec))];
     let mut pod = app_pod("true");
     pod["spec"]["containers"] = json!([
         {"name": "from-ref", "image": "a", "env": [{"name": "PROMETHEUS_MULTIPROC_DIR", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},
@@ -274,7 +273,14 @@ fn prometheus_scrape_false_is_respected() {
     pod["metadata"]["annotations"]["prometheus.io/port"] = json!("8080");
     let out = patched(
         &pod,
-        &decide(&pod, &[sidecar("default", Default::default())]),
+        &decide(
+            &pod,
+            &[Arc::new(MetricsSidecar::fixture(
+                "demo",
+                "default",
+                Default::default(),
+            ))],
+        ),
     );
     assert_eq!(
         out["metadata"]["annotations"]["prometheus.io/scrape"],
@@ -291,7 +297,13 @@ fn prometheus_annotations_off_touches_no_prometheus_key() {
         prometheus_annotations: false,
         ..Default::default()
     };
-    let out = patched(&pod, &decide(&pod, &[sidecar("default", spec)]));
+    let out = patched(
+        &pod,
+        &decide(
+            &pod,
+            &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+        ),
+    );
     assert_eq!(out["metadata"]["annotations"]["prometheus.io/port"], "8080");
     assert!(
         out["metadata"]["annotations"]
@@ -305,7 +317,10 @@ fn loopback_metrics_listener_gets_no_probes_and_a_warning() {
     let mut spec = MetricsSidecarSpec::default();
     spec.config.listen.metrics = "127.0.0.1:9102".into();
     let pod = app_pod("true");
-    let d = decide(&pod, &[sidecar("default", spec)]);
+    let d = decide(
+        &pod,
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+    );
     assert_eq!(warnings(&d).len(), 1);
     let out = patched(&pod, &d);
     let sidecar = &out["spec"]["containers"][1];
@@ -319,7 +334,13 @@ fn external_listeners_get_named_ports() {
     spec.config.listen.ingest = "0.0.0.0:9091".into();
     spec.config.listen.statsd = "0.0.0.0:8125".into();
     let pod = app_pod("true");
-    let out = patched(&pod, &decide(&pod, &[sidecar("default", spec)]));
+    let out = patched(
+        &pod,
+        &decide(
+            &pod,
+            &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+        ),
+    );
     assert_eq!(
         out["spec"]["containers"][1]["ports"],
         json!([
@@ -338,7 +359,10 @@ fn pod_problems_are_warned() {
         native_sidecar: NativeSidecar::Never,
         ..Default::default()
     };
-    let w = warnings(&decide(&pod, &[sidecar("default", spec)]));
+    let w = warnings(&decide(
+        &pod,
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+    ));
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("will not complete"), "{w:?}");
 }
@@ -347,13 +371,23 @@ fn pod_problems_are_warned() {
 fn unusable_sidecars_are_skipped_with_a_warning() {
     let long = "x".repeat(64);
     let pod = app_pod(&long);
-    let d = decide(&pod, &[sidecar(&long, Default::default())]);
+    let d = decide(
+        &pod,
+        &[Arc::new(MetricsSidecar::fixture(
+            "demo",
+            &long,
+            Default::default(),
+        ))],
+    );
     assert_eq!(skip_reason(&d), Some(SkipReason::InvalidSidecar));
     assert_eq!(warnings(&d).len(), 1);
 
     let mut spec = MetricsSidecarSpec::default();
     spec.config.listen.metrics = "localhost:9102".into();
-    let d = decide(&app_pod("true"), &[sidecar("default", spec)]);
+    let d = decide(
+        &app_pod("true"),
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+    );
     assert_eq!(skip_reason(&d), Some(SkipReason::InvalidSidecar));
 }
 
@@ -363,7 +397,14 @@ fn user_managed_sidecar_in_init_containers_is_respected() {
     pod["spec"]["initContainers"] =
         json!([{"name": "monasca-sidecar", "image": "mine", "restartPolicy": "Always"}]);
     assert_eq!(
-        skip_reason(&decide(&pod, &[sidecar("default", Default::default())])),
+        skip_reason(&decide(
+            &pod,
+            &[Arc::new(MetricsSidecar::fixture(
+                "demo",
+                "default",
+                Default::default()
+            ))]
+        )),
         Some(SkipReason::HasContainer)
     );
 }
@@ -383,14 +424,34 @@ fn excluded_namespaces() {
 fn requested_sidecar_agrees_with_the_webhook() {
     // The controller counts uninjected pods with `requested_sidecar`; for every annotation the
     // webhook would inject, it must name the same sidecar, and none when the webhook would not.
-    let one = [sidecar("only", MetricsSidecarSpec::default())];
+    let one = [Arc::new(MetricsSidecar::fixture(
+        "demo",
+        "only",
+        MetricsSidecarSpec::default(),
+    ))];
     let two = [
-        sidecar("default", MetricsSidecarSpec::default()),
-        sidecar("other", MetricsSidecarSpec::default()),
+        Arc::new(MetricsSidecar::fixture(
+            "demo",
+            "default",
+            MetricsSidecarSpec::default(),
+        )),
+        Arc::new(MetricsSidecar::fixture(
+            "demo",
+            "other",
+            MetricsSidecarSpec::default(),
+        )),
     ];
     let two_no_default = [
-        sidecar("a", MetricsSidecarSpec::default()),
-        sidecar("b", MetricsSidecarSpec::default()),
+        Arc::new(MetricsSidecar::fixture(
+            "demo",
+            "a",
+            MetricsSidecarSpec::default(),
+        )),
+        Arc::new(MetricsSidecar::fixture(
+            "demo",
+            "b",
+            MetricsSidecarSpec::default(),
+        )),
     ];
     let ns_true = BTreeMap::from([(ANNOTATION_INJECT.to_string(), "true".to_string())]);
     for sidecars in [&one[..], &two[..], &two_no_default[..], &[]] {
@@ -422,7 +483,7 @@ fn requested_sidecar_agrees_with_the_webhook() {
                         pod.metadata.annotations.as_ref(),
                         ns_annotations,
                         sidecars,
-                        &settings(),
+                        &Settings::fixture(NativeSidecars::Available),
                     )
                     .and_then(|s| s.metadata.name.clone());
                     assert_eq!(
@@ -458,7 +519,10 @@ fn otlp_inject_env_points_app_containers_at_the_sidecar() {
             ]}
         ]}
     });
-    let d = decide(&pod, &[sidecar("default", spec)]);
+    let d = decide(
+        &pod,
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+    );
     let out = patched(&pod, &d);
     assert_eq!(
         out["spec"]["containers"][0]["env"],
@@ -492,12 +556,22 @@ fn otlp_inject_env_points_app_containers_at_the_sidecar() {
 #[test]
 fn otlp_inject_env_is_off_by_default_and_warns_when_the_receiver_is_off() {
     let pod = app_pod("true");
-    let d = decide(&pod, &[sidecar("default", MetricsSidecarSpec::default())]);
+    let d = decide(
+        &pod,
+        &[Arc::new(MetricsSidecar::fixture(
+            "demo",
+            "default",
+            MetricsSidecarSpec::default(),
+        ))],
+    );
     assert!(!patched(&pod, &d).to_string().contains("OTEL_"));
     let mut spec = MetricsSidecarSpec::default();
     spec.otlp.inject_env = true;
     spec.config.otlp.enabled = false;
-    let d = decide(&pod, &[sidecar("default", spec)]);
+    let d = decide(
+        &pod,
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+    );
     assert!(!patched(&pod, &d).to_string().contains("OTEL_"));
     let w = warnings(&d);
     assert!(w.iter().any(|w| w.contains("otlp.enabled: false")), "{w:?}");
@@ -515,7 +589,13 @@ fn state_dir_is_an_emptydir_in_the_sidecar_shared_with_multiprocess() {
         };
         spec.config.state_dir = Some(state_dir.to_string());
         let pod = app_pod("true");
-        patched(&pod, &decide(&pod, &[sidecar("default", spec)]))
+        patched(
+            &pod,
+            &decide(
+                &pod,
+                &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+            ),
+        )
     };
     // The sidecar is the last app container (`nativeSidecar: auto` on a long-running pod).
     let mounts = |out: &Value| {
@@ -566,7 +646,10 @@ fn state_dir_is_an_emptydir_in_the_sidecar_shared_with_multiprocess() {
 fn state_dir_over_the_config_mount_is_refused() {
     let mut spec = MetricsSidecarSpec::default();
     spec.config.state_dir = Some(CONFIG_MOUNT_PATH.to_string());
-    let d = decide(&app_pod("true"), &[sidecar("default", spec)]);
+    let d = decide(
+        &app_pod("true"),
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
+    );
     assert_eq!(skip_reason(&d), Some(SkipReason::InvalidSidecar));
 }
 
@@ -577,7 +660,13 @@ fn ports_clash_by_number_and_protocol_whatever_the_listen_address() {
         pod["spec"]["containers"][0]["ports"] = json!([port]);
         pod
     };
-    let default = || [sidecar("default", MetricsSidecarSpec::default())];
+    let default = || {
+        [Arc::new(MetricsSidecar::fixture(
+            "demo",
+            "default",
+            MetricsSidecarSpec::default(),
+        ))]
+    };
     // Loopback ingest (9091) still clashes: the pod has one network namespace.
     let d = decide(&with_port(json!({"containerPort": 9091})), &default());
     assert_eq!(skip_reason(&d), Some(SkipReason::PortConflict));
@@ -593,7 +682,7 @@ fn ports_clash_by_number_and_protocol_whatever_the_listen_address() {
     spec.config.statsd.tcp = false;
     let d = decide(
         &with_port(json!({"containerPort": 8125})),
-        &[sidecar("default", spec)],
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
     );
     assert_eq!(skip_reason(&d), None, "{:?}", warnings(&d));
     let d = decide(
@@ -606,7 +695,7 @@ fn ports_clash_by_number_and_protocol_whatever_the_listen_address() {
     spec.config.otlp.enabled = false;
     let d = decide(
         &with_port(json!({"containerPort": 4318})),
-        &[sidecar("default", spec)],
+        &[Arc::new(MetricsSidecar::fixture("demo", "default", spec))],
     );
     assert_eq!(skip_reason(&d), None);
 }

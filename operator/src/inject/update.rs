@@ -105,14 +105,6 @@ mod tests {
         serde_json::from_value(value).expect("test pod")
     }
 
-    fn settings(native: NativeSidecars) -> Settings {
-        Settings {
-            operator_namespace: "monasca-system".into(),
-            sidecar_image: "img".into(),
-            native_sidecars: native.into(),
-        }
-    }
-
     fn app(annotations: Value) -> Pod {
         pod(json!({
             "metadata": {"name": "app", "annotations": annotations},
@@ -131,7 +123,7 @@ mod tests {
             },
             None,
             &[Arc::new(sidecar)],
-            &settings(native),
+            &Settings::fixture(native),
         )
     }
 

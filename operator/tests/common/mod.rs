@@ -54,20 +54,6 @@ pub fn fixture(name: &str) -> Value {
 /// auto` means a regular container there, and `always` falls back to one.
 pub const FIXTURE_APISERVER: NativeSidecars = NativeSidecars::Unavailable;
 
-pub fn settings(native: NativeSidecars) -> Settings {
-    Settings {
-        operator_namespace: "monasca-system".into(),
-        sidecar_image: "monasca/monasca-sidecar:test".into(),
-        native_sidecars: native.into(),
-    }
-}
-
-pub fn sidecar(namespace: &str, name: &str, spec: MetricsSidecarSpec) -> MetricsSidecar {
-    let mut sidecar = MetricsSidecar::new(name, spec);
-    sidecar.metadata.namespace = Some(namespace.into());
-    sidecar
-}
-
 /// The `persister-workers` sidecar the named fixture asks for: multiprocess workers, run as a
 /// native sidecar.
 pub fn persister_workers_spec() -> MetricsSidecarSpec {
@@ -114,10 +100,14 @@ impl Cluster {
 
     /// [`Cluster::fixtures`] as if the apiserver's native sidecars were `native`.
     pub fn fixtures_on(native: NativeSidecars) -> Cluster {
-        let mut cluster = Cluster::new(settings(native));
+        let mut cluster = Cluster::new(Settings::fixture(native));
         cluster.namespace("demo", &[]);
-        cluster.sidecar(sidecar("demo", "default", MetricsSidecarSpec::default()));
-        cluster.sidecar(sidecar(
+        cluster.sidecar(MetricsSidecar::fixture(
+            "demo",
+            "default",
+            MetricsSidecarSpec::default(),
+        ));
+        cluster.sidecar(MetricsSidecar::fixture(
             "demo",
             "persister-workers",
             persister_workers_spec(),
