@@ -2,6 +2,7 @@
 
 /// Appends `value` escaped for a quoted label value: backslash, double quote and newline
 /// become `\\`, `\"` and `\n` (the only escapes the text and OpenMetrics formats define).
+#[inline]
 pub fn escape_label_value(value: &str, out: &mut String) {
     if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(value);
@@ -19,6 +20,7 @@ pub fn escape_label_value(value: &str, out: &mut String) {
 
 /// Appends `name="value"` (the value escaped), preceded by a comma unless `out` is empty, so
 /// that a label set is built by calling this once per label.
+#[inline]
 pub fn push_label(out: &mut String, name: &str, value: &str) {
     if !out.is_empty() {
         out.push(',');

@@ -59,31 +59,13 @@ impl SeriesKeyBuilder {
         }
         kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut key = String::with_capacity(kept.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
-        for (i, (name, value)) in kept.iter().enumerate() {
-            if i > 0 {
-                key.push(',');
-            }
-            key.push_str(name);
-            key.push_str("=\"");
-            escape_label_value(value, &mut key);
-            key.push('"');
+        for (name, value) in &kept {
+            push_label(&mut key, name, value);
         }
         Ok((key, mode))
     }
 }
 
-/// Escapes a label value for the exposition formats (`\` `"` and newline).
-pub fn escape_label_value(value: &str, out: &mut String) {
-    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        out.push_str(value);
-        return;
-    }
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
+/// Label value escaping and `name="value"` text: the runtime's, one escaper for every
+/// exposition the binaries write.
+pub use monasca_runtime::labels::{escape_label_value, push_label};

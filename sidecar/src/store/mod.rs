@@ -25,7 +25,7 @@ mod workers;
 
 use entry::*;
 pub use error::{SeriesName, StoreError};
-pub use key::{SeriesKeyBuilder, escape_label_value};
+pub use key::{SeriesKeyBuilder, escape_label_value, push_label};
 pub use persist::StoreCapture;
 pub use rules::{GaugeRules, resolve_mode};
 pub(crate) use view::SeriesView;
@@ -695,14 +695,8 @@ impl Store {
         let mut label_text = String::new();
         let mut labels = worker.labels.clone();
         labels.sort();
-        for (i, (name, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                label_text.push(',');
-            }
-            label_text.push_str(name);
-            label_text.push_str("=\"");
-            escape_label_value(value, &mut label_text);
-            label_text.push('"');
+        for (name, value) in &labels {
+            push_label(&mut label_text, name, value);
         }
         let state = WorkerState {
             key: worker.clone(),

@@ -51,7 +51,7 @@ use super::line::{self, Line, LineError, SampleType, TagStyle};
 use super::mapping::{Mapped, MappedName, Mapper, MappingError};
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::model::{Family, HistogramValue, Label, MetricKind, Series, Value};
-use crate::store::{AGGREGATE_LABEL, escape_label_value};
+use crate::store::{AGGREGATE_LABEL, push_label};
 use monasca_config::{SidecarConfig, StatsdDialect, StatsdMetricType, is_label_name};
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -411,14 +411,8 @@ impl Accumulator {
         }
         self.counts.tag_errors += tag_errors;
         self.key.clear();
-        for (i, (name, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                self.key.push(',');
-            }
-            self.key.push_str(name);
-            self.key.push_str("=\"");
-            escape_label_value(value, &mut self.key);
-            self.key.push('"');
+        for (name, value) in labels.iter() {
+            push_label(&mut self.key, name, value);
         }
 
         let monasca = self.all_monasca || line.style == TagStyle::Monasca;
