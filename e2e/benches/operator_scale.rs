@@ -14,7 +14,6 @@
 //! or `MONASCA_OPERATOR_BIN`).
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use monasca_crds::{ANNOTATION_INJECT, MetricsSidecar, MetricsSidecarSpec, SIDECAR_CONTAINER_NAME};
@@ -189,26 +188,7 @@ async fn discovery_latencies(admin: SocketAddr, n: usize, pods: usize) -> (Vec<f
 }
 
 async fn install(client: &Client) {
-    let root = cluster::repo_root();
-    cluster::apply_yaml(
-        client,
-        &root.join("manifests/crds/metricssidecars.yaml"),
-        None,
-    )
-    .await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually("the CRD to be established", WAIT, || async {
-        let crd = crds
-            .get("metricssidecars.monasca.openstack.org")
-            .await
-            .ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    cluster::install_crd(client, WAIT).await;
     for name in [OPERATOR_NAMESPACE, NAMESPACE] {
         let namespace = Namespace {
             metadata: ObjectMeta {

@@ -3,6 +3,7 @@
 //! polling, a kubeconfig for a ServiceAccount token, and running the operator binary
 //! out-of-cluster.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::core::{DynamicObject, GroupVersionKind};
 use kube::discovery::{self, Scope};
@@ -111,6 +112,30 @@ pub async fn apply_yaml(client: &Client, path: &Path, namespace: Option<&str>) {
         .await
         .unwrap_or_else(|e| panic!("applying {} {name}: {e}", types.kind));
     }
+}
+
+/// Applies the committed `MetricsSidecar` CRD and waits until the apiserver serves it
+/// (`Established`), as the cluster tests and the operator bench both need first.
+pub async fn install_crd(client: &Client, timeout: Duration) {
+    apply_yaml(
+        client,
+        &repo_root().join("manifests/crds/metricssidecars.yaml"),
+        None,
+    )
+    .await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually("the CRD to be established", timeout, || async {
+        let crd = crds
+            .get("metricssidecars.monasca.openstack.org")
+            .await
+            .ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
 }
 
 /// Polls `check` every 250 ms until it returns `Some`, or panics with `what` after `timeout`.

@@ -1180,29 +1180,11 @@ async fn garbage_collection(env: Env) {
 /// The CRD (and the ClusterRole, to check that the committed RBAC is valid for this cluster).
 async fn install(client: &Client) {
     let root = cluster::repo_root();
-    cluster::apply_yaml(
-        client,
-        &root.join("manifests/crds/metricssidecars.yaml"),
-        None,
-    )
-    .await;
+    cluster::install_crd(client, WAIT).await;
     let cluster_role = root.join("manifests/base/clusterrole.yaml");
     if cluster_role.exists() {
         cluster::apply_yaml(client, &cluster_role, None).await;
     }
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually("the CRD to be established", WAIT, || async {
-        let crd = crds
-            .get("metricssidecars.monasca.openstack.org")
-            .await
-            .ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
 }
 
 /// The CA the webhook configuration trusts, once it matches the Secret's.
