@@ -169,6 +169,16 @@ def write(directory, *args):
     subprocess.run([sys.executable, WRITER, directory, *args], check=True)
 
 
+def timed_checked(runs, fetch, what, probe):
+    """The times of `runs` fetches, each output checked to show `probe`."""
+    times = []
+    for _ in range(runs):
+        t, body = fetch()
+        check_same(what, body, probe)
+        times.append(t)
+    return times
+
+
 def measure(runs, work):
     """Every case's timings (seconds), as a dict for bench/run.py."""
     out = {"runs": runs, "workers": LIVE_WORKERS, "series": LIVE_SERIES, "dead_pids": DEAD_PIDS}
@@ -223,20 +233,10 @@ def measure(runs, work):
     try:
         s.first_view(lambda b: b"bench_jobs_total" in b)
         get(s.port)
-        sc = []
-        for _ in range(runs):
-            t, body = get(s.port)
-            check_same("sidecar, churned", body, probe)
-            sc.append(t)
-        out["sidecar_churned"] = sc
+        out["sidecar_churned"] = timed_checked(runs, lambda: get(s.port), "sidecar, churned", probe)
     finally:
         s.stop()
-    py = []
-    for _ in range(runs):
-        t, body = python_collect(dead)
-        check_same("python, churned", body, probe)
-        py.append(t)
-    out["python_churned"] = py
+    out["python_churned"] = timed_checked(runs, lambda: python_collect(dead), "python, churned", probe)
     if len(os.listdir(dead)) != out["dead_files_before"]:
         raise RuntimeError("files disappeared without compaction")
 
@@ -252,20 +252,10 @@ def measure(runs, work):
         time.sleep(1.5)  # the background scans that may still be folding
         get(s.port)
         out["dead_files_after"] = len(os.listdir(dead))
-        sc = []
-        for _ in range(runs):
-            t, body = get(s.port)
-            check_same("sidecar, compacted", body, probe)
-            sc.append(t)
-        out["sidecar_compacted"] = sc
+        out["sidecar_compacted"] = timed_checked(runs, lambda: get(s.port), "sidecar, compacted", probe)
     finally:
         s.stop()
-    py = []
-    for _ in range(runs):
-        t, body = python_collect(dead)
-        check_same("python, compacted", body, probe)
-        py.append(t)
-    out["python_compacted"] = py
+    out["python_compacted"] = timed_checked(runs, lambda: python_collect(dead), "python, compacted", probe)
     return out
 
 
