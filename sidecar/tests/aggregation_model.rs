@@ -155,6 +155,10 @@ struct Held {
     values: Vec<f64>,
     /// When a gauge was set (wall ms).
     ts: u64,
+    /// A counter-like series the worker left out of a PUT (or a POST of its family): still
+    /// counted, and continued if it comes back at or above its value, unless the worker
+    /// restarts first.
+    dropped: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -254,6 +258,7 @@ impl Model {
         update: &[(Sid, Vec<f64>, Option<GaugeMode>)],
         now: u64,
     ) {
+        let mut restarted = false;
         for (sid, values, mode) in update {
             if !self.exists(*sid) {
                 let s = self.series.entry(*sid).or_default();
@@ -273,6 +278,7 @@ impl Model {
                 };
                 if reset {
                     self.retire(*sid, &old);
+                    restarted = true;
                 }
             }
             let mw = self.workers.entry(w).or_default();
@@ -281,6 +287,7 @@ impl Model {
                 Held {
                     values: values.clone(),
                     ts: now,
+                    dropped: false,
                 },
             );
         }
@@ -291,14 +298,29 @@ impl Model {
         // histograms stay (dropped, still counted, may come back); gauges go.
         let in_update: BTreeSet<Sid> = update.iter().map(|(sid, _, _)| *sid).collect();
         let families: BTreeSet<u8> = update.iter().map(|(sid, _, _)| sid.0).collect();
-        mw.held.retain(|sid, _| {
+        mw.held.retain(|sid, held| {
             let replaced = match method {
                 Method::Put => true,
                 Method::Post => families.contains(&sid.0),
                 Method::Upsert => false,
             };
-            !(replaced && sid.0 == 1 && !in_update.contains(sid))
+            let left_out = replaced && !in_update.contains(sid);
+            if left_out && sid.0 != 1 {
+                held.dropped = true;
+            }
+            !(left_out && sid.0 == 1)
         });
+        // A reset means the worker restarted: what it left out belongs to its previous life
+        // and is retired, so a return counts anew.
+        if restarted {
+            let (gone, kept) = std::mem::take(&mut mw.held)
+                .into_iter()
+                .partition(|(_, h)| h.dropped);
+            mw.held = kept;
+            for (sid, held) in gone {
+                self.retire(sid, &held.values);
+            }
+        }
         self.tidy();
     }
 

@@ -619,8 +619,13 @@ impl Store {
             w.last_seen_wall = now.wall;
         }
         // Dropped series are kept so that they can come back; a worker that keeps dropping
-        // new ones (rotating label values) must not grow without bound.
-        if total_dropped > self.settings.max_series_per_worker.max(MIN_DROPPED_KEPT) {
+        // new ones (rotating label values) must not grow without bound. A reset in this update
+        // means the worker restarted: what it dropped belongs to its previous life, so a return
+        // must count anew (a child the new process creates later starts from zero, and
+        // continuing the old value would lose what the new process counts up to it).
+        if (stats.resets > 0 && total_dropped > 0)
+            || total_dropped > self.settings.max_series_per_worker.max(MIN_DROPPED_KEPT)
+        {
             self.retire_dropped(worker_id);
         }
         Ok(stats)

@@ -103,6 +103,109 @@ fn counter_survives_worker_deletion_and_restart() {
     assert_eq!(s.worker_count(), 1);
 }
 
+/// `orders_total` with an `ok` series and, when given, a `failed` one.
+fn orders(ok: f64, failed: Option<f64>) -> Family<'static> {
+    let mut f = scalar(
+        "orders_total",
+        MetricKind::Counter,
+        &[("outcome", "ok")],
+        ok,
+    );
+    if let Some(v) = failed {
+        let mut other = scalar(
+            "orders_total",
+            MetricKind::Counter,
+            &[("outcome", "failed")],
+            v,
+        );
+        f.series.append(&mut other.series);
+    }
+    f
+}
+
+/// Samples in sorted order: a series that returns is rendered after the others.
+fn sorted_samples(s: &Store, now: Now) -> Vec<String> {
+    let mut lines = samples(s, now);
+    lines.sort();
+    lines
+}
+
+/// The Java client creates a labelled child on its first use: a restarted worker pushes
+/// without `outcome="failed"` until its first failure, then pushes 1 again. That 1 is new.
+#[test]
+fn series_dropped_by_a_restarted_worker_counts_anew_when_it_returns() {
+    // The restart is seen in the same update that drops the series, or in a later one.
+    for dropped_first in [false, true] {
+        let mut s = store();
+        let now = t0();
+        s.apply(
+            &worker("w1"),
+            &[orders(51.0, Some(1.0))],
+            Scope::Worker,
+            now,
+        )
+        .unwrap();
+        if dropped_first {
+            s.apply(&worker("w1"), &[orders(52.0, None)], Scope::Worker, now)
+                .unwrap();
+        }
+        let restart = s
+            .apply(&worker("w1"), &[orders(5.0, None)], Scope::Worker, now)
+            .unwrap();
+        assert_eq!(restart.resets, 1);
+        let before = if dropped_first { 52 } else { 51 };
+        assert_eq!(
+            sorted_samples(&s, now),
+            [
+                "orders_total{outcome=\"failed\"} 1".to_string(),
+                format!("orders_total{{outcome=\"ok\"}} {}", before + 5)
+            ],
+            "dropped first: {dropped_first}"
+        );
+        s.apply(&worker("w1"), &[orders(6.0, Some(1.0))], Scope::Worker, now)
+            .unwrap();
+        assert_eq!(
+            sorted_samples(&s, now),
+            [
+                "orders_total{outcome=\"failed\"} 2".to_string(),
+                format!("orders_total{{outcome=\"ok\"}} {}", before + 6)
+            ],
+            "dropped first: {dropped_first}"
+        );
+    }
+}
+
+/// Without a restart, a series that leaves and comes back at or above its last value
+/// continues (a push that omitted it is not a new process).
+#[test]
+fn series_dropped_without_a_restart_continues_when_it_returns() {
+    let mut s = store();
+    let now = t0();
+    s.apply(
+        &worker("w1"),
+        &[orders(51.0, Some(1.0))],
+        Scope::Worker,
+        now,
+    )
+    .unwrap();
+    s.apply(&worker("w1"), &[orders(52.0, None)], Scope::Worker, now)
+        .unwrap();
+    s.apply(
+        &worker("w1"),
+        &[orders(53.0, Some(1.0))],
+        Scope::Worker,
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        sorted_samples(&s, now),
+        [
+            "orders_total{outcome=\"failed\"} 1",
+            "orders_total{outcome=\"ok\"} 53"
+        ]
+    );
+}
+
 #[test]
 fn counter_survives_staleness_and_forgetting() {
     let mut s = store();
