@@ -46,7 +46,7 @@ pub fn handle(request: &Request<Incoming>, ctx: &Context) -> HttpResponse {
     match path {
         "/metrics" => server::response(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::CONTENT_TYPE,
             ctx.metrics.render_with(Some(Gauges {
                 injected_pods: ctx.injected_pod_count(),
                 leader: ctx.leadership.is_leader(),

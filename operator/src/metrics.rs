@@ -1,13 +1,31 @@
-//! Self-metrics, rendered by hand in the Prometheus text format 0.0.4.
+//! Self-metrics through `prometheus-client`: one [`Registry`] built at start-up, encoded in
+//! the Prometheus text format 0.0.4 on each scrape (the library writes the text, escapes label
+//! values and HELP, and appends `_total` to counters).
 //!
-//! Every label value comes from a fixed enum ([`Outcome`], [`SkipReason`], [`ReloadResult`]), so
-//! cardinality is bounded whatever the requests contain. Counters are plain atomics: admission
-//! is on the pod-creation path and must not contend on a lock to count itself.
+//! Every label value comes from a fixed enum ([`Outcome`], [`SkipReason`], [`ReloadResult`],
+//! ...), so cardinality is bounded whatever the requests contain. Each enum's counters are
+//! created up front in an array indexed by the enum ([`ByLabel`]) instead of the library's
+//! `Family` (a map behind a lock): admission is on the pod-creation path and must not contend on
+//! a lock to count itself. The histograms are atomics too ([`AtomicHistogram`]); the library's
+//! own `Histogram` takes a mutex per observation.
 
 use crate::inject::SkipReason;
-use std::fmt::Write;
+use prometheus_client::encoding::{
+    EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+/// The `Content-Type` of [`Metrics::render_with`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// How one AdmissionReview ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +242,108 @@ impl ErrorReason {
     }
 }
 
+/// A metric label whose values are the variants of a fixed enum.
+pub trait FixedLabel: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// The label name.
+    const NAME: &'static str;
+    /// Every value, in exposition order.
+    fn all() -> &'static [Self];
+    /// Position in [`FixedLabel::all`].
+    fn index(self) -> usize;
+    /// The label value.
+    fn value(self) -> &'static str;
+}
+
+/// Implements [`FixedLabel`] from an enum's `ALL` and `label()`.
+macro_rules! fixed_label {
+    ($($label:ty => $name:literal),* $(,)?) => {$(
+        impl FixedLabel for $label {
+            const NAME: &'static str = $name;
+            fn all() -> &'static [Self] {
+                &<$label>::ALL
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+            fn value(self) -> &'static str {
+                self.label()
+            }
+        }
+    )*};
+}
+
+fixed_label! {
+    Outcome => "outcome",
+    SkipReason => "reason",
+    Shed => "reason",
+    Listener => "listener",
+    HandshakeFailure => "reason",
+    ReloadResult => "result",
+    ReconcileResult => "result",
+    ErrorReason => "reason",
+}
+
+/// A label value as the encoder sees it: written through the library's escaping writer, the
+/// one place label text is escaped.
+struct LabelValue<L>(L);
+
+impl<L: FixedLabel> EncodeLabelValue for LabelValue<L> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.0.value())
+    }
+}
+
+/// One metric per value of the label `L`, created up front and indexed by the enum: looking
+/// one up takes no lock (unlike `Family`). Clones share the metrics.
+#[derive(Debug)]
+pub struct ByLabel<L, M> {
+    metrics: Arc<[M]>,
+    label: PhantomData<L>,
+}
+
+impl<L, M> Clone for ByLabel<L, M> {
+    fn clone(&self) -> Self {
+        ByLabel {
+            metrics: self.metrics.clone(),
+            label: PhantomData,
+        }
+    }
+}
+
+impl<L: FixedLabel, M: Default> Default for ByLabel<L, M> {
+    fn default() -> Self {
+        ByLabel {
+            metrics: L::all().iter().map(|_| M::default()).collect(),
+            label: PhantomData,
+        }
+    }
+}
+
+impl<L: FixedLabel, M> ByLabel<L, M> {
+    /// The metric of `label`.
+    pub fn get(&self, label: L) -> &M {
+        &self.metrics[label.index()]
+    }
+}
+
+impl<L, M> EncodeMetric for ByLabel<L, M>
+where
+    L: FixedLabel,
+    M: EncodeMetric + TypedMetric,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        for &label in L::all() {
+            let labels = [(L::NAME, LabelValue(label))];
+            self.get(label).encode(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
 /// Upper bounds (seconds) of the reconcile duration histogram: a reconcile is a few API calls.
 const RECONCILE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
@@ -233,20 +353,22 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// A fixed-bucket histogram over atomics.
-struct Histogram {
+/// A fixed-bucket histogram over atomics (the library's takes a mutex per observation);
+/// encoded by the library. Clones share the counts.
+#[derive(Clone, Debug)]
+pub struct AtomicHistogram {
     bounds: &'static [f64],
     /// Non-cumulative counts per bucket; the last slot is `+Inf`.
-    counts: Vec<AtomicU64>,
-    sum_nanos: AtomicU64,
+    counts: Arc<[AtomicU64]>,
+    sum_nanos: Arc<AtomicU64>,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
+impl AtomicHistogram {
+    fn new(bounds: &'static [f64]) -> AtomicHistogram {
+        AtomicHistogram {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
+            sum_nanos: Arc::default(),
         }
     }
 
@@ -261,55 +383,137 @@ impl Histogram {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
+}
 
-    fn render(&self, out: &mut String, name: &str) {
-        let mut cumulative = 0u64;
-        for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
 /// The operator's self-metrics.
+#[derive(Debug)]
 pub struct Metrics {
-    reviews: [AtomicU64; Outcome::ALL.len()],
-    skips: [AtomicU64; SkipReason::ALL.len()],
-    latency: Histogram,
-    cert_reloads: [AtomicU64; ReloadResult::ALL.len()],
-    reconciles: [AtomicU64; ReconcileResult::ALL.len()],
-    reconcile_errors: [AtomicU64; ErrorReason::ALL.len()],
-    reconcile_duration: Histogram,
+    registry: Registry,
+    reviews: ByLabel<Outcome, Counter>,
+    skips: ByLabel<SkipReason, Counter>,
+    latency: AtomicHistogram,
+    cert_reloads: ByLabel<ReloadResult, Counter>,
+    reconciles: ByLabel<ReconcileResult, Counter>,
+    reconcile_errors: ByLabel<ErrorReason, Counter>,
+    reconcile_duration: AtomicHistogram,
     /// `namespace/name` of the MetricsSidecars that do not parse (a set, so the gauge is exact).
-    malformed: std::sync::Mutex<std::collections::BTreeSet<String>>,
-    shed: [AtomicU64; Shed::ALL.len()],
-    handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
-    in_flight: [AtomicU64; Listener::ALL.len()],
-    /// Whether the webhook configuration is absent (pods are admitted without the sidecar).
-    webhook_configuration_missing: std::sync::atomic::AtomicBool,
+    malformed_keys: Mutex<BTreeSet<String>>,
+    malformed: Gauge,
+    shed: ByLabel<Shed, Counter>,
+    handshake_failures: ByLabel<HandshakeFailure, Counter>,
+    in_flight: ByLabel<Listener, Gauge<u64, AtomicU64>>,
+    /// 1 while the webhook configuration is absent (pods are admitted without the sidecar).
+    webhook_configuration_missing: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            reviews: std::array::from_fn(|_| AtomicU64::new(0)),
-            skips: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency: Histogram::new(&LATENCY_BUCKETS),
-            cert_reloads: std::array::from_fn(|_| AtomicU64::new(0)),
-            reconciles: std::array::from_fn(|_| AtomicU64::new(0)),
-            reconcile_errors: std::array::from_fn(|_| AtomicU64::new(0)),
-            reconcile_duration: Histogram::new(&RECONCILE_BUCKETS),
-            malformed: std::sync::Mutex::default(),
-            shed: std::array::from_fn(|_| AtomicU64::new(0)),
-            handshake_failures: std::array::from_fn(|_| AtomicU64::new(0)),
-            in_flight: std::array::from_fn(|_| AtomicU64::new(0)),
-            webhook_configuration_missing: std::sync::atomic::AtomicBool::new(false),
-        }
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            reviews: ByLabel::default(),
+            skips: ByLabel::default(),
+            latency: AtomicHistogram::new(&LATENCY_BUCKETS),
+            cert_reloads: ByLabel::default(),
+            reconciles: ByLabel::default(),
+            reconcile_errors: ByLabel::default(),
+            reconcile_duration: AtomicHistogram::new(&RECONCILE_BUCKETS),
+            malformed_keys: Mutex::default(),
+            malformed: Gauge::default(),
+            shed: ByLabel::default(),
+            handshake_failures: ByLabel::default(),
+            in_flight: ByLabel::default(),
+            webhook_configuration_missing: Gauge::default(),
+        };
+        metrics.register();
+        metrics
+    }
+}
+
+impl Metrics {
+    /// Registers every metric once. Counters are named without `_total` and help texts without
+    /// the final `.`: the library adds both.
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "monasca_operator_admission_reviews",
+            "AdmissionReviews answered, by outcome",
+            self.reviews.clone(),
+        );
+        r.register(
+            "monasca_operator_admission_skips",
+            "Pods admitted unchanged, by reason",
+            self.skips.clone(),
+        );
+        r.register(
+            "monasca_operator_admission_duration_seconds",
+            "Time to answer one AdmissionReview (parse, decide, serialize)",
+            self.latency.clone(),
+        );
+        r.register(
+            "monasca_operator_tls_reloads",
+            "Serving certificate reloads after the files changed, by result",
+            self.cert_reloads.clone(),
+        );
+        r.register(
+            "monasca_operator_reconciles",
+            "MetricsSidecar reconciles, by result",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "monasca_operator_reconcile_errors",
+            "Failed reconciles, by reason",
+            self.reconcile_errors.clone(),
+        );
+        r.register(
+            "monasca_operator_reconcile_duration_seconds",
+            "Time to reconcile one MetricsSidecar",
+            self.reconcile_duration.clone(),
+        );
+        r.sub_registry_with_label(("kind".into(), "MetricsSidecar".into()))
+            .register(
+                "monasca_operator_malformed_objects",
+                "MetricsSidecars stored in the cluster that the operator cannot read (reported in their status and Events)",
+                self.malformed.clone(),
+            );
+        r.register(
+            "monasca_operator_webhook_configuration_missing",
+            "1 while the MutatingWebhookConfiguration monasca-sidecar-injector does not exist: pods are admitted without the sidecar",
+            self.webhook_configuration_missing.clone(),
+        );
+        r.register(
+            "monasca_operator_admission_shed",
+            "Webhook connections closed or requests refused (503) at once because a cap was reached, by cap",
+            self.shed.clone(),
+        );
+        r.register(
+            "monasca_operator_tls_handshake_failures",
+            "Failed TLS handshakes on the webhook listener, by reason",
+            self.handshake_failures.clone(),
+        );
+        r.register(
+            "monasca_operator_requests_in_flight",
+            "Requests being handled now, by listener",
+            self.in_flight.clone(),
+        );
     }
 }
 
@@ -329,315 +533,168 @@ pub struct Gauges {
     pub namespaces_annotation_without_label: usize,
 }
 
+impl Gauges {
+    /// A registry of these values, built per scrape: they are read from the stores then, and
+    /// the certificate expiry is absent while no certificate is loaded.
+    fn registry(self) -> Registry {
+        let mut r = Registry::default();
+        if let Some(expiry) = self.cert_expiry {
+            r.register(
+                "monasca_operator_certificate_expiry_timestamp_seconds",
+                "When the served webhook certificate expires (Unix time)",
+                ConstGauge::new(expiry),
+            );
+        }
+        for (name, help, value) in [
+            (
+                "monasca_operator_injected_pods",
+                "Pods carrying a monasca-sidecar, cluster-wide",
+                self.injected_pods as u64,
+            ),
+            (
+                "monasca_operator_leader",
+                "1 when this replica holds the Lease and writes",
+                u64::from(self.leader),
+            ),
+            (
+                "monasca_operator_tls_certificate_loaded",
+                "1 when a webhook serving certificate is loaded",
+                u64::from(self.cert_loaded),
+            ),
+            (
+                "monasca_operator_namespaces_annotation_without_label",
+                "Namespaces with the monasca.openstack.org/inject annotation but not the label: the apiserver no longer sends their pods to the webhook (add the label)",
+                self.namespaces_annotation_without_label as u64,
+            ),
+        ] {
+            r.register(name, help, ConstGauge::new(value));
+        }
+        r
+    }
+}
+
 impl Metrics {
     /// Counts one review and its handling time.
     pub fn review(&self, outcome: Outcome, skip: Option<SkipReason>, elapsed: Duration) {
-        self.reviews[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.reviews.get(outcome).inc();
         if let Some(reason) = skip {
-            self.skips[reason.index()].fetch_add(1, Ordering::Relaxed);
+            self.skips.get(reason).inc();
         }
         self.latency.observe(elapsed);
     }
 
     /// Counts one serving-certificate reload attempt.
     pub fn cert_reload(&self, result: ReloadResult) {
-        self.cert_reloads[result as usize].fetch_add(1, Ordering::Relaxed);
+        self.cert_reloads.get(result).inc();
     }
 
     /// Counts one connection or request turned away by a cap.
     pub fn shed(&self, reason: Shed) {
-        self.shed[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.shed.get(reason).inc();
     }
 
     /// Connections or requests turned away for `reason` so far.
     pub fn sheds(&self, reason: Shed) -> u64 {
-        self.shed[reason as usize].load(Ordering::Relaxed)
+        self.shed.get(reason).get()
     }
 
     /// A request on `listener` started (`true`) or ended (`false`) being handled.
     pub fn in_flight_change(&self, listener: Listener, started: bool) {
-        let gauge = &self.in_flight[listener as usize];
+        let gauge = self.in_flight.get(listener);
         if started {
-            gauge.fetch_add(1, Ordering::Relaxed);
+            gauge.inc();
         } else {
-            gauge.fetch_sub(1, Ordering::Relaxed);
+            gauge.dec();
         }
     }
 
     /// Requests being handled on `listener` now.
     pub fn in_flight(&self, listener: Listener) -> u64 {
-        self.in_flight[listener as usize].load(Ordering::Relaxed)
+        self.in_flight.get(listener).get()
     }
 
     /// Counts one failed TLS handshake.
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
-        self.handshake_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.handshake_failures.get(reason).inc();
     }
 
     /// TLS handshakes failed for `reason` so far.
     pub fn handshake_failures(&self, reason: HandshakeFailure) -> u64 {
-        self.handshake_failures[reason as usize].load(Ordering::Relaxed)
+        self.handshake_failures.get(reason).get()
     }
 
     /// Counts one reconcile and its duration.
     pub fn reconciled(&self, result: ReconcileResult, elapsed: Duration) {
-        self.reconciles[result as usize].fetch_add(1, Ordering::Relaxed);
+        self.reconciles.get(result).inc();
         self.reconcile_duration.observe(elapsed);
     }
 
     /// Counts the reason of one failed reconcile.
     pub fn reconcile_error(&self, reason: ErrorReason) {
-        self.reconcile_errors[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.reconcile_errors.get(reason).inc();
     }
 
     /// Records whether the MetricsSidecar `key` (`namespace/name`) is malformed (does not parse).
     pub fn set_malformed(&self, key: String, malformed: bool) {
         let mut set = self
-            .malformed
+            .malformed_keys
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         if malformed {
             set.insert(key);
         } else {
             set.remove(&key);
         }
+        self.malformed
+            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
     }
 
     /// How many MetricsSidecars do not parse now.
     pub fn malformed(&self) -> usize {
-        self.malformed
+        self.malformed_keys
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
 
     /// Records whether the webhook configuration exists.
     pub fn set_webhook_configuration_missing(&self, missing: bool) {
-        self.webhook_configuration_missing
-            .store(missing, Ordering::Relaxed);
+        self.webhook_configuration_missing.set(i64::from(missing));
     }
 
     /// Whether the webhook configuration is missing as last seen.
     pub fn webhook_configuration_missing(&self) -> bool {
-        self.webhook_configuration_missing.load(Ordering::Relaxed)
+        self.webhook_configuration_missing.get() != 0
     }
 
     /// Reconciles counted with `result` so far.
     pub fn reconciles(&self, result: ReconcileResult) -> u64 {
-        self.reconciles[result as usize].load(Ordering::Relaxed)
+        self.reconciles.get(result).get()
     }
 
     /// Reviews counted with `outcome` so far.
     pub fn reviews(&self, outcome: Outcome) -> u64 {
-        self.reviews[outcome as usize].load(Ordering::Relaxed)
+        self.reviews.get(outcome).get()
     }
 
     /// Skips counted with `reason` so far.
     pub fn skips(&self, reason: SkipReason) -> u64 {
-        self.skips[reason.index()].load(Ordering::Relaxed)
+        self.skips.get(reason).get()
     }
 
-    /// The Prometheus text exposition (format 0.0.4) without the store gauges.
+    /// The exposition ([`CONTENT_TYPE`]) without the store gauges.
     pub fn render(&self) -> String {
         self.render_with(None)
     }
 
-    /// The Prometheus text exposition (format 0.0.4), with the store gauges when given.
+    /// The exposition ([`CONTENT_TYPE`]), with the store gauges when given.
     pub fn render_with(&self, gauges: Option<Gauges>) -> String {
-        let mut out = String::with_capacity(4096);
-        // Writing to a String cannot fail; the results are ignored on purpose.
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_admission_reviews_total AdmissionReviews answered, by outcome."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE monasca_operator_admission_reviews_total counter"
-        );
-        for outcome in Outcome::ALL {
-            let _ = writeln!(
-                out,
-                "monasca_operator_admission_reviews_total{{outcome=\"{}\"}} {}",
-                outcome.label(),
-                self.reviews(outcome)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_admission_skips_total Pods admitted unchanged, by reason."
-        );
-        let _ = writeln!(out, "# TYPE monasca_operator_admission_skips_total counter");
-        for reason in SkipReason::ALL {
-            let _ = writeln!(
-                out,
-                "monasca_operator_admission_skips_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.skips(reason)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_admission_duration_seconds Time to answer one AdmissionReview (parse, decide, serialize)."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE monasca_operator_admission_duration_seconds histogram"
-        );
-        self.latency
-            .render(&mut out, "monasca_operator_admission_duration_seconds");
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_tls_reloads_total Serving certificate reloads after the files changed, by result."
-        );
-        let _ = writeln!(out, "# TYPE monasca_operator_tls_reloads_total counter");
-        for result in ReloadResult::ALL {
-            let _ = writeln!(
-                out,
-                "monasca_operator_tls_reloads_total{{result=\"{}\"}} {}",
-                result.label(),
-                self.cert_reloads[result as usize].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_reconciles_total MetricsSidecar reconciles, by result."
-        );
-        let _ = writeln!(out, "# TYPE monasca_operator_reconciles_total counter");
-        for result in ReconcileResult::ALL {
-            let _ = writeln!(
-                out,
-                "monasca_operator_reconciles_total{{result=\"{}\"}} {}",
-                result.label(),
-                self.reconciles(result)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_reconcile_errors_total Failed reconciles, by reason."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE monasca_operator_reconcile_errors_total counter"
-        );
-        for reason in ErrorReason::ALL {
-            let _ = writeln!(
-                out,
-                "monasca_operator_reconcile_errors_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.reconcile_errors[reason as usize].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_reconcile_duration_seconds Time to reconcile one MetricsSidecar."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE monasca_operator_reconcile_duration_seconds histogram"
-        );
-        self.reconcile_duration
-            .render(&mut out, "monasca_operator_reconcile_duration_seconds");
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_malformed_objects MetricsSidecars stored in the cluster that the operator cannot read (reported in their status and Events)."
-        );
-        let _ = writeln!(out, "# TYPE monasca_operator_malformed_objects gauge");
-        let _ = writeln!(
-            out,
-            "monasca_operator_malformed_objects{{kind=\"MetricsSidecar\"}} {}",
-            self.malformed()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_webhook_configuration_missing 1 while the MutatingWebhookConfiguration monasca-sidecar-injector does not exist: pods are admitted without the sidecar."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE monasca_operator_webhook_configuration_missing gauge"
-        );
-        let _ = writeln!(
-            out,
-            "monasca_operator_webhook_configuration_missing {}",
-            u8::from(self.webhook_configuration_missing())
-        );
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_admission_shed_total Webhook connections closed or requests refused (503) at once because a cap was reached, by cap."
-        );
-        let _ = writeln!(out, "# TYPE monasca_operator_admission_shed_total counter");
-        for reason in Shed::ALL {
-            let _ = writeln!(
-                out,
-                "monasca_operator_admission_shed_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.sheds(reason)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_tls_handshake_failures_total Failed TLS handshakes on the webhook listener, by reason."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE monasca_operator_tls_handshake_failures_total counter"
-        );
-        for reason in HandshakeFailure::ALL {
-            let _ = writeln!(
-                out,
-                "monasca_operator_tls_handshake_failures_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.handshake_failures(reason)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP monasca_operator_requests_in_flight Requests being handled now, by listener."
-        );
-        let _ = writeln!(out, "# TYPE monasca_operator_requests_in_flight gauge");
-        for listener in Listener::ALL {
-            let _ = writeln!(
-                out,
-                "monasca_operator_requests_in_flight{{listener=\"{}\"}} {}",
-                listener.label(),
-                self.in_flight(listener)
-            );
-        }
-        if let Some(g) = gauges {
-            if let Some(expiry) = g.cert_expiry {
-                let name = "monasca_operator_certificate_expiry_timestamp_seconds";
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} When the served webhook certificate expires (Unix time)."
-                );
-                let _ = writeln!(out, "# TYPE {name} gauge");
-                let _ = writeln!(out, "{name} {expiry}");
-            }
-            for (name, help, value) in [
-                (
-                    "monasca_operator_injected_pods",
-                    "Pods carrying a monasca-sidecar, cluster-wide.",
-                    g.injected_pods as u64,
-                ),
-                (
-                    "monasca_operator_leader",
-                    "1 when this replica holds the Lease and writes.",
-                    u64::from(g.leader),
-                ),
-                (
-                    "monasca_operator_tls_certificate_loaded",
-                    "1 when a webhook serving certificate is loaded.",
-                    u64::from(g.cert_loaded),
-                ),
-                (
-                    "monasca_operator_namespaces_annotation_without_label",
-                    "Namespaces with the monasca.openstack.org/inject annotation but not the label: the apiserver no longer sends their pods to the webhook (add the label).",
-                    g.namespaces_annotation_without_label as u64,
-                ),
-            ] {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} gauge");
-                let _ = writeln!(out, "{name} {value}");
-            }
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail, and no metric here fails to encode: the results are
+        // ignored on purpose. Text 0.0.4 has no end marker, so two registries concatenate.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        if let Some(gauges) = gauges {
+            let _ = prometheus_text::encode(&mut out, &gauges.registry());
         }
         out
     }
@@ -646,6 +703,45 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// The exposition read back: each sample's series (name and labels as written) and value,
+    /// and each `# TYPE` declared. Fails on a sample line whose value is not a number.
+    struct Parsed {
+        samples: BTreeMap<String, f64>,
+        types: BTreeMap<String, String>,
+    }
+
+    fn parse(text: &str) -> Parsed {
+        let mut parsed = Parsed {
+            samples: BTreeMap::new(),
+            types: BTreeMap::new(),
+        };
+        for line in text.lines() {
+            if let Some(declaration) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = declaration.split_once(' ').expect("TYPE name kind");
+                let previous = parsed.types.insert(name.into(), kind.into());
+                assert!(previous.is_none(), "{name} declared twice");
+            } else if !line.starts_with('#') {
+                let (series, value) = line.rsplit_once(' ').expect("sample line");
+                let value = value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad sample line {line:?}"));
+                let previous = parsed.samples.insert(series.into(), value);
+                assert!(previous.is_none(), "{series} written twice");
+            }
+        }
+        parsed
+    }
+
+    impl Parsed {
+        fn value(&self, series: &str) -> f64 {
+            *self
+                .samples
+                .get(series)
+                .unwrap_or_else(|| panic!("no sample {series}"))
+        }
+    }
 
     #[test]
     fn exposition_lists_every_fixed_label_and_a_cumulative_histogram() {
@@ -657,43 +753,182 @@ mod tests {
             Duration::from_millis(3),
         );
         m.review(Outcome::Invalid, None, Duration::from_secs(5));
-        let text = m.render();
-        assert!(text.contains("monasca_operator_admission_reviews_total{outcome=\"injected\"} 1"));
-        assert!(
-            text.contains("monasca_operator_admission_skips_total{reason=\"not_requested\"} 1")
+        let out = parse(&m.render());
+        assert_eq!(
+            out.value("monasca_operator_admission_reviews_total{outcome=\"injected\"}"),
+            1.0
         );
-        assert!(text.contains("monasca_operator_admission_skips_total{reason=\"host_network\"} 0"));
-        assert!(
-            text.contains("monasca_operator_admission_duration_seconds_bucket{le=\"0.0005\"} 1")
+        for outcome in Outcome::ALL {
+            out.value(&format!(
+                "monasca_operator_admission_reviews_total{{outcome=\"{}\"}}",
+                outcome.label()
+            ));
+        }
+        for reason in SkipReason::ALL {
+            let expected = f64::from(u8::from(reason == SkipReason::NotRequested));
+            let series = format!(
+                "monasca_operator_admission_skips_total{{reason=\"{}\"}}",
+                reason.label()
+            );
+            assert_eq!(out.value(&series), expected, "{series}");
+        }
+        let bucket = |le: &str| {
+            out.value(&format!(
+                "monasca_operator_admission_duration_seconds_bucket{{le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.0001"), 0.0);
+        assert_eq!(bucket("0.0005"), 1.0);
+        assert_eq!(bucket("0.005"), 2.0);
+        assert_eq!(bucket("1"), 2.0);
+        assert_eq!(bucket("+Inf"), 3.0);
+        assert_eq!(
+            out.value("monasca_operator_admission_duration_seconds_count"),
+            3.0
         );
         assert!(
-            text.contains("monasca_operator_admission_duration_seconds_bucket{le=\"0.005\"} 2")
+            (out.value("monasca_operator_admission_duration_seconds_sum") - 5.0033).abs() < 1e-9
         );
-        assert!(text.contains("monasca_operator_admission_duration_seconds_bucket{le=\"+Inf\"} 3"));
-        assert!(text.contains("monasca_operator_admission_duration_seconds_count 3"));
+        assert_eq!(
+            out.types["monasca_operator_admission_reviews_total"],
+            "counter"
+        );
+        assert_eq!(
+            out.types["monasca_operator_admission_duration_seconds"],
+            "histogram"
+        );
+        // The store gauges are absent without the stores (render() is what tests use).
+        assert!(!out.types.contains_key("monasca_operator_leader"));
+
         m.reconciled(ReconcileResult::Ok, Duration::from_millis(30));
         m.reconcile_error(ErrorReason::Conflict);
-        let text = m.render_with(Some(Gauges {
+        m.in_flight_change(Listener::Webhook, true);
+        m.in_flight_change(Listener::Admin, true);
+        m.in_flight_change(Listener::Admin, false);
+        m.set_malformed("ns/a".into(), true);
+        m.set_malformed("ns/b".into(), true);
+        m.set_malformed("ns/a".into(), false);
+        m.set_webhook_configuration_missing(true);
+        let out = parse(&m.render_with(Some(Gauges {
             injected_pods: 3,
             leader: true,
             cert_loaded: true,
             cert_expiry: Some(1_900_000_000),
             namespaces_annotation_without_label: 2,
-        }));
-        assert!(text.contains("monasca_operator_reconciles_total{result=\"ok\"} 1"));
-        assert!(text.contains("monasca_operator_reconcile_errors_total{reason=\"conflict\"} 1"));
-        assert!(text.contains("monasca_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 1"));
-        assert!(text.contains("monasca_operator_injected_pods 3"));
-        assert!(text.contains("monasca_operator_leader 1"));
-        assert!(text.contains("monasca_operator_namespaces_annotation_without_label 2"));
-        assert!(text.contains("monasca_operator_certificate_expiry_timestamp_seconds 1900000000"));
-        assert!(text.contains("monasca_operator_admission_shed_total{reason=\"in_flight\"} 0"));
-        assert!(
-            text.contains("monasca_operator_tls_handshake_failures_total{reason=\"timeout\"} 0")
-        );
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let value = line.rsplit(' ').next().unwrap_or_default();
-            assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
+        })));
+        for (series, value) in [
+            ("monasca_operator_reconciles_total{result=\"ok\"}", 1.0),
+            ("monasca_operator_reconciles_total{result=\"error\"}", 0.0),
+            (
+                "monasca_operator_reconcile_errors_total{reason=\"conflict\"}",
+                1.0,
+            ),
+            (
+                "monasca_operator_reconcile_duration_seconds_bucket{le=\"0.05\"}",
+                1.0,
+            ),
+            (
+                "monasca_operator_requests_in_flight{listener=\"webhook\"}",
+                1.0,
+            ),
+            (
+                "monasca_operator_requests_in_flight{listener=\"admin\"}",
+                0.0,
+            ),
+            (
+                "monasca_operator_malformed_objects{kind=\"MetricsSidecar\"}",
+                1.0,
+            ),
+            ("monasca_operator_webhook_configuration_missing", 1.0),
+            ("monasca_operator_injected_pods", 3.0),
+            ("monasca_operator_leader", 1.0),
+            ("monasca_operator_tls_certificate_loaded", 1.0),
+            ("monasca_operator_namespaces_annotation_without_label", 2.0),
+            (
+                "monasca_operator_certificate_expiry_timestamp_seconds",
+                1_900_000_000.0,
+            ),
+            (
+                "monasca_operator_admission_shed_total{reason=\"in_flight\"}",
+                0.0,
+            ),
+            (
+                "monasca_operator_tls_handshake_failures_total{reason=\"timeout\"}",
+                0.0,
+            ),
+            ("monasca_operator_tls_reloads_total{result=\"failed\"}", 0.0),
+        ] {
+            assert_eq!(out.value(series), value, "{series}");
         }
+    }
+
+    #[test]
+    fn help_and_type_lines_keep_the_names_prometheus_knows() {
+        let text = Metrics::default().render_with(Some(Gauges::default()));
+        assert!(text.contains(
+            "# HELP monasca_operator_admission_reviews_total AdmissionReviews answered, by outcome.\n\
+             # TYPE monasca_operator_admission_reviews_total counter\n"
+        ));
+        assert!(text.contains("# TYPE monasca_operator_webhook_configuration_missing gauge\n"));
+        // Without a loaded certificate there is no expiry to report.
+        assert!(!text.contains("monasca_operator_certificate_expiry_timestamp_seconds"));
+        for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
+            assert!(line.ends_with('.'), "{line}");
+            assert!(!line.ends_with(".."), "{line}");
+        }
+    }
+
+    /// Label values go through the library's escaping writer: a value with a quote, a
+    /// backslash and a newline cannot break the line or the label set.
+    #[test]
+    fn label_values_are_escaped_by_the_encoder() {
+        #[derive(Clone, Copy, Debug)]
+        struct Awkward;
+        impl FixedLabel for Awkward {
+            const NAME: &'static str = "value";
+            fn all() -> &'static [Self] {
+                &[Awkward]
+            }
+            fn index(self) -> usize {
+                0
+            }
+            fn value(self) -> &'static str {
+                "a \"quoted\" \\path\\\nnext"
+            }
+        }
+        let counters: ByLabel<Awkward, Counter> = ByLabel::default();
+        counters.get(Awkward).inc();
+        let mut registry = Registry::default();
+        registry.register("awkward", "Awkward label values", counters);
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &registry).expect("encodes");
+        assert!(
+            text.contains("awkward_total{value=\"a \\\"quoted\\\" \\\\path\\\\\\nnext\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn counts_are_shared_with_the_registered_clones() {
+        let m = Metrics::default();
+        m.shed(Shed::Connections);
+        m.handshake_failed(HandshakeFailure::CertificateRejected);
+        assert_eq!(m.sheds(Shed::Connections), 1);
+        assert_eq!(
+            m.handshake_failures(HandshakeFailure::CertificateRejected),
+            1
+        );
+        let out = parse(&m.render());
+        assert_eq!(
+            out.value("monasca_operator_admission_shed_total{reason=\"connections\"}"),
+            1.0
+        );
+        assert_eq!(
+            out.value(
+                "monasca_operator_tls_handshake_failures_total{reason=\"certificate_rejected\"}"
+            ),
+            1.0
+        );
     }
 }
