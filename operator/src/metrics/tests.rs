@@ -223,3 +223,29 @@ fn counts_are_shared_with_the_registered_clones() {
         1.0
     );
 }
+
+/// `ByLabel` indexes by `self as usize`: each enum's `ALL` must list the variants in
+/// declaration order, or a count would land on another label's series.
+#[test]
+fn every_fixed_label_indexes_its_position_in_all() {
+    fn check<L: FixedLabel>() {
+        for (position, label) in L::all().iter().enumerate() {
+            assert_eq!(label.index(), position, "{} {label:?}", L::NAME);
+        }
+        let values: BTreeSet<_> = L::all().iter().map(|l| l.value()).collect();
+        assert_eq!(
+            values.len(),
+            L::all().len(),
+            "{} values are distinct",
+            L::NAME
+        );
+    }
+    check::<Outcome>();
+    check::<SkipReason>();
+    check::<Shed>();
+    check::<Listener>();
+    check::<HandshakeFailure>();
+    check::<ReloadResult>();
+    check::<ReconcileResult>();
+    check::<ErrorReason>();
+}
