@@ -739,26 +739,35 @@ async fn repairs_without_failed_handshakes(env: Env) {
         )
         .await
         .expect("the admin's edit");
-    let mut secret = secrets.get(WEBHOOK_TLS_SECRET_NAME).await.expect("Secret");
-    let other = monasca_operator::certs::execute(
-        monasca_operator::certs::Plan::Create,
-        None,
-        &["127.0.0.1".to_string()],
-        unix_now(),
-    )
-    .expect("a foreign bundle")
-    .expect("bundle");
-    if let Some(data) = secret.data.as_mut() {
-        data.insert(
-            "tls.key".into(),
-            k8s_openapi::ByteString(other.key.into_bytes()),
-        );
+    // The operator may write the Secret between our read and our write (409 Conflict): read
+    // again and retry, as any client of a resource another writer owns must.
+    let mut attempts = 0;
+    loop {
+        let mut secret = secrets.get(WEBHOOK_TLS_SECRET_NAME).await.expect("Secret");
+        let other = monasca_operator::certs::execute(
+            monasca_operator::certs::Plan::Create,
+            None,
+            &["127.0.0.1".to_string()],
+            unix_now(),
+        )
+        .expect("a foreign bundle")
+        .expect("bundle");
+        if let Some(data) = secret.data.as_mut() {
+            data.insert(
+                "tls.key".into(),
+                k8s_openapi::ByteString(other.key.into_bytes()),
+            );
+        }
+        secret.metadata.managed_fields = None;
+        match secrets
+            .replace(WEBHOOK_TLS_SECRET_NAME, &PostParams::default(), &secret)
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 10 => attempts += 1,
+            Err(e) => panic!("corrupt tls.key: {e}"),
+        }
     }
-    secret.metadata.managed_fields = None;
-    secrets
-        .replace(WEBHOOK_TLS_SECRET_NAME, &PostParams::default(), &secret)
-        .await
-        .expect("corrupt tls.key");
     eventually("the mismatched key to be replaced", WAIT, || async {
         let secret = secrets.get_opt(WEBHOOK_TLS_SECRET_NAME).await.ok()??;
         let bundle = monasca_operator::certs::Bundle::from_secret(&secret)?;
