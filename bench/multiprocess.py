@@ -6,8 +6,8 @@ Usage: bench/multiprocess.py [RUNS]   (bench/run.py imports `measure`; alone it 
 Every case puts both sides on the SAME directory, written by the real prometheus_client code
 (bench/mp_write.py, and prometheus_client's own MmapedDict for the updates):
 - unchanged: 64 live workers x 1,000 series, nothing written between scrapes;
-- changing: the same directory, every worker updates 10% of its series before each scrape
-  (a live app's steady state);
+- changing: the same directory, every worker updates 10% of its series, then both sides
+  read it (a live app's steady state: each side sees one update between its scrapes);
 - churned: 2,000 files of 500 dead pids, before compaction (`multiprocessLiveness: mtime`, as
   the operator sets it without a shared pid namespace: nothing is deleted) and after the sidecar compacted them (`proc`, a shared pid
   namespace; both sides then read what is left); the pile-up (Python on the 2,000 files) is the user's alternative to compaction;
@@ -205,17 +205,19 @@ def measure(runs, work):
         updater = Updater(live)
         py, sc = [], []
         try:
-            for _ in range(runs):
+            # One update, then both sides read that same directory: each sees exactly 10% of
+            # every worker's series changed since its previous scrape. (Updating again between
+            # the two scrapes gave the sidecar two steps, 20%, per scrape: its cost follows
+            # the number of changed values, Python's does not.) Which side reads first
+            # alternates, so neither always finds the other's reads in the caches.
+            for i in range(runs):
                 updater.step()
                 probe = updater.probe()
-                t, body = python_collect(live)
-                check_same("python, changing", body, probe)
-                py.append(t)
-                updater.step()
-                probe = updater.probe()
-                t, body = get(s.port)
-                check_same("sidecar, changing", body, probe)
-                sc.append(t)
+                sides = [(python_collect, live, "python", py), (get, s.port, "sidecar", sc)]
+                for fetch, arg, who, times in (sides if i % 2 == 0 else sides[::-1]):
+                    t, body = fetch(arg)
+                    check_same(f"{who}, changing", body, probe)
+                    times.append(t)
         finally:
             updater.close()
         out["python_changing"], out["sidecar_changing"] = py, sc

@@ -387,8 +387,8 @@ def section_multiprocess(r):
     rows = [
         f"| {w} live workers x {n:,} series, unchanged between scrapes | {ms(m['python_unchanged'])} | "
         f"{ms(m['sidecar_unchanged'], 2)} | {ratio['unchanged']:.0f}x |",
-        f"| the same, every worker updating 10% of its series before each scrape ({m['changed_per_step']:,} "
-        f"values) | {ms(m['python_changing'])} | {ms(m['sidecar_changing'], 2)} | {ratio['changing']:.0f}x |",
+        f"| the same, every worker updating 10% of its series, then both sides reading it ({m['changed_per_step']:,} "
+        f"values changed between one side's scrapes) | {ms(m['python_changing'])} | {ms(m['sidecar_changing'], 2)} | {ratio['changing']:.0f}x |",
         f"| churned: {before:,} files of {m['dead_pids']} dead pids, before compaction (no shared pid namespace) | "
         f"{ms(m['python_churned'])} | {ms(m['sidecar_churned'], 2)} | {ratio['churned']:.0f}x |",
         f"| churned, after the sidecar compacted them ({after} files left) | {ms(m['python_compacted'])} | "
