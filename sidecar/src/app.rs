@@ -16,6 +16,8 @@ pub struct App {
     pub store: RwLock<Store>,
     config: RwLock<Arc<SidecarConfig>>,
     reporters: RwLock<Vec<Arc<dyn SelfMetrics>>>,
+    /// The self-metrics registered through `prometheus-client` (read once per render).
+    registry: parking_lot::Mutex<crate::self_metrics::Registry>,
     refreshers: RwLock<Vec<Arc<dyn Refresh>>>,
     clearers: RwLock<Vec<Arc<dyn Clear>>>,
     /// The OTLP receiver's stream state (delta totals, start times) and self-metrics.
@@ -33,6 +35,7 @@ impl App {
             store: RwLock::new(Store::new(StoreSettings::from_config(&config))),
             config: RwLock::new(Arc::new(config)),
             reporters: RwLock::new(Vec::new()),
+            registry: parking_lot::Mutex::new(crate::self_metrics::registry()),
             refreshers: RwLock::new(Vec::new()),
             clearers: RwLock::new(Vec::new()),
             otlp: Arc::new(crate::sources::otlp::Otlp::new()),
@@ -90,6 +93,7 @@ impl App {
 
     /// Registers a component's self-metrics.
     pub fn register(&self, reporter: Arc<dyn SelfMetrics>) {
+        reporter.clone().register(&mut self.registry.lock());
         self.reporters.write().push(reporter);
     }
 
@@ -129,11 +133,11 @@ impl App {
 
     /// All self-metric families, sorted by name.
     pub fn self_families(&self) -> Vec<SelfFamily> {
-        let mut out = Vec::new();
+        let mut out = crate::self_metrics::families(&self.registry.lock());
         for r in self.reporters.read().iter() {
             r.families(&mut out);
         }
-        out.sort_by(|a, b| a.name.cmp(b.name));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 

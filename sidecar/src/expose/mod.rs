@@ -14,15 +14,16 @@ use crate::model::MetricKind;
 use crate::store::{SeriesView, Store};
 use aggregate::{GaugeOutput, gauge_output};
 use format::Writer;
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// One of the sidecar's own metric families (`monasca_sidecar_*`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SelfFamily {
     /// Full name; counters end in `_total`.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub kind: MetricKind,
-    pub help: &'static str,
+    pub help: Cow<'static, str>,
     /// (canonical label text, value), see [`crate::store::escape_label_value`].
     pub samples: Vec<(String, f64)>,
 }
@@ -30,9 +31,9 @@ pub struct SelfFamily {
 impl SelfFamily {
     pub fn new(name: &'static str, kind: MetricKind, help: &'static str) -> Self {
         SelfFamily {
-            name,
+            name: Cow::Borrowed(name),
             kind,
-            help,
+            help: Cow::Borrowed(help),
             samples: Vec::new(),
         }
     }
@@ -67,7 +68,7 @@ pub fn render(
     let mut own = self_families.iter().peekable();
     for family in view.families() {
         let name = family.name;
-        while let Some(s) = own.next_if(|s| s.name < name) {
+        while let Some(s) = own.next_if(|s| *s.name < *name) {
             w.self_family(s);
         }
         w.family_header(name, family.kind, family.help, family.unit);
