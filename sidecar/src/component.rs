@@ -4,31 +4,19 @@
 //! no source's import of `App` closes a circle.
 
 use crate::codec::Enc;
-use crate::expose::SelfFamily;
 use crate::self_metrics::Registry;
 use crate::store::Now;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// A component that reports its own `monasca_sidecar_*` metrics.
-///
-/// The way to do it is [`SelfMetrics::register`]: the component's `prometheus-client`
-/// metrics (and a collector for figures read at render time) go into the app's registry
-/// once (see [`crate::self_metrics`]). Components not moved to the library yet still append
-/// their families at render time through [`SelfMetrics::families`].
+/// A component that reports its own `monasca_sidecar_*` metrics: its `prometheus-client`
+/// metrics, and a collector for figures read at render time, go into the app's registry
+/// once (see [`crate::self_metrics`]).
 pub trait SelfMetrics: Send + Sync {
     /// Registers this component's metrics (names without the `monasca_sidecar_` prefix,
     /// counters without `_total`: the registry adds both).
-    fn register(self: Arc<Self>, registry: &mut Registry) {
-        let _ = registry;
-    }
-
-    /// Appends this component's families at render time (names start with
-    /// `monasca_sidecar_`).
-    fn families(&self, out: &mut Vec<SelfFamily>) {
-        let _ = out;
-    }
+    fn register(self: Arc<Self>, registry: &mut Registry);
 }
 
 /// A source that can bring its values up to date on demand (the multiprocess reader), run

@@ -13,7 +13,7 @@ use crate::expose::SelfFamily;
 use crate::model::MetricKind;
 use prometheus_client::encoding::prometheus_protobuf::{encode, prometheus_data_model as pb};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
+pub use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -89,6 +89,30 @@ pub fn const_gauge(
     ConstGauge::new(value).encode(metric)
 }
 
+/// Writes a family with one label whose values are read at render time (from inside a
+/// `Collector`): one series per `(label value, value)`; `kind` is a counter or a gauge, `help`
+/// as for [`const_counter`].
+pub fn const_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: &str,
+    series: impl IntoIterator<Item = (&'a str, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let help = format!("{help}.");
+    let mut family = encoder.encode_descriptor(name, &help, None, kind)?;
+    for (label_value, value) in series {
+        let labels = [(label, label_value)];
+        let metric = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(metric)?,
+            _ => ConstGauge::new(value).encode(metric)?,
+        }
+    }
+    Ok(())
+}
+
 /// Every metric of `registry` as the renderer's families (in registration order).
 pub fn families(registry: &Registry) -> Vec<SelfFamily> {
     match encode(registry) {
@@ -111,7 +135,7 @@ fn family(f: pb::MetricFamily) -> Option<SelfFamily> {
             return None;
         }
     };
-    let samples = f
+    let mut samples: Vec<(String, f64)> = f
         .metric
         .iter()
         .filter_map(|m| {
@@ -122,10 +146,12 @@ fn family(f: pb::MetricFamily) -> Option<SelfFamily> {
             value(m).map(|v| (labels, v))
         })
         .collect();
+    // A family's children come out of a hash map: sorted, a scrape reads the same each time.
+    samples.sort_by(|a, b| a.0.cmp(&b.0));
     Some(SelfFamily {
-        name: f.name.into(),
+        name: f.name,
         kind,
-        help: f.help.into(),
+        help: f.help,
         samples,
     })
 }
@@ -140,6 +166,15 @@ mod tests {
     impl prometheus_client::collector::Collector for Sizes {
         fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
             const_gauge(&mut encoder, "series", "Series held", 7.0)?;
+            let targets = [("b:1", 0.5), ("a\\1", 1.0)];
+            const_family(
+                &mut encoder,
+                "up",
+                "Up",
+                MetricType::Gauge,
+                "target",
+                targets,
+            )?;
             const_counter(&mut encoder, "resets", "Resets seen", 2.0)
         }
     }
@@ -195,6 +230,15 @@ mod tests {
                     MetricKind::Gauge,
                     "Series held.",
                     vec![(String::new(), 7.0)]
+                ),
+                (
+                    "monasca_sidecar_up",
+                    MetricKind::Gauge,
+                    "Up.",
+                    vec![
+                        (r#"target="a\\1""#.to_string(), 1.0),
+                        (r#"target="b:1""#.to_string(), 0.5)
+                    ]
                 ),
                 (
                     "monasca_sidecar_resets_total",
