@@ -12,7 +12,7 @@
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
 use prometheus_client::encoding::prometheus_protobuf::{encode, prometheus_data_model as pb};
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 pub use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
@@ -60,6 +60,42 @@ impl<const N: usize> EnumCounters<N> {
 
     pub fn register(&self, registry: &mut Registry, name: &str, help: &str) {
         registry.register(name, help, self.family.clone());
+    }
+}
+
+/// Registers a counter family whose label values are created on first use (the fixed
+/// reasons an error path names) so that it is listed, HELP and TYPE, before its first series
+/// too, as every self-metric family is (the registry leaves a family with no series out).
+pub fn register_listed<S>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    family: Family<S, Counter>,
+) where
+    S: Clone + Eq + std::hash::Hash + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    registry.register_collector(Box::new(Listed {
+        name: name.to_string(),
+        help: format!("{help}."),
+        family,
+    }));
+}
+
+#[derive(Debug)]
+struct Listed<S> {
+    name: String,
+    help: String,
+    family: Family<S, Counter>,
+}
+
+impl<S> prometheus_client::collector::Collector for Listed<S>
+where
+    S: Clone + Eq + std::hash::Hash + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metric =
+            encoder.encode_descriptor(&self.name, &self.help, None, MetricType::Counter)?;
+        self.family.encode(metric)
     }
 }
 

@@ -4,7 +4,7 @@ use super::memory::BodyMemory;
 use crate::app::App;
 use crate::component::SelfMetrics;
 use crate::self_metrics::{
-    Counter, Registry, SecondsCounter, SecondsGauge, const_counter, const_gauge,
+    Counter, Registry, SecondsCounter, SecondsGauge, const_counter, const_gauge, register_listed,
 };
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -75,7 +75,8 @@ impl SelfMetrics for ServerStats {
             "Samples in accepted pushes",
             self.push_samples.clone(),
         );
-        registry.register(
+        register_listed(
+            registry,
             "ingest_errors",
             "Ingest requests rejected, by API and fixed reason",
             self.errors.clone(),

@@ -473,7 +473,8 @@ impl SelfMetrics for Shared {
             "I/O failures on the multiprocess directory, by operation",
             s.errors.clone(),
         );
-        registry.register(
+        crate::self_metrics::register_listed(
+            registry,
             "multiprocess_rejected",
             "Families of multiprocess workers the store rejected, by reason",
             s.rejected.clone(),

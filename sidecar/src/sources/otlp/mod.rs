@@ -589,7 +589,8 @@ impl SelfMetrics for Otlp {
             "otlp_points",
             "OTLP data points accepted, by temporality (gauge points are instant)",
         );
-        registry.register(
+        crate::self_metrics::register_listed(
+            registry,
             "otlp_rejected_points",
             "OTLP data points rejected (reported in partial_success), by fixed reason",
             self.rejected.clone(),
