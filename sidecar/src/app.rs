@@ -15,7 +15,8 @@ pub struct App {
     /// Every worker's values. Writers hold the lock only to apply a parsed update.
     pub store: RwLock<Store>,
     config: RwLock<Arc<SidecarConfig>>,
-    reporters: RwLock<Vec<Arc<dyn SelfMetrics>>>,
+    /// Every component's self-metrics (`prometheus-client`; read once per render).
+    registry: parking_lot::Mutex<crate::self_metrics::Registry>,
     refreshers: RwLock<Vec<Arc<dyn Refresh>>>,
     clearers: RwLock<Vec<Arc<dyn Clear>>>,
     /// The OTLP receiver's stream state (delta totals, start times) and self-metrics.
@@ -32,7 +33,7 @@ impl App {
         Arc::new(App {
             store: RwLock::new(Store::new(StoreSettings::from_config(&config))),
             config: RwLock::new(Arc::new(config)),
-            reporters: RwLock::new(Vec::new()),
+            registry: parking_lot::Mutex::new(crate::self_metrics::registry()),
             refreshers: RwLock::new(Vec::new()),
             clearers: RwLock::new(Vec::new()),
             otlp: Arc::new(crate::sources::otlp::Otlp::new()),
@@ -90,7 +91,7 @@ impl App {
 
     /// Registers a component's self-metrics.
     pub fn register(&self, reporter: Arc<dyn SelfMetrics>) {
-        self.reporters.write().push(reporter);
+        reporter.register(&mut self.registry.lock());
     }
 
     /// Registers a source to refresh before each `/metrics` render.
@@ -129,11 +130,8 @@ impl App {
 
     /// All self-metric families, sorted by name.
     pub fn self_families(&self) -> Vec<SelfFamily> {
-        let mut out = Vec::new();
-        for r in self.reporters.read().iter() {
-            r.families(&mut out);
-        }
-        out.sort_by(|a, b| a.name.cmp(b.name));
+        let mut out = crate::self_metrics::families(&self.registry.lock());
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 

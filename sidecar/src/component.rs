@@ -4,15 +4,19 @@
 //! no source's import of `App` closes a circle.
 
 use crate::codec::Enc;
-use crate::expose::SelfFamily;
+use crate::self_metrics::Registry;
 use crate::store::Now;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-/// A component that reports its own `monasca_sidecar_*` metrics at render time.
+/// A component that reports its own `monasca_sidecar_*` metrics: its `prometheus-client`
+/// metrics, and a collector for figures read at render time, go into the app's registry
+/// once (see [`crate::self_metrics`]).
 pub trait SelfMetrics: Send + Sync {
-    /// Appends this component's families (names must start with `monasca_sidecar_`).
-    fn families(&self, out: &mut Vec<SelfFamily>);
+    /// Registers this component's metrics (names without the `monasca_sidecar_` prefix,
+    /// counters without `_total`: the registry adds both).
+    fn register(self: Arc<Self>, registry: &mut Registry);
 }
 
 /// A source that can bring its values up to date on demand (the multiprocess reader), run

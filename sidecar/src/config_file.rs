@@ -7,14 +7,12 @@
 
 use crate::app::App;
 use crate::component::SelfMetrics;
-use crate::expose::SelfFamily;
 use crate::lifecycle::Handle;
-use crate::model::MetricKind;
+use crate::self_metrics::{Counter, Gauge, Registry};
 use crate::sources::SourceContext;
 use monasca_config::{ConfigError, MultiprocessLiveness, SidecarConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why the sidecar cannot start with its config.
 #[derive(Debug, thiserror::Error)]
@@ -148,36 +146,27 @@ pub struct ConfigWatcher {
 /// Reload outcomes, as self-metrics.
 #[derive(Default)]
 pub struct ReloadStats {
-    reloads: AtomicU64,
-    errors: AtomicU64,
-    last_ok: AtomicU64,
+    reloads: Counter,
+    errors: Counter,
+    last_ok: Gauge,
 }
 
 impl SelfMetrics for ReloadStats {
-    fn families(&self, out: &mut Vec<SelfFamily>) {
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_config_reloads_total",
-                MetricKind::Counter,
-                "Configuration changes applied.",
-            )
-            .value(self.reloads.load(Ordering::Relaxed) as f64),
+    fn register(self: Arc<Self>, registry: &mut Registry) {
+        registry.register(
+            "config_reloads",
+            "Configuration changes applied",
+            self.reloads.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_config_reload_errors_total",
-                MetricKind::Counter,
-                "Configuration changes refused (the last good configuration stays in force).",
-            )
-            .value(self.errors.load(Ordering::Relaxed) as f64),
+        registry.register(
+            "config_reload_errors",
+            "Configuration changes refused (the last good configuration stays in force)",
+            self.errors.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_config_last_reload_successful",
-                MetricKind::Gauge,
-                "1 if the config file in place is the one in force.",
-            )
-            .value(self.last_ok.load(Ordering::Relaxed) as f64),
+        registry.register(
+            "config_last_reload_successful",
+            "1 if the config file in place is the one in force",
+            self.last_ok.clone(),
         );
     }
 }
@@ -186,7 +175,7 @@ impl ConfigWatcher {
     pub fn new(path: PathBuf, current: SidecarConfig) -> Self {
         let last_text = std::fs::read_to_string(&path).ok();
         let stats = Arc::new(ReloadStats::default());
-        stats.last_ok.store(1, Ordering::Relaxed);
+        stats.last_ok.set(1);
         ConfigWatcher {
             path,
             last_text,
@@ -236,18 +225,18 @@ impl ConfigWatcher {
                 tracing::info!(path = %self.path.display(), "configuration reloaded");
                 self.current = config.clone();
                 app.set_config(config);
-                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
-                self.stats.last_ok.store(1, Ordering::Relaxed);
+                self.stats.reloads.inc();
+                self.stats.last_ok.set(1);
             }
             Err(EnvOrConfig::Config(e)) => {
                 tracing::error!(path = %self.path.display(), error = %e, "config file rejected; keeping the last good configuration");
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.stats.last_ok.store(0, Ordering::Relaxed);
+                self.stats.errors.inc();
+                self.stats.last_ok.set(0);
             }
             Err(EnvOrConfig::Env(name, reason)) => {
                 tracing::error!(variable = name, %reason, "environment rejected; keeping the last good configuration");
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.stats.last_ok.store(0, Ordering::Relaxed);
+                self.stats.errors.inc();
+                self.stats.last_ok.set(0);
             }
         }
     }
@@ -369,7 +358,7 @@ mod tests {
         std::fs::write(&path, "staleAfter: [broken\n").unwrap();
         w.check(&app);
         assert_eq!(app.config().stale_after, Duration::from_secs(20));
-        assert_eq!(w.stats.errors.load(Ordering::Relaxed), 1);
+        assert_eq!(w.stats.errors.get(), 1);
         std::fs::write(&path, "staleAfter: 30s\n").unwrap();
         w.check(&app);
         assert_eq!(app.config().stale_after, Duration::from_secs(30));
@@ -387,8 +376,8 @@ mod tests {
             Duration::from_secs(10),
             "nothing of the file applied"
         );
-        assert_eq!(w.stats.errors.load(Ordering::Relaxed), 1);
-        assert_eq!(w.stats.reloads.load(Ordering::Relaxed), 0);
+        assert_eq!(w.stats.errors.get(), 1);
+        assert_eq!(w.stats.reloads.get(), 0);
         // The same file at start-up: the same one-line error.
         let err = load_config(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("statsd.mappings"), "{err}");

@@ -12,6 +12,7 @@ pub mod config_file;
 pub mod expose;
 pub mod lifecycle;
 pub mod model;
+pub mod self_metrics;
 pub mod server;
 pub mod sources;
 pub mod state;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Sidecar, http};
+use common::{Sidecar, http, sample_value};
 
 /// A sidecar holding one good counter from worker `good`.
 fn with_good_data() -> Sidecar {
@@ -232,4 +232,157 @@ fn a_histogram_without_sum_gets_no_invented_sum() {
         !text.contains("h_sum"),
         "no _sum was sent, none is invented:\n{text}"
     );
+}
+
+/// Every self-metric family of a running sidecar (with `stateDir`, so all components report),
+/// with its type: the names, types and label names dashboards, rules and tests use. Every
+/// family is listed from the start, also those by reasons created on first use.
+const SELF_FAMILIES: [(&str, &str); 56] = [
+    ("allocator_trims_total", "counter"),
+    ("config_last_reload_successful", "gauge"),
+    ("config_reload_errors_total", "counter"),
+    ("config_reloads_total", "counter"),
+    ("counter_resets_total", "counter"),
+    ("histogram_layout_mismatches_total", "counter"),
+    ("ingest_errors_total", "counter"),
+    ("metrics_render_last_seconds", "gauge"),
+    ("metrics_render_seconds_total", "counter"),
+    ("metrics_renders_total", "counter"),
+    ("multiprocess_corrupt_files_total", "counter"),
+    ("multiprocess_deleted_files_total", "counter"),
+    ("multiprocess_enabled", "gauge"),
+    ("multiprocess_errors_total", "counter"),
+    ("multiprocess_file_reads_total", "counter"),
+    ("multiprocess_files", "gauge"),
+    ("multiprocess_folded_workers_total", "counter"),
+    ("multiprocess_liveness", "gauge"),
+    ("multiprocess_not_compacting", "gauge"),
+    ("multiprocess_rejected_total", "counter"),
+    ("multiprocess_released_files", "gauge"),
+    ("multiprocess_retired_series", "gauge"),
+    ("multiprocess_scan_duration_seconds", "gauge"),
+    ("multiprocess_scans_total", "counter"),
+    ("multiprocess_skipped_files", "gauge"),
+    ("multiprocess_workers", "gauge"),
+    ("otlp_points_total", "counter"),
+    ("otlp_rejected_points_total", "counter"),
+    ("otlp_requests_total", "counter"),
+    ("push_samples_total", "counter"),
+    ("pushes_total", "counter"),
+    ("scrape_attempts_total", "counter"),
+    ("scrape_duration_seconds", "gauge"),
+    ("scrape_errors_total", "counter"),
+    ("scrape_series", "gauge"),
+    ("scrape_targets", "gauge"),
+    ("scrape_up", "gauge"),
+    ("series", "gauge"),
+    ("state_bytes", "gauge"),
+    ("state_last_write_timestamp_seconds", "gauge"),
+    ("state_loads_total", "counter"),
+    ("state_snapshot_lock_last_seconds", "gauge"),
+    ("state_write_errors_total", "counter"),
+    ("state_write_last_seconds", "gauge"),
+    ("state_writes_total", "counter"),
+    ("statsd_datagrams_total", "counter"),
+    ("statsd_dropped_total", "counter"),
+    ("statsd_errors_total", "counter"),
+    ("statsd_lines_total", "counter"),
+    ("statsd_receive_buffer_bytes", "gauge"),
+    ("statsd_samples_total", "counter"),
+    ("statsd_series", "gauge"),
+    ("statsd_tag_errors_total", "counter"),
+    ("statsd_tcp_connections_total", "counter"),
+    ("worker_series", "gauge"),
+    ("workers", "gauge"),
+];
+
+/// `(family, type)` of every `# TYPE monasca_sidecar_*` line, in order.
+fn self_types(exposition: &str) -> Vec<(String, String)> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE monasca_sidecar_"))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_string(), kind.to_string()))
+        .collect()
+}
+
+/// The self-metrics (`prometheus-client` registry, read into the sidecar's renderer) come out
+/// of the real `/metrics` in both formats: valid for promtool and client_python's parsers,
+/// each family once, sorted among the aggregated ones, with the names, types and label
+/// values of before, counted from real traffic.
+#[test]
+fn self_metrics_render_in_both_formats() {
+    let state = common::scratch_dir("self-metrics-state");
+    let s = Sidecar::start(&format!("stateDir: {}\n", state.display()));
+    let r = s.push_text(
+        "PUT",
+        "/metrics/job/j/instance/w1",
+        "# TYPE ok_total counter\nok_total 7\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let refused = s.push_text("PUT", "/metrics/job/j/instance/w1", "x{__name__=\"y\"} 1\n");
+    assert_eq!(refused.status, 400, "{}", refused.text());
+
+    let text = s.checked_metrics();
+    let om = s.openmetrics();
+    let expected: Vec<(String, String)> = SELF_FAMILIES
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(self_types(&text), expected, "text 0.0.4:\n{text}");
+    // OpenMetrics names a counter family without `_total`; its samples keep it.
+    let om_expected: Vec<(String, String)> = SELF_FAMILIES
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.strip_suffix("_total").unwrap_or(n).to_string(),
+                t.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(self_types(&om), om_expected, "OpenMetrics:\n{om}");
+    for exposition in [&text, &om] {
+        assert_eq!(
+            sample_value(exposition, "monasca_sidecar_pushes_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample_value(exposition, "monasca_sidecar_push_samples_total"),
+            Some(1.0)
+        );
+        let refusals = exposition
+            .lines()
+            .filter(|l| l.starts_with("monasca_sidecar_ingest_errors_total{api=\"push\",reason="))
+            .count();
+        assert_eq!(refusals, 1, "one refusal by fixed reason:\n{exposition}");
+        assert_eq!(
+            sample_value(exposition, "monasca_sidecar_workers"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample_value(
+                exposition,
+                "monasca_sidecar_statsd_errors_total{reason=\"unsupported_set\"}"
+            ),
+            Some(0.0),
+            "every fixed reason from the start"
+        );
+        assert_eq!(
+            sample_value(
+                exposition,
+                "monasca_sidecar_state_loads_total{outcome=\"missing\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample_value(
+                exposition,
+                "monasca_sidecar_multiprocess_workers{state=\"live\"}"
+            ),
+            Some(0.0)
+        );
+        assert_eq!(sample_value(exposition, "ok_total{job=\"j\"}"), Some(7.0));
+    }
+    // Renders are counted by the library's counter: two renders before the last one.
+    assert!(sample_value(&om, "monasca_sidecar_metrics_renders_total") >= Some(2.0));
 }

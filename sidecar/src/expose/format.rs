@@ -177,9 +177,9 @@ impl<'a> Writer<'a> {
 
     /// One of the sidecar's own families.
     pub(crate) fn self_family(&mut self, f: &SelfFamily) {
-        self.family_header(f.name, f.kind, Some(f.help), None);
+        self.family_header(&f.name, f.kind, Some(&f.help), None);
         for (labels, v) in &f.samples {
-            self.sample(f.name, "", labels, "", *v);
+            self.sample(&f.name, "", labels, "", *v);
         }
     }
 

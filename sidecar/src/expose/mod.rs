@@ -16,41 +16,16 @@ use aggregate::{GaugeOutput, gauge_output};
 use format::Writer;
 use std::time::Instant;
 
-/// One of the sidecar's own metric families (`monasca_sidecar_*`).
+/// One of the sidecar's own metric families (`monasca_sidecar_*`), as read from the
+/// `prometheus-client` registry by [`crate::self_metrics::families`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct SelfFamily {
     /// Full name; counters end in `_total`.
-    pub name: &'static str,
+    pub name: String,
     pub kind: MetricKind,
-    pub help: &'static str,
-    /// (canonical label text, value), see [`crate::store::escape_label_value`].
+    pub help: String,
+    /// (canonical label text built by [`monasca_runtime::labels::push_label`], value).
     pub samples: Vec<(String, f64)>,
-}
-
-impl SelfFamily {
-    pub fn new(name: &'static str, kind: MetricKind, help: &'static str) -> Self {
-        SelfFamily {
-            name,
-            kind,
-            help,
-            samples: Vec::new(),
-        }
-    }
-
-    /// Adds a sample with no labels.
-    pub fn value(mut self, v: f64) -> Self {
-        self.samples.push((String::new(), v));
-        self
-    }
-
-    /// Adds a sample with one label (escaped by [`monasca_runtime::labels::push_label`], the
-    /// one place self-metric label text is built).
-    pub fn labelled(mut self, name: &str, value: &str, v: f64) -> Self {
-        let mut labels = String::with_capacity(name.len() + value.len() + 3);
-        monasca_runtime::labels::push_label(&mut labels, name, value);
-        self.samples.push((labels, v));
-        self
-    }
 }
 
 /// Renders every aggregated family of `store` plus `self_families` into `out`.
@@ -67,7 +42,7 @@ pub fn render(
     let mut own = self_families.iter().peekable();
     for family in view.families() {
         let name = family.name;
-        while let Some(s) = own.next_if(|s| s.name < name) {
+        while let Some(s) = own.next_if(|s| *s.name < *name) {
             w.self_family(s);
         }
         w.family_header(name, family.kind, family.help, family.unit);

@@ -71,12 +71,11 @@ fn own_families_are_sorted_in_and_their_labels_escaped() {
         "",
         now,
     );
-    let own = [SelfFamily::new(
-        "monasca_sidecar_ingest_errors_total",
-        MetricKind::Counter,
-        "Refused.",
-    )
-    .labelled("reason", "bad \"x\"\n", 3.0)];
+    let mut registry = crate::self_metrics::registry();
+    let errors = crate::self_metrics::EnumCounters::new("reason", ["bad \"x\"\n"]);
+    errors.register(&mut registry, "ingest_errors", "Refused");
+    errors.child(0).inc_by(3);
+    let own = crate::self_metrics::families(&registry);
     let text = rendered(&store, Format::Text, &own, now);
     let a = text.find("a_gauge 1").expect("a_gauge rendered");
     let own_at = text

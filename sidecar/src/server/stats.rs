@@ -3,28 +3,37 @@
 use super::memory::BodyMemory;
 use crate::app::App;
 use crate::component::SelfMetrics;
-use crate::expose::SelfFamily;
-use crate::model::MetricKind;
-use monasca_runtime::labels::push_label;
+use crate::self_metrics::{
+    Counter, Registry, SecondsCounter, SecondsGauge, const_counter, const_gauge, register_listed,
+};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
-use std::sync::Weak;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::family::Family;
+use std::sync::{Arc, Weak};
 
-/// Counters of pushes, errors by fixed reason, and `/metrics` renders.
+/// Counters of pushes, errors by fixed reason, and `/metrics` renders (`prometheus-client`
+/// atomics, registered once); the store's figures are read at render time by the collector.
 #[derive(Default)]
 pub struct ServerStats {
-    pushes_accepted: AtomicU64,
-    push_samples: AtomicU64,
-    errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    renders: AtomicU64,
-    /// Nanoseconds of the last render, and the running total.
-    last_render_ns: AtomicU64,
-    render_ns_total: AtomicU64,
+    pushes_accepted: Counter,
+    push_samples: Counter,
+    /// By (api, reason); the pairs are `&'static` fixed reasons, created on first use.
+    errors: Family<[(&'static str, &'static str); 2], Counter>,
+    renders: Counter,
+    /// Seconds of the last render, and the running total.
+    last_render_seconds: SecondsGauge,
+    render_seconds_total: SecondsCounter,
     /// The store's own figures are read at render time through this.
     app: Mutex<Option<Weak<App>>>,
     /// Request bodies in flight, for giving their memory back after a burst.
     pub(super) bodies: BodyMemory,
+}
+
+impl std::fmt::Debug for ServerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerStats").finish_non_exhaustive()
+    }
 }
 
 impl ServerStats {
@@ -35,130 +44,105 @@ impl ServerStats {
     }
 
     pub fn push_accepted(&self, samples: usize) {
-        self.pushes_accepted.fetch_add(1, Ordering::Relaxed);
-        self.push_samples
-            .fetch_add(samples as u64, Ordering::Relaxed);
+        self.pushes_accepted.inc();
+        self.push_samples.inc_by(samples as u64);
     }
 
     /// Counts a rejected request of an API by fixed reason.
     pub fn rejected(&self, api: &'static str, reason: &'static str) {
-        *self.errors.lock().entry((api, reason)).or_insert(0) += 1;
+        self.errors
+            .get_or_create(&[("api", api), ("reason", reason)])
+            .inc();
     }
 
     pub fn rendered(&self, elapsed: std::time::Duration) {
-        let ns = elapsed.as_nanos() as u64;
-        self.renders.fetch_add(1, Ordering::Relaxed);
-        self.last_render_ns.store(ns, Ordering::Relaxed);
-        self.render_ns_total.fetch_add(ns, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        self.renders.inc();
+        self.last_render_seconds.set(seconds);
+        self.render_seconds_total.inc_by(seconds);
     }
 }
 
 impl SelfMetrics for ServerStats {
-    fn families(&self, out: &mut Vec<SelfFamily>) {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_pushes_total",
-                MetricKind::Counter,
-                "Pushgateway API pushes accepted.",
-            )
-            .value(load(&self.pushes_accepted)),
+    fn register(self: Arc<Self>, registry: &mut Registry) {
+        registry.register(
+            "pushes",
+            "Pushgateway API pushes accepted",
+            self.pushes_accepted.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_push_samples_total",
-                MetricKind::Counter,
-                "Samples in accepted pushes.",
-            )
-            .value(load(&self.push_samples)),
+        registry.register(
+            "push_samples",
+            "Samples in accepted pushes",
+            self.push_samples.clone(),
         );
-        let mut errors = SelfFamily::new(
-            "monasca_sidecar_ingest_errors_total",
-            MetricKind::Counter,
-            "Ingest requests rejected, by API and fixed reason.",
+        register_listed(
+            registry,
+            "ingest_errors",
+            "Ingest requests rejected, by API and fixed reason",
+            self.errors.clone(),
         );
-        for ((api, reason), n) in self.errors.lock().iter() {
-            let mut labels = String::new();
-            push_label(&mut labels, "api", api);
-            push_label(&mut labels, "reason", reason);
-            errors.samples.push((labels, *n as f64));
-        }
-        out.push(errors);
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_metrics_renders_total",
-                MetricKind::Counter,
-                "Renders of /metrics.",
-            )
-            .value(load(&self.renders)),
+        registry.register(
+            "metrics_renders",
+            "Renders of /metrics",
+            self.renders.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_metrics_render_seconds_total",
-                MetricKind::Counter,
-                "Time spent rendering /metrics.",
-            )
-            .value(load(&self.render_ns_total) / 1e9),
+        registry.register(
+            "metrics_render_seconds",
+            "Time spent rendering /metrics",
+            self.render_seconds_total.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_metrics_render_last_seconds",
-                MetricKind::Gauge,
-                "Duration of the previous /metrics render.",
-            )
-            .value(load(&self.last_render_ns) / 1e9),
+        registry.register(
+            "metrics_render_last_seconds",
+            "Duration of the previous /metrics render",
+            self.last_render_seconds.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_allocator_trims_total",
-                MetricKind::Counter,
-                "Free heap memory handed back to the OS after a burst of large request bodies.",
-            )
-            .value(self.bodies.trims() as f64),
-        );
+        registry.register_collector(Box::new(self));
+    }
+}
+
+/// Figures read at render time: the allocator's trims and the store's sizes and counts.
+impl Collector for ServerStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        const_counter(
+            &mut encoder,
+            "allocator_trims",
+            "Free heap memory handed back to the OS after a burst of large request bodies",
+            self.bodies.trims() as f64,
+        )?;
         let app = self.app.lock().as_ref().and_then(Weak::upgrade);
-        if let Some(app) = app {
-            let store = app.store.read();
-            out.push(
-                SelfFamily::new(
-                    "monasca_sidecar_workers",
-                    MetricKind::Gauge,
-                    "Workers currently known.",
-                )
-                .value(store.worker_count() as f64),
-            );
-            out.push(
-                SelfFamily::new(
-                    "monasca_sidecar_series",
-                    MetricKind::Gauge,
-                    "Aggregated series held.",
-                )
-                .value(store.series_count() as f64),
-            );
-            out.push(
-                SelfFamily::new(
-                    "monasca_sidecar_worker_series",
-                    MetricKind::Gauge,
-                    "Per-worker values held (series times workers).",
-                )
-                .value(store.worker_series_count() as f64),
-            );
-            out.push(
-                SelfFamily::new(
-                    "monasca_sidecar_counter_resets_total",
-                    MetricKind::Counter,
-                    "Counter-like values that went down (worker restarts) and were retired.",
-                )
-                .value(store.resets as f64),
-            );
-            out.push(
-                SelfFamily::new(
-                    "monasca_sidecar_histogram_layout_mismatches_total",
-                    MetricKind::Counter,
-                    "Histogram updates refused because their bucket bounds differ from the series'.",
-                )
-                .value(store.layout_mismatches as f64),
-            );
-        }
+        let Some(app) = app else {
+            return Ok(());
+        };
+        let store = app.store.read();
+        const_gauge(
+            &mut encoder,
+            "workers",
+            "Workers currently known",
+            store.worker_count() as f64,
+        )?;
+        const_gauge(
+            &mut encoder,
+            "series",
+            "Aggregated series held",
+            store.series_count() as f64,
+        )?;
+        const_gauge(
+            &mut encoder,
+            "worker_series",
+            "Per-worker values held (series times workers)",
+            store.worker_series_count() as f64,
+        )?;
+        const_counter(
+            &mut encoder,
+            "counter_resets",
+            "Counter-like values that went down (worker restarts) and were retired",
+            store.resets as f64,
+        )?;
+        const_counter(
+            &mut encoder,
+            "histogram_layout_mismatches",
+            "Histogram updates refused because their bucket bounds differ from the series'",
+            store.layout_mismatches as f64,
+        )
     }
 }

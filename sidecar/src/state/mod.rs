@@ -39,9 +39,8 @@
 use crate::app::App;
 use crate::codec::{Dec, Enc};
 use crate::component::{Durable, SelfMetrics};
-use crate::expose::SelfFamily;
 use crate::lifecycle::Handle;
-use crate::model::MetricKind;
+use crate::self_metrics::{Counter, EnumCounters, Gauge, Registry, SecondsGauge};
 use crate::sources::SourceContext;
 use crate::store::{Now, Store, StoreSettings};
 use parking_lot::Mutex;
@@ -379,16 +378,29 @@ fn set_aside(dir: &Path) -> Option<PathBuf> {
     Some(to)
 }
 
-/// Self-metrics of the state writer.
-#[derive(Default)]
+/// Self-metrics of the state writer (`prometheus-client` atomics).
 struct Metrics {
-    loads: [AtomicU64; LoadOutcome::ALL.len()],
-    writes: AtomicU64,
-    write_errors: AtomicU64,
-    bytes: AtomicU64,
-    last_write_ns: AtomicU64,
-    last_locked_ns: AtomicU64,
-    last_write_wall_ms: AtomicU64,
+    loads: EnumCounters<{ LoadOutcome::ALL.len() }>,
+    writes: Counter,
+    write_errors: Counter,
+    bytes: Gauge,
+    last_write_seconds: SecondsGauge,
+    last_locked_seconds: SecondsGauge,
+    last_write_timestamp: SecondsGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            loads: EnumCounters::new("outcome", LoadOutcome::ALL.map(LoadOutcome::as_str)),
+            writes: Counter::default(),
+            write_errors: Counter::default(),
+            bytes: Gauge::default(),
+            last_write_seconds: SecondsGauge::default(),
+            last_locked_seconds: SecondsGauge::default(),
+            last_write_timestamp: SecondsGauge::default(),
+        }
+    }
 }
 
 /// Writes a state file's bytes into a directory ([`write_file`]; a test puts a slow one in
@@ -441,7 +453,7 @@ impl Persister {
             write_file,
             metrics: Metrics::default(),
         };
-        p.metrics.loads[outcome as usize].store(1, Ordering::Relaxed);
+        p.metrics.loads.child(outcome as usize).inc();
         Arc::new(p)
     }
 
@@ -475,27 +487,23 @@ impl Persister {
         match written {
             Ok(()) => {
                 self.written.fetch_max(snap.version, Ordering::AcqRel);
-                m.writes.fetch_add(1, Ordering::Relaxed);
-                m.bytes.store(snap.bytes.len() as u64, Ordering::Relaxed);
-                let wall = app.now().wall;
-                m.last_write_wall_ms
-                    .store((wall * 1000.0) as u64, Ordering::Relaxed);
+                m.writes.inc();
+                m.bytes.set(snap.bytes.len() as i64);
+                m.last_write_timestamp.set(app.now().wall);
                 if std::mem::replace(&mut *self.failing.lock(), false) {
                     tracing::info!(dir = %self.dir.display(), "state written again");
                 }
             }
             Err(e) => {
-                m.write_errors.fetch_add(1, Ordering::Relaxed);
+                m.write_errors.inc();
                 if !std::mem::replace(&mut *self.failing.lock(), true) {
                     tracing::error!(dir = %self.dir.display(), error = %e,
                         "cannot write the state file; counters will restart from zero if the sidecar restarts");
                 }
             }
         }
-        m.last_write_ns
-            .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        m.last_locked_ns
-            .store(snap.locked.as_nanos() as u64, Ordering::Relaxed);
+        m.last_write_seconds.set(started.elapsed().as_secs_f64());
+        m.last_locked_seconds.set(snap.locked.as_secs_f64());
         self.done.send_modify(|d| *d = (*d).max(snap.version));
         *buf = snap.bytes;
     }
@@ -545,65 +553,38 @@ impl Durable for Persister {
 }
 
 impl SelfMetrics for Persister {
-    fn families(&self, out: &mut Vec<SelfFamily>) {
+    fn register(self: Arc<Self>, registry: &mut Registry) {
         let m = &self.metrics;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let mut loads = SelfFamily::new(
-            "monasca_sidecar_state_loads_total",
-            MetricKind::Counter,
-            "State file loads at start, by outcome (loaded, missing, empty, truncated, corrupt, future_version, unreadable).",
+        m.loads.register(
+            registry,
+            "state_loads",
+            "State file loads at start, by outcome (loaded, missing, empty, truncated, corrupt, future_version, unreadable)",
         );
-        for o in LoadOutcome::ALL {
-            loads = loads.labelled("outcome", o.as_str(), load(&m.loads[o as usize]));
-        }
-        out.push(loads);
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_state_writes_total",
-                MetricKind::Counter,
-                "State files written.",
-            )
-            .value(load(&m.writes)),
+        registry.register("state_writes", "State files written", m.writes.clone());
+        registry.register(
+            "state_write_errors",
+            "State writes that failed (see the log)",
+            m.write_errors.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_state_write_errors_total",
-                MetricKind::Counter,
-                "State writes that failed (see the log).",
-            )
-            .value(load(&m.write_errors)),
+        registry.register(
+            "state_bytes",
+            "Size of the last state file written",
+            m.bytes.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_state_bytes",
-                MetricKind::Gauge,
-                "Size of the last state file written.",
-            )
-            .value(load(&m.bytes)),
+        registry.register(
+            "state_write_last_seconds",
+            "Duration of the last state write (snapshot, encode, write, fsync)",
+            m.last_write_seconds.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_state_write_last_seconds",
-                MetricKind::Gauge,
-                "Duration of the last state write (snapshot, encode, write, fsync).",
-            )
-            .value(load(&m.last_write_ns) / 1e9),
+        registry.register(
+            "state_snapshot_lock_last_seconds",
+            "How long the last snapshot held the store's read lock: the capture only, not the encoding (ingest waits that long)",
+            m.last_locked_seconds.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_state_snapshot_lock_last_seconds",
-                MetricKind::Gauge,
-                "How long the last snapshot held the store's read lock: the capture only, not the encoding (ingest waits that long).",
-            )
-            .value(load(&m.last_locked_ns) / 1e9),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_state_last_write_timestamp_seconds",
-                MetricKind::Gauge,
-                "Unix time of the last successful state write.",
-            )
-            .value(load(&m.last_write_wall_ms) / 1000.0),
+        registry.register(
+            "state_last_write_timestamp_seconds",
+            "Unix time of the last successful state write",
+            m.last_write_timestamp.clone(),
         );
     }
 }

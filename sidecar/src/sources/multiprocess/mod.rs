@@ -40,16 +40,17 @@ pub use scan::{MAX_FILE_BYTES, NotCompacting, RETIRED_WORKER_ID, worker_id};
 
 use crate::app::App;
 use crate::component::{Refresh, SelfMetrics};
-use crate::expose::SelfFamily;
 use crate::lifecycle::{CancellationToken, Handle};
-use crate::model::MetricKind;
+use crate::self_metrics::{Counter, MetricType, Registry, SecondsGauge, const_family, const_gauge};
 use crate::sources::SourceContext;
 use monasca_config::{MultiprocessLiveness, SidecarConfig};
 use parking_lot::{Condvar, Mutex};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::family::Family as MetricFamily;
 use scan::DirState;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -351,221 +352,202 @@ impl LogOnce {
     }
 }
 
-/// A monotonically increasing self-metric.
-#[derive(Default)]
-struct Counter(AtomicU64);
-
-impl Counter {
-    fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn get(&self) -> f64 {
-        self.0.load(Ordering::Relaxed) as f64
-    }
-}
-
-/// The reader's self-metrics.
-#[derive(Default)]
+/// The reader's self-metrics (`prometheus-client` atomics; the per-reason and per-operation
+/// series exist from the start, at zero). The last round's summary is read at render time.
 struct Stats {
     scans: Counter,
     file_reads: Counter,
     folded_workers: Counter,
     deleted_files: Counter,
-    /// Last scan duration in nanoseconds.
-    duration_ns: AtomicU64,
-    labelled: Mutex<Labelled>,
+    duration: SecondsGauge,
+    corrupt: ReasonFamily,
+    errors: ReasonFamily,
+    rejected: ReasonFamily,
+    summary: Mutex<Option<scan::RoundSummary>>,
 }
 
-#[derive(Default)]
-struct Labelled {
-    corrupt: BTreeMap<&'static str, u64>,
-    errors: BTreeMap<&'static str, u64>,
-    rejected: BTreeMap<&'static str, u64>,
-    summary: Option<scan::RoundSummary>,
+/// Counters by one `&'static` label value.
+type ReasonFamily = MetricFamily<[(&'static str, &'static str); 1], Counter>;
+
+/// Operations of `monasca_sidecar_multiprocess_errors_total{op}`.
+const IO_OPERATIONS: [&str; 4] = ["list", "read", "persist", "delete"];
+
+impl Default for Stats {
+    fn default() -> Stats {
+        let with = |label: &'static str, values: &[&'static str]| {
+            let family = ReasonFamily::default();
+            for v in values {
+                family.get_or_create_owned(&[(label, v)]);
+            }
+            family
+        };
+        Stats {
+            scans: Counter::default(),
+            file_reads: Counter::default(),
+            folded_workers: Counter::default(),
+            deleted_files: Counter::default(),
+            duration: SecondsGauge::default(),
+            corrupt: with("reason", &format::FileError::REASONS),
+            errors: with("op", &IO_OPERATIONS),
+            rejected: ReasonFamily::default(),
+            summary: Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats").finish_non_exhaustive()
+    }
 }
 
 impl Stats {
     fn corrupt(&self, reason: &'static str) {
-        *self.labelled.lock().corrupt.entry(reason).or_default() += 1;
+        self.corrupt.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Entries whose key is not valid JSON (left out; the rest of the file is used).
     fn corrupt_keys(&self, n: u64) {
-        *self.labelled.lock().corrupt.entry("bad_key").or_default() += n;
+        self.corrupt
+            .get_or_create(&[("reason", "bad_key")])
+            .inc_by(n);
     }
 
     fn error(&self, op: &'static str) {
-        *self.labelled.lock().errors.entry(op).or_default() += 1;
+        self.errors.get_or_create(&[("op", op)]).inc();
     }
 
     fn rejected(&self, reason: &'static str, n: u64) {
-        *self.labelled.lock().rejected.entry(reason).or_default() += n;
+        self.rejected.get_or_create(&[("reason", reason)]).inc_by(n);
     }
 
     fn set_duration(&self, d: Duration) {
-        self.duration_ns.store(
-            d.as_nanos().min(u128::from(u64::MAX)) as u64,
-            Ordering::Relaxed,
-        );
+        self.duration.set(d.as_secs_f64());
     }
 
     fn set_summary(&self, summary: Option<scan::RoundSummary>) {
-        self.labelled.lock().summary = summary;
+        *self.summary.lock() = summary;
     }
 }
 
 impl SelfMetrics for Shared {
-    fn families(&self, out: &mut Vec<SelfFamily>) {
+    fn register(self: Arc<Self>, registry: &mut Registry) {
         let s = &self.stats;
-        let labelled = s.labelled.lock();
-        let summary = labelled.summary.unwrap_or_default();
-        let enabled = labelled.summary.is_some();
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_enabled",
-                MetricKind::Gauge,
-                "1 when a prometheus_client multiprocess directory is being read.",
-            )
-            .value(if enabled { 1.0 } else { 0.0 }),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_scans_total",
-                MetricKind::Counter,
-                "Scans of the multiprocess directory.",
-            )
-            .value(s.scans.get()),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_scan_duration_seconds",
-                MetricKind::Gauge,
-                "Duration of the last scan of the multiprocess directory.",
-            )
-            .value(s.duration_ns.load(Ordering::Relaxed) as f64 / 1e9),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_file_reads_total",
-                MetricKind::Counter,
-                "Worker files read (each scan reads every file up to its used size).",
-            )
-            .value(s.file_reads.get()),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_files",
-                MetricKind::Gauge,
-                "Worker files in the directory (without the sidecar's own).",
-            )
-            .value(summary.files as f64),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_workers",
-                MetricKind::Gauge,
-                "Worker pids with files in the directory, by liveness.",
-            )
-            .labelled("state", "live", summary.live as f64)
-            .labelled("state", "dead", summary.dead as f64),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_retired_series",
-                MetricKind::Gauge,
-                "Series in the persisted totals of dead workers.",
-            )
-            .value(summary.retired_series as f64),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_folded_workers_total",
-                MetricKind::Counter,
-                "Dead workers folded into the retired totals.",
-            )
-            .value(s.folded_workers.get()),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_deleted_files_total",
-                MetricKind::Counter,
-                "Dead workers' files deleted after folding.",
-            )
-            .value(s.deleted_files.get()),
-        );
-        let mut not_compacting = SelfFamily::new(
-            "monasca_sidecar_multiprocess_not_compacting",
-            MetricKind::Gauge,
-            "1 for the reason dead workers' files are not compacted: mtime_liveness (the app's processes are not visible in /proc: no shared process namespace) or compaction_off.",
-        );
-        for reason in NotCompacting::ALL {
-            let v = if summary.not_compacting == Some(reason) && enabled {
-                1.0
-            } else {
-                0.0
-            };
-            not_compacting = not_compacting.labelled("reason", reason.label(), v);
+        let counters = [
+            (
+                &s.scans,
+                "multiprocess_scans",
+                "Scans of the multiprocess directory",
+            ),
+            (
+                &s.file_reads,
+                "multiprocess_file_reads",
+                "Worker files read (each scan reads every file up to its used size)",
+            ),
+            (
+                &s.folded_workers,
+                "multiprocess_folded_workers",
+                "Dead workers folded into the retired totals",
+            ),
+            (
+                &s.deleted_files,
+                "multiprocess_deleted_files",
+                "Dead workers' files deleted after folding",
+            ),
+        ];
+        for (counter, name, help) in counters {
+            registry.register(name, help, counter.clone());
         }
-        out.push(not_compacting);
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_skipped_files",
-                MetricKind::Gauge,
-                "Worker files left unread at the last scan because of limits.maxMultiprocessFiles.",
-            )
-            .value(summary.skipped as f64),
+        registry.register(
+            "multiprocess_scan_duration_seconds",
+            "Duration of the last scan of the multiprocess directory",
+            s.duration.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_multiprocess_released_files",
-                MetricKind::Gauge,
-                "Files of quiet workers held without a copy of their content (they cannot be compacted).",
-            )
-            .value(summary.released as f64),
+        registry.register(
+            "multiprocess_corrupt_files",
+            "Unreadable multiprocess files (skipped, last good values kept), by reason",
+            s.corrupt.clone(),
         );
-        let mut liveness = SelfFamily::new(
-            "monasca_sidecar_multiprocess_liveness",
-            MetricKind::Gauge,
-            "How worker liveness is decided: proc (shared pid namespace, compaction possible) or mtime.",
+        registry.register(
+            "multiprocess_errors",
+            "I/O failures on the multiprocess directory, by operation",
+            s.errors.clone(),
         );
-        for mode in [LivenessMode::Proc, LivenessMode::Mtime] {
-            let v = if summary.liveness == Some(mode) {
-                1.0
-            } else {
-                0.0
-            };
-            liveness = liveness.labelled("method", mode.as_str(), v);
-        }
-        out.push(liveness);
-        let mut corrupt = SelfFamily::new(
-            "monasca_sidecar_multiprocess_corrupt_files_total",
-            MetricKind::Counter,
-            "Unreadable multiprocess files (skipped, last good values kept), by reason.",
+        crate::self_metrics::register_listed(
+            registry,
+            "multiprocess_rejected",
+            "Families of multiprocess workers the store rejected, by reason",
+            s.rejected.clone(),
         );
-        for reason in format::FileError::REASONS {
-            let v = labelled.corrupt.get(reason).copied().unwrap_or(0);
-            corrupt = corrupt.labelled("reason", reason, v as f64);
-        }
-        out.push(corrupt);
-        let mut errors = SelfFamily::new(
-            "monasca_sidecar_multiprocess_errors_total",
-            MetricKind::Counter,
-            "I/O failures on the multiprocess directory, by operation.",
-        );
-        for op in ["list", "read", "persist", "delete"] {
-            let v = labelled.errors.get(op).copied().unwrap_or(0);
-            errors = errors.labelled("op", op, v as f64);
-        }
-        out.push(errors);
-        let mut rejected = SelfFamily::new(
-            "monasca_sidecar_multiprocess_rejected_total",
-            MetricKind::Counter,
-            "Families of multiprocess workers the store rejected, by reason.",
-        );
-        for (reason, v) in &labelled.rejected {
-            rejected = rejected.labelled("reason", reason, *v as f64);
-        }
-        out.push(rejected);
+        registry.register_collector(Box::new(self.stats.clone()));
+    }
+}
+
+/// The last round's summary, read at render time.
+impl Collector for Stats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let last = *self.summary.lock();
+        let summary = last.unwrap_or_default();
+        let enabled = last.is_some();
+        let one_if = |b: bool| if b { 1.0 } else { 0.0 };
+        let e = &mut encoder;
+        const_gauge(
+            e,
+            "multiprocess_enabled",
+            "1 when a prometheus_client multiprocess directory is being read",
+            one_if(enabled),
+        )?;
+        const_gauge(
+            e,
+            "multiprocess_files",
+            "Worker files in the directory (without the sidecar's own)",
+            summary.files as f64,
+        )?;
+        const_family(
+            e,
+            "multiprocess_workers",
+            "Worker pids with files in the directory, by liveness",
+            MetricType::Gauge,
+            "state",
+            [("live", summary.live as f64), ("dead", summary.dead as f64)],
+        )?;
+        const_gauge(
+            e,
+            "multiprocess_retired_series",
+            "Series in the persisted totals of dead workers",
+            summary.retired_series as f64,
+        )?;
+        const_family(
+            e,
+            "multiprocess_not_compacting",
+            "1 for the reason dead workers' files are not compacted: mtime_liveness (the app's processes are not visible in /proc: no shared process namespace) or compaction_off",
+            MetricType::Gauge,
+            "reason",
+            NotCompacting::ALL.map(|reason| {
+                let v = one_if(enabled && summary.not_compacting == Some(reason));
+                (reason.label(), v)
+            }),
+        )?;
+        const_gauge(
+            e,
+            "multiprocess_skipped_files",
+            "Worker files left unread at the last scan because of limits.maxMultiprocessFiles",
+            summary.skipped as f64,
+        )?;
+        const_gauge(
+            e,
+            "multiprocess_released_files",
+            "Files of quiet workers held without a copy of their content (they cannot be compacted)",
+            summary.released as f64,
+        )?;
+        const_family(
+            e,
+            "multiprocess_liveness",
+            "How worker liveness is decided: proc (shared pid namespace, compaction possible) or mtime",
+            MetricType::Gauge,
+            "method",
+            [LivenessMode::Proc, LivenessMode::Mtime]
+                .map(|mode| (mode.as_str(), one_if(summary.liveness == Some(mode)))),
+        )
     }
 }

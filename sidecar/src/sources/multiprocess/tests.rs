@@ -707,7 +707,7 @@ pub(super) mod scanning {
     }
 
     fn summary(reader: &Reader) -> super::super::scan::RoundSummary {
-        reader.stats.labelled.lock().summary.unwrap_or_default()
+        reader.stats.summary.lock().unwrap_or_default()
     }
 
     fn age(path: &Path, by: Duration) {
@@ -795,7 +795,7 @@ pub(super) mod scanning {
         assert_eq!(total(&app), Some(2.0), "the same two, not others");
         assert_eq!(
             reader.stats.file_reads.get(),
-            4.0,
+            4,
             "two files read per scan: the skipped ones are never opened"
         );
         let _ = std::fs::remove_dir_all(&dir);

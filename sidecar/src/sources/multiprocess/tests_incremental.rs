@@ -270,7 +270,10 @@ fn full_read(dir: &Path, fresh: &Path, files: &[ModelFile]) -> Vec<String> {
 }
 
 fn corrupt_count(reader: &Reader) -> u64 {
-    reader.stats.labelled.lock().corrupt.values().sum()
+    super::format::FileError::REASONS
+        .iter()
+        .map(|r| reader.stats.corrupt.get_or_create(&[("reason", r)]).get())
+        .sum()
 }
 
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {

@@ -59,14 +59,15 @@ pub use translate::{Settings, Temporality, Translation, translate};
 
 use crate::codec::{Dec as StateDec, DecodeError as StateError, Enc as StateEnc};
 use crate::component::SelfMetrics;
-use crate::expose::SelfFamily;
 use crate::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
+use crate::self_metrics::{Counter, EnumCounters, Registry};
 use crate::store::{Now, Scope, Store};
 use indexmap::IndexMap;
 use monasca_config::GaugeMode;
 use parking_lot::Mutex;
+use prometheus_client::metrics::family::Family as MetricFamily;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use translate::{Meta, Point, PointValue};
 
 /// How many distinct explanations a response carries at most.
@@ -511,12 +512,35 @@ fn build_family(
 }
 
 /// The OTLP receiver's shared state: stream state and self-metrics.
-#[derive(Default)]
 pub struct Otlp {
     streams: Mutex<Streams>,
-    requests: [AtomicU64; 2],
-    accepted: [AtomicU64; 3],
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// By [`Encoding`] and by [`Temporality`] (index = variant).
+    requests: EnumCounters<2>,
+    accepted: EnumCounters<3>,
+    /// By fixed reason, created on first use.
+    rejected: MetricFamily<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl Default for Otlp {
+    fn default() -> Otlp {
+        Otlp {
+            streams: Mutex::default(),
+            requests: EnumCounters::new(
+                "encoding",
+                [Encoding::Protobuf, Encoding::Json].map(Encoding::as_str),
+            ),
+            accepted: EnumCounters::new(
+                "temporality",
+                [
+                    Temporality::Cumulative,
+                    Temporality::Delta,
+                    Temporality::Instant,
+                ]
+                .map(Temporality::as_str),
+            ),
+            rejected: MetricFamily::default(),
+        }
+    }
 }
 
 impl Otlp {
@@ -540,59 +564,37 @@ impl Otlp {
             let mut store = store.write();
             streams.apply(&mut store, t, now)
         };
-        self.requests[encoding as usize].fetch_add(1, Ordering::Relaxed);
-        for (a, n) in self.accepted.iter().zip(outcome.by_temporality) {
-            a.fetch_add(n, Ordering::Relaxed);
+        self.requests.child(encoding as usize).inc();
+        for (i, n) in outcome.by_temporality.into_iter().enumerate() {
+            self.accepted.child(i).inc_by(n);
         }
-        let mut rejected = self.rejected.lock();
         for (reason, n) in &outcome.rejected.by_reason {
-            *rejected.entry(reason).or_insert(0) += n;
+            self.rejected
+                .get_or_create(&[("reason", reason)])
+                .inc_by(*n);
         }
         outcome
     }
 }
 
 impl SelfMetrics for Otlp {
-    fn families(&self, out: &mut Vec<SelfFamily>) {
-        let mut requests = SelfFamily::new(
-            "monasca_sidecar_otlp_requests_total",
-            MetricKind::Counter,
-            "OTLP export requests decoded, by encoding.",
+    fn register(self: Arc<Self>, registry: &mut Registry) {
+        self.requests.register(
+            registry,
+            "otlp_requests",
+            "OTLP export requests decoded, by encoding",
         );
-        for e in [Encoding::Protobuf, Encoding::Json] {
-            requests = requests.labelled(
-                "encoding",
-                e.as_str(),
-                self.requests[e as usize].load(Ordering::Relaxed) as f64,
-            );
-        }
-        out.push(requests);
-        let mut accepted = SelfFamily::new(
-            "monasca_sidecar_otlp_points_total",
-            MetricKind::Counter,
-            "OTLP data points accepted, by temporality (gauge points are instant).",
+        self.accepted.register(
+            registry,
+            "otlp_points",
+            "OTLP data points accepted, by temporality (gauge points are instant)",
         );
-        for t in [
-            Temporality::Cumulative,
-            Temporality::Delta,
-            Temporality::Instant,
-        ] {
-            accepted = accepted.labelled(
-                "temporality",
-                t.as_str(),
-                self.accepted[t as usize].load(Ordering::Relaxed) as f64,
-            );
-        }
-        out.push(accepted);
-        let mut rejected = SelfFamily::new(
-            "monasca_sidecar_otlp_rejected_points_total",
-            MetricKind::Counter,
-            "OTLP data points rejected (reported in partial_success), by fixed reason.",
+        crate::self_metrics::register_listed(
+            registry,
+            "otlp_rejected_points",
+            "OTLP data points rejected (reported in partial_success), by fixed reason",
+            self.rejected.clone(),
         );
-        for (reason, n) in self.rejected.lock().iter() {
-            rejected = rejected.labelled("reason", reason, *n as f64);
-        }
-        out.push(rejected);
     }
 }
 

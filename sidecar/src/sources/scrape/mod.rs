@@ -14,14 +14,15 @@ pub mod targets;
 
 use crate::app::App;
 use crate::component::SelfMetrics;
-use crate::expose::SelfFamily;
 use crate::lifecycle::Handle;
-use crate::model::MetricKind;
+use crate::self_metrics::{MetricType, Registry, const_counter, const_family, const_gauge};
 use crate::sources::SourceContext;
 use crate::sources::parse::text;
 use crate::store::{Source, WorkerKey};
 use client::ScrapeError;
 use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -50,19 +51,19 @@ pub fn spawn(ctx: &SourceContext) -> Handle {
     handle
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Shared {
     stats: Mutex<Stats>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Stats {
     targets: BTreeMap<String, TargetStats>,
     errors: BTreeMap<ScrapeError, u64>,
     scrapes: u64,
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct TargetStats {
     up: bool,
     duration: f64,
@@ -187,56 +188,66 @@ fn apply(app: &App, id: &str, scraped: &client::Scraped) -> Result<usize, Scrape
 }
 
 impl SelfMetrics for Shared {
-    fn families(&self, out: &mut Vec<SelfFamily>) {
+    fn register(self: Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(self));
+    }
+}
+
+/// The targets' figures, read at render time (targets come and go with the config).
+impl Collector for Shared {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.stats.lock();
-        let mut up = SelfFamily::new(
-            "monasca_sidecar_scrape_up",
-            MetricKind::Gauge,
-            "1 when the last scrape of the target succeeded.",
-        );
-        let mut duration = SelfFamily::new(
-            "monasca_sidecar_scrape_duration_seconds",
-            MetricKind::Gauge,
-            "Duration of the last scrape of the target.",
-        );
-        let mut samples = SelfFamily::new(
-            "monasca_sidecar_scrape_series",
-            MetricKind::Gauge,
-            "Series the target returned in its last successful scrape.",
-        );
-        for (id, t) in &stats.targets {
-            up = up.labelled("target", id, if t.up { 1.0 } else { 0.0 });
-            duration = duration.labelled("target", id, t.duration);
-            samples = samples.labelled("target", id, t.samples as f64);
-        }
-        out.push(up);
-        out.push(duration);
-        out.push(samples);
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_scrape_targets",
-                MetricKind::Gauge,
-                "Scrape targets after expanding ranges and globs.",
-            )
-            .value(stats.targets.len() as f64),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_scrape_attempts_total",
-                MetricKind::Counter,
-                "Scrapes attempted.",
-            )
-            .value(stats.scrapes as f64),
-        );
-        let mut errors = SelfFamily::new(
-            "monasca_sidecar_scrape_errors_total",
-            MetricKind::Counter,
-            "Failed scrapes, by reason.",
-        );
-        for e in ScrapeError::ALL {
-            let v = stats.errors.get(&e).copied().unwrap_or(0);
-            errors = errors.labelled("reason", e.reason(), v as f64);
-        }
-        out.push(errors);
+        let per_target = |f: fn(&TargetStats) -> f64| {
+            stats.targets.iter().map(move |(id, t)| (id.as_str(), f(t)))
+        };
+        let e = &mut encoder;
+        const_family(
+            e,
+            "scrape_up",
+            "1 when the last scrape of the target succeeded",
+            MetricType::Gauge,
+            "target",
+            per_target(|t| if t.up { 1.0 } else { 0.0 }),
+        )?;
+        const_family(
+            e,
+            "scrape_duration_seconds",
+            "Duration of the last scrape of the target",
+            MetricType::Gauge,
+            "target",
+            per_target(|t| t.duration),
+        )?;
+        const_family(
+            e,
+            "scrape_series",
+            "Series the target returned in its last successful scrape",
+            MetricType::Gauge,
+            "target",
+            per_target(|t| t.samples as f64),
+        )?;
+        const_gauge(
+            e,
+            "scrape_targets",
+            "Scrape targets after expanding ranges and globs",
+            stats.targets.len() as f64,
+        )?;
+        const_counter(
+            e,
+            "scrape_attempts",
+            "Scrapes attempted",
+            stats.scrapes as f64,
+        )?;
+        let errors = ScrapeError::ALL.map(|r| {
+            let n = stats.errors.get(&r).copied().unwrap_or(0);
+            (r.reason(), n as f64)
+        });
+        const_family(
+            e,
+            "scrape_errors",
+            "Failed scrapes, by reason",
+            MetricType::Counter,
+            "reason",
+            errors,
+        )
     }
 }

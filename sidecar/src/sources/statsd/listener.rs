@@ -93,10 +93,7 @@ pub(crate) fn udp_loop(socket: UdpSocket, shared: Arc<Shared>) {
         match receiver.recv(&socket) {
             Ok(0) => {}
             Ok(n) => {
-                shared
-                    .metrics
-                    .datagrams
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                shared.metrics.datagrams.inc_by(n as u64);
                 let mut acc = shared.acc.lock();
                 acc.set_clock(std::time::Instant::now());
                 for i in 0..n {
@@ -266,10 +263,7 @@ pub(crate) async fn tcp_accept_loop(listener: TcpListener, shared: Arc<Shared>) 
                     tracing::warn!(%peer, "too many StatsD TCP connections; closing");
                     continue;
                 }
-                shared
-                    .metrics
-                    .tcp_connections
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.metrics.tcp_connections.inc();
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     if let Err(e) = tcp_connection(stream, &shared).await {

@@ -26,9 +26,9 @@ pub use mapping::{Mapped, MappedName, Mapper, MappingError, sanitize_metric_name
 
 use crate::app::App;
 use crate::component::SelfMetrics;
-use crate::expose::SelfFamily;
 use crate::lifecycle::Handle;
-use crate::model::{Family, MetricKind};
+use crate::model::Family;
+use crate::self_metrics::{Counter, EnumCounters, Gauge, Registry};
 use crate::sources::SourceContext;
 use crate::store::{Scope, Source, WorkerKey};
 use monasca_config::SidecarConfig;
@@ -65,19 +65,36 @@ impl crate::component::StatePart for Shared {
     }
 }
 
-/// Self-metric counters, updated once per receive batch.
-#[derive(Default)]
+/// Self-metrics (`prometheus-client` atomics), updated once per receive batch; the counters
+/// by reason are created per enum variant up front, so an update takes no lock.
 pub(crate) struct Metrics {
-    datagrams: AtomicU64,
-    tcp_connections: AtomicU64,
+    datagrams: Counter,
+    tcp_connections: Counter,
     tcp_open: AtomicU64,
-    lines: AtomicU64,
-    samples: AtomicU64,
-    errors: [AtomicU64; LineError::ALL.len()],
-    dropped: [AtomicU64; DropReason::ALL.len()],
-    tag_errors: AtomicU64,
-    series: AtomicU64,
-    receive_buffer: AtomicU64,
+    lines: Counter,
+    samples: Counter,
+    errors: EnumCounters<{ LineError::ALL.len() }>,
+    dropped: EnumCounters<{ DropReason::ALL.len() }>,
+    tag_errors: Counter,
+    series: Gauge,
+    receive_buffer: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            datagrams: Counter::default(),
+            tcp_connections: Counter::default(),
+            tcp_open: AtomicU64::new(0),
+            lines: Counter::default(),
+            samples: Counter::default(),
+            errors: EnumCounters::new("reason", LineError::ALL.map(LineError::reason)),
+            dropped: EnumCounters::new("reason", DropReason::ALL.map(DropReason::reason)),
+            tag_errors: Counter::default(),
+            series: Gauge::default(),
+            receive_buffer: Gauge::default(),
+        }
+    }
 }
 
 /// State shared by the receivers, the flush task and the self-metrics.
@@ -125,20 +142,20 @@ impl Shared {
     fn absorb(&self, acc: &mut Accumulator) {
         let c = acc.take_counts();
         let m = &self.metrics;
-        m.lines.fetch_add(c.lines, Ordering::Relaxed);
-        m.samples.fetch_add(c.samples, Ordering::Relaxed);
-        m.tag_errors.fetch_add(c.tag_errors, Ordering::Relaxed);
-        for (a, v) in m.errors.iter().zip(c.errors) {
+        m.lines.inc_by(c.lines);
+        m.samples.inc_by(c.samples);
+        m.tag_errors.inc_by(c.tag_errors);
+        for (i, v) in c.errors.into_iter().enumerate() {
             if v > 0 {
-                a.fetch_add(v, Ordering::Relaxed);
+                m.errors.child(i).inc_by(v);
             }
         }
-        for (a, v) in m.dropped.iter().zip(c.dropped) {
+        for (i, v) in c.dropped.into_iter().enumerate() {
             if v > 0 {
-                a.fetch_add(v, Ordering::Relaxed);
+                m.dropped.child(i).inc_by(v);
             }
         }
-        m.series.store(acc.series_count() as u64, Ordering::Relaxed);
+        m.series.set(acc.series_count() as i64);
     }
 
     /// Applies the changes accumulated since the last flush to the store, then expires idle
@@ -179,9 +196,7 @@ impl Shared {
                     "StatsD series expired"
                 );
             }
-            self.metrics
-                .series
-                .store(acc.series_count() as u64, Ordering::Relaxed);
+            self.metrics.series.set(acc.series_count() as i64);
             expired
         };
         if expired.is_empty() || !state.applied {
@@ -267,16 +282,16 @@ impl Shared {
         let mut acc = self.acc.lock();
         for (name, series, e) in refused {
             acc.forget_family(&name);
-            self.metrics.dropped[DropReason::StoreRejected.index()]
-                .fetch_add(series as u64, Ordering::Relaxed);
+            self.metrics
+                .dropped
+                .child(DropReason::StoreRejected.index())
+                .inc_by(series as u64);
             if state.logged.len() < 1000 && state.logged.insert(name.clone()) {
                 tracing::warn!(family = %name, reason = e.reason(), error = %e,
                     "StatsD family refused by the store; its values are dropped");
             }
         }
-        self.metrics
-            .series
-            .store(acc.series_count() as u64, Ordering::Relaxed);
+        self.metrics.series.set(acc.series_count() as i64);
     }
 
     /// Picks up a changed configuration (mapping rules, buckets, worker labels, limits).
@@ -319,82 +334,53 @@ impl crate::component::Clear for Shared {
 }
 
 impl SelfMetrics for Shared {
-    fn families(&self, out: &mut Vec<SelfFamily>) {
+    fn register(self: Arc<Self>, registry: &mut Registry) {
         let m = &self.metrics;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_statsd_datagrams_total",
-                MetricKind::Counter,
-                "StatsD UDP datagrams received.",
-            )
-            .value(get(&m.datagrams)),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_statsd_tcp_connections_total",
-                MetricKind::Counter,
-                "StatsD TCP connections accepted.",
-            )
-            .value(get(&m.tcp_connections)),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_statsd_lines_total",
-                MetricKind::Counter,
-                "StatsD lines received (including rejected ones).",
-            )
-            .value(get(&m.lines)),
-        );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_statsd_samples_total",
-                MetricKind::Counter,
-                "StatsD samples accumulated.",
-            )
-            .value(get(&m.samples)),
-        );
-        let mut errors = SelfFamily::new(
-            "monasca_sidecar_statsd_errors_total",
-            MetricKind::Counter,
-            "StatsD lines rejected, by reason.",
-        );
-        for (e, a) in LineError::ALL.iter().zip(&m.errors) {
-            errors = errors.labelled("reason", e.reason(), get(a));
+        let counters = [
+            (
+                &m.datagrams,
+                "statsd_datagrams",
+                "StatsD UDP datagrams received",
+            ),
+            (
+                &m.tcp_connections,
+                "statsd_tcp_connections",
+                "StatsD TCP connections accepted",
+            ),
+            (
+                &m.lines,
+                "statsd_lines",
+                "StatsD lines received (including rejected ones)",
+            ),
+            (&m.samples, "statsd_samples", "StatsD samples accumulated"),
+            (
+                &m.tag_errors,
+                "statsd_tag_errors",
+                "StatsD tags skipped (no value, reserved or worker label name, duplicate)",
+            ),
+        ];
+        for (counter, name, help) in counters {
+            registry.register(name, help, counter.clone());
         }
-        out.push(errors);
-        let mut dropped = SelfFamily::new(
-            "monasca_sidecar_statsd_dropped_total",
-            MetricKind::Counter,
-            "Well-formed StatsD samples not applied, by reason.",
+        m.errors.register(
+            registry,
+            "statsd_errors",
+            "StatsD lines rejected, by reason",
         );
-        for (r, a) in DropReason::ALL.iter().zip(&m.dropped) {
-            dropped = dropped.labelled("reason", r.reason(), get(a));
-        }
-        out.push(dropped);
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_statsd_tag_errors_total",
-                MetricKind::Counter,
-                "StatsD tags skipped (no value, reserved or worker label name, duplicate).",
-            )
-            .value(get(&m.tag_errors)),
+        m.dropped.register(
+            registry,
+            "statsd_dropped",
+            "Well-formed StatsD samples not applied, by reason",
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_statsd_series",
-                MetricKind::Gauge,
-                "StatsD series accumulated.",
-            )
-            .value(get(&m.series)),
+        registry.register(
+            "statsd_series",
+            "StatsD series accumulated",
+            m.series.clone(),
         );
-        out.push(
-            SelfFamily::new(
-                "monasca_sidecar_statsd_receive_buffer_bytes",
-                MetricKind::Gauge,
-                "Effective kernel receive buffer of the StatsD UDP socket.",
-            )
-            .value(get(&m.receive_buffer)),
+        registry.register(
+            "statsd_receive_buffer_bytes",
+            "Effective kernel receive buffer of the StatsD UDP socket",
+            m.receive_buffer.clone(),
         );
     }
 }
@@ -430,14 +416,14 @@ impl StatsdHandle {
     pub fn lines_received(&self) -> u64 {
         self.inner
             .as_ref()
-            .map_or(0, |(_, s)| s.metrics.lines.load(Ordering::Relaxed))
+            .map_or(0, |(_, s)| s.metrics.lines.get())
     }
 
     /// UDP datagrams received so far.
     pub fn datagrams_received(&self) -> u64 {
         self.inner
             .as_ref()
-            .map_or(0, |(_, s)| s.metrics.datagrams.load(Ordering::Relaxed))
+            .map_or(0, |(_, s)| s.metrics.datagrams.get())
     }
 
     /// Applies what was accumulated, then stops the receivers and the flush task.
@@ -484,10 +470,7 @@ pub async fn spawn(
     let tcp_addr = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
 
     let shared = Arc::new(Shared::new(acc, config.clone()));
-    shared
-        .metrics
-        .receive_buffer
-        .store(receive_buffer as u64, Ordering::Relaxed);
+    shared.metrics.receive_buffer.set(receive_buffer as i64);
     app.register(shared.clone());
     app.register_clear(shared.clone());
     app.register_state_part(shared.clone());

@@ -805,8 +805,11 @@ fn flush_drops_families_the_store_refuses_and_keeps_the_others() {
     assert_value(&text, "fine_total", 1.0);
     assert_value(&text, "shared_name", 1.0);
     assert_eq!(
-        shared.metrics.dropped[DropReason::StoreRejected.index()]
-            .load(std::sync::atomic::Ordering::Relaxed),
+        shared
+            .metrics
+            .dropped
+            .child(DropReason::StoreRejected.index())
+            .get(),
         1
     );
 }
