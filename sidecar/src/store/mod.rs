@@ -16,6 +16,7 @@ mod key;
 pub(crate) mod persist;
 mod resilient;
 mod rules;
+mod series_map;
 pub mod sweeper;
 #[cfg(test)]
 mod tests;
@@ -31,8 +32,9 @@ pub use rules::{GaugeRules, resolve_mode};
 pub(crate) use view::SeriesView;
 pub use workers::WorkerInfo;
 
+use series_map::SeriesMap;
+
 use crate::model::{Family, MetricKind, Value};
-use indexmap::IndexMap;
 use monasca_config::GaugeMode;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -373,7 +375,7 @@ pub(crate) struct FamilyState {
     pub(crate) help: Option<Box<str>>,
     pub(crate) unit: Option<Box<str>>,
     /// Series by canonical label text (`a="1",b="2"`, sorted, escaped).
-    pub(crate) series: IndexMap<Box<str>, SeriesState>,
+    pub(crate) series: SeriesMap,
 }
 
 /// The store of all workers' values.
@@ -536,23 +538,23 @@ impl Store {
                                 kind: family.kind,
                                 help: family.help.as_deref().map(Into::into),
                                 unit: family.unit.as_deref().map(Into::into),
-                                series: IndexMap::new(),
+                                series: SeriesMap::new(),
                             })
                         }),
                 ),
             };
             let kind = state.kind;
-            let series = match state.series.get_mut(p.key.as_str()) {
-                Some(s) => s,
-                None => {
-                    stats.new_series += 1;
-                    let key: Box<str> = p.key.as_str().into();
-                    state.series.entry(key).or_insert(SeriesState {
-                        mode: p.mode,
-                        data: SeriesData::empty_for(p.value),
-                    })
-                }
+            let made = state.series.get_or_insert_with(&p.key, || SeriesState {
+                mode: p.mode,
+                data: SeriesData::empty_for(p.value),
+            });
+            // `prepare` refused an update whose keys would not fit.
+            let Some((series, new)) = made else {
+                continue;
             };
+            if new {
+                stats.new_series += 1;
+            }
             let counts = &mut touched[p.family_index];
             let update = update_entry(series, kind, worker_id, generation, p.value, ts);
             match update.before {

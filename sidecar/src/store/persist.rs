@@ -8,11 +8,10 @@
 
 use super::{
     DROPPED, DistEntry, FamilyState, RetiredGauge, ScalarEntries, ScalarEntry, SeriesData,
-    SeriesState, Source, Store, StoreSettings, WorkerFamily, WorkerKey, WorkerState,
+    SeriesMap, SeriesState, Source, Store, StoreSettings, WorkerFamily, WorkerKey, WorkerState,
 };
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::model::MetricKind;
-use indexmap::IndexMap;
 use monasca_config::GaugeMode;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -189,7 +188,7 @@ impl Store {
             let help = d.opt_str()?.map(Into::into);
             let unit = d.opt_str()?.map(Into::into);
             let ns = d.len(8)?;
-            let mut series = IndexMap::with_capacity(ns);
+            let mut series = SeriesMap::new();
             for _ in 0..ns {
                 let key: Box<str> = d.str()?.into();
                 let mode = mode_from(d.u8()?)?;
@@ -281,8 +280,10 @@ impl Store {
                 if state.is_empty(kind) {
                     continue;
                 }
-                if series.insert(key, state).is_some() {
-                    return Err(DecodeError::Corrupt("a series appears twice"));
+                if series.insert_new(&key, state).is_err() {
+                    return Err(DecodeError::Corrupt(
+                        "a series appears twice, or a family's label text passes 4 GiB",
+                    ));
                 }
             }
             if series.is_empty() {
@@ -376,7 +377,7 @@ fn encode_family(name: &str, family: &FamilyState, kept_worker: &dyn Fn(u32) -> 
     e.opt_str(family.help.as_deref());
     e.opt_str(family.unit.as_deref());
     e.len(family.series.len());
-    for (key, s) in &family.series {
+    for (key, s) in family.series.iter() {
         e.str(key);
         e.u8(mode_code(s.mode));
         match &s.data {

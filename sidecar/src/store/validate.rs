@@ -2,6 +2,7 @@
 //! break an exposition, values that cannot be cumulative, layouts and modes that differ from
 //! what the store holds. An update that fails here changes nothing.
 
+use super::series_map::MAX_KEY_TEXT;
 use super::{
     DROPPED, SELF_PREFIX, Scope, SeriesData, SeriesName, Store, StoreError, WorkerKey, resolve_mode,
 };
@@ -125,6 +126,8 @@ impl Store {
                 });
             }
             let mut keys_in_family: HashSet<&str> = HashSet::with_capacity(prepared.len() - first);
+            // Key text the family would hold at most (new keys counted whether new or not).
+            let mut key_text = existing.map_or(0, |f| f.series.key_text_len());
             for p in &prepared[first..] {
                 if !keys_in_family.insert(p.key.as_str()) {
                     return Err(StoreError::DuplicateSeries(SeriesName::new(
@@ -132,6 +135,12 @@ impl Store {
                         &p.key,
                     )));
                 }
+                key_text += p.key.len();
+            }
+            if key_text > MAX_KEY_TEXT {
+                return Err(StoreError::FamilyTooLarge {
+                    family: family.name.to_string(),
+                });
             }
         }
         if resulting > self.settings.max_series_per_worker {

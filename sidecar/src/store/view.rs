@@ -120,7 +120,7 @@ impl<'s> FamilyView<'s> {
                     retired: retired.as_deref(),
                 },
             };
-            (&**labels, view)
+            (labels, view)
         })
     }
 }
