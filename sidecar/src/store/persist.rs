@@ -7,8 +7,9 @@
 //! that died while the sidecar was down twice (once here, once when the reader folds its file).
 
 use super::{
-    DROPPED, DistEntry, FamilyState, RetiredGauge, ScalarEntries, ScalarEntry, SeriesData,
-    SeriesMap, SeriesState, Source, Store, StoreSettings, WorkerFamily, WorkerKey, WorkerState,
+    DROPPED, DistEntry, DistSeries, FamilyState, RetiredGauge, ScalarEntries, ScalarEntry,
+    SeriesData, SeriesMap, SeriesState, Source, Store, StoreSettings, WorkerFamily, WorkerKey,
+    WorkerState,
 };
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::model::MetricKind;
@@ -236,6 +237,7 @@ impl Store {
                             }
                         };
                         SeriesData::Scalar {
+                            mode,
                             entries,
                             retired,
                             retired_gauge,
@@ -266,15 +268,16 @@ impl Store {
                                 Some(values.into())
                             }
                         };
-                        SeriesData::Dist {
+                        SeriesData::Dist(Box::new(DistSeries {
+                            mode,
                             bounds,
                             entries,
                             retired,
-                        }
+                        }))
                     }
                     _ => return Err(DecodeError::Corrupt("series data does not fit its kind")),
                 };
-                let state = SeriesState { mode, data };
+                let state = SeriesState { data };
                 // Series held only by workers left out (multiprocess) are rebuilt by their
                 // source, or not at all.
                 if state.is_empty(kind) {
@@ -379,12 +382,13 @@ fn encode_family(name: &str, family: &FamilyState, kept_worker: &dyn Fn(u32) -> 
     e.len(family.series.len());
     for (key, s) in family.series.iter() {
         e.str(key);
-        e.u8(mode_code(s.mode));
+        e.u8(mode_code(s.mode()));
         match &s.data {
             SeriesData::Scalar {
                 entries,
                 retired,
                 retired_gauge,
+                ..
             } => {
                 e.u8(0);
                 e.len(entries.iter().filter(|x| kept_worker(x.worker)).count());
@@ -411,11 +415,13 @@ fn encode_family(name: &str, family: &FamilyState, kept_worker: &dyn Fn(u32) -> 
                     }
                 }
             }
-            SeriesData::Dist {
-                bounds,
-                entries,
-                retired,
-            } => {
+            SeriesData::Dist(d) => {
+                let DistSeries {
+                    bounds,
+                    entries,
+                    retired,
+                    ..
+                } = &**d;
                 e.u8(1);
                 e.f64s(bounds);
                 e.len(entries.iter().filter(|x| kept_worker(x.worker)).count());

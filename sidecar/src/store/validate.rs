@@ -70,13 +70,13 @@ impl Store {
                     .map_err(StoreError::InvalidAggregate)?;
                 let held = existing.and_then(|f| f.series.get(key.as_str()));
                 if let (Some(held), Value::Histogram(h)) = (held, &series.value)
-                    && let SeriesData::Dist { bounds, .. } = &held.data
-                    && !same_bounds(bounds, &h.bounds)
+                    && let SeriesData::Dist(d) = &held.data
+                    && !same_bounds(&d.bounds, &h.bounds)
                 {
                     self.layout_mismatches += 1;
                     return Err(StoreError::HistogramLayoutMismatch {
                         series: SeriesName::new(&family.name, &key),
-                        existing: format_bounds(bounds),
+                        existing: format_bounds(&d.bounds),
                         pushed: format_bounds(&h.bounds),
                     });
                 }
@@ -98,7 +98,7 @@ impl Store {
                     && !family.kind.is_counter_like()
                 {
                     let fixed = held
-                        .mode
+                        .mode()
                         .unwrap_or_else(|| resolve_mode(&self.rules, &family.name));
                     if fixed != pushed {
                         return Err(StoreError::ModeConflict {
