@@ -309,7 +309,7 @@ mod tests {
                         let div = m % 5 + 2;
                         let keep = |k: &str| {
                             let n: u8 = k[3..].split('"').next().unwrap().parse().unwrap();
-                            n % div != 0
+                            !n.is_multiple_of(div)
                         };
                         map.retain(|k, _| keep(k));
                         model.retain(|k, _| keep(k));
