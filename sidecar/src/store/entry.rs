@@ -138,12 +138,10 @@ pub(super) fn update_entry(
                 }
             }
         },
-        (
-            SeriesData::Dist {
+        (SeriesData::Dist(dist), v) => {
+            let DistSeries {
                 entries, retired, ..
-            },
-            v,
-        ) => {
+            } = &mut **dist;
             let values = dist_values(v);
             match entries.iter_mut().find(|e| e.worker == worker) {
                 Some(e) => {
@@ -189,8 +187,8 @@ pub(super) fn set_dropped(s: &mut SeriesState, worker: u32) {
                 e.generation |= DROPPED;
             }
         }
-        SeriesData::Dist { entries, .. } => {
-            if let Some(e) = entries.iter_mut().find(|e| e.worker == worker) {
+        SeriesData::Dist(d) => {
+            if let Some(e) = d.entries.iter_mut().find(|e| e.worker == worker) {
                 e.generation |= DROPPED;
             }
         }
@@ -222,6 +220,7 @@ pub(super) fn take_entry(
             entries,
             retired,
             retired_gauge,
+            ..
         } => {
             if let Some(pos) = entries.iter().position(|e| e.worker == worker) {
                 let e = entries.swap_remove(pos);
@@ -241,9 +240,10 @@ pub(super) fn take_entry(
                 }
             }
         }
-        SeriesData::Dist {
-            entries, retired, ..
-        } => {
+        SeriesData::Dist(d) => {
+            let DistSeries {
+                entries, retired, ..
+            } = &mut **d;
             if let Some(pos) = entries.iter().position(|e| e.worker == worker) {
                 let e = entries.swap_remove(pos);
                 if keep {

@@ -30,6 +30,8 @@ pub enum StoreError {
     InvalidAggregate(String),
     #[error("worker would hold {count} series, more than the limit of {limit}")]
     TooManySeries { count: usize, limit: usize },
+    #[error("the label text of {family}'s series would pass 4 GiB")]
+    FamilyTooLarge { family: String },
     #[error("metric name {0} uses the prefix reserved for the sidecar's own metrics")]
     ReservedName(String),
     #[error("label {label} of {series} is reserved: {why}")]
@@ -74,6 +76,7 @@ impl StoreError {
             StoreError::HistogramLayoutMismatch { .. } => "histogram_layout_mismatch",
             StoreError::InvalidAggregate(_) => "invalid_aggregate",
             StoreError::TooManySeries { .. } => "too_many_series",
+            StoreError::FamilyTooLarge { .. } => "family_too_large",
             StoreError::ReservedName(_) => "reserved_name",
             StoreError::NonFinite { .. } => "non_finite",
             StoreError::ReservedLabel { .. } => "reserved_label",
@@ -89,7 +92,9 @@ impl StoreError {
         match self {
             StoreError::TypeConflict { family, .. } => Some(family),
             StoreError::DuplicateFamily(name) | StoreError::ReservedName(name) => Some(name),
-            StoreError::NameCollision { family, .. } => Some(family),
+            StoreError::NameCollision { family, .. } | StoreError::FamilyTooLarge { family } => {
+                Some(family)
+            }
             StoreError::DuplicateSeries(series)
             | StoreError::HistogramLayoutMismatch { series, .. }
             | StoreError::NonFinite { series, .. }

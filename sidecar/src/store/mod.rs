@@ -16,6 +16,7 @@ mod key;
 pub(crate) mod persist;
 mod resilient;
 mod rules;
+mod series_map;
 pub mod sweeper;
 #[cfg(test)]
 mod tests;
@@ -31,8 +32,9 @@ pub use rules::{GaugeRules, resolve_mode};
 pub(crate) use view::SeriesView;
 pub use workers::WorkerInfo;
 
+use series_map::SeriesMap;
+
 use crate::model::{Family, MetricKind, Value};
-use indexmap::IndexMap;
 use monasca_config::GaugeMode;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -274,56 +276,74 @@ pub(crate) struct DistEntry {
 pub(crate) type ScalarEntries = smallvec::SmallVec<[ScalarEntry; 1]>;
 
 /// The values of one series across workers.
+///
+/// Most series are scalars with one worker: their variant holds it inline (56 bytes with the
+/// mode and the tag); the rarer distributions are boxed so that they do not widen it.
 #[derive(Clone, Debug)]
 pub(crate) enum SeriesData {
     Scalar {
+        /// Gauge mode fixed by the source or an `_aggregate` label.
+        mode: Option<GaugeMode>,
         entries: ScalarEntries,
         /// Counters: the sum of departed or reset workers' values.
         retired: f64,
         /// Gauges: departed workers' last values.
         retired_gauge: Option<Box<RetiredGauge>>,
     },
-    Dist {
-        /// Histogram upper bounds (empty for summaries).
-        bounds: Arc<[f64]>,
-        entries: Vec<DistEntry>,
-        /// Element-wise sum of departed or reset workers' values.
-        retired: Option<Box<[f64]>>,
-    },
+    Dist(Box<DistSeries>),
+}
+
+/// The values of one histogram or summary series across workers.
+#[derive(Clone, Debug)]
+pub(crate) struct DistSeries {
+    /// The mode an `_aggregate` label named (kept, as the state file records it).
+    pub(crate) mode: Option<GaugeMode>,
+    /// Histogram upper bounds (empty for summaries).
+    pub(crate) bounds: Arc<[f64]>,
+    pub(crate) entries: Vec<DistEntry>,
+    /// Element-wise sum of departed or reset workers' values.
+    pub(crate) retired: Option<Box<[f64]>>,
 }
 
 impl SeriesData {
     /// An empty series shaped for `value`.
-    fn empty_for(value: &Value) -> SeriesData {
-        match value {
-            Value::Scalar(_) => SeriesData::Scalar {
-                entries: ScalarEntries::new(),
-                retired: 0.0,
-                retired_gauge: None,
-            },
-            Value::Histogram(h) => SeriesData::Dist {
-                bounds: h.bounds.as_slice().into(),
-                entries: Vec::new(),
-                retired: None,
-            },
-            Value::Summary { .. } => SeriesData::Dist {
-                bounds: Arc::from([]),
-                entries: Vec::new(),
-                retired: None,
-            },
-        }
+    fn empty_for(mode: Option<GaugeMode>, value: &Value) -> SeriesData {
+        let bounds: Arc<[f64]> = match value {
+            Value::Scalar(_) => {
+                return SeriesData::Scalar {
+                    mode,
+                    entries: ScalarEntries::new(),
+                    retired: 0.0,
+                    retired_gauge: None,
+                };
+            }
+            Value::Histogram(h) => h.bounds.as_slice().into(),
+            Value::Summary { .. } => Arc::from([]),
+        };
+        SeriesData::Dist(Box::new(DistSeries {
+            mode,
+            bounds,
+            entries: Vec::new(),
+            retired: None,
+        }))
     }
 }
 
 /// One series of a family.
 #[derive(Clone, Debug)]
 pub(crate) struct SeriesState {
-    /// Gauge mode fixed by the source or an `_aggregate` label.
-    pub(crate) mode: Option<GaugeMode>,
     pub(crate) data: SeriesData,
 }
 
 impl SeriesState {
+    /// Gauge mode fixed by the source or an `_aggregate` label.
+    pub(crate) fn mode(&self) -> Option<GaugeMode> {
+        match &self.data {
+            SeriesData::Scalar { mode, .. } => *mode,
+            SeriesData::Dist(d) => d.mode,
+        }
+    }
+
     /// The generation in which the worker last set this series (with the [`DROPPED`] flag),
     /// if it holds it.
     fn entry_generation(&self, worker: u32) -> Option<u32> {
@@ -332,7 +352,8 @@ impl SeriesState {
                 .iter()
                 .find(|e| e.worker == worker)
                 .map(|e| e.generation),
-            SeriesData::Dist { entries, .. } => entries
+            SeriesData::Dist(d) => d
+                .entries
                 .iter()
                 .find(|e| e.worker == worker)
                 .map(|e| e.generation),
@@ -346,6 +367,7 @@ impl SeriesState {
                 entries,
                 retired,
                 retired_gauge,
+                ..
             } => {
                 entries.is_empty()
                     && match kind {
@@ -353,9 +375,7 @@ impl SeriesState {
                         _ => retired_gauge.is_none(),
                     }
             }
-            SeriesData::Dist {
-                entries, retired, ..
-            } => entries.is_empty() && retired.is_none(),
+            SeriesData::Dist(d) => d.entries.is_empty() && d.retired.is_none(),
         }
     }
 }
@@ -373,7 +393,7 @@ pub(crate) struct FamilyState {
     pub(crate) help: Option<Box<str>>,
     pub(crate) unit: Option<Box<str>>,
     /// Series by canonical label text (`a="1",b="2"`, sorted, escaped).
-    pub(crate) series: IndexMap<Box<str>, SeriesState>,
+    pub(crate) series: SeriesMap,
 }
 
 /// The store of all workers' values.
@@ -536,23 +556,22 @@ impl Store {
                                 kind: family.kind,
                                 help: family.help.as_deref().map(Into::into),
                                 unit: family.unit.as_deref().map(Into::into),
-                                series: IndexMap::new(),
+                                series: SeriesMap::new(),
                             })
                         }),
                 ),
             };
             let kind = state.kind;
-            let series = match state.series.get_mut(p.key.as_str()) {
-                Some(s) => s,
-                None => {
-                    stats.new_series += 1;
-                    let key: Box<str> = p.key.as_str().into();
-                    state.series.entry(key).or_insert(SeriesState {
-                        mode: p.mode,
-                        data: SeriesData::empty_for(p.value),
-                    })
-                }
+            let made = state.series.get_or_insert_with(&p.key, || SeriesState {
+                data: SeriesData::empty_for(p.mode, p.value),
+            });
+            // `prepare` refused an update whose keys would not fit.
+            let Some((series, new)) = made else {
+                continue;
             };
+            if new {
+                stats.new_series += 1;
+            }
             let counts = &mut touched[p.family_index];
             let update = update_entry(series, kind, worker_id, generation, p.value, ts);
             match update.before {

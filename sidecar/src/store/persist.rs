@@ -7,12 +7,12 @@
 //! that died while the sidecar was down twice (once here, once when the reader folds its file).
 
 use super::{
-    DROPPED, DistEntry, FamilyState, RetiredGauge, ScalarEntries, ScalarEntry, SeriesData,
-    SeriesState, Source, Store, StoreSettings, WorkerFamily, WorkerKey, WorkerState,
+    DROPPED, DistEntry, DistSeries, FamilyState, RetiredGauge, ScalarEntries, ScalarEntry,
+    SeriesData, SeriesMap, SeriesState, Source, Store, StoreSettings, WorkerFamily, WorkerKey,
+    WorkerState,
 };
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::model::MetricKind;
-use indexmap::IndexMap;
 use monasca_config::GaugeMode;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -189,7 +189,7 @@ impl Store {
             let help = d.opt_str()?.map(Into::into);
             let unit = d.opt_str()?.map(Into::into);
             let ns = d.len(8)?;
-            let mut series = IndexMap::with_capacity(ns);
+            let mut series = SeriesMap::new();
             for _ in 0..ns {
                 let key: Box<str> = d.str()?.into();
                 let mode = mode_from(d.u8()?)?;
@@ -237,6 +237,7 @@ impl Store {
                             }
                         };
                         SeriesData::Scalar {
+                            mode,
                             entries,
                             retired,
                             retired_gauge,
@@ -267,22 +268,25 @@ impl Store {
                                 Some(values.into())
                             }
                         };
-                        SeriesData::Dist {
+                        SeriesData::Dist(Box::new(DistSeries {
+                            mode,
                             bounds,
                             entries,
                             retired,
-                        }
+                        }))
                     }
                     _ => return Err(DecodeError::Corrupt("series data does not fit its kind")),
                 };
-                let state = SeriesState { mode, data };
+                let state = SeriesState { data };
                 // Series held only by workers left out (multiprocess) are rebuilt by their
                 // source, or not at all.
                 if state.is_empty(kind) {
                     continue;
                 }
-                if series.insert(key, state).is_some() {
-                    return Err(DecodeError::Corrupt("a series appears twice"));
+                if series.insert_new(&key, state).is_err() {
+                    return Err(DecodeError::Corrupt(
+                        "a series appears twice, or a family's label text passes 4 GiB",
+                    ));
                 }
             }
             if series.is_empty() {
@@ -376,14 +380,15 @@ fn encode_family(name: &str, family: &FamilyState, kept_worker: &dyn Fn(u32) -> 
     e.opt_str(family.help.as_deref());
     e.opt_str(family.unit.as_deref());
     e.len(family.series.len());
-    for (key, s) in &family.series {
+    for (key, s) in family.series.iter() {
         e.str(key);
-        e.u8(mode_code(s.mode));
+        e.u8(mode_code(s.mode()));
         match &s.data {
             SeriesData::Scalar {
                 entries,
                 retired,
                 retired_gauge,
+                ..
             } => {
                 e.u8(0);
                 e.len(entries.iter().filter(|x| kept_worker(x.worker)).count());
@@ -410,11 +415,13 @@ fn encode_family(name: &str, family: &FamilyState, kept_worker: &dyn Fn(u32) -> 
                     }
                 }
             }
-            SeriesData::Dist {
-                bounds,
-                entries,
-                retired,
-            } => {
+            SeriesData::Dist(d) => {
+                let DistSeries {
+                    bounds,
+                    entries,
+                    retired,
+                    ..
+                } = &**d;
                 e.u8(1);
                 e.f64s(bounds);
                 e.len(entries.iter().filter(|x| kept_worker(x.worker)).count());

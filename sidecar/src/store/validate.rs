@@ -2,6 +2,7 @@
 //! break an exposition, values that cannot be cumulative, layouts and modes that differ from
 //! what the store holds. An update that fails here changes nothing.
 
+use super::series_map::MAX_KEY_TEXT;
 use super::{
     DROPPED, SELF_PREFIX, Scope, SeriesData, SeriesName, Store, StoreError, WorkerKey, resolve_mode,
 };
@@ -69,13 +70,13 @@ impl Store {
                     .map_err(StoreError::InvalidAggregate)?;
                 let held = existing.and_then(|f| f.series.get(key.as_str()));
                 if let (Some(held), Value::Histogram(h)) = (held, &series.value)
-                    && let SeriesData::Dist { bounds, .. } = &held.data
-                    && !same_bounds(bounds, &h.bounds)
+                    && let SeriesData::Dist(d) = &held.data
+                    && !same_bounds(&d.bounds, &h.bounds)
                 {
                     self.layout_mismatches += 1;
                     return Err(StoreError::HistogramLayoutMismatch {
                         series: SeriesName::new(&family.name, &key),
-                        existing: format_bounds(bounds),
+                        existing: format_bounds(&d.bounds),
                         pushed: format_bounds(&h.bounds),
                     });
                 }
@@ -97,7 +98,7 @@ impl Store {
                     && !family.kind.is_counter_like()
                 {
                     let fixed = held
-                        .mode
+                        .mode()
                         .unwrap_or_else(|| resolve_mode(&self.rules, &family.name));
                     if fixed != pushed {
                         return Err(StoreError::ModeConflict {
@@ -125,6 +126,8 @@ impl Store {
                 });
             }
             let mut keys_in_family: HashSet<&str> = HashSet::with_capacity(prepared.len() - first);
+            // Key text the family would hold at most (new keys counted whether new or not).
+            let mut key_text = existing.map_or(0, |f| f.series.key_text_len());
             for p in &prepared[first..] {
                 if !keys_in_family.insert(p.key.as_str()) {
                     return Err(StoreError::DuplicateSeries(SeriesName::new(
@@ -132,6 +135,12 @@ impl Store {
                         &p.key,
                     )));
                 }
+                key_text += p.key.len();
+            }
+            if key_text > MAX_KEY_TEXT {
+                return Err(StoreError::FamilyTooLarge {
+                    family: family.name.to_string(),
+                });
             }
         }
         if resulting > self.settings.max_series_per_worker {

@@ -101,26 +101,23 @@ impl<'s> FamilyView<'s> {
         self.state.series.iter().map(|(labels, series)| {
             let view = match &series.data {
                 SeriesData::Scalar {
+                    mode,
                     entries,
                     retired,
                     retired_gauge,
                 } => SeriesView::Scalar {
-                    mode: series.mode,
+                    mode: *mode,
                     entries,
                     retired: *retired,
                     retired_gauge: retired_gauge.as_deref(),
                 },
-                SeriesData::Dist {
-                    bounds,
-                    entries,
-                    retired,
-                } => SeriesView::Dist {
-                    bounds,
-                    entries,
-                    retired: retired.as_deref(),
+                SeriesData::Dist(d) => SeriesView::Dist {
+                    bounds: &d.bounds,
+                    entries: &d.entries,
+                    retired: d.retired.as_deref(),
                 },
             };
-            (&**labels, view)
+            (labels, view)
         })
     }
 }

@@ -61,7 +61,7 @@ impl Store {
                 let departure = if retire {
                     Departure::Departed {
                         labels: &state.label_text,
-                        mode: s.mode.unwrap_or(family_mode),
+                        mode: s.mode().unwrap_or(family_mode),
                     }
                 } else {
                     Departure::Forgotten
