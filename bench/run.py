@@ -449,9 +449,9 @@ def section_operator(r):
            "any pod is stored.")
     r.goal("Operator", f"RSS per watched pod <= 2 KB ({pods:,} pods stored)", f"{per_pod:,.0f} bytes",
            per_pod <= 2048,
-           "Each pod is held once, slimmed (metadata, phase, IP, the sidecar container's name and ports), "
-           "but as a k8s-openapi `Pod`, whose struct alone is over 2 KB before any string; plus the "
-           "allocator's high-water mark from decoding the watch events.")
+           "Each pod is held once, as a compact `PodEntry` (name, phase, IP, the sidecar label and port, "
+           "the annotations and owner the controller reads), not a k8s-openapi `Pod`; plus the store's "
+           "key and the allocator's high-water mark from decoding the watch events.")
     r.goal("Operator", "pods watched once", f"{o['operator_pod_watches']} pod watches open",
            o["operator_pod_watches"] == 1,
            "Counted at the apiserver (`apiserver_longrunning_requests`, pod WATCHes opened by the operator).")

@@ -3,23 +3,21 @@
 use crate::inject::Settings;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
+use crate::pod_entry::PodEntry;
 use crate::tls::CertResolver;
 use futures::Stream;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
-use monasca_crds::{LABEL_SIDECAR, MetricsSidecar};
+use monasca_crds::MetricsSidecar;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::Notify;
 
-fn is_injected(pod: &Pod) -> bool {
-    pod.metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(LABEL_SIDECAR))
+fn is_injected(pod: &PodEntry) -> bool {
+    pod.sidecar.is_some()
 }
 
 /// The namespaces whose pods changed since the controller last took them: one entry per
@@ -73,11 +71,10 @@ pub struct Context {
     pub sidecars: Store<MetricsSidecar>,
     /// Every Namespace's metadata (for the namespace-wide `inject` annotation).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// Every Pod, from the operator's one pod watch, slimmed to what counting and discovery
-    /// read (metadata, phase, IP, `hostNetwork`, container names, the sidecar's ports: see
-    /// [`crate::controller::status::slim`]). Injected pods are those with the sidecar label
-    /// ([`Context::injected_pods`]).
-    pub pods: Store<Pod>,
+    /// Every Pod, from the operator's one pod watch, kept as the compact [`PodEntry`] (what
+    /// counting, the skip rules, discovery and rollouts read). Injected pods are those with the
+    /// sidecar label ([`Context::injected_pods`]).
+    pub pods: Store<PodEntry>,
     /// Namespaces whose pods changed, for the controller's reconcile trigger (fed by the same
     /// pod watch).
     pub pod_changes: Arc<PodChanges>,
@@ -121,7 +118,7 @@ impl Context {
     }
 
     /// Adds the pod store; readiness then also waits for it.
-    pub fn with_pods(mut self, pods: Store<Pod>) -> Context {
+    pub fn with_pods(mut self, pods: Store<PodEntry>) -> Context {
         self.pods = pods;
         self.pods_synced = AtomicBool::new(false);
         self
@@ -159,8 +156,8 @@ impl Context {
         self.certs.get().and_then(|c| c.expiry())
     }
 
-    /// The (slimmed) injected pods: those carrying the sidecar label.
-    pub fn injected_pods(&self) -> Vec<Arc<Pod>> {
+    /// The injected pods: those carrying the sidecar label.
+    pub fn injected_pods(&self) -> Vec<Arc<PodEntry>> {
         self.pods.state_filter(is_injected)
     }
 
@@ -169,10 +166,9 @@ impl Context {
         self.pods.state_filter(is_injected).len()
     }
 
-    /// The (slimmed) pods of one namespace.
-    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
-        self.pods
-            .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+    /// The pods of one namespace.
+    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<PodEntry>> {
+        self.pods.state_filter(|p| &*p.namespace == namespace)
     }
 
     /// Records that the `MetricsSidecar` store has its first complete list.
@@ -225,6 +221,8 @@ impl Context {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use monasca_crds::LABEL_SIDECAR;
 
     #[tokio::test]
     async fn pod_changes_come_once_per_namespace_and_wake_a_waiting_reader() {
@@ -248,7 +246,7 @@ mod tests {
 
     #[test]
     fn injected_pods_are_the_stored_pods_with_the_sidecar_label() {
-        let mut writer: Writer<Pod> = Writer::default();
+        let mut writer: Writer<PodEntry> = Writer::default();
         for (name, labelled) in [("plain", false), ("injected", true)] {
             let mut pod = Pod::default();
             pod.metadata.name = Some(name.into());
@@ -256,7 +254,9 @@ mod tests {
             if labelled {
                 pod.metadata.labels = Some([(LABEL_SIDECAR.to_string(), "default".into())].into());
             }
-            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(pod));
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(PodEntry::from_pod(
+                &pod,
+            )));
         }
         let settings = Settings {
             operator_namespace: "monasca-system".into(),
@@ -272,7 +272,7 @@ mod tests {
         let names: Vec<_> = ctx
             .injected_pods()
             .iter()
-            .filter_map(|p| p.metadata.name.clone())
+            .map(|p| p.name.to_string())
             .collect();
         assert_eq!(names, ["injected"]);
         assert_eq!(ctx.injected_pod_count(), 1);

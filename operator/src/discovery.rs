@@ -2,15 +2,16 @@
 //! JSON (`[{"targets": ["10.0.0.7:9102"], "labels": {...}}]`), so Prometheus or monasca-agent
 //! finds all sidecars cluster-wide from one URL, without kubernetes_sd relabeling recipes.
 //!
-//! Pure: built from the operator's pod store (its one pod watch, slimmed to metadata, phase, IP,
-//! container names and the sidecar container's ports), filtered by the sidecar label; the port is the one the pod declares,
+//! Pure: built from the operator's pod store (its one pod watch, kept as
+//! [`PodEntry`](crate::pod_entry::PodEntry)s), filtered by the sidecar label; the port is the one
+//! the pod declares,
 //! so a `MetricsSidecar` moved to another port never points Prometheus at pods still on the old.
 
-use k8s_openapi::api::core::v1::Pod;
-use monasca_crds::{DEFAULT_METRICS_PORT, LABEL_SIDECAR, MetricsSidecar};
+use crate::pod_entry::PodEntry;
+use monasca_crds::{DEFAULT_METRICS_PORT, MetricsSidecar};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Pod labels copied onto the targets (sanitized into Prometheus label names).
@@ -44,8 +45,13 @@ pub fn sanitize(key: &str) -> String {
 /// The port to scrape: the one the pod's sidecar container declares (what runs there, even
 /// after its `MetricsSidecar` moved to another port), else the named sidecar's
 /// `listen.metrics` (pods injected before ports were declared), else 9102.
-fn metrics_port(pod: &Pod, sidecars: &[Arc<MetricsSidecar>], namespace: &str, name: &str) -> u16 {
-    if let Some(port) = crate::inject::declared_metrics_port(pod) {
+fn metrics_port(
+    pod: &PodEntry,
+    sidecars: &[Arc<MetricsSidecar>],
+    namespace: &str,
+    name: &str,
+) -> u16 {
+    if let Some(port) = pod.metrics_port {
         return port;
     }
     sidecars
@@ -60,32 +66,21 @@ fn metrics_port(pod: &Pod, sidecars: &[Arc<MetricsSidecar>], namespace: &str, na
 }
 
 /// The target groups, one per running injected pod with an IP, sorted by namespace and pod.
-pub fn targets(pods: &[Arc<Pod>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<TargetGroup> {
+pub fn targets(pods: &[Arc<PodEntry>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<TargetGroup> {
     let mut groups: Vec<TargetGroup> = pods
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !p.terminating && !p.phase.stopped())
         .filter_map(|pod| {
-            let labels = pod.metadata.labels.as_ref()?;
-            let sidecar = labels.get(LABEL_SIDECAR)?;
-            let status = pod.status.as_ref()?;
-            if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-                return None;
-            }
-            let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-            let port = metrics_port(pod, sidecars, &namespace, sidecar);
+            let sidecar = pod.sidecar.as_deref()?;
+            let ip = pod.ip?;
+            let port = metrics_port(pod, sidecars, &pod.namespace, sidecar);
             let mut out = BTreeMap::from([
-                ("namespace".to_string(), namespace),
-                (
-                    "pod".to_string(),
-                    pod.metadata.name.clone().unwrap_or_default(),
-                ),
-                ("sidecar".to_string(), sidecar.clone()),
+                ("namespace".to_string(), pod.namespace.to_string()),
+                ("pod".to_string(), pod.name.to_string()),
+                ("sidecar".to_string(), sidecar.to_string()),
             ]);
-            for key in COPIED_POD_LABELS {
-                if let Some(value) = labels.get(key) {
-                    out.insert(sanitize(key), value.clone());
-                }
+            for (key, value) in pod.copied_labels() {
+                out.insert(sanitize(key), value.to_string());
             }
             Some(TargetGroup {
                 targets: vec![SocketAddr::new(ip, port).to_string()],
@@ -101,19 +96,20 @@ pub fn targets(pods: &[Arc<Pod>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<Targe
 }
 
 /// The response body.
-pub fn render(pods: &[Arc<Pod>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<u8> {
+pub fn render(pods: &[Arc<PodEntry>], sidecars: &[Arc<MetricsSidecar>]) -> Vec<u8> {
     serde_json::to_vec(&targets(pods, sidecars)).unwrap_or_else(|_| b"[]".to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::api::core::v1::{Pod, PodStatus};
     use kube::api::ObjectMeta;
+    use monasca_crds::LABEL_SIDECAR;
     use serde_json::json;
 
-    fn pod(name: &str, labels: &[(&str, &str)], ip: Option<&str>, phase: &str) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn full_pod(name: &str, labels: &[(&str, &str)], ip: Option<&str>, phase: &str) -> Pod {
+        Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("monasca".into()),
@@ -131,7 +127,12 @@ mod tests {
                 ..PodStatus::default()
             }),
             spec: None,
-        })
+        }
+    }
+
+    /// A pod as the store keeps it.
+    fn pod(name: &str, labels: &[(&str, &str)], ip: Option<&str>, phase: &str) -> Arc<PodEntry> {
+        Arc::new(PodEntry::from_pod(&full_pod(name, labels, ip, phase)))
     }
 
     #[test]
@@ -197,13 +198,12 @@ mod tests {
         let mut sidecar = MetricsSidecar::new("custom", Default::default());
         sidecar.metadata.namespace = Some("monasca".into());
         sidecar.spec.config.listen.metrics = "0.0.0.0:9300".into();
-        let mut injected: Pod = (*pod(
+        let mut injected = full_pod(
             "old",
             &[(LABEL_SIDECAR, "custom")],
             Some("10.1.2.3"),
             "Running",
-        ))
-        .clone();
+        );
         injected.spec = Some(
             serde_json::from_value(json!({"containers": [
                 {"name": "app", "ports": [{"name": "sidecar-metrics", "containerPort": 8000}]},
@@ -212,19 +212,11 @@ mod tests {
             ]}))
             .expect("spec"),
         );
-        crate::controller::status::slim(&mut injected);
-        let spec = injected
-            .spec
-            .as_ref()
-            .expect("the sidecar's ports are kept");
+        let injected = PodEntry::from_pod(&injected);
         assert_eq!(
-            spec.containers.len(),
-            1,
-            "only the sidecar container is kept"
-        );
-        assert_eq!(
-            spec.containers[0].image, None,
-            "the sidecar: only its name and ports"
+            injected.metrics_port,
+            Some(9102),
+            "the sidecar container's port, not another container's of the same name"
         );
         let groups = targets(&[Arc::new(injected)], &[Arc::new(sidecar)]);
         assert_eq!(groups[0].targets, vec!["10.1.2.3:9102".to_string()]);

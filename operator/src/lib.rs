@@ -14,6 +14,7 @@
 //! - [`admin`]: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`,
 //!   `/discovery/targets`).
 //! - [`metrics`]: self-metrics with labels from fixed enums.
+//! - [`pod_entry`]: the compact value the pod store keeps of each pod (pure).
 //! - [`context`]: the shared state (`Arc<Context>`): settings, reflector stores, metrics.
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod identity;
 pub mod inject;
 pub mod leader;
 pub mod metrics;
+pub mod pod_entry;
 pub mod server;
 pub mod tls;
 pub mod watch;

@@ -10,7 +10,8 @@ use crate::context::PodChanges;
 use crate::inject::Settings;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use futures::{Stream, StreamExt};
+use crate::pod_entry::{PodEntry, entry_event};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
@@ -133,18 +134,16 @@ fn report_annotation_without_label()
 /// list only then and a reconcile before that would count the old one.
 fn record_changes(
     changes: Arc<PodChanges>,
-) -> impl FnMut(&Result<watcher::Event<Pod>, watcher::Error>) {
+) -> impl FnMut(&Result<watcher::Event<PodEntry>, watcher::Error>) {
     let mut relisted = std::collections::HashSet::new();
     move |item| match item {
         Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) => {
-            changes.record(pod.metadata.namespace.as_deref().unwrap_or_default());
+            changes.record(&pod.namespace);
         }
         Ok(watcher::Event::Init) => relisted.clear(),
         Ok(watcher::Event::InitApply(pod)) => {
-            if let Some(namespace) = &pod.metadata.namespace
-                && !relisted.contains(namespace)
-            {
-                relisted.insert(namespace.clone());
+            if !relisted.contains(&*pod.namespace) {
+                relisted.insert(pod.namespace.to_string());
             }
         }
         Ok(watcher::Event::InitDone) => {
@@ -161,7 +160,7 @@ fn record_changes(
 pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<Context> {
     let mut sidecar_writer: Writer<MetricsSidecar> = Writer::default();
     let namespace_writer: Writer<PartialObjectMeta<Namespace>> = Writer::default();
-    let pod_writer: Writer<Pod> = Writer::default();
+    let pod_writer: Writer<PodEntry> = Writer::default();
     let ctx = Arc::new(
         Context::new(
             settings,
@@ -200,15 +199,15 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
         "Namespace",
     ));
 
-    // Every pod, watched once, slimmed as it arrives (a pod's spec is most of its size): the
-    // store behind the controller's counts, the webhook's skip rules and discovery (injected
-    // pods carry the sidecar label), and the controller's trigger (the namespace of each change).
+    // Every pod, watched once, each kept as a compact `PodEntry` as it arrives: the store behind
+    // the controller's counts and skip rules, discovery (injected pods carry the sidecar label)
+    // and rollouts, and the controller's trigger (the namespace of each change).
     let pods = watcher(
         Api::<Pod>::all(client),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(crate::controller::status::slim);
+    .map_ok(entry_event);
     let stored =
         reflector::reflector(pod_writer, pods).inspect(record_changes(ctx.pod_changes.clone()));
     tokio::spawn(drive(stored, "Pod"));
@@ -238,11 +237,11 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
 mod tests {
     use super::*;
 
-    fn pod(namespace: &str, name: &str) -> Pod {
+    fn pod(namespace: &str, name: &str) -> PodEntry {
         let mut pod = Pod::default();
         pod.metadata.namespace = Some(namespace.into());
         pod.metadata.name = Some(name.into());
-        pod
+        PodEntry::from_pod(&pod)
     }
 
     /// The controller is told of a change only once the store it reconciles from holds it: a
@@ -250,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn pod_changes_are_recorded_after_the_store_holds_them() {
         let changes = Arc::new(PodChanges::default());
-        let writer: Writer<Pod> = Writer::default();
+        let writer: Writer<PodEntry> = Writer::default();
         let store = writer.as_reader();
         let events = futures::stream::iter([
             watcher::Event::Init,
@@ -270,11 +269,7 @@ mod tests {
             let mut namespaces = changes.take();
             namespaces.sort();
             let names: Vec<String> = {
-                let mut n: Vec<String> = store
-                    .state()
-                    .iter()
-                    .filter_map(|p| p.metadata.name.clone())
-                    .collect();
+                let mut n: Vec<String> = store.state().iter().map(|p| p.name.to_string()).collect();
                 n.sort();
                 n
             };

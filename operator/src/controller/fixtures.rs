@@ -210,7 +210,7 @@ pub struct Harness {
     pub ctx: Arc<Context>,
     pub verifier: Option<ApiServerVerifier>,
     sidecars: Writer<MetricsSidecar>,
-    pods: Writer<Pod>,
+    pods: Writer<crate::pod_entry::PodEntry>,
     _namespaces: Writer<PartialObjectMeta<Namespace>>,
 }
 
@@ -221,7 +221,7 @@ impl Harness {
         let client = Client::new(mock, "default");
         let sidecars: Writer<MetricsSidecar> = Writer::default();
         let namespaces: Writer<PartialObjectMeta<Namespace>> = Writer::default();
-        let pods: Writer<Pod> = Writer::default();
+        let pods: Writer<crate::pod_entry::PodEntry> = Writer::default();
         let (tx, leadership) = Leadership::channel(leader);
         // The sender is not needed: leadership stays fixed for a test.
         std::mem::forget(tx);
@@ -255,7 +255,8 @@ impl Harness {
     }
 
     pub fn with_pod(mut self, pod: Pod) -> Harness {
-        self.pods.apply_watcher_event(&Event::Apply(pod));
+        self.pods
+            .apply_watcher_event(&Event::Apply(crate::pod_entry::PodEntry::from_pod(&pod)));
         self
     }
 

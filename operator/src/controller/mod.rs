@@ -10,10 +10,11 @@ pub mod status;
 
 use crate::identity::FIELD_MANAGER;
 use crate::metrics::ReconcileResult;
+use crate::pod_entry::{OwnerKind, PodEntry};
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -488,7 +489,7 @@ async fn pod_shape_changed(
     namespace: &str,
     template_hash: &str,
     census: &status::PodCensus,
-) -> Result<Option<Vec<Arc<Pod>>>> {
+) -> Result<Option<Vec<Arc<PodEntry>>>> {
     if census.outdated.is_empty() {
         return Ok(None);
     }
@@ -514,7 +515,7 @@ async fn roll(
     sidecar: &MetricsSidecar,
     namespace: &str,
     template_hash: &str,
-    stale: &[Arc<Pod>],
+    stale: &[Arc<PodEntry>],
 ) -> Result<()> {
     let workloads = owning_workloads(ctx, namespace, stale).await?;
     let mut restarted = Vec::new();
@@ -574,31 +575,31 @@ async fn roll(
 async fn owning_workloads(
     ctx: &Context,
     namespace: &str,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<PodEntry>],
 ) -> Result<BTreeSet<Workload>> {
     let mut workloads = BTreeSet::new();
     let mut replica_sets = BTreeSet::new();
     for pod in pods {
-        let Some(owner) = controller_of(&pod.metadata) else {
+        let Some(owner) = &pod.owner else {
             continue;
         };
-        match owner.kind.as_str() {
-            "ReplicaSet" => {
-                replica_sets.insert(owner.name.clone());
+        let name = owner.name.to_string();
+        match owner.kind {
+            OwnerKind::ReplicaSet => {
+                replica_sets.insert(name);
             }
-            "StatefulSet" => {
+            OwnerKind::StatefulSet => {
                 workloads.insert(Workload {
                     plural: "statefulsets",
-                    name: owner.name.clone(),
+                    name,
                 });
             }
-            "DaemonSet" => {
+            OwnerKind::DaemonSet => {
                 workloads.insert(Workload {
                     plural: "daemonsets",
-                    name: owner.name.clone(),
+                    name,
                 });
             }
-            _ => {}
         }
     }
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), namespace);

@@ -3,15 +3,14 @@
 //! objects in and compare the status out.
 
 use super::Workload;
-use crate::inject::{Native, Settings, native_fallback_note, requested_sidecar, skipped_by_rule};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use crate::inject::{
+    Native, Settings, entry_skipped_by_rule, native_fallback_note, requested_sidecar,
+};
+use crate::pod_entry::{Phase, PodEntry};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use monasca_crds::{
-    ANNOTATION_CONFIG_HASH, LABEL_SIDECAR, MetricsSidecar, MetricsSidecarStatus,
-    SIDECAR_CONTAINER_NAME,
-};
+use monasca_crds::{MetricsSidecar, MetricsSidecarStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -65,8 +64,8 @@ impl Reason {
 /// What the controller sees of the sidecar's namespace.
 #[derive(Clone, Copy, Debug)]
 pub struct Observed<'a> {
-    /// The namespace's pods, slimmed by [`slim`].
-    pub pods: &'a [Arc<Pod>],
+    /// The namespace's pods, as the pod store keeps them.
+    pub pods: &'a [Arc<PodEntry>],
     /// The namespace's annotations (for a namespace-wide `inject`).
     pub namespace_annotations: Option<&'a BTreeMap<String, String>>,
     /// The namespace's `MetricsSidecar`s (which one `inject: "true"` means depends on them).
@@ -80,7 +79,7 @@ pub struct PodCensus {
     /// Pending and Running pods carrying the sidecar label.
     pub injected: Vec<String>,
     /// Injected pods whose `config-hash` differs from the current one.
-    pub outdated: Vec<Arc<Pod>>,
+    pub outdated: Vec<Arc<PodEntry>>,
     /// Pending and Running pods asking for this sidecar (by the webhook's own rules) without
     /// carrying it, although nothing in their spec keeps the webhook from injecting them.
     pub uninjected: Vec<String>,
@@ -89,81 +88,28 @@ pub struct PodCensus {
     pub excluded: Vec<String>,
 }
 
-/// kubectl's copy of the whole object as last applied: never read here, often the largest
-/// annotation.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Keeps only what the operator reads of a pod, so the cluster-wide pod store (its one pod
-/// watch) stays small: metadata (without managed fields and kubectl's last-applied copy of the
-/// whole object), phase, IP, `hostNetwork`, and the `monasca-sidecar` container's name and ports
-/// (the census and the webhook's skip rules ask only whether it is there; discovery reads its
-/// port). Every other container goes: a k8s-openapi `Container` is over 2 KB before any of its
-/// strings, so one per pod would double the store.
-pub fn slim(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-    }
-    pod.spec = pod.spec.take().map(|spec| {
-        let sidecar_only = |containers: Vec<Container>| -> Vec<Container> {
-            containers
-                .into_iter()
-                .filter(|c| c.name == SIDECAR_CONTAINER_NAME)
-                .map(|c| Container {
-                    name: c.name,
-                    ports: c.ports,
-                    ..Container::default()
-                })
-                .collect()
-        };
-        PodSpec {
-            host_network: spec.host_network,
-            containers: sidecar_only(spec.containers),
-            init_containers: spec
-                .init_containers
-                .map(sidecar_only)
-                .filter(|c| !c.is_empty()),
-            ..PodSpec::default()
-        }
-    });
-    pod.status = pod.status.take().map(|s| PodStatus {
-        phase: s.phase,
-        pod_ip: s.pod_ip,
-        ..PodStatus::default()
-    });
-}
-
 /// Whether a pod is one the status counts: Pending or Running (a pod just created has no phase
 /// yet). Succeeded and Failed pods have stopped; whatever they carried no longer runs.
-fn counted(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        None | Some("Pending" | "Running")
-    )
+fn counted(pod: &PodEntry) -> bool {
+    matches!(pod.phase, Phase::None | Phase::Pending | Phase::Running)
 }
 
 /// Sorts the namespace's pods for `sidecar`. Terminating, Succeeded and Failed pods are left out:
 /// they are leaving or gone. "Carries the sidecar" is read from the label the webhook sets with
 /// the container; a pod that asks for the sidecar but that the webhook skips by rule
-/// ([`skipped_by_rule`]) is `excluded`, not uninjected.
+/// ([`crate::inject::skipped_by_rule`]) is `excluded`, not uninjected.
 pub fn census(sidecar: &MetricsSidecar, observed: &Observed<'_>, hash: Option<&str>) -> PodCensus {
     let name = sidecar.name_any();
     let namespace = sidecar.namespace().unwrap_or_default();
     let mut census = PodCensus::default();
     for pod in observed.pods {
-        if pod.metadata.deletion_timestamp.is_some() || !counted(pod) {
+        if pod.terminating || !counted(pod) {
             continue;
         }
-        let labels = pod.metadata.labels.as_ref();
-        let pod_name = pod.name_any();
-        match labels.and_then(|l| l.get(LABEL_SIDECAR)) {
-            Some(carried) if *carried == name => {
-                let pod_hash = pod
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(ANNOTATION_CONFIG_HASH));
-                if hash.is_some_and(|h| pod_hash.map(String::as_str) != Some(h)) {
+        let pod_name = pod.name.to_string();
+        match pod.sidecar.as_deref() {
+            Some(carried) if carried == name => {
+                if hash.is_some_and(|h| pod.config_hash.as_deref() != Some(h)) {
                     census.outdated.push(pod.clone());
                 }
                 census.injected.push(pod_name);
@@ -172,13 +118,13 @@ pub fn census(sidecar: &MetricsSidecar, observed: &Observed<'_>, hash: Option<&s
             None => {
                 let wanted = requested_sidecar(
                     &namespace,
-                    pod.metadata.annotations.as_ref(),
+                    pod.inject.as_deref(),
                     observed.namespace_annotations,
                     observed.sidecars,
                     observed.settings,
                 );
                 if wanted.is_some_and(|s| s.name_any() == name) {
-                    if skipped_by_rule(pod).is_some() {
+                    if entry_skipped_by_rule(pod).is_some() {
                         census.excluded.push(pod_name);
                     } else {
                         census.uninjected.push(pod_name);
@@ -443,8 +389,8 @@ pub fn rollout_note(workloads: &[Workload], template_hash: &str) -> Note {
 }
 
 /// The Event for pods left on an older pod shape when `restartOnChange` is off.
-pub fn outdated_note(pods: &[Arc<Pod>]) -> Note {
-    let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+pub fn outdated_note(pods: &[Arc<PodEntry>]) -> Note {
+    let names: Vec<String> = pods.iter().map(|p| p.name.to_string()).collect();
     Note {
         type_: EventType::Warning,
         reason: Reason::PodsOutdated,

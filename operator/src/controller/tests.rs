@@ -3,6 +3,7 @@ use super::status::{self, ConfigState, Observed, PodCensus};
 use super::*;
 use crate::inject::Native;
 use http::{Method, StatusCode};
+use k8s_openapi::api::core::v1::Pod;
 use monasca_crds::{ANNOTATION_INJECT, MetricsSidecarSpec};
 use serde_json::{Value, json};
 
@@ -460,7 +461,10 @@ fn census_of(
     pods: Vec<Pod>,
     namespace_annotations: Option<&BTreeMap<String, String>>,
 ) -> PodCensus {
-    let pods: Vec<_> = pods.into_iter().map(Arc::new).collect();
+    let pods: Vec<_> = pods
+        .iter()
+        .map(|p| Arc::new(crate::pod_entry::PodEntry::from_pod(p)))
+        .collect();
     let mut sidecars: Vec<_> = others.iter().cloned().map(Arc::new).collect();
     sidecars.push(Arc::new(cr.clone()));
     let settings = crate::inject::Settings::fixture(crate::inject::NativeSidecars::Unknown);
@@ -504,7 +508,7 @@ fn census_follows_the_webhook_annotation_rules() {
     );
     assert_eq!(census.injected, ["fresh", "stale"]);
     assert_eq!(census.uninjected, ["asks-by-name", "asks-true"]);
-    let outdated: Vec<_> = census.outdated.iter().map(|p| p.name_any()).collect();
+    let outdated: Vec<_> = census.outdated.iter().map(|p| p.name.to_string()).collect();
     assert_eq!(outdated, ["stale"]);
 }
 
@@ -682,36 +686,11 @@ fn census_counts_pending_and_running_pods_and_not_pods_skipped_by_rule() {
     assert_eq!(degraded.map(|c| c.status.as_str()), Some("False"));
 }
 
+/// The pod store's entries answer the webhook's skip rules as the full pod does: a pod with
+/// its own `monasca-sidecar` container (as an init container too, or added by the webhook) and
+/// a hostNetwork pod.
 #[test]
-fn the_census_store_keeps_only_what_it_reads() {
-    let mut full: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p", "namespace": "monasca", "labels": {"a": "b"},
-                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}",
-                                     "monasca.openstack.org/inject": "true"},
-                     "managedFields": [{"manager": "kubectl"}]},
-        "spec": {"hostNetwork": true, "containers": [
-            {"name": "app", "image": "app:1", "env": [{"name": "X", "value": "y"}]}],
-                 "initContainers": [{"name": "init", "image": "init:1"}]},
-        "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
-    }))
-    .expect("pod");
-    status::slim(&mut full);
-    assert_eq!(
-        serde_json::to_value(&full).expect("JSON"),
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "namespace": "monasca", "labels": {"a": "b"},
-                         "annotations": {"monasca.openstack.org/inject": "true"}},
-            "spec": {"hostNetwork": true, "containers": []},
-            "status": {"phase": "Running", "podIP": "10.0.0.1"},
-        })
-    );
-}
-
-/// The slimmed store still answers the webhook's skip rules as the full pod does: a pod with
-/// its own `monasca-sidecar` container (as an init container too) and a hostNetwork pod.
-#[test]
-fn the_slimmed_store_keeps_what_the_skip_rules_read() {
+fn the_pod_entry_keeps_what_the_skip_rules_read() {
     let cases = [
         json!({"containers": [{"name": "app"}, {"name": "monasca-sidecar", "image": "own:1"}]}),
         json!({"containers": [{"name": "app"}],
@@ -720,17 +699,22 @@ fn the_slimmed_store_keeps_what_the_skip_rules_read() {
         json!({"containers": [{"name": "app"}], "initContainers": [{"name": "init"}]}),
     ];
     for spec in cases {
-        let full: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "monasca"}, "spec": spec,
-        }))
-        .expect("pod");
-        let mut slimmed = full.clone();
-        status::slim(&mut slimmed);
-        assert_eq!(
-            crate::inject::skipped_by_rule(&slimmed).map(|(reason, _)| reason),
-            crate::inject::skipped_by_rule(&full).map(|(reason, _)| reason),
-            "{spec}"
-        );
+        for annotations in [
+            json!({}),
+            json!({monasca_crds::ANNOTATION_INJECTED: "true"}),
+        ] {
+            let full: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "monasca", "annotations": annotations},
+                "spec": spec,
+            }))
+            .expect("pod");
+            let entry = crate::pod_entry::PodEntry::from_pod(&full);
+            assert_eq!(
+                crate::inject::entry_skipped_by_rule(&entry),
+                crate::inject::skipped_by_rule(&full),
+                "{spec} {annotations}"
+            );
+        }
     }
 }
 
@@ -792,9 +776,16 @@ fn one_rollout_event_names_every_workload() {
         "restarting deployment api, statefulset db, daemonset agent for pod template t2 \
          (restartOnChange)"
     );
-    let pods: Vec<Arc<Pod>> = ["a", "b"]
+    let pods: Vec<_> = ["a", "b"]
         .iter()
-        .map(|n| Arc::new(pod(n, &[], &[], None)))
+        .map(|n| {
+            Arc::new(crate::pod_entry::PodEntry::from_pod(&pod(
+                n,
+                &[],
+                &[],
+                None,
+            )))
+        })
         .collect();
     let outdated = status::outdated_note(&pods);
     assert_eq!(outdated.reason.as_str(), "PodsOutdated");

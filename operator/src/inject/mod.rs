@@ -31,7 +31,7 @@ pub use build::{
     PORT_INGEST, PORT_METRICS, PORT_STATSD, SIDECAR_GID, SIDECAR_UID, STATE_VOLUME,
     native_fallback_note, native_sidecar,
 };
-pub use update::{declared_metrics_port, keep_rewrite};
+pub use update::{container_metrics_port, declared_metrics_port, keep_rewrite};
 
 /// The namespace whose pods are never injected, whatever they ask: the control plane must not
 /// depend on a webhook it may itself be needed to run.
@@ -371,19 +371,42 @@ pub fn inject(
 /// it too: such pods are not "uninjected" and never make a sidecar Degraded.
 pub fn skipped_by_rule(pod: &Pod) -> Option<(SkipReason, String)> {
     let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true) {
+    let injected_by_us = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ANNOTATION_INJECTED));
+    skip_rule(
+        spec.host_network == Some(true),
+        has_sidecar_container(spec),
+        injected_by_us,
+    )
+}
+
+/// [`skipped_by_rule`] from what the pod store keeps of a pod.
+pub fn entry_skipped_by_rule(pod: &crate::pod_entry::PodEntry) -> Option<(SkipReason, String)> {
+    skip_rule(
+        pod.host_network,
+        pod.has_sidecar_container,
+        pod.injected_by_us,
+    )
+}
+
+/// The skip rules themselves: `hostNetwork`, or a `monasca-sidecar` container the webhook did
+/// not add.
+fn skip_rule(
+    host_network: bool,
+    has_sidecar_container: bool,
+    injected_by_us: bool,
+) -> Option<(SkipReason, String)> {
+    if host_network {
         return Some((
             SkipReason::HostNetwork,
             "monasca-sidecar not injected: hostNetwork pods would bind the sidecar's ports on the node"
                 .into(),
         ));
     }
-    let injected_by_us = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(ANNOTATION_INJECTED));
-    if has_sidecar_container(spec) && !injected_by_us {
+    if has_sidecar_container && !injected_by_us {
         return Some((
             SkipReason::HasContainer,
             format!(
@@ -422,12 +445,13 @@ fn in_namespace<'s>(
 /// (pod annotation over namespace annotation, `"true"` -> `default` or the only one), or `None`
 /// when it asks for none, asks for one that does not exist, or lives in an excluded namespace.
 ///
-/// The controller uses it on pod *metadata* to count pods that asked for a sidecar but were
+/// The controller uses it on the pod store's entries (`pod_inject` is the pod's own `inject`
+/// annotation) to count pods that asked for a sidecar but were
 /// admitted without one (webhook down, `failurePolicy: Ignore`); sharing the rules keeps that
 /// count and the webhook's decisions from ever disagreeing.
 pub fn requested_sidecar<'s>(
     namespace: &str,
-    pod_annotations: Option<&BTreeMap<String, String>>,
+    pod_inject: Option<&str>,
     namespace_annotations: Option<&BTreeMap<String, String>>,
     sidecars: &'s [Arc<MetricsSidecar>],
     settings: &Settings,
@@ -435,9 +459,11 @@ pub fn requested_sidecar<'s>(
     if namespace == KUBE_SYSTEM || namespace == settings.operator_namespace {
         return None;
     }
-    let raw = pod_annotations
-        .and_then(|a| a.get(ANNOTATION_INJECT))
-        .or_else(|| namespace_annotations.and_then(|a| a.get(ANNOTATION_INJECT)))?;
+    let raw = pod_inject.or_else(|| {
+        namespace_annotations
+            .and_then(|a| a.get(ANNOTATION_INJECT))
+            .map(String::as_str)
+    })?;
     let wanted = parse_inject(raw)?;
     select(&wanted, &in_namespace(sidecars, namespace)).ok()
 }

@@ -480,7 +480,11 @@ fn requested_sidecar_agrees_with_the_webhook() {
                     let pod = pod(pod_json);
                     let requested = requested_sidecar(
                         namespace,
-                        pod.metadata.annotations.as_ref(),
+                        pod.metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(ANNOTATION_INJECT))
+                            .map(String::as_str),
                         ns_annotations,
                         sidecars,
                         &Settings::fixture(NativeSidecars::Available),

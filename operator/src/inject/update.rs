@@ -31,12 +31,18 @@ pub fn declared_metrics_port(pod: &Pod) -> Option<u16> {
         spec.containers
             .iter()
             .chain(spec.init_containers.iter().flatten()),
-    )?
-    .ports
-    .iter()
-    .flatten()
-    .find(|p| p.name.as_deref() == Some(PORT_METRICS))
-    .and_then(|p| u16::try_from(p.container_port).ok())
+    )
+    .and_then(container_metrics_port)
+}
+
+/// The `sidecar-metrics` port `container` declares.
+pub fn container_metrics_port(container: &Container) -> Option<u16> {
+    container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(PORT_METRICS))
+        .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
 fn sidecar_container<'a>(
