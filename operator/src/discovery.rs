@@ -7,20 +7,12 @@
 //! the pod declares,
 //! so a `MetricsSidecar` moved to another port never points Prometheus at pods still on the old.
 
-use crate::pod_entry::PodEntry;
+use crate::pod_entry::{COPIED_POD_LABELS, PodEntry};
 use monasca_crds::{DEFAULT_METRICS_PORT, MetricsSidecar};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// Pod labels copied onto the targets (sanitized into Prometheus label names).
-pub const COPIED_POD_LABELS: [&str; 4] = [
-    "app",
-    "app.kubernetes.io/name",
-    "app.kubernetes.io/instance",
-    "app.kubernetes.io/component",
-];
 
 /// One HTTP SD target group.
 #[derive(Debug, Serialize, PartialEq, Eq)]

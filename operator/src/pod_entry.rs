@@ -6,7 +6,6 @@
 //! Pure: [`PodEntry::from_pod`] maps a watched `Pod` (no I/O), and [`entry_event`] maps a watcher
 //! event before it reaches the reflector store.
 
-use crate::discovery::COPIED_POD_LABELS;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Lookup;
 use kube::runtime::watcher;
@@ -16,6 +15,15 @@ use monasca_crds::{
 };
 use std::borrow::Cow;
 use std::net::IpAddr;
+
+/// Pod labels discovery copies onto the targets (sanitized into Prometheus label names): the
+/// entry keeps only these of a pod's labels.
+pub const COPIED_POD_LABELS: [&str; 4] = [
+    "app",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+];
 
 /// A pod's phase; `None` is a pod just created, before the apiserver set one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +104,16 @@ fn boxed(s: &str) -> Box<str> {
 }
 
 impl PodEntry {
+    /// Why the webhook would never inject this pod, by rule ([`crate::inject::skipped_by_rule`]
+    /// on the full pod), from what the entry keeps.
+    pub fn skipped_by_rule(&self) -> Option<(crate::inject::SkipReason, String)> {
+        crate::inject::skip_rule(
+            self.host_network,
+            self.has_sidecar_container,
+            self.injected_by_us,
+        )
+    }
+
     /// Keeps what the operator reads of `pod`.
     pub fn from_pod(pod: &Pod) -> PodEntry {
         let meta = &pod.metadata;

@@ -3,9 +3,7 @@
 //! objects in and compare the status out.
 
 use super::Workload;
-use crate::inject::{
-    Native, Settings, entry_skipped_by_rule, native_fallback_note, requested_sidecar,
-};
+use crate::inject::{Native, Settings, native_fallback_note, requested_sidecar};
 use crate::pod_entry::{Phase, PodEntry};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
@@ -124,7 +122,7 @@ pub fn census(sidecar: &MetricsSidecar, observed: &Observed<'_>, hash: Option<&s
                     observed.settings,
                 );
                 if wanted.is_some_and(|s| s.name_any() == name) {
-                    if entry_skipped_by_rule(pod).is_some() {
+                    if pod.skipped_by_rule().is_some() {
                         census.excluded.push(pod_name);
                     } else {
                         census.uninjected.push(pod_name);

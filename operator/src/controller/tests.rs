@@ -710,7 +710,7 @@ fn the_pod_entry_keeps_what_the_skip_rules_read() {
             .expect("pod");
             let entry = crate::pod_entry::PodEntry::from_pod(&full);
             assert_eq!(
-                crate::inject::entry_skipped_by_rule(&entry),
+                entry.skipped_by_rule(),
                 crate::inject::skipped_by_rule(&full),
                 "{spec} {annotations}"
             );

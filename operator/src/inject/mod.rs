@@ -383,18 +383,9 @@ pub fn skipped_by_rule(pod: &Pod) -> Option<(SkipReason, String)> {
     )
 }
 
-/// [`skipped_by_rule`] from what the pod store keeps of a pod.
-pub fn entry_skipped_by_rule(pod: &crate::pod_entry::PodEntry) -> Option<(SkipReason, String)> {
-    skip_rule(
-        pod.host_network,
-        pod.has_sidecar_container,
-        pod.injected_by_us,
-    )
-}
-
 /// The skip rules themselves: `hostNetwork`, or a `monasca-sidecar` container the webhook did
-/// not add.
-fn skip_rule(
+/// not add. Shared by [`skipped_by_rule`] and the pod store's entries.
+pub fn skip_rule(
     host_network: bool,
     has_sidecar_container: bool,
     injected_by_us: bool,
