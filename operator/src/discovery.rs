@@ -7,7 +7,7 @@
 //! the pod declares,
 //! so a `MetricsSidecar` moved to another port never points Prometheus at pods still on the old.
 
-use crate::pod_entry::{COPIED_POD_LABELS, PodEntry};
+use crate::pod_entry::PodEntry;
 use monasca_crds::{DEFAULT_METRICS_PORT, MetricsSidecar};
 use serde::Serialize;
 use std::collections::BTreeMap;
