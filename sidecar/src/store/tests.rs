@@ -130,6 +130,12 @@ fn sorted_samples(s: &Store, now: Now) -> Vec<String> {
     lines
 }
 
+/// Worker `w1` PUTs [`orders`].
+fn push_orders(s: &mut Store, now: Now, ok: f64, failed: Option<f64>) -> ApplyStats {
+    s.apply(&worker("w1"), &[orders(ok, failed)], Scope::Worker, now)
+        .unwrap()
+}
+
 /// The Java client creates a labelled child on its first use: a restarted worker pushes
 /// without `outcome="failed"` until its first failure, then pushes 1 again. That 1 is new.
 #[test]
@@ -138,20 +144,11 @@ fn series_dropped_by_a_restarted_worker_counts_anew_when_it_returns() {
     for dropped_first in [false, true] {
         let mut s = store();
         let now = t0();
-        s.apply(
-            &worker("w1"),
-            &[orders(51.0, Some(1.0))],
-            Scope::Worker,
-            now,
-        )
-        .unwrap();
+        push_orders(&mut s, now, 51.0, Some(1.0));
         if dropped_first {
-            s.apply(&worker("w1"), &[orders(52.0, None)], Scope::Worker, now)
-                .unwrap();
+            push_orders(&mut s, now, 52.0, None);
         }
-        let restart = s
-            .apply(&worker("w1"), &[orders(5.0, None)], Scope::Worker, now)
-            .unwrap();
+        let restart = push_orders(&mut s, now, 5.0, None);
         assert_eq!(restart.resets, 1);
         let before = if dropped_first { 52 } else { 51 };
         assert_eq!(
@@ -162,8 +159,7 @@ fn series_dropped_by_a_restarted_worker_counts_anew_when_it_returns() {
             ],
             "dropped first: {dropped_first}"
         );
-        s.apply(&worker("w1"), &[orders(6.0, Some(1.0))], Scope::Worker, now)
-            .unwrap();
+        push_orders(&mut s, now, 6.0, Some(1.0));
         assert_eq!(
             sorted_samples(&s, now),
             [
@@ -181,22 +177,9 @@ fn series_dropped_by_a_restarted_worker_counts_anew_when_it_returns() {
 fn series_dropped_without_a_restart_continues_when_it_returns() {
     let mut s = store();
     let now = t0();
-    s.apply(
-        &worker("w1"),
-        &[orders(51.0, Some(1.0))],
-        Scope::Worker,
-        now,
-    )
-    .unwrap();
-    s.apply(&worker("w1"), &[orders(52.0, None)], Scope::Worker, now)
-        .unwrap();
-    s.apply(
-        &worker("w1"),
-        &[orders(53.0, Some(1.0))],
-        Scope::Worker,
-        now,
-    )
-    .unwrap();
+    push_orders(&mut s, now, 51.0, Some(1.0));
+    push_orders(&mut s, now, 52.0, None);
+    push_orders(&mut s, now, 53.0, Some(1.0));
     assert_eq!(
         sorted_samples(&s, now),
         [
