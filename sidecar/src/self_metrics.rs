@@ -12,7 +12,7 @@
 use crate::expose::SelfFamily;
 use crate::model::MetricKind;
 use prometheus_client::encoding::prometheus_protobuf::{encode, prometheus_data_model as pb};
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 pub use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
@@ -107,9 +107,7 @@ pub fn const_counter(
     help: &str,
     value: f64,
 ) -> Result<(), std::fmt::Error> {
-    let help = format!("{help}.");
-    let metric = encoder.encode_descriptor(name, &help, None, MetricType::Counter)?;
-    ConstCounter::new(value).encode(metric)
+    ConstCounter::new(value).encode(descriptor(encoder, name, help, MetricType::Counter)?)
 }
 
 /// Writes a gauge whose value is read at render time (from inside a `Collector`); `help` as
@@ -120,9 +118,17 @@ pub fn const_gauge(
     help: &str,
     value: f64,
 ) -> Result<(), std::fmt::Error> {
-    let help = format!("{help}.");
-    let metric = encoder.encode_descriptor(name, &help, None, MetricType::Gauge)?;
-    ConstGauge::new(value).encode(metric)
+    ConstGauge::new(value).encode(descriptor(encoder, name, help, MetricType::Gauge)?)
+}
+
+/// The HELP and TYPE of a render-time metric, `help` ended with the `.` the registry adds.
+fn descriptor<'a>(
+    encoder: &'a mut DescriptorEncoder,
+    name: &'a str,
+    help: &str,
+    kind: MetricType,
+) -> Result<MetricEncoder<'a>, std::fmt::Error> {
+    encoder.encode_descriptor(name, &format!("{help}."), None, kind)
 }
 
 /// Writes a family with one label whose values are read at render time (from inside a
@@ -136,8 +142,7 @@ pub fn const_family<'a>(
     label: &str,
     series: impl IntoIterator<Item = (&'a str, f64)>,
 ) -> Result<(), std::fmt::Error> {
-    let help = format!("{help}.");
-    let mut family = encoder.encode_descriptor(name, &help, None, kind)?;
+    let mut family = descriptor(encoder, name, help, kind)?;
     for (label_value, value) in series {
         let labels = [(label, label_value)];
         let metric = family.encode_family(&labels)?;
