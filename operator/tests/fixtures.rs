@@ -130,6 +130,19 @@ fn every_fixture_is_covered() {
     assert_eq!(fixture_names().len(), covered.len());
 }
 
+/// Every recorded review is small (`review::is_small`): the webhook answers it without the
+/// value-counting pass and on the thread that read it. The pass it skips would have let it
+/// through, so the answer is the one the full path gives (the tests below check its content).
+#[test]
+fn every_fixture_takes_the_small_review_path_and_the_skipped_count_would_pass_it() {
+    use monasca_operator::webhook::review::{MAX_JSON_VALUES, exceeds_json_values, is_small};
+    for name in fixture_names() {
+        let body = fixture_bytes(&name);
+        assert!(is_small(&body), "{name}: {} bytes", body.len());
+        assert!(!exceeds_json_values(&body, MAX_JSON_VALUES), "{name}");
+    }
+}
+
 #[test]
 fn replicaset_pod_with_generate_name_gets_the_default_sidecar() {
     let cluster = Cluster::fixtures();

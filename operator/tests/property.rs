@@ -605,3 +605,55 @@ fn matcher(pattern: &'static str) -> impl Fn(&str) -> bool {
     let regex = regex::Regex::new(pattern).expect("the pattern compiles");
     move |text: &str| regex.is_match(text)
 }
+
+/// Any JSON value, biased toward the densest shapes (one-digit numbers, empty containers,
+/// empty keys) since those hold the most values per byte.
+fn dense_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(json!(0)),
+        Just(json!(null)),
+        Just(json!(true)),
+        Just(json!("")),
+        Just(json!([])),
+        Just(json!({})),
+        any::<i64>().prop_map(Value::from),
+        "[a-z\"\\\\]{0,3}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(6, 200, 12, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..12).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z]{0,2}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// The webhook skips counting values for small bodies (`review::SMALL_REVIEW_BYTES`): that
+    /// is only sound if no body within the byte bound can exceed the value bound. Checked with
+    /// small limits, where random documents reach both sides of the bound.
+    #[test]
+    fn a_body_within_the_byte_bound_never_exceeds_the_value_bound(value in dense_json(), limit in 1usize..64, pretty in any::<bool>()) {
+        use monasca_operator::webhook::review::{exceeds_json_values, too_short_to_exceed};
+        let body = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }
+            .expect("json");
+        if too_short_to_exceed(body.len(), limit) {
+            prop_assert!(!exceeds_json_values(&body, limit), "{} bytes over {limit} values: {}", body.len(), String::from_utf8_lossy(&body));
+        }
+    }
+}
+
+#[test]
+fn the_byte_bound_is_tight() {
+    use monasca_operator::webhook::review::{exceeds_json_values, too_short_to_exceed};
+    // `[0,0,...,0]` with `limit` zeros holds `limit + 1` values in `2 * limit + 1` bytes: one
+    // byte more than the bound, and over the limit.
+    for limit in 1..50 {
+        let body = format!("[{}]", vec!["0"; limit].join(","));
+        assert_eq!(body.len(), 2 * limit + 1);
+        assert!(!too_short_to_exceed(body.len(), limit));
+        assert!(exceeds_json_values(body.as_bytes(), limit), "{body}");
+    }
+}

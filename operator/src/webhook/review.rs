@@ -44,11 +44,30 @@ const AUDIT_DECISION: &str = "decision";
 /// long env lists, hold a few thousand values.
 pub const MAX_JSON_VALUES: usize = 20_000;
 
+/// The largest body that cannot hold more than [`MAX_JSON_VALUES`] values, whatever it holds:
+/// JSON needs at least `2n - 1` bytes for `n` values (a scalar is at least one byte, a container
+/// two, and siblings are separated by a comma; object keys only add bytes), so exceeding the
+/// bound takes at least `2 * MAX_JSON_VALUES + 1` bytes. Such a body skips the counting pass and
+/// its parse is small enough to run on the thread that read it (see `webhook::handle`); real
+/// pods (a Deployment's pod is about 10 KB) are far below it.
+pub const SMALL_REVIEW_BYTES: usize = 2 * MAX_JSON_VALUES;
+
+/// Whether `body` is at most [`SMALL_REVIEW_BYTES`]: it cannot exceed [`MAX_JSON_VALUES`].
+pub fn is_small(body: &[u8]) -> bool {
+    too_short_to_exceed(body.len(), MAX_JSON_VALUES)
+}
+
+/// Whether a body of `len` bytes is too short to hold more than `limit` JSON values (the
+/// `2n - 1` bound of [`SMALL_REVIEW_BYTES`]), so [`exceeds_json_values`] need not run.
+pub const fn too_short_to_exceed(len: usize, limit: usize) -> bool {
+    len <= limit.saturating_mul(2)
+}
+
 /// Answers one AdmissionReview. Never denies: the webhook only ever adds a sidecar, and a pod
 /// it cannot inject is better created without one than not at all. A review with more than
 /// [`MAX_JSON_VALUES`] values is admitted unchanged, with a warning, without the typed parse.
 pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
-    if exceeds_json_values(body, MAX_JSON_VALUES) {
+    if !is_small(body) && exceeds_json_values(body, MAX_JSON_VALUES) {
         return admit_too_large(body);
     }
     // The typed parse is the fast path. When it fails, a generic parse tells a review of
