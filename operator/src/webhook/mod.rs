@@ -8,7 +8,7 @@
 //! must finish within [`REQUEST_DEADLINE`] (a body trickling in is cut off), and the parse of a
 //! review larger than [`review::SMALL_REVIEW_BYTES`] runs on the blocking pool so that a large
 //! review never stalls the runtime threads that accept connections and serve other reviews
-//! (smaller ones, every real pod, are parsed in place: cheaper than the hand-off). The server's caps ([`server::Limits::WEBHOOK`]) bound how
+//! (smaller ones, every real pod, are parsed in place, without the hand-off). The server's caps ([`server::Limits::WEBHOOK`]) bound how
 //! many of these run at once.
 
 pub mod events;
@@ -116,8 +116,8 @@ async fn handle_in_time(request: Request<Incoming>, ctx: Arc<Context>) -> HttpRe
     };
     let started = Instant::now();
     // A small review (every real pod) is parsed right here: handing it to the blocking pool
-    // costs two thread wake-ups, more than the parse itself, and on a small node those
-    // context switches are the tail latency. Larger ones still go to the blocking pool.
+    // costs two thread wake-ups per review, and on a small node those context switches show
+    // in the tail latency. Larger ones still go to the blocking pool.
     let reviewed = if review::is_small(&body) {
         Ok(review::review(&body, &ctx))
     } else {
