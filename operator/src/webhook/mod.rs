@@ -8,8 +8,8 @@
 //! must finish within [`REQUEST_DEADLINE`] (a body trickling in is cut off), and the parse of a
 //! review larger than [`review::SMALL_REVIEW_BYTES`] runs on the blocking pool so that a large
 //! review never stalls the runtime threads that accept connections and serve other reviews
-//! (smaller ones, every real pod, are parsed in place, without the hand-off). The server's caps ([`server::Limits::WEBHOOK`]) bound how
-//! many of these run at once.
+//! (smaller ones, every real pod, are parsed in place, without the hand-off). The server's caps
+//! ([`server::Limits::WEBHOOK`]) bound how many of these run at once.
 
 pub mod events;
 pub mod review;
