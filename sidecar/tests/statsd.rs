@@ -252,6 +252,62 @@ fn malformed_datagrams_never_hurt_the_rest() {
     assert_value(&text, "ok_after_total", 1.0);
 }
 
+/// A burst of one-line datagrams, many `recvmmsg` batches long and not a multiple of any
+/// batch size, so batch boundaries (and the receiver's pauses between drained batches) fall in
+/// the middle of it, with malformed datagrams among the good ones: every good line is counted
+/// exactly once, in order, and each bad one is counted as an error without touching the rest.
+#[test]
+fn bursts_across_batch_boundaries_keep_every_line() {
+    let running = start(SidecarConfig::default());
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("client socket");
+    let target = running.handle.udp_addr().expect("udp bound");
+    const DATAGRAMS: u64 = 1_501;
+    let (mut broken, mut bad_value, mut rated) = (0u64, 0u64, 0u64);
+    for i in 0..DATAGRAMS {
+        let datagram = match i % 97 {
+            13 => {
+                broken += 1;
+                "burst.broken|c".to_string()
+            }
+            41 => {
+                bad_value += 1;
+                "burst.count:x|c".to_string()
+            }
+            _ if i % 5 == 0 => {
+                rated += 1;
+                "burst.count:1|c|@0.5".to_string()
+            }
+            _ => format!("burst.count:1|c\nburst.last:{i}|g"),
+        };
+        socket.send_to(datagram.as_bytes(), target).expect("send");
+    }
+    let good_two_line = DATAGRAMS - broken - bad_value - rated;
+    let lines = good_two_line * 2 + rated + broken + bad_value;
+    let text = running.metrics_after(lines);
+    assert_eq!(running.handle.lines_received(), lines);
+    assert_value(
+        &text,
+        "burst_count_total",
+        (good_two_line + 2 * rated) as f64,
+    );
+    // The last good gauge line sent wins: datagrams are applied in arrival order.
+    let last = (0..DATAGRAMS)
+        .rev()
+        .find(|i| !matches!(i % 97, 13 | 41) && i % 5 != 0)
+        .expect("a gauge line");
+    assert_value(&text, "burst_last", last as f64);
+    assert_value(
+        &text,
+        r#"monasca_sidecar_statsd_errors_total{reason="invalid_line"}"#,
+        broken as f64,
+    );
+    assert_value(
+        &text,
+        r#"monasca_sidecar_statsd_errors_total{reason="invalid_value"}"#,
+        bad_value as f64,
+    );
+}
+
 #[test]
 fn tcp_lines_split_across_writes() {
     let running = start(SidecarConfig::default());

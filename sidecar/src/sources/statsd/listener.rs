@@ -4,6 +4,11 @@
 //! waits for a busy async runtime (the HTTP server shares it), and on Linux one `recvmmsg`
 //! call returns up to [`BATCH`] datagrams, which are parsed under a single lock of the
 //! accumulator. A short receive timeout lets the thread notice shutdown.
+//!
+//! Wakeups, not parsing, are what a flood of one-line datagrams costs most (each `recvmmsg`
+//! that blocks is a context switch): after a call that emptied the queue, the thread pauses
+//! briefly ([`coalescing_pause`]) so the next call takes a full batch, as long as the socket
+//! buffer can hold what arrives meanwhile many times over.
 
 use super::Shared;
 use super::line::{self, LineError};
@@ -16,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Datagrams per `recvmmsg` call.
-pub(crate) const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 128;
 /// Receive buffer per datagram: the largest UDP payload (65,507 bytes over IPv4, 65,527 over
 /// IPv6 without jumbograms), so any datagram a client can send is taken whole. The buffers are
 /// allocated zeroed (untouched pages cost no memory) and only what arrives is written. A
@@ -32,6 +37,33 @@ pub(crate) const MAX_TCP_LINE: usize = 64 * 1024;
 pub(crate) const MAX_TCP_CONNECTIONS: usize = 256;
 /// How often the UDP thread wakes up without traffic to check for shutdown.
 const POLL: Duration = Duration::from_millis(100);
+/// The longest pause between receives: far below the 100 ms flush interval.
+const MAX_PAUSE: Duration = Duration::from_millis(1);
+/// Shorter pauses are not worth a timer.
+const MIN_PAUSE: Duration = Duration::from_micros(100);
+/// Socket buffer charged per queued datagram, an upper estimate for small datagrams (the
+/// kernel counts each one's whole allocation, not its payload).
+const QUEUED_DATAGRAM_COST: usize = 2048;
+/// The arrival rate the pause is sized for (datagrams per second).
+const DESIGN_RATE: u64 = 1_000_000;
+
+/// How long to pause after a `recvmmsg` call that returned `received` datagrams of at most
+/// `capacity`, with a socket buffer of `buffer_bytes`. Only a call that emptied the queue
+/// pauses (a full batch means more is waiting), and only for as long as datagrams arriving at
+/// [`DESIGN_RATE`] fill a quarter of the buffer, at most [`MAX_PAUSE`]; a buffer too small for
+/// [`MIN_PAUSE`] (the kernel's default `rmem_max`) never pauses, so nothing is lost to it.
+pub(crate) fn coalescing_pause(
+    received: usize,
+    capacity: usize,
+    buffer_bytes: usize,
+) -> Option<Duration> {
+    if received >= capacity {
+        return None;
+    }
+    let queued = (buffer_bytes / QUEUED_DATAGRAM_COST / 4) as u64;
+    let pause = Duration::from_micros(queued.saturating_mul(1_000_000) / DESIGN_RATE);
+    (pause >= MIN_PAUSE).then(|| pause.min(MAX_PAUSE))
+}
 
 /// Binds the UDP socket (with a large receive buffer and a receive timeout).
 pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<(UdpSocket, usize)> {
@@ -87,7 +119,7 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// The UDP receive loop; returns when `shared.stop` is set.
-pub(crate) fn udp_loop(socket: UdpSocket, shared: Arc<Shared>) {
+pub(crate) fn udp_loop(socket: UdpSocket, buffer_bytes: usize, shared: Arc<Shared>) {
     let mut receiver = Receiver::new();
     while !shared.stop.load(Ordering::Relaxed) {
         match receiver.recv(&socket) {
@@ -111,6 +143,10 @@ pub(crate) fn udp_loop(socket: UdpSocket, shared: Arc<Shared>) {
                     }
                 }
                 shared.absorb(&mut acc);
+                drop(acc);
+                if let Some(pause) = coalescing_pause(n, Receiver::CAPACITY, buffer_bytes) {
+                    std::thread::sleep(pause);
+                }
             }
             Err(e)
                 if matches!(
@@ -136,6 +172,12 @@ mod batch {
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
 
+    /// Distance between two datagram buffers: one buffer plus a cache line. At exactly 64 KiB
+    /// apart every datagram's first bytes would map to the same CPU cache set, and a batch of
+    /// small datagrams would evict itself while the kernel copies it in and the parser reads
+    /// it; the extra line spreads them over the sets.
+    const SLOT: usize = DATAGRAM_BUFFER + 64;
+
     /// Buffers for one `recvmmsg` call. The iovecs and headers point into `data`, which is
     /// allocated once and never resized, so the pointers stay valid for the receiver's life.
     pub(crate) struct Receiver {
@@ -148,13 +190,16 @@ mod batch {
     unsafe impl Send for Receiver {}
 
     impl Receiver {
+        /// Datagrams one call can return.
+        pub(crate) const CAPACITY: usize = BATCH;
+
         pub(crate) fn new() -> Receiver {
-            let mut data = vec![0u8; BATCH * DATAGRAM_BUFFER].into_boxed_slice();
+            let mut data = vec![0u8; BATCH * SLOT].into_boxed_slice();
             let base = data.as_mut_ptr();
             let mut iovecs: Box<[libc::iovec]> = (0..BATCH)
                 .map(|i| libc::iovec {
-                    // SAFETY: `i * DATAGRAM_BUFFER` is within `data` (BATCH buffers).
-                    iov_base: unsafe { base.add(i * DATAGRAM_BUFFER) }.cast(),
+                    // SAFETY: `i * SLOT + DATAGRAM_BUFFER` is within `data` (BATCH slots).
+                    iov_base: unsafe { base.add(i * SLOT) }.cast(),
                     iov_len: DATAGRAM_BUFFER,
                 })
                 .collect();
@@ -209,7 +254,7 @@ mod batch {
         pub(crate) fn datagram(&self, i: usize) -> (&[u8], bool) {
             let h = &self.headers[i];
             let len = (h.msg_len as usize).min(DATAGRAM_BUFFER);
-            let start = i * DATAGRAM_BUFFER;
+            let start = i * SLOT;
             (
                 &self.data[start..start + len],
                 h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
@@ -231,6 +276,9 @@ mod batch {
     }
 
     impl Receiver {
+        /// One datagram per call: never a partial batch, so never a pause.
+        pub(crate) const CAPACITY: usize = 1;
+
         pub(crate) fn new() -> Receiver {
             Receiver {
                 data: vec![0u8; DATAGRAM_BUFFER + 1].into_boxed_slice(),
@@ -334,5 +382,50 @@ async fn tcp_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()
             discarding = true;
             buf.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod pause_tests {
+    use super::*;
+
+    /// The effective buffer the sidecar gets with `SO_RCVBUFFORCE` (16 MiB, doubled).
+    const LARGE: usize = 2 * RECV_BUFFER_BYTES;
+    /// The kernel default `rmem_max` (212,992), doubled.
+    const DEFAULT: usize = 425_984;
+
+    #[test]
+    fn a_full_batch_never_pauses() {
+        assert_eq!(coalescing_pause(BATCH, BATCH, LARGE), None);
+        assert_eq!(coalescing_pause(1, 1, LARGE), None);
+    }
+
+    #[test]
+    fn a_drained_queue_pauses_at_most_max_pause() {
+        assert_eq!(coalescing_pause(1, BATCH, LARGE), Some(MAX_PAUSE));
+        assert_eq!(coalescing_pause(BATCH - 1, BATCH, LARGE), Some(MAX_PAUSE));
+    }
+
+    #[test]
+    fn a_small_buffer_never_pauses() {
+        assert_eq!(coalescing_pause(1, BATCH, DEFAULT), None);
+        assert_eq!(coalescing_pause(1, BATCH, 0), None);
+    }
+
+    #[test]
+    fn the_pause_leaves_three_quarters_of_the_buffer_free() {
+        for buffer in [DEFAULT, 1 << 20, 2 << 20, 4 << 20, LARGE] {
+            if let Some(pause) = coalescing_pause(0, BATCH, buffer) {
+                let arriving = pause.as_secs_f64() * DESIGN_RATE as f64;
+                let room = (buffer / QUEUED_DATAGRAM_COST) as f64;
+                assert!(arriving <= room / 4.0, "{buffer}: {arriving} of {room}");
+                assert!(pause >= MIN_PAUSE && pause <= MAX_PAUSE);
+            }
+        }
+        // 1 MiB holds 512 queued datagrams: a pause of 128 of them at the design rate.
+        assert_eq!(
+            coalescing_pause(0, BATCH, 1 << 20),
+            Some(Duration::from_micros(128))
+        );
     }
 }

@@ -485,7 +485,7 @@ pub async fn spawn(
     let thread_shared = shared.clone();
     std::thread::Builder::new()
         .name("statsd-udp".into())
-        .spawn(move || listener::udp_loop(udp, thread_shared))?;
+        .spawn(move || listener::udp_loop(udp, receive_buffer, thread_shared))?;
     // The UDP thread polls `stop` between receives; it is not waited for.
     let stop_shared = shared.clone();
     handle.on_cancel(move || stop_shared.stop.store(true, Ordering::Relaxed));
