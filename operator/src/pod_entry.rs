@@ -3,16 +3,25 @@
 //! its labels and annotations are B-tree maps with a node of their own each). A [`PodEntry`]
 //! holds exactly what the census, the webhook's skip rules, discovery and rollouts read.
 //!
-//! Pure: [`PodEntry::from_pod`] maps a watched `Pod` (no I/O), and [`entry_event`] maps a watcher
-//! event before it reaches the reflector store.
+//! The pod watch never decodes a full `Pod` either: it decodes [`WatchedPod`]s, whose
+//! deserializer reads only the fields the entry keeps and maps them to the entry as it goes, so
+//! the transient memory of a list page or watch event is a few small strings per pod instead of
+//! a whole pod with its managed fields (the allocator's high-water mark is what RSS keeps).
+//!
+//! Pure: decoding a [`WatchedPod`] maps the pod (no I/O), and [`entry_event`] maps a watcher event
+//! before it reaches the reflector store.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 use kube::runtime::reflector::Lookup;
 use kube::runtime::watcher;
 use monasca_crds::{
     ANNOTATION_CONFIG_HASH, ANNOTATION_INJECT, ANNOTATION_INJECTED, LABEL_SIDECAR,
     SIDECAR_CONTAINER_NAME,
 };
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::net::IpAddr;
 
@@ -99,10 +108,6 @@ pub struct PodEntry {
     pub owner: Option<Owner>,
 }
 
-fn boxed(s: &str) -> Box<str> {
-    s.into()
-}
-
 impl PodEntry {
     /// Why the webhook would never inject this pod, by rule ([`crate::inject::skipped_by_rule`]
     /// on the full pod), from what the entry keeps.
@@ -114,42 +119,46 @@ impl PodEntry {
         )
     }
 
-    /// Keeps what the operator reads of `pod`.
-    pub fn from_pod(pod: &Pod) -> PodEntry {
-        let meta = &pod.metadata;
-        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key));
-        let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key));
-        let spec = pod.spec.as_ref();
-        let sidecar_container = spec.and_then(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-                .find(|c| c.name == SIDECAR_CONTAINER_NAME)
-        });
-        let status = pod.status.as_ref();
+    /// Keeps what the operator reads of a decoded pod.
+    fn from_raw(raw: RawPod) -> PodEntry {
+        let meta = raw.metadata;
+        let labels = meta.labels.unwrap_or_default();
+        let annotations = meta.annotations.unwrap_or_default();
+        let spec = raw.spec.unwrap_or_default();
+        let sidecar_container = spec
+            .containers
+            .iter()
+            .flatten()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == SIDECAR_CONTAINER_NAME);
+        let status = raw.status.unwrap_or_default();
         PodEntry {
-            namespace: boxed(meta.namespace.as_deref().unwrap_or_default()),
-            name: boxed(meta.name.as_deref().unwrap_or_default()),
-            phase: Phase::parse(status.and_then(|s| s.phase.as_deref())),
-            ip: status
-                .and_then(|s| s.pod_ip.as_deref())
-                .and_then(|ip| ip.parse().ok()),
+            namespace: meta.namespace.unwrap_or_default(),
+            name: meta.name.unwrap_or_default(),
+            phase: Phase::parse(status.phase.as_deref()),
+            ip: status.pod_ip.and_then(|ip| ip.parse().ok()),
             terminating: meta.deletion_timestamp.is_some(),
-            host_network: spec.and_then(|s| s.host_network) == Some(true),
+            host_network: spec.host_network == Some(true),
             has_sidecar_container: sidecar_container.is_some(),
-            metrics_port: sidecar_container.and_then(crate::inject::container_metrics_port),
-            sidecar: label(LABEL_SIDECAR).map(|v| boxed(v)),
-            copied_labels: COPIED_POD_LABELS
-                .iter()
-                .enumerate()
-                .filter_map(|(i, key)| Some((i as u8, boxed(label(key)?))))
-                .collect(),
-            inject: annotation(ANNOTATION_INJECT).map(|v| boxed(v)),
-            injected_by_us: annotation(ANNOTATION_INJECTED).is_some(),
-            config_hash: annotation(ANNOTATION_CONFIG_HASH).map(|v| boxed(v)),
+            metrics_port: sidecar_container.and_then(|c| {
+                c.ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(crate::inject::PORT_METRICS))
+                    .and_then(|p| u16::try_from(p.container_port).ok())
+            }),
+            sidecar: labels.sidecar,
+            copied_labels: {
+                let mut copied = labels.copied;
+                copied.sort_by_key(|(i, _)| *i);
+                copied.into_boxed_slice()
+            },
+            inject: annotations.inject,
+            injected_by_us: annotations.injected,
+            config_hash: annotations.config_hash,
             owner: meta
                 .owner_references
-                .iter()
+                .into_iter()
                 .flatten()
                 .find(|o| o.controller == Some(true))
                 .and_then(|o| {
@@ -159,12 +168,19 @@ impl PodEntry {
                         "DaemonSet" => OwnerKind::DaemonSet,
                         _ => return None,
                     };
-                    Some(Owner {
-                        kind,
-                        name: boxed(&o.name),
-                    })
+                    Some(Owner { kind, name: o.name })
                 }),
         }
+    }
+
+    /// The entry of a full `Pod`, through the same decoding as the watch (for tests that build
+    /// pods with k8s-openapi).
+    #[cfg(test)]
+    pub fn from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> PodEntry {
+        let json = serde_json::to_vec(pod).expect("a Pod serializes");
+        serde_json::from_slice::<WatchedPod>(&json)
+            .expect("a serialized Pod decodes")
+            .entry
     }
 
     /// The copied labels as (label key, value).
@@ -178,14 +194,230 @@ impl PodEntry {
 }
 
 /// A watcher event on pods as the same event on their entries, for the reflector store.
-pub fn entry_event(event: watcher::Event<Pod>) -> watcher::Event<PodEntry> {
+pub fn entry_event(event: watcher::Event<WatchedPod>) -> watcher::Event<PodEntry> {
     use watcher::Event;
     match event {
-        Event::Apply(pod) => Event::Apply(PodEntry::from_pod(&pod)),
-        Event::Delete(pod) => Event::Delete(PodEntry::from_pod(&pod)),
+        Event::Apply(pod) => Event::Apply(pod.entry),
+        Event::Delete(pod) => Event::Delete(pod.entry),
         Event::Init => Event::Init,
-        Event::InitApply(pod) => Event::InitApply(PodEntry::from_pod(&pod)),
+        Event::InitApply(pod) => Event::InitApply(pod.entry),
         Event::InitDone => Event::InitDone,
+    }
+}
+
+/// A pod as the pod watch decodes it: the resource version the watcher resumes from, and the
+/// [`PodEntry`] mapped while decoding. Deserializing it reads only the fields the entry keeps;
+/// serde skips the rest of the pod (its managed fields, container specs, other labels and
+/// annotations, conditions) without allocating them, so neither a list page nor a watch event
+/// ever holds a full k8s-openapi `Pod`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "RawPod")]
+pub struct WatchedPod {
+    /// Only `resourceVersion` is set: it is all the watcher reads of the metadata (to resume).
+    metadata: ObjectMeta,
+    pub entry: PodEntry,
+}
+
+impl From<RawPod> for WatchedPod {
+    fn from(raw: RawPod) -> WatchedPod {
+        let resource_version = raw.metadata.resource_version.clone();
+        WatchedPod {
+            metadata: ObjectMeta {
+                resource_version,
+                ..ObjectMeta::default()
+            },
+            entry: PodEntry::from_raw(raw),
+        }
+    }
+}
+
+/// The pod watch asks the apiserver for plain pods (`/api/v1/pods`).
+impl Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The parts of a pod's JSON the entry is made from (every field optional: a mapping never
+/// fails on what a pod lacks).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPod {
+    metadata: RawMeta,
+    spec: Option<RawSpec>,
+    status: Option<RawStatus>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawMeta {
+    name: Option<Box<str>>,
+    namespace: Option<Box<str>>,
+    resource_version: Option<String>,
+    /// Only whether it is set matters.
+    deletion_timestamp: Option<IgnoredAny>,
+    labels: Option<KeptLabels>,
+    annotations: Option<KeptAnnotations>,
+    owner_references: Option<Vec<RawOwner>>,
+}
+
+#[derive(Deserialize)]
+struct RawOwner {
+    kind: String,
+    name: Box<str>,
+    controller: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawSpec {
+    host_network: Option<bool>,
+    containers: Option<Vec<RawContainer>>,
+    init_containers: Option<Vec<RawContainer>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawContainer {
+    name: String,
+    ports: Option<Vec<RawPort>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawPort {
+    name: Option<String>,
+    container_port: i32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawStatus {
+    phase: Option<String>,
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+}
+
+/// Calls `keep` with each entry of a string map whose key `wanted` accepts; the other values
+/// are skipped unread.
+fn visit_wanted<'de, A: MapAccess<'de>>(
+    mut map: A,
+    wanted: impl Fn(&str) -> bool,
+    mut keep: impl FnMut(&str, Box<str>),
+) -> Result<(), A::Error> {
+    while let Some(key) = map.next_key::<String>()? {
+        if wanted(&key) {
+            keep(&key, map.next_value::<Box<str>>()?);
+        } else {
+            map.next_value::<IgnoredAny>()?;
+        }
+    }
+    Ok(())
+}
+
+/// A map visitor building `T` through [`visit_wanted`].
+struct WantedVisitor<T>(std::marker::PhantomData<T>);
+
+/// A string map of which only some keys are kept.
+trait Wanted: Default {
+    fn wanted(key: &str) -> bool;
+    fn keep(&mut self, key: &str, value: Box<str>);
+}
+
+impl<'de, T: Wanted> Visitor<'de> for WantedVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of strings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        let mut kept = T::default();
+        visit_wanted(map, T::wanted, |key, value| kept.keep(key, value))?;
+        Ok(kept)
+    }
+}
+
+/// The pod labels the entry keeps: the sidecar label and the [`COPIED_POD_LABELS`].
+#[derive(Default)]
+struct KeptLabels {
+    sidecar: Option<Box<str>>,
+    copied: Vec<(u8, Box<str>)>,
+}
+
+impl Wanted for KeptLabels {
+    fn wanted(key: &str) -> bool {
+        key == LABEL_SIDECAR || COPIED_POD_LABELS.contains(&key)
+    }
+
+    fn keep(&mut self, key: &str, value: Box<str>) {
+        if key == LABEL_SIDECAR {
+            self.sidecar = Some(value);
+        } else if let Some(i) = COPIED_POD_LABELS.iter().position(|k| *k == key) {
+            self.copied.push((i as u8, value));
+        }
+    }
+}
+
+/// The pod annotations the entry keeps.
+#[derive(Default)]
+struct KeptAnnotations {
+    inject: Option<Box<str>>,
+    injected: bool,
+    config_hash: Option<Box<str>>,
+}
+
+impl Wanted for KeptAnnotations {
+    fn wanted(key: &str) -> bool {
+        [
+            ANNOTATION_INJECT,
+            ANNOTATION_INJECTED,
+            ANNOTATION_CONFIG_HASH,
+        ]
+        .contains(&key)
+    }
+
+    fn keep(&mut self, key: &str, value: Box<str>) {
+        match key {
+            ANNOTATION_INJECT => self.inject = Some(value),
+            ANNOTATION_INJECTED => self.injected = true,
+            _ => self.config_hash = Some(value),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeptLabels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(WantedVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for KeptAnnotations {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(WantedVisitor(std::marker::PhantomData))
     }
 }
 
@@ -230,12 +462,13 @@ impl Lookup for PodEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use serde_json::{Value, json};
 
-    /// The pod of a real AdmissionReview captured from a kube-apiserver, from
+    /// The pod JSON of a real AdmissionReview captured from a kube-apiserver, from
     /// `../shared/fixtures/admission` beside the repository (override: `MONASCA_FIXTURES_DIR`,
     /// as in the integration tests).
-    fn fixture_pod(name: &str) -> Pod {
+    fn fixture_pod_json(name: &str) -> Value {
         let dir = std::env::var_os("MONASCA_FIXTURES_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
@@ -246,12 +479,18 @@ mod tests {
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let review: Value = serde_json::from_str(&text).expect("review JSON");
-        serde_json::from_value(review["request"]["object"].clone()).expect("a pod")
+        review["request"]["object"].clone()
+    }
+
+    /// A fixture pod decoded as the watch decodes it (from the JSON bytes).
+    fn fixture_pod(name: &str) -> WatchedPod {
+        let bytes = serde_json::to_vec(&fixture_pod_json(name)).expect("JSON");
+        serde_json::from_slice(&bytes).expect("a watched pod")
     }
 
     #[test]
     fn a_replicaset_pod_keeps_its_owner_and_inject_annotation() {
-        let entry = PodEntry::from_pod(&fixture_pod("create-replicaset-pod-generatename"));
+        let entry = fixture_pod("create-replicaset-pod-generatename").entry;
         assert_eq!(&*entry.namespace, "demo");
         assert_eq!(entry.inject.as_deref(), Some("true"));
         assert_eq!(
@@ -271,15 +510,13 @@ mod tests {
 
     #[test]
     fn the_skip_rule_inputs_come_from_the_real_pods() {
-        let host = PodEntry::from_pod(&fixture_pod("create-hostnetwork"));
+        let host = fixture_pod("create-hostnetwork").entry;
         assert!(host.host_network);
         assert_eq!(host.owner, None);
-        let has = PodEntry::from_pod(&fixture_pod("create-already-has-sidecar"));
+        let has = fixture_pod("create-already-has-sidecar").entry;
         assert!(has.has_sidecar_container);
         assert_eq!(has.metrics_port, Some(9102));
-        let init = PodEntry::from_pod(&fixture_pod(
-            "create-named-initcontainer-prometheus-annotations",
-        ));
+        let init = fixture_pod("create-named-initcontainer-prometheus-annotations").entry;
         assert_eq!(init.inject.as_deref(), Some("persister-workers"));
         assert!(
             !init.has_sidecar_container,
@@ -353,6 +590,95 @@ mod tests {
         }
         let empty = PodEntry::from_pod(&Pod::default());
         assert!(!empty.host_network && !empty.has_sidecar_container && empty.sidecar.is_none());
+    }
+
+    /// The watch lists `/api/v1/pods` and resumes from the resource version, the only metadata
+    /// the decoded pod keeps.
+    #[test]
+    fn a_watched_pod_is_listed_as_a_pod_and_keeps_its_resource_version() {
+        assert_eq!(WatchedPod::url_path(&(), None), "/api/v1/pods");
+        let mut json = fixture_pod_json("create-hostnetwork");
+        json["metadata"]["resourceVersion"] = json!("4242");
+        let pod: WatchedPod = serde_json::from_value(json).expect("a watched pod");
+        assert_eq!(pod.meta().resource_version.as_deref(), Some("4242"));
+        assert_eq!(pod.meta().labels, None, "labels live in the entry only");
+    }
+
+    /// What the decoding skips does not reach the entry: other labels and annotations, managed
+    /// fields, other containers' ports; an empty or null field is the same as a missing one.
+    #[test]
+    fn decoding_keeps_only_what_the_entry_reads() {
+        let mut json = fixture_pod_json("create-already-has-sidecar");
+        json["metadata"]["managedFields"] =
+            json!([{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]);
+        json["metadata"]["labels"] = json!({
+            "app.kubernetes.io/component": "worker", "zz": "1", "app": "a",
+            LABEL_SIDECAR: "default"});
+        json["metadata"]["annotations"] = json!({
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
+            ANNOTATION_CONFIG_HASH: "h1"});
+        json["status"] =
+            json!({"phase": "Pending", "podIP": null, "conditions": [{"type": "Ready"}]});
+        let entry = serde_json::from_value::<WatchedPod>(json)
+            .expect("a watched pod")
+            .entry;
+        assert_eq!(
+            entry.copied_labels().collect::<Vec<_>>(),
+            [("app", "a"), ("app.kubernetes.io/component", "worker")],
+            "in the order of COPIED_POD_LABELS"
+        );
+        assert_eq!(entry.sidecar.as_deref(), Some("default"));
+        assert_eq!(entry.config_hash.as_deref(), Some("h1"));
+        assert_eq!((entry.inject, entry.injected_by_us), (None, false));
+        assert_eq!((entry.phase, entry.ip), (Phase::Pending, None));
+        assert_eq!(entry.metrics_port, Some(9102));
+
+        let nulls: WatchedPod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": null, "annotations": null, "ownerReferences": null,
+                         "deletionTimestamp": null},
+            "spec": {"containers": null, "initContainers": null, "hostNetwork": null},
+            "status": null
+        }))
+        .expect("nulls decode");
+        let empty = PodEntry {
+            name: "p".into(),
+            ..PodEntry::from_pod(&Pod::default())
+        };
+        assert_eq!(nulls.entry, empty);
+    }
+
+    /// Input the apiserver would never send is a decoding error (the watcher logs it and
+    /// retries), never a panic; no prefix of a real pod's JSON panics either.
+    #[test]
+    fn malformed_pod_json_is_an_error_not_a_panic() {
+        for bad in [
+            json!({"metadata": {"labels": ["app", "x"]}}),
+            json!({"metadata": {"labels": {"app": 7}}}),
+            json!({"metadata": {"annotations": "x"}}),
+            json!({"metadata": {"ownerReferences": [{"kind": "ReplicaSet"}]}}),
+            json!({"spec": {"containers": [{"name": 1}]}}),
+            json!({"spec": {"containers": [{"name": "monasca-sidecar", "ports": [{"containerPort": "x"}]}]}}),
+            json!({"status": {"phase": 3}}),
+            json!("a pod"),
+        ] {
+            assert!(
+                serde_json::from_value::<WatchedPod>(bad.clone()).is_err(),
+                "{bad} decoded"
+            );
+        }
+        let bytes = serde_json::to_vec(&fixture_pod_json(
+            "create-named-initcontainer-prometheus-annotations",
+        ))
+        .expect("JSON");
+        for end in 0..bytes.len() {
+            assert!(serde_json::from_slice::<WatchedPod>(&bytes[..end]).is_err());
+        }
+        let port = json!({"spec": {"containers": [{"name": SIDECAR_CONTAINER_NAME,
+            "ports": [{"name": crate::inject::PORT_METRICS, "containerPort": 70000}]}]}});
+        let entry = serde_json::from_value::<WatchedPod>(port)
+            .expect("decodes")
+            .entry;
+        assert_eq!(entry.metrics_port, None, "a port out of range is no port");
     }
 
     #[test]

@@ -10,9 +10,9 @@ use crate::context::PodChanges;
 use crate::inject::Settings;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::pod_entry::{PodEntry, entry_event};
+use crate::pod_entry::{PodEntry, WatchedPod, entry_event};
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::reflector::store::Writer;
@@ -199,11 +199,12 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
         "Namespace",
     ));
 
-    // Every pod, watched once, each kept as a compact `PodEntry` as it arrives: the store behind
-    // the controller's counts and skip rules, discovery (injected pods carry the sidecar label)
-    // and rollouts, and the controller's trigger (the namespace of each change).
+    // Every pod, watched once, each decoded straight into a compact `PodEntry` (never a full
+    // `Pod`): the store behind the controller's counts and skip rules, discovery (injected pods
+    // carry the sidecar label) and rollouts, and the controller's trigger (the namespace of each
+    // change).
     let pods = watcher(
-        Api::<Pod>::all(client),
+        Api::<WatchedPod>::all(client),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
@@ -236,6 +237,7 @@ pub fn start(client: Client, settings: Settings, leadership: Leadership) -> Arc<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
 
     fn pod(namespace: &str, name: &str) -> PodEntry {
         let mut pod = Pod::default();
