@@ -450,8 +450,9 @@ def section_operator(r):
     r.goal("Operator", f"RSS per watched pod <= 2 KB ({pods:,} pods stored)", f"{per_pod:,.0f} bytes",
            per_pod <= 2048,
            "Each pod is held once, as a compact `PodEntry` (name, phase, IP, the sidecar label and port, "
-           "the annotations and owner the controller reads), not a k8s-openapi `Pod`; plus the store's "
-           "key and the allocator's high-water mark from decoding the watch events.")
+           "the annotations and owner the controller reads), not a k8s-openapi `Pod`, and decoded "
+           "straight from the watch's JSON (no `Pod` is ever built); plus the store's key and the "
+           "allocator's high-water mark from decoding list pages and watch events.")
     r.goal("Operator", "pods watched once", f"{o['operator_pod_watches']} pod watches open",
            o["operator_pod_watches"] == 1,
            "Counted at the apiserver (`apiserver_longrunning_requests`, pod WATCHes opened by the operator).")

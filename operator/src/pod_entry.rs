@@ -122,8 +122,7 @@ impl PodEntry {
     /// Keeps what the operator reads of a decoded pod.
     fn from_raw(raw: RawPod) -> PodEntry {
         let meta = raw.metadata;
-        let labels = meta.labels.unwrap_or_default();
-        let annotations = meta.annotations.unwrap_or_default();
+        let (labels, annotations) = (meta.labels, meta.annotations);
         let spec = raw.spec.unwrap_or_default();
         let sidecar_container = spec
             .containers
@@ -279,8 +278,10 @@ struct RawMeta {
     resource_version: Option<String>,
     /// Only whether it is set matters.
     deletion_timestamp: Option<IgnoredAny>,
-    labels: Option<KeptLabels>,
-    annotations: Option<KeptAnnotations>,
+    #[serde(deserialize_with = "wanted_map")]
+    labels: KeptLabels,
+    #[serde(deserialize_with = "wanted_map")]
+    annotations: KeptAnnotations,
     owner_references: Option<Vec<RawOwner>>,
 }
 
@@ -354,6 +355,18 @@ impl<'de, T: Wanted> Visitor<'de> for WantedVisitor<T> {
         f.write_str("a map of strings")
     }
 
+    fn visit_none<E>(self) -> Result<T, E> {
+        Ok(T::default())
+    }
+
+    fn visit_unit<E>(self) -> Result<T, E> {
+        Ok(T::default())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_map(self)
+    }
+
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
         let mut kept = T::default();
         visit_wanted(map, T::wanted, |key, value| kept.keep(key, value))?;
@@ -409,37 +422,30 @@ impl Wanted for KeptAnnotations {
     }
 }
 
-impl<'de> Deserialize<'de> for KeptLabels {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(WantedVisitor(std::marker::PhantomData))
-    }
+/// Decodes a string map (or null) keeping only the entries `T` wants.
+fn wanted_map<'de, D: Deserializer<'de>, T: Wanted>(d: D) -> Result<T, D::Error> {
+    d.deserialize_option(WantedVisitor(std::marker::PhantomData))
 }
 
-impl<'de> Deserialize<'de> for KeptAnnotations {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(WantedVisitor(std::marker::PhantomData))
-    }
-}
-
-/// The store keys entries by namespace and name only: the resource version and uid are not kept
+/// The store keys entries by namespace and name only (the kind is the watched pod's): the resource version and uid are not kept
 /// (the store never compares them), so a key holds no more strings than it needs.
 impl Lookup for PodEntry {
     type DynamicType = ();
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
+    fn kind(dt: &()) -> Cow<'_, str> {
+        <WatchedPod as Resource>::kind(dt)
     }
 
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
+    fn group(dt: &()) -> Cow<'_, str> {
+        <WatchedPod as Resource>::group(dt)
     }
 
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
+    fn version(dt: &()) -> Cow<'_, str> {
+        <WatchedPod as Resource>::version(dt)
     }
 
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
+    fn plural(dt: &()) -> Cow<'_, str> {
+        <WatchedPod as Resource>::plural(dt)
     }
 
     fn name(&self) -> Option<Cow<'_, str>> {
