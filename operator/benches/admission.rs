@@ -271,7 +271,7 @@ fn measure(rt: &Runtime, server: &Server, connections: usize, paced: bool) -> Ro
 fn latency_table(rt: &Runtime, server: &Server, runs: usize) {
     println!();
     println!(
-        "Admission over TLS keep-alive, ReplicaSet fixture ({} bytes), {} CPUs shared by client and server, median of {runs} run(s) of 5 s (min–max)",
+        "Admission over TLS keep-alive, ReplicaSet fixture ({} bytes), {} CPUs shared by client and server, median of {runs} run(s) of 5 s (min–max); each review is timed from when it went out (a paced review held back by a slow one before it does not count that wait: tokio's 1 ms timer cannot pace 1 ms periods finely enough to time from the due instant)",
         fixture_bytes(FIXTURE).len(),
         std::thread::available_parallelism()
             .map(|n| n.get())
