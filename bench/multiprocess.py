@@ -69,7 +69,8 @@ class Sidecar:
         self.config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         self.config.write(
             f'listen: {{metrics: "127.0.0.1:{self.port}", ingest: "127.0.0.1:{free_port()}", '
-            f'statsd: "127.0.0.1:{free_port()}"}}\nmultiprocessDir: {directory}\n'
+            f'statsd: "127.0.0.1:{free_port()}", otlp: "127.0.0.1:{free_port()}"}}\n'
+            f'multiprocessDir: {directory}\n'
             f"multiprocessLiveness: {liveness}\nlimits: {{maxSeriesPerWorker: 1000000}}\n")
         self.config.close()
         self.started = time.perf_counter()

@@ -93,6 +93,19 @@ enum Op {
     Relayout { file: usize, in_place: bool },
     /// The file made unreadable in place.
     Garble { file: usize, how: u8 },
+    /// Values written through a shared mapping kept open between steps, as the client
+    /// writes them: a page already dirty takes the write without moving the file's ctime.
+    MapSet {
+        file: usize,
+        start: usize,
+        count: usize,
+        value: u16,
+    },
+    /// The file deleted, then created again under the same name (a new process, same pid).
+    Recreate { file: usize },
+    /// Time passes, so the reader's next check may trust an unchanged ctime and read only
+    /// the value slots of a mapped file.
+    Settle,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -102,6 +115,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..12usize, 0..30u8).prop_map(|(file, label)| Op::Append { file, label }),
         1 => (0..12usize, any::<bool>()).prop_map(|(file, in_place)| Op::Relayout { file, in_place }),
         1 => (0..12usize, 0..4u8).prop_map(|(file, how)| Op::Garble { file, how }),
+        4 => (0..12usize, 0..40usize, 1..40usize, 0..1000u16)
+            .prop_map(|(file, start, count, value)| Op::MapSet { file, start, count, value }),
+        1 => (0..12usize).prop_map(|file| Op::Recreate { file }),
+        2 => Just(Op::Settle),
     ]
 }
 
@@ -176,7 +193,63 @@ fn garble(dir: &Path, f: &ModelFile, how: u8) {
     file.write_all_at(&bytes, 0).expect("write");
 }
 
-fn apply(dir: &Path, files: &mut [ModelFile], op: &Op) {
+/// A writable shared mapping of a whole test file: the client's way of writing values.
+struct ClientMap {
+    ptr: *mut u8,
+}
+
+impl ClientMap {
+    fn open(path: &Path) -> ClientMap {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open");
+        // SAFETY: a fresh shared mapping of FILE_SIZE bytes of a file of that size, unmapped
+        // in `drop`; the tests never shrink a file while it is mapped.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                FILE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap");
+        ClientMap { ptr: ptr.cast() }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        assert!(bytes.len() <= FILE_SIZE);
+        // SAFETY: within the FILE_SIZE bytes mapped writable.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr, bytes.len()) };
+    }
+}
+
+impl Drop for ClientMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps what `open` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), FILE_SIZE) };
+    }
+}
+
+/// Longer than the reader waits before it trusts a ctime (see `scan::read::settled`).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(120);
+
+fn set_values(f: &mut ModelFile, start: usize, count: usize, value: u16) {
+    let n = f.entries.len();
+    for i in start..start + count {
+        f.entries[i % n].1 = f64::from(value) + (i % 7) as f64;
+    }
+    f.garbled = false;
+}
+
+/// Applies `op`; `maps` are the client mappings kept open, per file (dropped when the file
+/// is replaced).
+fn apply(dir: &Path, files: &mut [ModelFile], maps: &mut [Option<ClientMap>], op: &Op) {
     match *op {
         Op::Set {
             file,
@@ -185,13 +258,30 @@ fn apply(dir: &Path, files: &mut [ModelFile], op: &Op) {
             value,
         } => {
             let f = &mut files[file];
-            let n = f.entries.len();
-            for i in start..start + count {
-                f.entries[i % n].1 = f64::from(value) + (i % 7) as f64;
-            }
+            set_values(f, start, count, value);
+            write_in_place(dir, f);
+        }
+        Op::MapSet {
+            file,
+            start,
+            count,
+            value,
+        } => {
+            let f = &mut files[file];
+            set_values(f, start, count, value);
+            maps[file]
+                .get_or_insert_with(|| ClientMap::open(&dir.join(&f.name)))
+                .write(&f.encode());
+        }
+        Op::Recreate { file } => {
+            let f = &mut files[file];
+            maps[file] = None;
+            std::fs::remove_file(dir.join(&f.name)).expect("remove");
+            f.entries.rotate_left(1);
             f.garbled = false;
             write_in_place(dir, f);
         }
+        Op::Settle => std::thread::sleep(SETTLE),
         Op::Append { file, label } => {
             let f = &mut files[file];
             for key in f.new_key(label) {
@@ -209,6 +299,7 @@ fn apply(dir: &Path, files: &mut [ModelFile], op: &Op) {
             if in_place {
                 write_in_place(dir, f);
             } else {
+                maps[file] = None;
                 write_new(dir, f);
             }
         }
@@ -285,13 +376,14 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     }
     let (app, mut reader) = reader_on(&dir);
     reader.scan(&app);
+    let mut maps: Vec<Option<ClientMap>> = files.iter().map(|_| None).collect();
     for (step, op) in ops.iter().enumerate() {
         let corrupt_before = corrupt_count(&reader);
         let was_garbled = match op {
             Op::Garble { file, .. } => files[*file].garbled,
             _ => false,
         };
-        apply(&dir, &mut files, op);
+        apply(&dir, &mut files, &mut maps, op);
         reader.scan(&app);
         if matches!(op, Op::Garble { .. }) && !was_garbled {
             prop_assert!(
@@ -303,6 +395,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         let seen = lines(&app);
         prop_assert_eq!(&seen, &expected, "step {}: after {:?}", step, op);
     }
+    drop(maps);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&fresh);
     Ok(())
@@ -352,4 +445,96 @@ fn a_value_change_a_new_key_a_relayout_and_a_garbled_file() {
     if let Err(e) = run(&ops) {
         panic!("{e}");
     }
+}
+
+/// Every change the mapped fast path could miss, each after the reader came to trust the
+/// file's ctime: values through the client's mapping (read by their slots alone), values
+/// and a same-size relayout written in place, an append, a replacement with the same size,
+/// a delete and re-create, a garbled file.
+#[test]
+fn changes_after_the_ctime_is_trusted_are_all_seen() {
+    let settle = Op::Settle;
+    let map_set = |value| Op::MapSet {
+        file: 0,
+        start: 0,
+        count: 3,
+        value,
+    };
+    let ops = [
+        map_set(10),
+        settle.clone(),
+        map_set(11),
+        map_set(12),
+        map_set(13),
+        map_set(14),
+        settle.clone(),
+        Op::Set {
+            file: 0,
+            start: 2,
+            count: 1,
+            value: 20,
+        },
+        settle.clone(),
+        Op::Relayout {
+            file: 0,
+            in_place: true,
+        },
+        settle.clone(),
+        Op::Append { file: 1, label: 9 },
+        settle.clone(),
+        Op::Relayout {
+            file: 2,
+            in_place: false,
+        },
+        settle.clone(),
+        Op::Recreate { file: 3 },
+        settle.clone(),
+        Op::Garble { file: 5, how: 3 },
+        settle,
+        map_set(15),
+    ];
+    if let Err(e) = run(&ops) {
+        panic!("{e}");
+    }
+}
+
+/// The fast path is taken: values written through the client's mapping into pages it
+/// already dirtied (no ctime change) are read by their slots alone, and each is seen.
+#[test]
+fn a_trusted_file_is_read_by_its_value_slots() {
+    let dir = scratch("slots");
+    let fresh = scratch("slots-fresh");
+    let mut files = initial_files();
+    for f in &files {
+        write_new(&dir, f);
+    }
+    let mut maps: Vec<Option<ClientMap>> = files.iter().map(|_| None).collect();
+    let (app, mut reader) = reader_on(&dir);
+    reader.scan(&app);
+    let map_set = |value| Op::MapSet {
+        file: 0,
+        start: 0,
+        count: 2,
+        value,
+    };
+    // Dirty the pages through the mapping, then let the ctime settle and be trusted.
+    apply(&dir, &mut files, &mut maps, &map_set(1));
+    std::thread::sleep(SETTLE);
+    reader.scan(&app);
+    let slot_reads = |r: &mut Reader| r.dir_state().map_or(0, |d| d.slot_only_reads);
+    let before = slot_reads(&mut reader);
+    for value in 2..6 {
+        apply(&dir, &mut files, &mut maps, &map_set(value));
+        reader.scan(&app);
+        let fresh_view = full_read(&dir, &fresh, &files);
+        assert_eq!(lines(&app), fresh_view, "after writing {value}");
+    }
+    // At most one of four consecutive rounds reads a file whole (FULL_READ_ROUNDS).
+    assert!(
+        slot_reads(&mut reader) >= before + 3 * 12,
+        "the value slots were not read alone"
+    );
+    drop(maps);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&fresh);
 }

@@ -216,3 +216,73 @@ pub(super) fn write_tables(
     }
     retired::sync_dir(dir)
 }
+
+/// A read-only shared mapping of the first `len` bytes of a worker file: the page cache the
+/// client writes through its own mapping, read in place. A steady file is then checked by
+/// reading only its value slots (no copy of the whole `used` range, no compare of keys).
+///
+/// Reading a mapping past the end of a file that shrank raises SIGBUS, so every read is
+/// preceded by an `fstat` of the same inode showing it at least `len` long (see
+/// [`DirState::read_mapped`](super::DirState)); the client only ever grows its files.
+pub(super) struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// The mapping is read-only and owned: moving it to another thread is sound.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` bytes (`len > 0`) of `file`.
+    pub(super) fn new(file: &std::fs::File, len: usize) -> io::Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        if len == 0 {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: a fresh read-only mapping of a file descriptor we own; the kernel picks the
+        // address; failure is reported as MAP_FAILED and checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The mapped bytes. The caller must have checked (`fstat`) that the file is still at
+    /// least [`Mapping::len`] long.
+    pub(super) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `drop`; the file's length was checked
+        // by the caller, so no page is past its end.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped, once.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping").field("len", &self.len).finish()
+    }
+}

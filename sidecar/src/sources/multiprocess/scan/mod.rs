@@ -56,6 +56,11 @@ const MAX_OPEN_FILES: usize = 512;
 /// a write did not move the mtime (mmap writes to a page not yet written back do not).
 const QUIET_REREAD_ROUNDS: u64 = 10;
 
+/// A mapped file is read whole (and its keys compared) anyway every this many rounds, at a
+/// round of its own (staggered by inode), in case bytes other than values were rewritten in
+/// place without moving the ctime (a writer's mapping of an already dirty page).
+const FULL_READ_ROUNDS: u64 = 16;
+
 /// How long to wait before retrying a failed write or delete in the directory.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
@@ -110,6 +115,14 @@ struct FileState {
     quiet_stat: Option<(SystemTime, u64)>,
     /// Kept open between scans (see [`MAX_OPEN_FILES`]).
     handle: Option<std::fs::File>,
+    /// The file's first `raw.len()` bytes mapped, once they were seen equal to `raw`: a
+    /// steady file is then checked slot by slot in place ([`DirState::read_mapped`]).
+    map: Option<fs::Mapping>,
+    /// The file's ctime when `map` was last checked against `raw` byte for byte, if it was
+    /// old enough then to be sure to move on any later write (see `read::settled`). While it
+    /// stands, only the value slots are read: any other change than the client's (values
+    /// written through its mapping, entries appended) moves it.
+    map_ctime: Option<(i64, i64)>,
     /// `raw` and `offsets` were dropped (a quiet worker that can never be folded): only
     /// `released_len` and `released_hash` say what the content was. Read back from disk
     /// before the worker is applied again ([`DirState::restore`]).
@@ -133,6 +146,8 @@ impl FileState {
             corrupt: None,
             quiet_stat: None,
             handle: None,
+            map: None,
+            map_ctime: None,
             released: false,
             released_len: 0,
             released_hash: 0,
@@ -146,6 +161,7 @@ impl FileState {
         self.raw = Vec::new();
         self.offsets = Vec::new();
         self.handle = None;
+        self.map = None;
         self.released = true;
     }
 
@@ -225,6 +241,9 @@ pub struct DirState {
     store_epoch: u64,
     /// Worker files over the cap in the last listing.
     skipped: usize,
+    /// Tests: files checked by their value slots alone (see [`FileState::map_ctime`]).
+    #[cfg(test)]
+    pub(crate) slot_only_reads: u64,
     /// Tests: stop every round right before deleting folded files, as a crash would.
     #[cfg(test)]
     pub(crate) crash_before_delete: bool,
@@ -287,6 +306,8 @@ impl DirState {
             retry_deletes_at: None,
             store_epoch: 0,
             skipped: 0,
+            #[cfg(test)]
+            slot_only_reads: 0,
             #[cfg(test)]
             crash_before_delete: false,
         }

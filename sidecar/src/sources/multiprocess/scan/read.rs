@@ -3,9 +3,9 @@
 //! released worker's files read back.
 
 use super::fold::{decreased, reset_fold};
-use super::fs::{ListedFile, ident_of, layout, read_content, read_db};
+use super::fs::{ListedFile, Mapping, ident_of, layout, read_content, read_db};
 use super::round::RoundCtx;
-use super::{DirState, FileState, Fold, Ident, QUIET_REREAD_ROUNDS, slot};
+use super::{DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, QUIET_REREAD_ROUNDS, slot};
 use crate::sources::multiprocess::Stats;
 use crate::sources::multiprocess::format;
 use crate::sources::multiprocess::retired;
@@ -43,6 +43,7 @@ impl DirState {
                 return false;
             }
             f.raw = std::mem::take(&mut self.scratch);
+            f.map = None;
             f.offsets = offsets;
             f.mtime = ident.mtime;
             f.released = false;
@@ -65,6 +66,10 @@ impl DirState {
     ) {
         let (name, kind, pid, ino) = (file.name.as_str(), file.kind, file.pid.as_str(), file.ino);
         let (compact, stats, log) = (ctx.compact, ctx.stats, &mut *ctx.log);
+        if self.read_mapped(name, ino, compact, folds) {
+            stats.file_reads.inc();
+            return;
+        }
         let path = self.dir.join(name);
         // A known file still under its name (same inode in the listing) is read through the
         // handle kept open, with its last size as the read size: one syscall.
@@ -167,6 +172,7 @@ impl DirState {
                     log.clear(&format!("corrupt:{name}"));
                 }
                 if changed.is_empty() {
+                    self.remap(name);
                     return;
                 }
                 if compact && kind.is_cumulative() {
@@ -197,6 +203,7 @@ impl DirState {
                 let st = self.pids.entry(pid.to_string()).or_default();
                 st.changed
                     .extend(changed.into_iter().map(|o| slot(kind, o)));
+                self.remap(name);
                 return;
             }
         }
@@ -251,6 +258,8 @@ impl DirState {
                     }
                 }
                 std::mem::swap(&mut f.raw, &mut self.scratch);
+                // A new layout (or inode): mapped anew below, once seen equal.
+                f.map = None;
                 f.offsets = offsets;
                 f.good = true;
                 f.released = false;
@@ -273,6 +282,152 @@ impl DirState {
         let st = self.pids.entry(pid.to_string()).or_default();
         st.full = true;
         st.plan = None;
+        self.remap(name);
+    }
+
+    /// The steady-state read of a mapped file: when it is the same inode, not shorter, its
+    /// ctime and `used` unchanged since its mapping was checked, only its value slots are
+    /// read, in place, and the changed ones copied into `raw` and recorded. Returns false
+    /// (nothing done) when any of that does not hold: the file is then read whole.
+    fn read_mapped(
+        &mut self,
+        name: &str,
+        ino: u64,
+        compact: bool,
+        folds: &mut Vec<(String, Fold)>,
+    ) -> bool {
+        let round = self.round_number;
+        let Some(f) = self.files.get_mut(name) else {
+            return false;
+        };
+        let FileState {
+            kind,
+            pid,
+            raw,
+            offsets,
+            map,
+            handle,
+            ..
+        } = f;
+        let (Some(map), Some(handle)) = (map.as_ref(), handle.as_ref()) else {
+            return false;
+        };
+        if f.ino != ino
+            || !f.good
+            || f.released
+            || f.corrupt.is_some()
+            || map.len() != raw.len()
+            || round.wrapping_add(ino) % FULL_READ_ROUNDS == 0
+        {
+            return false;
+        }
+        let Ok(meta) = handle.metadata() else {
+            return false;
+        };
+        if meta.ino() != f.ino || meta.dev() != f.dev || meta.len() < map.len() as u64 {
+            return false;
+        }
+        // The length was checked just above: the mapping is readable.
+        let now_bytes = map.bytes();
+        if format::read_used(now_bytes).ok() != Some(raw.len()) {
+            // Entries appended (or a damaged header): read whole.
+            return false;
+        }
+        let ctime = (meta.ctime(), meta.ctime_nsec());
+        if f.map_ctime != Some(ctime) {
+            // Written to since the last check (the client's own value writes move the ctime
+            // too, when they dirty a clean page), or checked too soon after a write to tell:
+            // every byte but the value slots must still be the same, compared in place.
+            if changed_slots(raw, now_bytes, offsets).is_none() {
+                return false;
+            }
+            f.map_ctime = settled(ctime);
+        } else {
+            #[cfg(test)]
+            {
+                self.slot_only_reads += 1;
+            }
+        }
+        let mut changed: Vec<(u32, [u8; 16])> = Vec::new();
+        for &o in offsets.iter() {
+            let at = o as usize;
+            let (Some(new), Some(old)) = (now_bytes.get(at..at + 16), raw.get(at..at + 16)) else {
+                return false;
+            };
+            if new != old {
+                let mut slot_bytes = [0u8; 16];
+                slot_bytes.copy_from_slice(new);
+                changed.push((o, slot_bytes));
+            }
+        }
+        f.mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        if changed.is_empty() {
+            return true;
+        }
+        let kind = *kind;
+        if compact && kind.is_cumulative() {
+            let went_down: Vec<usize> = changed
+                .iter()
+                .filter(|(o, new)| {
+                    let old = format::value_at(raw, *o as usize).map(|v| v.0);
+                    let new = format::value_at(new, 0).map(|v| v.0);
+                    matches!((old, new), (Some(a), Some(b)) if b < a)
+                })
+                .map(|(o, _)| *o as usize)
+                .collect();
+            if let Some(fold) = reset_fold(kind, raw, went_down) {
+                folds.push((pid.clone(), fold));
+            }
+        }
+        for (o, new) in &changed {
+            let at = *o as usize;
+            if let Some(dst) = raw.get_mut(at..at + 16) {
+                dst.copy_from_slice(new);
+            }
+        }
+        f.changed = SystemTime::now();
+        let st = self.pids.entry(f.pid.clone()).or_default();
+        st.changed
+            .extend(changed.into_iter().map(|(o, _)| slot(kind, o)));
+        true
+    }
+
+    /// After a whole read that left `raw` the file's current content: (re)maps the file when
+    /// it is kept open, in the current layout (not a legacy directory), and its mapped bytes
+    /// are the same as `raw` now, recording the ctime seen before that check.
+    fn remap(&mut self, name: &str) {
+        let legacy = self.legacy_layout;
+        let Some(f) = self.files.get_mut(name) else {
+            return;
+        };
+        let ok = (|| {
+            if legacy
+                || !f.good
+                || f.released
+                || f.corrupt.is_some()
+                || f.raw.len() <= format::HEADER_LEN
+            {
+                return None;
+            }
+            let handle = f.handle.as_ref()?;
+            let meta = handle.metadata().ok()?;
+            if meta.ino() != f.ino || meta.dev() != f.dev || meta.len() < f.raw.len() as u64 {
+                return None;
+            }
+            let map = match f.map.take() {
+                Some(m) if m.len() == f.raw.len() => m,
+                _ => Mapping::new(handle, f.raw.len()).ok()?,
+            };
+            (map.bytes() == f.raw.as_slice())
+                .then_some((map, settled((meta.ctime(), meta.ctime_nsec()))))
+        })();
+        match ok {
+            Some((map, ctime)) => {
+                f.map = Some(map);
+                f.map_ctime = ctime;
+            }
+            None => f.map = None,
+        }
     }
 
     /// True when `name` belongs to a worker found dead (or stale) last round and is certainly
@@ -330,12 +485,29 @@ impl DirState {
         };
         if f.raw != self.scratch {
             std::mem::swap(&mut f.raw, &mut self.scratch);
+            f.map = None;
             f.offsets = offsets;
             f.good = true;
             f.corrupt = None;
         }
         f.mtime = ident.mtime;
     }
+}
+
+/// A ctime older than this when it was seen can be trusted to move on the next change: the
+/// kernel stamps changes from a clock that lags real time by at most a tick.
+const CTIME_SETTLED: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `ctime` if it is old enough that a later change is certain to get a different one (a
+/// write in the same clock tick as the check would not); None otherwise.
+fn settled(ctime: (i64, i64)) -> Option<(i64, i64)> {
+    let (secs, nanos) = ctime;
+    let stamp = UNIX_EPOCH.checked_add(std::time::Duration::new(
+        u64::try_from(secs).ok()?,
+        u32::try_from(nanos).ok()?,
+    ))?;
+    let age = SystemTime::now().duration_since(stamp).ok()?;
+    (age >= CTIME_SETTLED).then_some(ctime)
 }
 
 /// The value slots (offsets of `offsets`) whose 16 bytes differ between two contents of the
