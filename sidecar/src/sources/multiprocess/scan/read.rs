@@ -317,7 +317,7 @@ impl DirState {
             || f.released
             || f.corrupt.is_some()
             || map.len() != raw.len()
-            || round.wrapping_add(ino) % FULL_READ_ROUNDS == 0
+            || round.wrapping_add(ino).is_multiple_of(FULL_READ_ROUNDS)
         {
             return false;
         }
