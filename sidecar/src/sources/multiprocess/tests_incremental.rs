@@ -256,12 +256,8 @@ fn apply(dir: &Path, files: &mut [ModelFile], maps: &mut [Option<ClientMap>], op
             start,
             count,
             value,
-        } => {
-            let f = &mut files[file];
-            set_values(f, start, count, value);
-            write_in_place(dir, f);
         }
-        Op::MapSet {
+        | Op::MapSet {
             file,
             start,
             count,
@@ -269,9 +265,13 @@ fn apply(dir: &Path, files: &mut [ModelFile], maps: &mut [Option<ClientMap>], op
         } => {
             let f = &mut files[file];
             set_values(f, start, count, value);
-            maps[file]
-                .get_or_insert_with(|| ClientMap::open(&dir.join(&f.name)))
-                .write(&f.encode());
+            if matches!(op, Op::MapSet { .. }) {
+                maps[file]
+                    .get_or_insert_with(|| ClientMap::open(&dir.join(&f.name)))
+                    .write(&f.encode());
+            } else {
+                write_in_place(dir, f);
+            }
         }
         Op::Recreate { file } => {
             let f = &mut files[file];
