@@ -237,7 +237,7 @@ fn a_histogram_without_sum_gets_no_invented_sum() {
 /// Every self-metric family of a running sidecar (with `stateDir`, so all components report),
 /// with its type: the names, types and label names dashboards, rules and tests use. Every
 /// family is listed from the start, also those by reasons created on first use.
-const SELF_FAMILIES: [(&str, &str); 56] = [
+const SELF_FAMILIES: [(&str, &str); 57] = [
     ("allocator_trims_total", "counter"),
     ("config_last_reload_successful", "gauge"),
     ("config_reload_errors_total", "counter"),
@@ -256,6 +256,7 @@ const SELF_FAMILIES: [(&str, &str); 56] = [
     ("multiprocess_files", "gauge"),
     ("multiprocess_folded_workers_total", "counter"),
     ("multiprocess_liveness", "gauge"),
+    ("multiprocess_mapped_read_faults_total", "counter"),
     ("multiprocess_not_compacting", "gauge"),
     ("multiprocess_rejected_total", "counter"),
     ("multiprocess_released_files", "gauge"),

@@ -357,6 +357,8 @@ impl LogOnce {
 struct Stats {
     scans: Counter,
     file_reads: Counter,
+    /// Mapped reads thrown away because the file shrank under them (see `scan::bus_guard`).
+    mapped_read_faults: Counter,
     folded_workers: Counter,
     deleted_files: Counter,
     duration: SecondsGauge,
@@ -384,6 +386,7 @@ impl Default for Stats {
         Stats {
             scans: Counter::default(),
             file_reads: Counter::default(),
+            mapped_read_faults: Counter::default(),
             folded_workers: Counter::default(),
             deleted_files: Counter::default(),
             duration: SecondsGauge::default(),
@@ -443,6 +446,11 @@ impl SelfMetrics for Shared {
                 &s.file_reads,
                 "multiprocess_file_reads",
                 "Worker files read (each scan reads every file up to its used size)",
+            ),
+            (
+                &s.mapped_read_faults,
+                "multiprocess_mapped_read_faults",
+                "Mapped reads of a worker file that shrank under them (read again whole)",
             ),
             (
                 &s.folded_workers,

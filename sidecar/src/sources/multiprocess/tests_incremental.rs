@@ -538,3 +538,54 @@ fn a_trusted_file_is_read_by_its_value_slots() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&fresh);
 }
+
+/// A file cut in place by another program right after the reader's `fstat` (the worst
+/// moment, set up through the test hook) faults under the mapping: the process lives on, the
+/// read is thrown away and counted, and the file is read again through `pread`, so the
+/// reader shows what a fresh reader shows; a rewrite afterwards is followed as usual.
+/// (The guard's own tests, with the page contents and the fault that is not ours, are in
+/// `scan::bus_guard`.)
+#[test]
+fn a_file_cut_under_its_mapping_is_read_again_whole() {
+    let dir = scratch("cut");
+    let fresh = scratch("cut-fresh");
+    let files = vec![initial_files().remove(0)];
+    write_new(&dir, &files[0]);
+    let (app, mut reader) = reader_on(&dir);
+    // The first scan reads the file whole and maps it.
+    reader.scan(&app);
+    let before = full_read(&dir, &fresh, &files);
+    assert_eq!(lines(&app), before);
+    let faults = |r: &Reader| r.stats.mapped_read_faults.get();
+    let path = dir.join(&files[0].name);
+    let cut = path.clone();
+    super::scan::on_next_mapped_read(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cut)
+            .and_then(|f| f.set_len(0))
+            .expect("truncate in place");
+    });
+    // Whether this round checks the mapping's slots or reads the file whole and compares
+    // the mapping to it, the hook cuts the file between the fstat and the read.
+    reader.scan(&app);
+    assert_eq!(faults(&reader), 1, "the cut was not caught by the guard");
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        0,
+        "the hook ran"
+    );
+    assert_eq!(lines(&app), full_read(&dir, &fresh, &files));
+    reader.scan(&app);
+    assert_eq!(lines(&app), full_read(&dir, &fresh, &files));
+    // Written again by the client: followed as before (its series back; a counter that
+    // vanished and came back is a reset, so its total is kept on top).
+    write_in_place(&dir, &files[0]);
+    reader.scan(&app);
+    reader.scan(&app);
+    let series = |l: &[String]| l.iter().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(series(&lines(&app)), series(&before));
+    assert_eq!(faults(&reader), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&fresh);
+}

@@ -2,7 +2,7 @@
 //! `used` size, checking a folded file is still the one recorded, writing the retired tables.
 //! No state of their own: everything they know comes in as arguments.
 
-use super::{INITIAL_READ, Ident, MAX_FILE_BYTES};
+use super::{INITIAL_READ, Ident, MAX_FILE_BYTES, bus_guard};
 use crate::sources::multiprocess::format::{self, FileError, FileKind, RETIRED_PID};
 use crate::sources::multiprocess::retired::{self, FoldedFile, Table};
 use std::collections::BTreeMap;
@@ -221,59 +221,107 @@ pub(super) fn write_tables(
 /// client writes through its own mapping, read in place. A steady file is then checked by
 /// reading only its value slots (no copy of the whole `used` range, no compare of keys).
 ///
-/// Reading a mapping past the end of a file that shrank raises SIGBUS, so every read is
-/// preceded by an `fstat` of the same inode showing it at least `len` long (see
-/// [`DirState::read_mapped`](super::DirState)); the client only ever grows its files.
+/// Reading a mapping past the end of a file that shrank raises SIGBUS. Every read is preceded
+/// by an `fstat` of the same inode showing it at least `len` long (the client only ever grows
+/// its files), but another program may still cut the file in place right after: the range is
+/// registered with the [`bus_guard`], which turns such a fault into zeros, and every read goes
+/// through [`Mapping::guarded`], which reports it.
 pub(super) struct Mapping {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    /// Dropped (unregistered) before the range is unmapped.
+    guard: Option<bus_guard::Registration>,
 }
+
+/// A read of a mapping met the end of its file (the file shrank under it): what was read is
+/// not the file's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Faulted;
 
 // The mapping is read-only and owned: moving it to another thread is sound.
 unsafe impl Send for Mapping {}
 
 impl Mapping {
-    /// Maps the first `len` bytes (`len > 0`) of `file`.
+    /// Maps the first `len` bytes (`len > 0`) of `file`, guarded against SIGBUS (an error
+    /// when the guard cannot take it: the file is then read through `pread`).
     pub(super) fn new(file: &std::fs::File, len: usize) -> io::Result<Mapping> {
-        use std::os::fd::AsRawFd;
         if len == 0 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        // SAFETY: a fresh read-only mapping of a file descriptor we own; the kernel picks the
-        // address; failure is reported as MAP_FAILED and checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
+        let ptr = map_read_only(file, len)?;
+        let mut map = Mapping {
+            ptr,
+            len,
+            guard: None,
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-        Ok(Mapping { ptr, len })
+        // Dropping `map` on failure unmaps it.
+        map.guard = Some(
+            bus_guard::register(ptr.as_ptr() as usize, len)
+                .ok_or_else(|| io::Error::other("no SIGBUS guard slot for a mapping"))?,
+        );
+        Ok(map)
     }
 
     pub(super) fn len(&self) -> usize {
         self.len
     }
 
-    /// The mapped bytes. The caller must have checked (`fstat`) that the file is still at
-    /// least [`Mapping::len`] long.
-    pub(super) fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes until `drop`; the file's length was checked
-        // by the caller, so no page is past its end.
+    /// Runs `read` over the mapped bytes; [`Faulted`] when a page of the mapping was past the
+    /// end of the file meanwhile (it read zeros there: the result must be thrown away). The
+    /// caller checks (`fstat`)
+    /// that the file is at least [`Mapping::len`] long first, so a fault is only a race.
+    pub(super) fn guarded<R>(&self, read: impl FnOnce(&[u8]) -> R) -> Result<R, Faulted> {
+        let before = bus_guard::faults();
+        #[cfg(test)]
+        test_hooks::before_read();
+        let out = read(self.bytes());
+        if bus_guard::faults() == before {
+            Ok(out)
+        } else {
+            Err(Faulted)
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `drop` (a page past the end of the
+        // file is replaced by zeros by the registered SIGBUS guard, never left unreadable).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
+
+    /// Tests: the bytes without the fault check.
+    #[cfg(test)]
+    pub(super) fn bytes_unchecked_for_tests(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+/// A fresh read-only shared mapping of the first `len` bytes of `file`, unguarded: only
+/// [`Mapping::new`] (and the guard's tests) call it.
+pub(super) fn map_read_only(file: &std::fs::File, len: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh read-only mapping of a file descriptor the caller owns; the kernel picks
+    // the address; failure is reported as MAP_FAILED and checked.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(ptr.cast::<u8>())
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Unregistered first: the range must not be claimed by the handler once unmapped.
+        self.guard = None;
         // SAFETY: unmaps exactly what `new` mapped, once.
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
@@ -284,5 +332,27 @@ impl Drop for Mapping {
 impl std::fmt::Debug for Mapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mapping").field("len", &self.len).finish()
+    }
+}
+
+/// Tests: an action run inside [`Mapping::guarded`] right before the bytes are read (after
+/// the caller's `fstat`), to cut a file at the worst moment deterministically.
+#[cfg(test)]
+pub(super) mod test_hooks {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static BEFORE_READ: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    /// Runs `action` at the next guarded read on this thread (once).
+    pub(in crate::sources::multiprocess::scan) fn on_next_read(action: impl FnOnce() + 'static) {
+        BEFORE_READ.with(|h| *h.borrow_mut() = Some(Box::new(action)));
+    }
+
+    pub(super) fn before_read() {
+        if let Some(action) = BEFORE_READ.with(|h| h.borrow_mut().take()) {
+            action();
+        }
     }
 }

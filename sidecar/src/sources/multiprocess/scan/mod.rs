@@ -18,10 +18,18 @@
 //! worker's keys last changed, so steady state parses no JSON at all.
 
 mod apply;
+mod bus_guard;
 mod fold;
 mod fs;
 mod read;
 mod round;
+
+/// Tests: runs `action` inside the next guarded read of a mapped file on this thread, after
+/// the reader's `fstat` and before the bytes are read (to cut a file at the worst moment).
+#[cfg(test)]
+pub(crate) fn on_next_mapped_read(action: impl FnOnce() + 'static) {
+    fs::test_hooks::on_next_read(action);
+}
 
 use super::LogOnce;
 use super::Stats;

@@ -3,7 +3,7 @@
 //! released worker's files read back.
 
 use super::fold::{decreased, reset_fold};
-use super::fs::{ListedFile, Mapping, ident_of, layout, read_content, read_db};
+use super::fs::{Faulted, ListedFile, Mapping, ident_of, layout, read_content, read_db};
 use super::round::RoundCtx;
 use super::{DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, QUIET_REREAD_ROUNDS, slot};
 use crate::sources::multiprocess::Stats;
@@ -66,9 +66,13 @@ impl DirState {
     ) {
         let (name, kind, pid, ino) = (file.name.as_str(), file.kind, file.pid.as_str(), file.ino);
         let (compact, stats, log) = (ctx.compact, ctx.stats, &mut *ctx.log);
-        if self.read_mapped(name, ino, compact, folds) {
-            stats.file_reads.inc();
-            return;
+        match self.read_mapped(name, ino, compact, folds) {
+            MappedRead::Done => {
+                stats.file_reads.inc();
+                return;
+            }
+            MappedRead::NotUsed => {}
+            MappedRead::Faulted => shrunk_under_map(&self.dir, name, stats),
         }
         let path = self.dir.join(name);
         // A known file still under its name (same inode in the listing) is read through the
@@ -172,7 +176,7 @@ impl DirState {
                     log.clear(&format!("corrupt:{name}"));
                 }
                 if changed.is_empty() {
-                    self.remap(name);
+                    self.remap_reporting(name, stats);
                     return;
                 }
                 if compact && kind.is_cumulative() {
@@ -203,7 +207,7 @@ impl DirState {
                 let st = self.pids.entry(pid.to_string()).or_default();
                 st.changed
                     .extend(changed.into_iter().map(|o| slot(kind, o)));
-                self.remap(name);
+                self.remap_reporting(name, stats);
                 return;
             }
         }
@@ -282,23 +286,23 @@ impl DirState {
         let st = self.pids.entry(pid.to_string()).or_default();
         st.full = true;
         st.plan = None;
-        self.remap(name);
+        self.remap_reporting(name, stats);
     }
 
     /// The steady-state read of a mapped file: when it is the same inode, not shorter, its
     /// ctime and `used` unchanged since its mapping was checked, only its value slots are
-    /// read, in place, and the changed ones copied into `raw` and recorded. Returns false
-    /// (nothing done) when any of that does not hold: the file is then read whole.
+    /// read, in place, and the changed ones copied into `raw` and recorded. Anything else
+    /// (nothing done) has the file read whole.
     fn read_mapped(
         &mut self,
         name: &str,
         ino: u64,
         compact: bool,
         folds: &mut Vec<(String, Fold)>,
-    ) -> bool {
+    ) -> MappedRead {
         let round = self.round_number;
         let Some(f) = self.files.get_mut(name) else {
-            return false;
+            return MappedRead::NotUsed;
         };
         let FileState {
             kind,
@@ -310,7 +314,7 @@ impl DirState {
             ..
         } = f;
         let (Some(map), Some(handle)) = (map.as_ref(), handle.as_ref()) else {
-            return false;
+            return MappedRead::NotUsed;
         };
         if f.ino != ino
             || !f.good
@@ -319,50 +323,62 @@ impl DirState {
             || map.len() != raw.len()
             || round.wrapping_add(ino).is_multiple_of(FULL_READ_ROUNDS)
         {
-            return false;
+            return MappedRead::NotUsed;
         }
         let Ok(meta) = handle.metadata() else {
-            return false;
+            return MappedRead::NotUsed;
         };
         if meta.ino() != f.ino || meta.dev() != f.dev || meta.len() < map.len() as u64 {
-            return false;
-        }
-        // The length was checked just above: the mapping is readable.
-        let now_bytes = map.bytes();
-        if format::read_used(now_bytes).ok() != Some(raw.len()) {
-            // Entries appended (or a damaged header): read whole.
-            return false;
+            return MappedRead::NotUsed;
         }
         let ctime = (meta.ctime(), meta.ctime_nsec());
-        if f.map_ctime != Some(ctime) {
+        let trusted = f.map_ctime == Some(ctime);
+        // The length was checked just above; a cut in place since is caught by the guard.
+        let seen = map.guarded(|now_bytes| {
+            if format::read_used(now_bytes).ok() != Some(raw.len()) {
+                // Entries appended (or a damaged header): read whole.
+                return None;
+            }
             // Written to since the last check (the client's own value writes move the ctime
             // too, when they dirty a clean page), or checked too soon after a write to tell:
             // every byte but the value slots must still be the same, compared in place.
-            if changed_slots(raw, now_bytes, offsets).is_none() {
-                return false;
+            if !trusted {
+                changed_slots(raw, now_bytes, offsets)?;
             }
-            f.map_ctime = settled(ctime);
-        } else {
+            let mut changed: Vec<(u32, [u8; 16])> = Vec::new();
+            for &o in offsets.iter() {
+                let at = o as usize;
+                let (new, old) = (now_bytes.get(at..at + 16)?, raw.get(at..at + 16)?);
+                if new != old {
+                    let mut slot_bytes = [0u8; 16];
+                    slot_bytes.copy_from_slice(new);
+                    changed.push((o, slot_bytes));
+                }
+            }
+            Some(changed)
+        });
+        let changed = match seen {
+            Ok(Some(changed)) => changed,
+            Ok(None) => return MappedRead::NotUsed,
+            Err(Faulted) => {
+                // Cut in place under the mapping: what was read is partly zeros. Read whole
+                // through `pread`, which sees the short file; mapped again once it is sound.
+                f.map = None;
+                f.map_ctime = None;
+                return MappedRead::Faulted;
+            }
+        };
+        if trusted {
             #[cfg(test)]
             {
                 self.slot_only_reads += 1;
             }
-        }
-        let mut changed: Vec<(u32, [u8; 16])> = Vec::new();
-        for &o in offsets.iter() {
-            let at = o as usize;
-            let (Some(new), Some(old)) = (now_bytes.get(at..at + 16), raw.get(at..at + 16)) else {
-                return false;
-            };
-            if new != old {
-                let mut slot_bytes = [0u8; 16];
-                slot_bytes.copy_from_slice(new);
-                changed.push((o, slot_bytes));
-            }
+        } else {
+            f.map_ctime = settled(ctime);
         }
         f.mtime = meta.modified().unwrap_or(UNIX_EPOCH);
         if changed.is_empty() {
-            return true;
+            return MappedRead::Done;
         }
         let kind = *kind;
         if compact && kind.is_cumulative() {
@@ -389,17 +405,26 @@ impl DirState {
         let st = self.pids.entry(f.pid.clone()).or_default();
         st.changed
             .extend(changed.into_iter().map(|(o, _)| slot(kind, o)));
-        true
+        MappedRead::Done
     }
 
     /// After a whole read that left `raw` the file's current content: (re)maps the file when
     /// it is kept open, in the current layout (not a legacy directory), and its mapped bytes
     /// are the same as `raw` now, recording the ctime seen before that check.
-    fn remap(&mut self, name: &str) {
+    /// [`DirState::remap`], reporting a file cut under the mapping while it was compared.
+    fn remap_reporting(&mut self, name: &str, stats: &Stats) {
+        if self.remap(name) {
+            shrunk_under_map(&self.dir, name, stats);
+        }
+    }
+
+    /// Returns true when the file was cut under the mapping while it was compared.
+    fn remap(&mut self, name: &str) -> bool {
         let legacy = self.legacy_layout;
         let Some(f) = self.files.get_mut(name) else {
-            return;
+            return false;
         };
+        let mut faulted = false;
         let ok = (|| {
             if legacy
                 || !f.good
@@ -418,8 +443,11 @@ impl DirState {
                 Some(m) if m.len() == f.raw.len() => m,
                 _ => Mapping::new(handle, f.raw.len()).ok()?,
             };
-            (map.bytes() == f.raw.as_slice())
-                .then_some((map, settled((meta.ctime(), meta.ctime_nsec()))))
+            // A cut in place since the `fstat` (Faulted): not mapped; the next read is whole.
+            let same = map
+                .guarded(|now| now == f.raw.as_slice())
+                .map_err(|Faulted| faulted = true);
+            (same == Ok(true)).then_some((map, settled((meta.ctime(), meta.ctime_nsec()))))
         })();
         match ok {
             Some((map, ctime)) => {
@@ -428,6 +456,7 @@ impl DirState {
             }
             None => f.map = None,
         }
+        faulted
     }
 
     /// True when `name` belongs to a worker found dead (or stale) last round and is certainly
@@ -492,6 +521,26 @@ impl DirState {
         }
         f.mtime = ident.mtime;
     }
+}
+
+/// What a mapped read of a file did.
+enum MappedRead {
+    /// Its value slots were checked in place (and changes recorded).
+    Done,
+    /// Not usable this round (nothing done): the file is read whole.
+    NotUsed,
+    /// The file was cut in place while being read (nothing kept): it is read whole.
+    Faulted,
+}
+
+/// A file shrank under its mapping while it was read (another program cut it in place): one
+/// log line and the self-metric; the caller reads it whole through `pread`.
+fn shrunk_under_map(dir: &std::path::Path, name: &str, stats: &Stats) {
+    tracing::warn!(
+        file = %dir.join(name).display(),
+        "a multiprocess file shrank while it was read through its mapping; reading it again"
+    );
+    stats.mapped_read_faults.inc();
 }
 
 /// A ctime older than this when it was seen can be trusted to move on the next change: the
