@@ -5,9 +5,12 @@
 use super::fold::{decreased, reset_fold};
 use super::fs::{Faulted, ListedFile, Mapping, ident_of, layout, read_content, read_db};
 use super::round::RoundCtx;
-use super::{DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, QUIET_REREAD_ROUNDS, slot};
+use super::{
+    DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, PidState, QUIET_REREAD_ROUNDS, slot,
+};
 use crate::sources::multiprocess::Stats;
 use crate::sources::multiprocess::format;
+use crate::sources::multiprocess::merge::FxHashMap;
 use crate::sources::multiprocess::retired;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -179,34 +182,13 @@ impl DirState {
                     self.remap_reporting(name, stats);
                     return;
                 }
-                if compact && kind.is_cumulative() {
-                    let went_down: Vec<usize> = changed
-                        .iter()
-                        .map(|&o| o as usize)
-                        .filter(|&o| {
-                            let old = format::value_at(&f.raw, o).map(|v| v.0);
-                            let new = format::value_at(&self.scratch, o).map(|v| v.0);
-                            matches!((old, new), (Some(a), Some(b)) if b < a)
-                        })
-                        .collect();
-                    if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
-                        folds.push((pid.to_string(), fold));
-                    }
-                }
-                // Every other byte is the same: copy the changed slots only, and keep the
+                // Every other byte is the same: take the changed slots only, and keep the
                 // scratch buffer at its size (no zero-filling for the next, larger file).
-                for &o in &changed {
-                    let o = o as usize;
-                    if let (Some(dst), Some(src)) =
-                        (f.raw.get_mut(o..o + 16), self.scratch.get(o..o + 16))
-                    {
-                        dst.copy_from_slice(src);
-                    }
-                }
-                f.changed = now;
-                let st = self.pids.entry(pid.to_string()).or_default();
-                st.changed
-                    .extend(changed.into_iter().map(|o| slot(kind, o)));
+                let changes: Vec<(u32, [u8; 16])> = changed
+                    .into_iter()
+                    .filter_map(|o| Some((o, slot_bytes(&self.scratch, o)?)))
+                    .collect();
+                take_changed_slots(f, &mut self.pids, compact, folds, &changes, now);
                 self.remap_reporting(name, stats);
                 return;
             }
@@ -305,8 +287,6 @@ impl DirState {
             return MappedRead::NotUsed;
         };
         let FileState {
-            kind,
-            pid,
             raw,
             offsets,
             map,
@@ -339,20 +319,23 @@ impl DirState {
                 // Entries appended (or a damaged header): read whole.
                 return None;
             }
-            // Written to since the last check (the client's own value writes move the ctime
-            // too, when they dirty a clean page), or checked too soon after a write to tell:
-            // every byte but the value slots must still be the same, compared in place.
-            if !trusted {
-                changed_slots(raw, now_bytes, offsets)?;
-            }
+            // The changed slots are copied out inside the guard: a fault after this must not
+            // leave zeros in `raw`.
             let mut changed: Vec<(u32, [u8; 16])> = Vec::new();
-            for &o in offsets.iter() {
-                let at = o as usize;
-                let (new, old) = (now_bytes.get(at..at + 16)?, raw.get(at..at + 16)?);
-                if new != old {
-                    let mut slot_bytes = [0u8; 16];
-                    slot_bytes.copy_from_slice(new);
-                    changed.push((o, slot_bytes));
+            if trusted {
+                for &o in offsets.iter() {
+                    let new = slot_bytes(now_bytes, o)?;
+                    if slot_bytes(raw, o)? != new {
+                        changed.push((o, new));
+                    }
+                }
+            } else {
+                // Written to since the last check (the client's own value writes move the
+                // ctime too, when they dirty a clean page), or checked too soon after a write
+                // to tell: every byte but the value slots must still be the same, compared in
+                // place, and that compare already names the changed slots.
+                for o in changed_slots(raw, now_bytes, offsets)? {
+                    changed.push((o, slot_bytes(now_bytes, o)?));
                 }
             }
             Some(changed)
@@ -377,40 +360,19 @@ impl DirState {
             f.map_ctime = settled(ctime);
         }
         f.mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        if changed.is_empty() {
-            return MappedRead::Done;
+        if !changed.is_empty() {
+            take_changed_slots(
+                f,
+                &mut self.pids,
+                compact,
+                folds,
+                &changed,
+                SystemTime::now(),
+            );
         }
-        let kind = *kind;
-        if compact && kind.is_cumulative() {
-            let went_down: Vec<usize> = changed
-                .iter()
-                .filter(|(o, new)| {
-                    let old = format::value_at(raw, *o as usize).map(|v| v.0);
-                    let new = format::value_at(new, 0).map(|v| v.0);
-                    matches!((old, new), (Some(a), Some(b)) if b < a)
-                })
-                .map(|(o, _)| *o as usize)
-                .collect();
-            if let Some(fold) = reset_fold(kind, raw, went_down) {
-                folds.push((pid.clone(), fold));
-            }
-        }
-        for (o, new) in &changed {
-            let at = *o as usize;
-            if let Some(dst) = raw.get_mut(at..at + 16) {
-                dst.copy_from_slice(new);
-            }
-        }
-        f.changed = SystemTime::now();
-        let st = self.pids.entry(f.pid.clone()).or_default();
-        st.changed
-            .extend(changed.into_iter().map(|(o, _)| slot(kind, o)));
         MappedRead::Done
     }
 
-    /// After a whole read that left `raw` the file's current content: (re)maps the file when
-    /// it is kept open, in the current layout (not a legacy directory), and its mapped bytes
-    /// are the same as `raw` now, recording the ctime seen before that check.
     /// [`DirState::remap`], reporting a file cut under the mapping while it was compared.
     fn remap_reporting(&mut self, name: &str, stats: &Stats) {
         if self.remap(name) {
@@ -418,7 +380,10 @@ impl DirState {
         }
     }
 
-    /// Returns true when the file was cut under the mapping while it was compared.
+    /// After a whole read that left `raw` the file's current content: (re)maps the file when
+    /// it is kept open, in the current layout (not a legacy directory), and its mapped bytes
+    /// are the same as `raw` now, recording the ctime seen before that check. Returns true
+    /// when the file was cut under the mapping while it was compared.
     fn remap(&mut self, name: &str) -> bool {
         let legacy = self.legacy_layout;
         let Some(f) = self.files.get_mut(name) else {
@@ -521,6 +486,51 @@ impl DirState {
         }
         f.mtime = ident.mtime;
     }
+}
+
+/// The 16-byte value slot (value and timestamp) at `offset`, if `bytes` hold it whole.
+fn slot_bytes(bytes: &[u8], offset: u32) -> Option<[u8; 16]> {
+    bytes.get(offset as usize..)?.first_chunk::<16>().copied()
+}
+
+/// Takes value slots that changed in place (`changes`: each slot's offset and new bytes;
+/// every other byte of the file is the same) into the file's copy and its worker's changed
+/// set. Under compaction a cumulative value that went down is folded first, from the old copy
+/// (a restarted worker reusing its file).
+fn take_changed_slots(
+    f: &mut FileState,
+    pids: &mut FxHashMap<String, PidState>,
+    compact: bool,
+    folds: &mut Vec<(String, Fold)>,
+    changes: &[(u32, [u8; 16])],
+    now: SystemTime,
+) {
+    let kind = f.kind;
+    if compact && kind.is_cumulative() {
+        let went_down: Vec<usize> = changes
+            .iter()
+            .filter(|(o, new)| {
+                let old = format::value_at(&f.raw, *o as usize).map(|v| v.0);
+                let new = format::value_at(new, 0).map(|v| v.0);
+                matches!((old, new), (Some(a), Some(b)) if b < a)
+            })
+            .map(|(o, _)| *o as usize)
+            .collect();
+        if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
+            folds.push((f.pid.clone(), fold));
+        }
+    }
+    for (o, new) in changes {
+        let at = *o as usize;
+        if let Some(dst) = f.raw.get_mut(at..at + 16) {
+            dst.copy_from_slice(new);
+        }
+    }
+    f.changed = now;
+    pids.entry(f.pid.clone())
+        .or_default()
+        .changed
+        .extend(changes.iter().map(|(o, _)| slot(kind, *o)));
 }
 
 /// What a mapped read of a file did.
