@@ -140,11 +140,12 @@ impl PodEntry {
             host_network: spec.host_network == Some(true),
             has_sidecar_container: sidecar_container.is_some(),
             metrics_port: sidecar_container.and_then(|c| {
-                c.ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(crate::inject::PORT_METRICS))
-                    .and_then(|p| u16::try_from(p.container_port).ok())
+                crate::inject::metrics_port(
+                    c.ports
+                        .iter()
+                        .flatten()
+                        .map(|p| (p.name.as_deref(), p.container_port)),
+                )
             }),
             sidecar: labels.sidecar,
             copied_labels: {

@@ -31,7 +31,7 @@ pub use build::{
     PORT_INGEST, PORT_METRICS, PORT_STATSD, SIDECAR_GID, SIDECAR_UID, STATE_VOLUME,
     native_fallback_note, native_sidecar,
 };
-pub use update::{container_metrics_port, declared_metrics_port, keep_rewrite};
+pub use update::{container_metrics_port, declared_metrics_port, keep_rewrite, metrics_port};
 
 /// The namespace whose pods are never injected, whatever they ask: the control plane must not
 /// depend on a webhook it may itself be needed to run.

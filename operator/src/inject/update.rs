@@ -37,12 +37,22 @@ pub fn declared_metrics_port(pod: &Pod) -> Option<u16> {
 
 /// The `sidecar-metrics` port `container` declares.
 pub fn container_metrics_port(container: &Container) -> Option<u16> {
-    container
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| p.name.as_deref() == Some(PORT_METRICS))
-        .and_then(|p| u16::try_from(p.container_port).ok())
+    metrics_port(
+        container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref(), p.container_port)),
+    )
+}
+
+/// The `sidecar-metrics` port among a container's `(name, containerPort)` pairs (none when
+/// its number is not a port): the one rule for the full `Container` and the watch's decoding.
+pub fn metrics_port<'a>(ports: impl IntoIterator<Item = (Option<&'a str>, i32)>) -> Option<u16> {
+    ports
+        .into_iter()
+        .find(|(name, _)| *name == Some(PORT_METRICS))
+        .and_then(|(_, port)| u16::try_from(port).ok())
 }
 
 fn sidecar_container<'a>(
