@@ -89,9 +89,26 @@ pub(super) struct Updated {
     pub(super) reset: bool,
 }
 
+/// No entry index known (see [`entry_index`]).
+pub(super) const NO_HINT: u32 = u32::MAX;
+
+/// The index of the worker's entry: `hint` if the entry is still there (entries move only
+/// when one is removed), else found by a scan.
+pub(super) fn entry_index<T>(
+    entries: &[T],
+    hint: u32,
+    of_worker: impl Fn(&T) -> bool,
+) -> Option<usize> {
+    match entries.get(hint as usize) {
+        Some(e) if of_worker(e) => Some(hint as usize),
+        _ => entries.iter().position(of_worker),
+    }
+}
+
 /// Sets the worker's value of one series. A value at or above the previous one continues it
 /// (also when the series had been dropped or the worker had departed); a counter-like value
-/// below it is a restart: the old value is retired.
+/// below it is a restart: the old value is retired. `hint`: where the worker's entry was
+/// last seen ([`NO_HINT`] if unknown).
 pub(super) fn update_entry(
     series: &mut SeriesState,
     kind: MetricKind,
@@ -99,6 +116,7 @@ pub(super) fn update_entry(
     generation: u32,
     value: &Value,
     ts: f64,
+    hint: u32,
 ) -> Updated {
     let held = |g: u32| {
         if g & DROPPED != 0 {
@@ -113,7 +131,7 @@ pub(super) fn update_entry(
                 entries, retired, ..
             },
             Value::Scalar(v),
-        ) => match entries.iter_mut().find(|e| e.worker == worker) {
+        ) => match entry_index(entries, hint, |e| e.worker == worker).map(|i| &mut entries[i]) {
             Some(e) => {
                 let before = held(e.generation);
                 let reset = kind == MetricKind::Counter && *v < e.value;
@@ -143,7 +161,7 @@ pub(super) fn update_entry(
                 entries, retired, ..
             } = &mut **dist;
             let values = dist_values(v);
-            match entries.iter_mut().find(|e| e.worker == worker) {
+            match entry_index(entries, hint, |e| e.worker == worker).map(|i| &mut entries[i]) {
                 Some(e) => {
                     let before = held(e.generation);
                     let reset = dist_reset(&e.values, &values);

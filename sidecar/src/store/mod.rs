@@ -12,6 +12,7 @@
 
 mod entry;
 mod error;
+mod held;
 mod key;
 pub(crate) mod persist;
 mod resilient;
@@ -26,6 +27,7 @@ mod workers;
 
 use entry::*;
 pub use error::{SeriesName, StoreError};
+pub use held::{HeldSeries, HeldSlots, HeldValue, NotHeld};
 pub use key::{SeriesKeyBuilder, escape_label_value, push_label};
 pub use persist::StoreCapture;
 pub use rules::{GaugeRules, resolve_mode};
@@ -360,6 +362,22 @@ impl SeriesState {
         }
     }
 
+    /// The index and generation of the worker's entry, looked for at `hint` first (see
+    /// [`entry_index`]).
+    fn entry_at(&self, worker: u32, hint: u32) -> Option<(u32, u32)> {
+        let (index, generation) = match &self.data {
+            SeriesData::Scalar { entries, .. } => {
+                let i = entry_index(entries, hint, |e| e.worker == worker)?;
+                (i, entries[i].generation)
+            }
+            SeriesData::Dist(d) => {
+                let i = entry_index(&d.entries, hint, |e| e.worker == worker)?;
+                (i, d.entries[i].generation)
+            }
+        };
+        Some((index as u32, generation))
+    }
+
     /// True when the series can be dropped without changing any output.
     fn is_empty(&self, kind: MetricKind) -> bool {
         match &self.data {
@@ -389,6 +407,9 @@ impl SeriesState {
 /// snapshot, and only while that snapshot is being encoded.
 #[derive(Clone, Debug)]
 pub(crate) struct FamilyState {
+    /// Unique within the store's life: a family removed and made again gets another, so
+    /// positions found in the old one are never used in the new one (see [`HeldSlots`]).
+    pub(crate) id: u64,
     pub(crate) kind: MetricKind,
     pub(crate) help: Option<Box<str>>,
     pub(crate) unit: Option<Box<str>>,
@@ -415,6 +436,11 @@ pub struct Store {
     epoch: u64,
     /// Incremented by every change of values (see [`Store::version`]).
     version: u64,
+    /// The last [`FamilyState::id`] given out.
+    last_family_id: u64,
+    /// Changes when the same labels may give another canonical key (settings) or the store
+    /// was cleared: [`HeldSlots`] found before are forgotten.
+    keys_epoch: u64,
 }
 
 impl Store {
@@ -432,7 +458,15 @@ impl Store {
             resets: 0,
             epoch: 0,
             version: 0,
+            last_family_id: 0,
+            keys_epoch: 1,
         }
+    }
+
+    /// A new [`FamilyState::id`].
+    pub(crate) fn new_family_id(&mut self) -> u64 {
+        self.last_family_id += 1;
+        self.last_family_id
     }
 
     pub fn settings(&self) -> &StoreSettings {
@@ -444,6 +478,7 @@ impl Store {
         self.key_builder = SeriesKeyBuilder::new(&settings.worker_labels);
         self.rules = GaugeRules::from_config(&settings.aggregation);
         self.settings = settings;
+        self.keys_epoch += 1;
     }
 
     /// The gauge rules in force (config `aggregation`).
@@ -552,7 +587,9 @@ impl Store {
                     self.families
                         .entry(family.name.as_ref().into())
                         .or_insert_with(|| {
+                            self.last_family_id += 1;
                             Arc::new(FamilyState {
+                                id: self.last_family_id,
                                 kind: family.kind,
                                 help: family.help.as_deref().map(Into::into),
                                 unit: family.unit.as_deref().map(Into::into),
@@ -573,7 +610,7 @@ impl Store {
                 stats.new_series += 1;
             }
             let counts = &mut touched[p.family_index];
-            let update = update_entry(series, kind, worker_id, generation, p.value, ts);
+            let update = update_entry(series, kind, worker_id, generation, p.value, ts, NO_HINT);
             match update.before {
                 Held::No => counts.inserted += 1,
                 Held::Live => counts.updated += 1,

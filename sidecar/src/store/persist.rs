@@ -293,6 +293,7 @@ impl Store {
                 continue;
             }
             let state = FamilyState {
+                id: store.new_family_id(),
                 kind,
                 help,
                 unit,

@@ -34,6 +34,8 @@ pub(crate) struct SeriesMap {
     hasher: RandomState,
     /// Bytes of `text` no slot refers to.
     dead_text: usize,
+    /// Changes whenever a removal moves slots (see [`SeriesMap::layout`]).
+    layout: u64,
 }
 
 impl SeriesMap {
@@ -58,6 +60,30 @@ impl SeriesMap {
     fn key_of<'a>(text: &'a str, slot: &Slot) -> &'a str {
         let start = slot.key_start as usize;
         &text[start..start + slot.key_len as usize]
+    }
+
+    /// Changes whenever a series is removed: a position from [`SeriesMap::position`] names
+    /// the same series for as long as this stays the same (insertion appends, text
+    /// compaction keeps positions).
+    pub(crate) fn layout(&self) -> u64 {
+        self.layout
+    }
+
+    /// The position of the series under `key`, valid while [`SeriesMap::layout`] stays.
+    pub(crate) fn position(&self, key: &str) -> Option<u32> {
+        self.find(key)
+    }
+
+    /// The series at a position from [`SeriesMap::position`].
+    pub(crate) fn at(&self, position: u32) -> Option<&SeriesState> {
+        self.slots.get(position as usize).map(|slot| &slot.state)
+    }
+
+    /// The series at a position from [`SeriesMap::position`], to change its values.
+    pub(crate) fn at_mut(&mut self, position: u32) -> Option<&mut SeriesState> {
+        self.slots
+            .get_mut(position as usize)
+            .map(|slot| &mut slot.state)
     }
 
     fn find(&self, key: &str) -> Option<u32> {
@@ -144,6 +170,7 @@ impl SeriesMap {
         if moved_to.is_empty() {
             return;
         }
+        self.layout += 1;
         let mut position = 0;
         self.slots.retain(|_| {
             position += 1;
@@ -296,6 +323,8 @@ mod tests {
         fn behaves_like_an_indexmap(ops in prop::collection::vec(op(), 0..300)) {
             let mut map = SeriesMap::new();
             let mut model: IndexMap<String, f64> = IndexMap::new();
+            // Positions looked up earlier, with the layout they were found under.
+            let mut found: Vec<(String, u32, u64)> = Vec::new();
             for (step, op) in ops.into_iter().enumerate() {
                 match op {
                     Op::Insert(n) => {
@@ -303,7 +332,9 @@ mod tests {
                         let key = format!("n=\"{n}\",x=\"{}\"", "\\\"".repeat(n as usize % 3));
                         let (_, new) = map.get_or_insert_with(&key, || state(step as f64)).unwrap();
                         prop_assert_eq!(new, !model.contains_key(&key));
-                        model.entry(key).or_insert(step as f64);
+                        model.entry(key.clone()).or_insert(step as f64);
+                        let position = map.position(&key).unwrap();
+                        found.push((key, position, map.layout()));
                     }
                     Op::Retain(m) => {
                         let div = m % 5 + 2;
@@ -322,6 +353,13 @@ mod tests {
                     prop_assert_eq!(map.get(k).map(tag), Some(*v));
                 }
                 prop_assert!(map.get("n=\"256\"").is_none());
+                // A position names the same series for as long as the layout stays.
+                for (key, position, layout) in &found {
+                    if *layout == map.layout() {
+                        prop_assert_eq!(map.at(*position).map(tag), model.get(key).copied());
+                    }
+                }
+                found.retain(|(_, _, layout)| *layout == map.layout());
             }
         }
     }

@@ -192,7 +192,7 @@ impl Store {
     }
 }
 
-fn same_bounds(a: &[f64], b: &[f64]) -> bool {
+pub(super) fn same_bounds(a: &[f64], b: &[f64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
@@ -285,7 +285,7 @@ fn check_labels(
 /// Why a counter-like value cannot be a cumulative value, if it cannot: counters and counts
 /// are never negative, histogram buckets never decrease with `le`, and the `+Inf` bucket is
 /// the count.
-fn invalid_value(kind: MetricKind, value: &Value) -> Option<&'static str> {
+pub(super) fn invalid_value(kind: MetricKind, value: &Value) -> Option<&'static str> {
     match (kind, value) {
         (MetricKind::Counter, Value::Scalar(v)) if *v < 0.0 => Some("a counter cannot be negative"),
         (_, Value::Histogram(h)) => {
@@ -308,7 +308,7 @@ fn invalid_value(kind: MetricKind, value: &Value) -> Option<&'static str> {
 
 /// The first value that may not be stored: counters, buckets and counts must be finite, or
 /// they would poison the retired totals for good.
-fn non_finite(kind: MetricKind, value: &Value) -> Option<f64> {
+pub(super) fn non_finite(kind: MetricKind, value: &Value) -> Option<f64> {
     match (kind, value) {
         (MetricKind::Counter, Value::Scalar(v)) => Some(*v),
         (_, Value::Histogram(h)) => h

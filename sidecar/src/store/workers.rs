@@ -101,6 +101,7 @@ impl Store {
         self.worker_index.clear();
         self.free_workers.clear();
         self.epoch += 1;
+        self.keys_epoch += 1;
         self.version += 1;
     }
 

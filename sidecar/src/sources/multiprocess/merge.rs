@@ -9,6 +9,7 @@
 
 use super::format::{FileKind, Key, parse_bound};
 use crate::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
+use crate::store::{HeldSeries, HeldValue};
 use monasca_config::GaugeMode;
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -353,17 +354,9 @@ impl Plan {
                 }
                 out.push(family);
             }
-            let labels: Labels<'p> = self.labels
-                [series.labels.start as usize..series.labels.end as usize]
-                .iter()
-                .map(|(n, v)| Label {
-                    name: Cow::Borrowed(self.str(n)),
-                    value: Cow::Borrowed(self.str(v)),
-                })
-                .collect();
             if let Some(f) = out.last_mut() {
                 f.series.push(Series {
-                    labels,
+                    labels: self.series_labels(series),
                     value,
                     timestamp,
                 });
@@ -391,6 +384,38 @@ impl Plan {
             }
         }
         out
+    }
+
+    /// One series' new value for [`crate::store::Store::update_held`] (families and series
+    /// numbered as in this plan): None when [`Plan::families`] would leave it out.
+    pub fn held_value(
+        &self,
+        s: u32,
+        skip_live: bool,
+        value_of: &dyn Fn(Slot) -> Option<(f64, f64)>,
+    ) -> Option<HeldValue> {
+        let series = self.series.get(s as usize)?;
+        let pf = self.families.get(series.family as usize)?;
+        if skip_live && pf.mode.is_some_and(GaugeMode::is_live) {
+            return None;
+        }
+        let (value, timestamp) = self.value(pf, series, value_of)?;
+        Some(HeldValue {
+            family: series.family,
+            series: s,
+            value,
+            timestamp,
+        })
+    }
+
+    fn series_labels(&self, series: &PlanSeries) -> Labels<'_> {
+        self.labels[series.labels.start as usize..series.labels.end as usize]
+            .iter()
+            .map(|(n, v)| Label {
+                name: Cow::Borrowed(self.str(n)),
+                value: Cow::Borrowed(self.str(v)),
+            })
+            .collect()
     }
 
     /// One series' value, merged like the collector: counters and counter-like parts summed,
@@ -474,6 +499,22 @@ impl Plan {
                 }
             }
         }
+    }
+}
+
+/// The plan's numbering of families and series is the one its held values use.
+impl HeldSeries for Plan {
+    fn family_name(&self, family: u32) -> &str {
+        self.families
+            .get(family as usize)
+            .map_or("", |f| self.str(&f.name))
+    }
+
+    fn labels(&self, series: u32) -> Labels<'_> {
+        self.series
+            .get(series as usize)
+            .map(|s| self.series_labels(s))
+            .unwrap_or_default()
     }
 }
 

@@ -498,8 +498,9 @@ fn changes_after_the_ctime_is_trusted_are_all_seen() {
     }
 }
 
-/// The fast path is taken: values written through the client's mapping into pages it
-/// already dirtied (no ctime change) are read by their slots alone, and each is seen.
+/// The fast paths are taken: values written through the client's mapping into pages it
+/// already dirtied (no ctime change) are read by their slots alone, each is seen, and the
+/// changed values are set through the store positions held for them.
 #[test]
 fn a_trusted_file_is_read_by_its_value_slots() {
     let dir = scratch("slots");
@@ -522,7 +523,9 @@ fn a_trusted_file_is_read_by_its_value_slots() {
     std::thread::sleep(SETTLE);
     reader.scan(&app);
     let slot_reads = |r: &mut Reader| r.dir_state().map_or(0, |d| d.slot_only_reads);
+    let held = |r: &mut Reader| r.dir_state().map_or(0, |d| d.held_updates);
     let before = slot_reads(&mut reader);
+    let held_before = held(&mut reader);
     for value in 2..6 {
         apply(&dir, &mut files, &mut maps, &map_set(value));
         reader.scan(&app);
@@ -533,6 +536,12 @@ fn a_trusted_file_is_read_by_its_value_slots() {
     assert!(
         slot_reads(&mut reader) >= before + 3 * 12,
         "the value slots were not read alone"
+    );
+    // Two changed series of sixteen: written through their held store positions.
+    assert_eq!(
+        held(&mut reader),
+        held_before + 4,
+        "the changed values did not go through the held positions"
     );
     drop(maps);
     let _ = std::fs::remove_dir_all(&dir);

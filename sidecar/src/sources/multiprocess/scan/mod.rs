@@ -200,6 +200,9 @@ struct PidState {
     /// Its files' contents and its plan were dropped (see [`FileState::release`]); the store
     /// holds its values.
     released: bool,
+    /// Where the store holds the plan's series (see [`crate::store::HeldSlots`]); filled by
+    /// the store while the plan is borrowed by the round's updates.
+    held: std::cell::RefCell<crate::store::HeldSlots>,
 }
 
 /// Identity of a file on disk.
@@ -252,6 +255,9 @@ pub struct DirState {
     /// Tests: files checked by their value slots alone (see [`FileState::map_ctime`]).
     #[cfg(test)]
     pub(crate) slot_only_reads: u64,
+    /// Tests: workers whose changed values went through their held store positions.
+    #[cfg(test)]
+    pub(crate) held_updates: u64,
     /// Tests: stop every round right before deleting folded files, as a crash would.
     #[cfg(test)]
     pub(crate) crash_before_delete: bool,
@@ -316,6 +322,8 @@ impl DirState {
             skipped: 0,
             #[cfg(test)]
             slot_only_reads: 0,
+            #[cfg(test)]
+            held_updates: 0,
             #[cfg(test)]
             crash_before_delete: false,
         }

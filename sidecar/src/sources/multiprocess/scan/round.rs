@@ -6,7 +6,7 @@
 //! comes first, in [`DirState::round`], because a directory that cannot be listed ends the
 //! round there.
 
-use super::apply::{Outcome, Update, apply_fallback};
+use super::apply::{FilesByRank, HeldUpdate, Outcome, Update, apply_fallback};
 use super::fold::build_plan;
 use super::fs::Listing;
 use super::{
@@ -20,7 +20,7 @@ use crate::sources::multiprocess::liveness::{LivenessMode, Verdict};
 use crate::sources::multiprocess::merge::{self, FxHashMap, FxHashSet, MergeIssues, Slot};
 use crate::sources::multiprocess::retired::{self, FoldedFile};
 use crate::sources::multiprocess::{LogOnce, Stats};
-use crate::store::{Now, Scope};
+use crate::store::{Now, Scope, Store, WorkerKey};
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -417,12 +417,18 @@ impl<'r> Round<'r> {
             Applied {
                 retired: None,
                 workers: Vec::new(),
+                #[cfg(test)]
+                held_updates: 0,
             }
         });
 
         // Bookkeeping of what the store now holds.
         if let Some(ok) = applied.retired {
             state.retired_in_store = ok;
+        }
+        #[cfg(test)]
+        {
+            state.held_updates += applied.held_updates;
         }
         for pid in &self.forget {
             if let Some(st) = state.pids.get_mut(pid) {
@@ -515,6 +521,8 @@ fn plan_workers(
             bad_keys += bad;
             st.plan = Some(plan);
             st.entry_series = entry_series;
+            // The store positions were found for the old plan's numbering.
+            st.held = Default::default();
             st.full = true;
         }
     }
@@ -544,19 +552,8 @@ fn build_updates<'p>(
             continue;
         };
         let Some(plan) = &st.plan else { continue };
-        let mut by_rank: [Option<&FileState>; FileKind::COUNT] = [None; FileKind::COUNT];
-        for f in files {
-            if f.good {
-                by_rank[f.kind.rank()] = Some(f);
-            }
-        }
-        let value_of = |s: Slot| {
-            by_rank
-                .get((s >> 32) as usize)
-                .copied()
-                .flatten()
-                .and_then(|f| f.value(s as u32))
-        };
+        let by_rank = FilesByRank::new(files);
+        let value_of = |s: Slot| by_rank.value(s);
         if st.failed && st.changed.is_empty() {
             // Rejected last time and nothing changed since: the same update would be
             // rejected again (a series limit, a type conflict held by another source).
@@ -566,17 +563,15 @@ fn build_updates<'p>(
             let families = plan.families(None, !is_alive, &value_of);
             updates.push((pid, Update::Full(families), is_alive));
         } else if !st.changed.is_empty() {
-            let mut series: Vec<u32> = st
-                .changed
-                .iter()
-                .filter_map(|&s| {
-                    let rank = (s >> 32) as usize;
-                    let file = by_rank.get(rank).copied().flatten()?;
-                    let i = file.offsets.binary_search(&(s as u32)).ok()?;
-                    let series = *st.entry_series.get(rank)?.get(i)?;
-                    (series != u32::MAX).then_some(series)
-                })
-                .collect();
+            // (Sized up front: a collect from `filter_map` grows by doubling.)
+            let mut series: Vec<u32> = Vec::with_capacity(st.changed.len());
+            series.extend(st.changed.iter().filter_map(|&s| {
+                let rank = (s >> 32) as usize;
+                let file = by_rank.file(rank)?;
+                let i = file.offsets.binary_search(&(s as u32)).ok()?;
+                let series = *st.entry_series.get(rank)?.get(i)?;
+                (series != u32::MAX).then_some(series)
+            }));
             series.sort_unstable();
             series.dedup();
             if series.is_empty() {
@@ -586,8 +581,21 @@ fn build_updates<'p>(
                 let families = plan.families(None, !is_alive, &value_of);
                 updates.push((pid, Update::Full(families), is_alive));
             } else {
-                let families = plan.families(Some(&series), !is_alive, &value_of);
-                updates.push((pid, Update::Partial(families), is_alive));
+                let mut values = Vec::with_capacity(series.len());
+                values.extend(
+                    series
+                        .iter()
+                        .filter_map(|&s| plan.held_value(s, !is_alive, &value_of)),
+                );
+                let held = HeldUpdate {
+                    plan,
+                    slots: &st.held,
+                    values,
+                    series,
+                    files: by_rank,
+                    skip_live: !is_alive,
+                };
+                updates.push((pid, Update::Held(held), is_alive));
             }
         }
     }
@@ -612,6 +620,9 @@ struct Applied {
     retired: Option<bool>,
     /// `(pid, outcome, alive)` per update.
     workers: Vec<(String, Outcome, bool)>,
+    /// Workers whose changed values went through their held positions.
+    #[cfg(test)]
+    held_updates: u64,
 }
 
 /// Applies a round's batch under one write lock. `None`: the store was cleared since the
@@ -647,6 +658,8 @@ fn store_batch(
         }
     }
     let mut applied: Vec<(String, Outcome, bool)> = Vec::with_capacity(batch.updates.len());
+    #[cfg(test)]
+    let mut held_updates = 0;
     for (pid, update, is_alive) in batch.updates {
         let worker = worker_key(pid);
         let outcome = match update {
@@ -661,14 +674,21 @@ fn store_batch(
                     Outcome::Failed
                 }
             }
-            Update::Partial(families) => match store.apply(&worker, families, Scope::Series, now) {
-                Ok(_) => Outcome::Applied,
-                Err(e) => {
-                    // The next round re-applies the whole worker.
-                    stats.rejected(e.reason(), 1);
-                    Outcome::Failed
+            Update::Held(held) if held.values.is_empty() => Outcome::Applied,
+            Update::Held(held) => {
+                let mut slots = held.slots.borrow_mut();
+                match store.update_held(&worker, &held.values, held.plan, &mut slots, now) {
+                    Ok(_) => {
+                        #[cfg(test)]
+                        {
+                            held_updates += 1;
+                        }
+                        Outcome::Applied
+                    }
+                    // Not all held (a series the store dropped meanwhile): validated apply.
+                    Err(_) => apply_series(&mut store, &worker, &held.families(), now, stats),
                 }
-            },
+            }
         };
         applied.push((pid.to_string(), outcome, *is_alive));
     }
@@ -683,5 +703,25 @@ fn store_batch(
     Some(Applied {
         retired: retired_applied,
         workers: applied,
+        #[cfg(test)]
+        held_updates,
     })
+}
+
+/// Applies only the series in `families` (the rest of the worker's values stay).
+fn apply_series(
+    store: &mut Store,
+    worker: &WorkerKey,
+    families: &[Family<'_>],
+    now: Now,
+    stats: &Stats,
+) -> Outcome {
+    match store.apply(worker, families, Scope::Series, now) {
+        Ok(_) => Outcome::Applied,
+        Err(e) => {
+            // The next round re-applies the whole worker.
+            stats.rejected(e.reason(), 1);
+            Outcome::Failed
+        }
+    }
 }
