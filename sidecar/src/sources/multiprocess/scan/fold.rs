@@ -196,6 +196,10 @@ impl DirState {
 /// or its `_count` dropped: `_sum` alone may fall (negative observations are legal); such a
 /// series is folded with all its parts, and only the series that fell. `None`: nothing reset.
 pub(super) fn reset_fold(kind: FileKind, raw: &[u8], mut went_down: Vec<usize>) -> Option<Fold> {
+    // The common case (values only went up): no key of the file is parsed.
+    if went_down.is_empty() {
+        return None;
+    }
     went_down.sort_unstable();
     let offsets = match kind {
         FileKind::Counter => went_down,
@@ -308,4 +312,77 @@ pub(super) fn decreased(old: &[u8], new: &[u8]) -> Vec<usize> {
         .filter(|e| format::value_at(new, e.value_offset).is_some_and(|(v, _)| v < e.value))
         .map(|e| e.value_offset)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reset_fold;
+    use crate::sources::multiprocess::format::{self, FileKind};
+    use crate::sources::multiprocess::scan::Fold;
+
+    /// A histogram file with two series (`/a` and `/b`), each with two buckets, `_count` and
+    /// `_sum`; returns the content and each entry's (sample, path label, value offset).
+    fn histogram_file() -> (Vec<u8>, Vec<(String, String, usize)>) {
+        let mut keys = Vec::new();
+        for path in ["/a", "/b"] {
+            for le in ["1.0", "+Inf"] {
+                let key =
+                    format::encode_key("lat", "lat_bucket", &[("le", le), ("path", path)], "L.");
+                keys.push(("lat_bucket".to_string(), path.to_string(), key));
+            }
+            for sample in ["lat_count", "lat_sum"] {
+                let key = format::encode_key("lat", sample, &[("path", path)], "L.");
+                keys.push((sample.to_string(), path.to_string(), key));
+            }
+        }
+        let mut raw = Vec::new();
+        format::start_file(&mut raw);
+        for (_, _, key) in &keys {
+            format::encode_entry(&mut raw, key, 5.0, 0.0);
+        }
+        assert!(format::finish_file(&mut raw));
+        let offsets = format::entries(&raw)
+            .expect("header")
+            .map(|e| e.expect("entry").value_offset);
+        let parts = keys
+            .into_iter()
+            .zip(offsets)
+            .map(|((sample, path, _), o)| (sample, path, o))
+            .collect();
+        (raw, parts)
+    }
+
+    fn offsets_of(
+        parts: &[(String, String, usize)],
+        pick: impl Fn(&str, &str) -> bool,
+    ) -> Vec<usize> {
+        parts
+            .iter()
+            .filter(|(sample, path, _)| pick(sample, path))
+            .map(|(_, _, o)| *o)
+            .collect()
+    }
+
+    #[test]
+    fn nothing_went_down_folds_nothing() {
+        let (raw, _) = histogram_file();
+        assert!(reset_fold(FileKind::Histogram, &raw, Vec::new()).is_none());
+        assert!(reset_fold(FileKind::Counter, &raw, Vec::new()).is_none());
+    }
+
+    #[test]
+    fn a_fallen_bucket_folds_every_part_of_its_series_only() {
+        let (raw, parts) = histogram_file();
+        let bucket = offsets_of(&parts, |s, p| s == "lat_bucket" && p == "/a")[1];
+        let Some(Fold::Entries { kind, offsets, .. }) =
+            reset_fold(FileKind::Histogram, &raw, vec![bucket])
+        else {
+            panic!("a bucket that fell must fold its series");
+        };
+        assert_eq!(kind, FileKind::Histogram);
+        assert_eq!(offsets, offsets_of(&parts, |_, p| p == "/a"));
+        // `_sum` alone may fall (negative observations): not a restart.
+        let sum = offsets_of(&parts, |s, p| s == "lat_sum" && p == "/b");
+        assert!(reset_fold(FileKind::Histogram, &raw, sum).is_none());
+    }
 }
