@@ -499,8 +499,9 @@ fn changes_after_the_ctime_is_trusted_are_all_seen() {
 }
 
 /// The fast paths are taken: values written through the client's mapping into pages it
-/// already dirtied (no ctime change) are read by their slots alone, each is seen, and the
-/// changed values are set through the store positions held for them.
+/// already dirtied (no ctime change) are read by their slots alone, each is seen (also a value
+/// set back to the one before), and the changed values are set through the store positions
+/// held for them.
 #[test]
 fn a_trusted_file_is_read_by_its_value_slots() {
     let dir = scratch("slots");
@@ -526,7 +527,9 @@ fn a_trusted_file_is_read_by_its_value_slots() {
     let held = |r: &mut Reader| r.dir_state().map_or(0, |d| d.held_updates);
     let before = slot_reads(&mut reader);
     let held_before = held(&mut reader);
-    for value in 2..6 {
+    // Back and forth (1 is the value the file was mapped with): each round must compare
+    // with the values the last one took.
+    for value in [2, 1, 2, 1, 5] {
         apply(&dir, &mut files, &mut maps, &map_set(value));
         reader.scan(&app);
         let fresh_view = full_read(&dir, &fresh, &files);
@@ -537,12 +540,96 @@ fn a_trusted_file_is_read_by_its_value_slots() {
         slot_reads(&mut reader) >= before + 3 * 12,
         "the value slots were not read alone"
     );
-    // Two changed series of sixteen: written through their held store positions.
+    // Two changed series of sixteen, five rounds: written through their held store positions.
     assert_eq!(
         held(&mut reader),
-        held_before + 4,
+        held_before + 5,
         "the changed values did not go through the held positions"
     );
+    drop(maps);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&fresh);
+}
+
+/// A steady directory is never copied through `pread`: a settled file is checked by its
+/// value slots, and at its full round (once every `FULL_READ_ROUNDS`) compared whole with the
+/// last read in place, through its mapping.
+#[test]
+fn an_unchanged_mapped_file_is_compared_in_place_at_its_full_round() {
+    let dir = scratch("full-round");
+    let files = initial_files();
+    for f in &files {
+        write_new(&dir, f);
+    }
+    let (app, mut reader) = reader_on(&dir);
+    reader.scan(&app);
+    std::thread::sleep(SETTLE);
+    reader.scan(&app);
+    let counts = |r: &mut Reader| {
+        let d = r.dir_state().expect("a directory is read");
+        (d.slot_only_reads, d.mapped_whole_compares)
+    };
+    let reads = |r: &Reader| r.stats.file_reads.get();
+    let shown = lines(&app);
+    let (slots_before, whole_before) = counts(&mut reader);
+    let reads_before = reads(&reader);
+    let rounds = 2 * super::scan::FULL_READ_ROUNDS;
+    for _ in 0..rounds {
+        reader.scan(&app);
+    }
+    let (slots, whole) = counts(&mut reader);
+    let files_read = reads(&reader) - reads_before;
+    assert_eq!(files_read, rounds * files.len() as u64);
+    // Every read went through the mapping, and each file had its full rounds.
+    assert_eq!((slots - slots_before) + (whole - whole_before), files_read);
+    assert!(
+        whole - whole_before >= 2 * files.len() as u64,
+        "the full rounds did not compare through the mapping"
+    );
+    assert_eq!(lines(&app), shown);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A key garbled in place through a writer's mapping of pages already dirtied (the ctime
+/// need not move, so the value slots alone would not see it) is found by the full round's
+/// in-place compare: within `FULL_READ_ROUNDS` scans it is reported corrupt, and the reader
+/// shows what a fresh reader shows with the last good content.
+#[test]
+fn a_key_garbled_through_the_mapping_is_seen_by_the_full_round() {
+    let dir = scratch("mapped-keys");
+    let fresh = scratch("mapped-keys-fresh");
+    let mut files = initial_files();
+    for f in &files {
+        write_new(&dir, f);
+    }
+    let mut maps: Vec<Option<ClientMap>> = files.iter().map(|_| None).collect();
+    let (app, mut reader) = reader_on(&dir);
+    reader.scan(&app);
+    let map_set = Op::MapSet {
+        file: 0,
+        start: 0,
+        count: 2,
+        value: 3,
+    };
+    apply(&dir, &mut files, &mut maps, &map_set);
+    std::thread::sleep(SETTLE);
+    reader.scan(&app);
+    // The first key's first byte after `{"` no longer UTF-8; same size, values untouched.
+    let mut bytes = files[0].encode();
+    bytes[13] = 0xff;
+    maps[0].as_mut().expect("mapped by MapSet").write(&bytes);
+    files[0].garbled = true;
+    let corrupt_before = corrupt_count(&reader);
+    let mut seen_after = None;
+    for round in 1..=super::scan::FULL_READ_ROUNDS {
+        reader.scan(&app);
+        if corrupt_count(&reader) > corrupt_before {
+            seen_after = Some(round);
+            break;
+        }
+    }
+    assert!(seen_after.is_some(), "the garbled key was never seen");
+    assert_eq!(lines(&app), full_read(&dir, &fresh, &files));
     drop(maps);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&fresh);

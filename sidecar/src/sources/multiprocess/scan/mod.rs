@@ -64,10 +64,11 @@ const MAX_OPEN_FILES: usize = 512;
 /// a write did not move the mtime (mmap writes to a page not yet written back do not).
 const QUIET_REREAD_ROUNDS: u64 = 10;
 
-/// A mapped file is read whole (and its keys compared) anyway every this many rounds, at a
-/// round of its own (staggered by inode), in case bytes other than values were rewritten in
-/// place without moving the ctime (a writer's mapping of an already dirty page).
-const FULL_READ_ROUNDS: u64 = 16;
+/// A mapped file is compared whole with the last read (keys too, in place through its
+/// mapping) anyway every this many rounds, at a round of its own (staggered by inode), in case
+/// bytes other than values were rewritten in place without moving the ctime (a writer's
+/// mapping of an already dirty page).
+pub(super) const FULL_READ_ROUNDS: u64 = 16;
 
 /// How long to wait before retrying a failed write or delete in the directory.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -123,9 +124,10 @@ struct FileState {
     quiet_stat: Option<(SystemTime, u64)>,
     /// Kept open between scans (see [`MAX_OPEN_FILES`]).
     handle: Option<std::fs::File>,
-    /// The file's first `raw.len()` bytes mapped, once they were seen equal to `raw`: a
-    /// steady file is then checked slot by slot in place ([`DirState::read_mapped`]).
-    map: Option<fs::Mapping>,
+    /// The file's first `raw.len()` bytes mapped, once they were seen equal to `raw`, with a
+    /// copy of its value slots: a steady file is then checked slot by slot in place
+    /// ([`DirState::read_mapped`]).
+    map: Option<read::Mapped>,
     /// The file's ctime when `map` was last checked against `raw` byte for byte, if it was
     /// old enough then to be sure to move on any later write (see `read::settled`). While it
     /// stands, only the value slots are read: any other change than the client's (values
@@ -258,6 +260,10 @@ pub struct DirState {
     /// Tests: workers whose changed values went through their held store positions.
     #[cfg(test)]
     pub(crate) held_updates: u64,
+    /// Tests: files compared whole through their mapping (ctime moved, or their
+    /// [`FULL_READ_ROUNDS`] round).
+    #[cfg(test)]
+    pub(crate) mapped_whole_compares: u64,
     /// Tests: stop every round right before deleting folded files, as a crash would.
     #[cfg(test)]
     pub(crate) crash_before_delete: bool,
@@ -324,6 +330,8 @@ impl DirState {
             slot_only_reads: 0,
             #[cfg(test)]
             held_updates: 0,
+            #[cfg(test)]
+            mapped_whole_compares: 0,
             #[cfg(test)]
             crash_before_delete: false,
         }
