@@ -241,6 +241,9 @@ pub struct DirState {
     folded: FxHashMap<String, (FoldedFile, bool)>,
     liveness: Liveness,
     scratch: Vec<u8>,
+    /// The changed value slots of the file being read in place (entry index, new bytes);
+    /// reused from file to file.
+    slot_changes: Vec<(u32, [u8; 16])>,
     /// A worker file was in prometheus_client's layout before 0.17 (no timestamps): the
     /// retired files are then written in it too. Sticky: one directory, one client version.
     legacy_layout: bool,
@@ -319,6 +322,7 @@ impl DirState {
             folded: FxHashMap::default(),
             liveness: Liveness::new(policy),
             scratch: Vec::new(),
+            slot_changes: Vec::new(),
             legacy_layout: false,
             open_budget: 0,
             round_number: 0,

@@ -288,6 +288,9 @@ impl DirState {
         folds: &mut Vec<(String, Fold)>,
     ) -> MappedRead {
         let round = self.round_number;
+        // Reused from file to file: no allocation per changed file.
+        let changed = &mut self.slot_changes;
+        changed.clear();
         let Some(f) = self.files.get_mut(name) else {
             return MappedRead::NotUsed;
         };
@@ -329,7 +332,6 @@ impl DirState {
             }
             // The changed slots are copied out inside the guard: a fault after this must not
             // leave zeros in `raw`.
-            let mut changed: Vec<(u32, [u8; 16])> = Vec::new();
             if trusted {
                 // The old values are read as one sequential stream (`slots`), the new ones at
                 // their offsets in the mapping.
@@ -349,10 +351,10 @@ impl DirState {
                     changed.push((i, slot_bytes(now_bytes, o)?));
                 }
             }
-            Some(changed)
+            Some(())
         });
-        let changed = match seen {
-            Ok(Some(changed)) => changed,
+        match seen {
+            Ok(Some(())) => {}
             Ok(None) => return MappedRead::NotUsed,
             Err(Faulted) => {
                 // Cut in place under the mapping: what was read is partly zeros. Read whole
@@ -361,7 +363,7 @@ impl DirState {
                 f.map_ctime = None;
                 return MappedRead::Faulted;
             }
-        };
+        }
         if trusted {
             #[cfg(test)]
             {
@@ -381,7 +383,7 @@ impl DirState {
                 &mut self.pids,
                 compact,
                 folds,
-                &changed,
+                changed,
                 SystemTime::now(),
             );
         }
@@ -542,11 +544,17 @@ fn take_changed_slots(
 ) {
     let kind = f.kind;
     if compact && kind.is_cumulative() {
+        // The old value from the mapping's copy of the slots when there is one (read in
+        // order), else from `raw`: the two are kept the same.
+        let slots = f.map.as_ref().map(|m| m.slots.as_slice());
         let went_down: Vec<usize> = changes
             .iter()
             .filter_map(|(i, new)| {
                 let o = *f.offsets.get(*i as usize)? as usize;
-                let old = format::value_at(&f.raw, o)?.0;
+                let old = match slots.and_then(|s| s.get(*i as usize)) {
+                    Some(slot) => format::value_at(slot, 0)?.0,
+                    None => format::value_at(&f.raw, o)?.0,
+                };
                 (format::value_at(new, 0)?.0 < old).then_some(o)
             })
             .collect();
