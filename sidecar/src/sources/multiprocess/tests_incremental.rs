@@ -504,51 +504,85 @@ fn changes_after_the_ctime_is_trusted_are_all_seen() {
 /// held for them.
 #[test]
 fn a_trusted_file_is_read_by_its_value_slots() {
-    let dir = scratch("slots");
-    let fresh = scratch("slots-fresh");
-    let mut files = initial_files();
-    for f in &files {
-        write_new(&dir, f);
-    }
-    let mut maps: Vec<Option<ClientMap>> = files.iter().map(|_| None).collect();
-    let (app, mut reader) = reader_on(&dir);
-    reader.scan(&app);
-    let map_set = |value| Op::MapSet {
-        file: 0,
-        start: 0,
-        count: 2,
-        value,
-    };
-    // Dirty the pages through the mapping, then let the ctime settle and be trusted.
-    apply(&dir, &mut files, &mut maps, &map_set(1));
-    std::thread::sleep(SETTLE);
-    reader.scan(&app);
+    let mut t = Trusted::new("slots");
     let slot_reads = |r: &mut Reader| r.dir_state().map_or(0, |d| d.slot_only_reads);
     let held = |r: &mut Reader| r.dir_state().map_or(0, |d| d.held_updates);
-    let before = slot_reads(&mut reader);
-    let held_before = held(&mut reader);
+    let before = slot_reads(&mut t.reader);
+    let held_before = held(&mut t.reader);
     // Back and forth (1 is the value the file was mapped with): each round must compare
     // with the values the last one took.
     for value in [2, 1, 2, 1, 5] {
-        apply(&dir, &mut files, &mut maps, &map_set(value));
-        reader.scan(&app);
-        let fresh_view = full_read(&dir, &fresh, &files);
-        assert_eq!(lines(&app), fresh_view, "after writing {value}");
+        apply(&t.dir, &mut t.files, &mut t.maps, &Trusted::map_set(value));
+        t.reader.scan(&t.app);
+        let fresh_view = full_read(&t.dir, &t.fresh, &t.files);
+        assert_eq!(lines(&t.app), fresh_view, "after writing {value}");
     }
     // At most one of four consecutive rounds reads a file whole (FULL_READ_ROUNDS).
     assert!(
-        slot_reads(&mut reader) >= before + 3 * 12,
+        slot_reads(&mut t.reader) >= before + 3 * 12,
         "the value slots were not read alone"
     );
     // Two changed series of sixteen, five rounds: written through their held store positions.
     assert_eq!(
-        held(&mut reader),
+        held(&mut t.reader),
         held_before + 5,
         "the changed values did not go through the held positions"
     );
-    drop(maps);
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&fresh);
+}
+
+/// A directory of [`initial_files`] followed by a reader, with file 0's first values written
+/// through a client mapping kept open (its pages dirty), then the ctime let settle and the
+/// file checked again, so the reader trusts it: its value slots alone are read from now on.
+struct Trusted {
+    dir: std::path::PathBuf,
+    fresh: std::path::PathBuf,
+    files: Vec<ModelFile>,
+    maps: Vec<Option<ClientMap>>,
+    app: Arc<App>,
+    reader: Reader,
+}
+
+impl Trusted {
+    fn new(name: &str) -> Trusted {
+        let dir = scratch(name);
+        let fresh = scratch(&format!("{name}-fresh"));
+        let mut files = initial_files();
+        for f in &files {
+            write_new(&dir, f);
+        }
+        let mut maps: Vec<Option<ClientMap>> = files.iter().map(|_| None).collect();
+        let (app, mut reader) = reader_on(&dir);
+        reader.scan(&app);
+        apply(&dir, &mut files, &mut maps, &Trusted::map_set(1));
+        std::thread::sleep(SETTLE);
+        reader.scan(&app);
+        Trusted {
+            dir,
+            fresh,
+            files,
+            maps,
+            app,
+            reader,
+        }
+    }
+
+    /// File 0's first two values, through its client mapping.
+    fn map_set(value: u16) -> Op {
+        Op::MapSet {
+            file: 0,
+            start: 0,
+            count: 2,
+            value,
+        }
+    }
+}
+
+impl Drop for Trusted {
+    fn drop(&mut self) {
+        self.maps.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.fresh);
+    }
 }
 
 /// A steady directory is never copied through `pread`: a settled file is checked by its
@@ -596,43 +630,23 @@ fn an_unchanged_mapped_file_is_compared_in_place_at_its_full_round() {
 /// shows what a fresh reader shows with the last good content.
 #[test]
 fn a_key_garbled_through_the_mapping_is_seen_by_the_full_round() {
-    let dir = scratch("mapped-keys");
-    let fresh = scratch("mapped-keys-fresh");
-    let mut files = initial_files();
-    for f in &files {
-        write_new(&dir, f);
-    }
-    let mut maps: Vec<Option<ClientMap>> = files.iter().map(|_| None).collect();
-    let (app, mut reader) = reader_on(&dir);
-    reader.scan(&app);
-    let map_set = Op::MapSet {
-        file: 0,
-        start: 0,
-        count: 2,
-        value: 3,
-    };
-    apply(&dir, &mut files, &mut maps, &map_set);
-    std::thread::sleep(SETTLE);
-    reader.scan(&app);
+    let mut t = Trusted::new("mapped-keys");
     // The first key's first byte after `{"` no longer UTF-8; same size, values untouched.
-    let mut bytes = files[0].encode();
+    let mut bytes = t.files[0].encode();
     bytes[13] = 0xff;
-    maps[0].as_mut().expect("mapped by MapSet").write(&bytes);
-    files[0].garbled = true;
-    let corrupt_before = corrupt_count(&reader);
+    t.maps[0].as_mut().expect("mapped by MapSet").write(&bytes);
+    t.files[0].garbled = true;
+    let corrupt_before = corrupt_count(&t.reader);
     let mut seen_after = None;
     for round in 1..=super::scan::FULL_READ_ROUNDS {
-        reader.scan(&app);
-        if corrupt_count(&reader) > corrupt_before {
+        t.reader.scan(&t.app);
+        if corrupt_count(&t.reader) > corrupt_before {
             seen_after = Some(round);
             break;
         }
     }
     assert!(seen_after.is_some(), "the garbled key was never seen");
-    assert_eq!(lines(&app), full_read(&dir, &fresh, &files));
-    drop(maps);
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&fresh);
+    assert_eq!(lines(&t.app), full_read(&t.dir, &t.fresh, &t.files));
 }
 
 /// A file cut in place by another program right after the reader's `fstat` (the worst
