@@ -185,8 +185,10 @@ struct PidState {
     in_store: bool,
     /// Apply the whole worker (keys changed, liveness changed, never applied, or a failure).
     full: bool,
-    /// Value slots changed since the last apply (keys unchanged).
-    changed: Vec<Slot>,
+    /// Entries whose values changed since the last apply (keys unchanged): their file's kind
+    /// rank and their index in its `offsets` (so a changed value finds its series without a
+    /// search).
+    changed: Vec<(u32, u32)>,
     /// The last apply included live gauges.
     applied_alive: bool,
     /// The last apply was rejected; retried when the files change.

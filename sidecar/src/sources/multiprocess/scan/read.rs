@@ -5,9 +5,7 @@
 use super::fold::{decreased, reset_fold};
 use super::fs::{Faulted, ListedFile, Mapping, ident_of, layout, read_content, read_db};
 use super::round::RoundCtx;
-use super::{
-    DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, PidState, QUIET_REREAD_ROUNDS, slot,
-};
+use super::{DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, PidState, QUIET_REREAD_ROUNDS};
 use crate::sources::multiprocess::Stats;
 use crate::sources::multiprocess::format;
 use crate::sources::multiprocess::merge::FxHashMap;
@@ -574,7 +572,7 @@ fn take_changed_slots(
         if let Some(dst) = f.map.as_mut().and_then(|m| m.slots.get_mut(*i as usize)) {
             *dst = *new;
         }
-        changed.push(slot(kind, o));
+        changed.push((kind.rank() as u32, *i));
     }
     f.changed = now;
 }

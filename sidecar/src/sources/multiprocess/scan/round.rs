@@ -565,11 +565,10 @@ fn build_updates<'p>(
         } else if !st.changed.is_empty() {
             // (Sized up front: a collect from `filter_map` grows by doubling.)
             let mut series: Vec<u32> = Vec::with_capacity(st.changed.len());
-            series.extend(st.changed.iter().filter_map(|&s| {
-                let rank = (s >> 32) as usize;
-                let file = by_rank.file(rank)?;
-                let i = file.offsets.binary_search(&(s as u32)).ok()?;
-                let series = *st.entry_series.get(rank)?.get(i)?;
+            series.extend(st.changed.iter().filter_map(|&(rank, i)| {
+                // Only entries of a file still readable.
+                by_rank.file(rank as usize)?;
+                let series = *st.entry_series.get(rank as usize)?.get(i as usize)?;
                 (series != u32::MAX).then_some(series)
             }));
             series.sort_unstable();
