@@ -349,17 +349,8 @@ impl SeriesState {
     /// The generation in which the worker last set this series (with the [`DROPPED`] flag),
     /// if it holds it.
     fn entry_generation(&self, worker: u32) -> Option<u32> {
-        match &self.data {
-            SeriesData::Scalar { entries, .. } => entries
-                .iter()
-                .find(|e| e.worker == worker)
-                .map(|e| e.generation),
-            SeriesData::Dist(d) => d
-                .entries
-                .iter()
-                .find(|e| e.worker == worker)
-                .map(|e| e.generation),
-        }
+        self.entry_at(worker, NO_HINT)
+            .map(|(_, generation)| generation)
     }
 
     /// The index and generation of the worker's entry, looked for at `hint` first (see
@@ -417,6 +408,13 @@ pub(crate) struct FamilyState {
     pub(crate) series: SeriesMap,
 }
 
+/// Gives out the next [`FamilyState::id`] (a free function, so that it can be called while
+/// the store's families are borrowed).
+fn next_family_id(last: &mut u64) -> u64 {
+    *last += 1;
+    *last
+}
+
 /// The store of all workers' values.
 #[derive(Debug)]
 pub struct Store {
@@ -465,8 +463,7 @@ impl Store {
 
     /// A new [`FamilyState::id`].
     pub(crate) fn new_family_id(&mut self) -> u64 {
-        self.last_family_id += 1;
-        self.last_family_id
+        next_family_id(&mut self.last_family_id)
     }
 
     pub fn settings(&self) -> &StoreSettings {
@@ -587,9 +584,8 @@ impl Store {
                     self.families
                         .entry(family.name.as_ref().into())
                         .or_insert_with(|| {
-                            self.last_family_id += 1;
                             Arc::new(FamilyState {
-                                id: self.last_family_id,
+                                id: next_family_id(&mut self.last_family_id),
                                 kind: family.kind,
                                 help: family.help.as_deref().map(Into::into),
                                 unit: family.unit.as_deref().map(Into::into),
