@@ -367,7 +367,8 @@ fn corrupt_count(reader: &Reader) -> u64 {
         .sum()
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+/// `look_ahead`: the mapped files are looked at on two threads every round, however few.
+fn run(ops: &[Op], look_ahead: bool) -> Result<(), TestCaseError> {
     let dir = scratch("live");
     let fresh = scratch("fresh");
     let mut files = initial_files();
@@ -376,6 +377,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     }
     let (app, mut reader) = reader_on(&dir);
     reader.scan(&app);
+    if look_ahead && let Some(state) = reader.dir_state() {
+        state.force_look_ahead();
+    }
     let mut maps: Vec<Option<ClientMap>> = files.iter().map(|_| None).collect();
     for (step, op) in ops.iter().enumerate() {
         let corrupt_before = corrupt_count(&reader);
@@ -395,6 +399,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         let seen = lines(&app);
         prop_assert_eq!(&seen, &expected, "step {}: after {:?}", step, op);
     }
+    if look_ahead {
+        // The first scan mapped all twelve files; one op changes at most one of them.
+        let looked = reader.dir_state().map_or(0, |d| d.looked_ahead);
+        prop_assert!(looked > 0, "no file was looked at on the second thread");
+    }
     drop(maps);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&fresh);
@@ -403,8 +412,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 
 #[test]
 fn incremental_scans_equal_a_full_re_read() {
-    proptest!(ProptestConfig::with_cases(48), |(ops in proptest::collection::vec(op(), 1..24))| {
-        run(&ops)?;
+    proptest!(ProptestConfig::with_cases(64), |(
+        ops in proptest::collection::vec(op(), 1..24),
+        look_ahead in any::<bool>(),
+    )| {
+        run(&ops, look_ahead)?;
     });
 }
 
@@ -442,8 +454,10 @@ fn a_value_change_a_new_key_a_relayout_and_a_garbled_file() {
         Op::Garble { file: 1, how: 0 },
         Op::Append { file: 1, label: 12 },
     ];
-    if let Err(e) = run(&ops) {
-        panic!("{e}");
+    for look_ahead in [false, true] {
+        if let Err(e) = run(&ops, look_ahead) {
+            panic!("look_ahead {look_ahead}: {e}");
+        }
     }
 }
 
@@ -493,8 +507,10 @@ fn changes_after_the_ctime_is_trusted_are_all_seen() {
         settle,
         map_set(15),
     ];
-    if let Err(e) = run(&ops) {
-        panic!("{e}");
+    for look_ahead in [false, true] {
+        if let Err(e) = run(&ops, look_ahead) {
+            panic!("look_ahead {look_ahead}: {e}");
+        }
     }
 }
 
@@ -503,7 +519,22 @@ fn changes_after_the_ctime_is_trusted_are_all_seen() {
 /// changed values are set through the store positions held for them.
 #[test]
 fn a_trusted_file_is_read_by_its_value_slots() {
-    let mut t = Trusted::new("slots");
+    trusted_file_read_by_its_value_slots("slots", false);
+}
+
+/// The same, each round's mapped files looked at on two threads: the same reads, the same
+/// values, the same held updates, and every file's look taken ahead.
+#[test]
+fn a_trusted_file_is_read_by_its_value_slots_on_two_threads() {
+    trusted_file_read_by_its_value_slots("slots-two", true);
+}
+
+fn trusted_file_read_by_its_value_slots(name: &str, look_ahead: bool) {
+    let mut t = Trusted::new(name);
+    if look_ahead && let Some(state) = t.reader.dir_state() {
+        state.force_look_ahead();
+    }
+    let looked = |r: &mut Reader| r.dir_state().map_or(0, |d| d.looked_ahead);
     let slot_reads = |r: &mut Reader| r.dir_state().map_or(0, |d| d.slot_only_reads);
     let held = |r: &mut Reader| r.dir_state().map_or(0, |d| d.held_updates);
     let before = slot_reads(&mut t.reader);
@@ -525,6 +556,9 @@ fn a_trusted_file_is_read_by_its_value_slots() {
         held_before + 4,
         "the changed values did not go through the held positions"
     );
+    // Twelve mapped files, four rounds.
+    let expected_looks = if look_ahead { 4 * 12 } else { 0 };
+    assert_eq!(looked(&mut t.reader), expected_looks);
 }
 
 /// Values set back and forth through the mapping, back to the ones the file was mapped with

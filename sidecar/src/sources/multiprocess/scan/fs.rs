@@ -240,6 +240,9 @@ pub(super) struct Faulted;
 
 // The mapping is read-only and owned: moving it to another thread is sound.
 unsafe impl Send for Mapping {}
+// Only ever read (through `&self`, as `&[u8]`), and a fault on any thread is absorbed by the
+// guard and reported to that thread's reader: sharing it between threads is sound.
+unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps the first `len` bytes (`len > 0`) of `file`, guarded against SIGBUS (an error

@@ -58,16 +58,18 @@ impl DirState {
     }
 
     /// Reads one worker file; records what changed for its pid, and folds for values that
-    /// went away (compaction only).
+    /// went away (compaction only). `looked`: its mapping was already read this round
+    /// ([`DirState::look_ahead`]).
     pub(super) fn read_file(
         &mut self,
         file: &ListedFile,
         ctx: &mut RoundCtx<'_>,
         folds: &mut Vec<(String, Fold)>,
+        looked: Option<Looked>,
     ) {
         let (name, kind, pid, ino) = (file.name.as_str(), file.kind, file.pid.as_str(), file.ino);
         let (compact, stats, log) = (ctx.compact, ctx.stats, &mut *ctx.log);
-        match self.read_mapped(name, ino, compact, folds) {
+        match self.read_mapped(name, ino, compact, folds, looked) {
             MappedRead::Done => {
                 stats.file_reads.inc();
                 return;
@@ -272,96 +274,52 @@ impl DirState {
         self.remap_reporting(name, stats);
     }
 
-    /// The steady-state read of a mapped file, in place: when it is the same inode, not
-    /// shorter, its `used` unchanged, it is compared with `raw` through the mapping, and the
-    /// changed value slots copied into `raw` and recorded. While its ctime stands since the
-    /// mapping was last checked whole (and it is not its [`FULL_READ_ROUNDS`] round), only its
-    /// value slots are compared; otherwise every byte. Anything else, or any byte changed
-    /// outside the value slots (nothing done), has the file read whole through `pread`.
+    /// The steady-state read of a mapped file, in place (see [`look_mapped`]), and what it
+    /// found recorded: the changed value slots copied into `raw` and the worker's changed
+    /// set. `looked`: the file was already looked at this round, on the look-ahead thread
+    /// ([`DirState::look_ahead`]).
     fn read_mapped(
         &mut self,
         name: &str,
         ino: u64,
         compact: bool,
         folds: &mut Vec<(String, Fold)>,
+        looked: Option<Looked>,
     ) -> MappedRead {
         let round = self.round_number;
-        // Reused from file to file: no allocation per changed file.
-        let changed = &mut self.slot_changes;
-        changed.clear();
         let Some(f) = self.files.get_mut(name) else {
             return MappedRead::NotUsed;
         };
-        let FileState {
-            raw,
-            offsets,
-            map,
-            handle,
-            ..
-        } = f;
-        let (Some(map), Some(handle)) = (map.as_ref(), handle.as_ref()) else {
-            return MappedRead::NotUsed;
-        };
-        if f.ino != ino
-            || !f.good
-            || f.released
-            || f.corrupt.is_some()
-            || map.map.len() != raw.len()
-            || map.slots.len() != offsets.len()
-        {
-            return MappedRead::NotUsed;
-        }
-        // Its round to be compared whole (see [`FULL_READ_ROUNDS`]): in place, like a file
-        // whose ctime moved.
-        let full_round = round.wrapping_add(ino).is_multiple_of(FULL_READ_ROUNDS);
-        let Ok(meta) = handle.metadata() else {
-            return MappedRead::NotUsed;
-        };
-        if meta.ino() != f.ino || meta.dev() != f.dev || meta.len() < map.map.len() as u64 {
-            return MappedRead::NotUsed;
-        }
-        let ctime = (meta.ctime(), meta.ctime_nsec());
-        let trusted = !full_round && f.map_ctime == Some(ctime);
-        // The length was checked just above; a cut in place since is caught by the guard.
-        let seen = map.map.guarded(|now_bytes| {
-            if format::read_used(now_bytes).ok() != Some(raw.len()) {
-                // Entries appended (or a damaged header): read whole.
-                return None;
-            }
-            // The changed slots are copied out inside the guard: a fault after this must not
-            // leave zeros in `raw`.
-            if trusted {
-                // The old values are read as one sequential stream (`slots`), the new ones at
-                // their offsets in the mapping.
-                for (i, (&o, old)) in offsets.iter().zip(&map.slots).enumerate() {
-                    let new = slot_bytes(now_bytes, o)?;
-                    if *old != new {
-                        changed.push((i as u32, new));
-                    }
+        // Reused from file to file: no allocation per changed file.
+        let own = &mut self.slot_changes;
+        let (look, changed) = match &looked {
+            Some(l) => {
+                #[cfg(test)]
+                {
+                    self.looked_ahead += 1;
                 }
-            } else {
-                // Written to since the last check (the client's own value writes move the
-                // ctime too, when they dirty a clean page), checked too soon after a write to
-                // tell, or its full round: every byte but the value slots must still be the
-                // same, compared in place, and that compare already names the changed slots.
-                for i in changed_slots(raw, now_bytes, offsets)? {
-                    let o = *offsets.get(i as usize)?;
-                    changed.push((i, slot_bytes(now_bytes, o)?));
-                }
+                (l.look, l.changed.as_slice())
             }
-            Some(())
-        });
-        match seen {
-            Ok(Some(())) => {}
-            Ok(None) => return MappedRead::NotUsed,
-            Err(Faulted) => {
+            None => {
+                own.clear();
+                (look_mapped(f, ino, round, own), own.as_slice())
+            }
+        };
+        let (trusted, ctime, mtime) = match look {
+            Look::NotUsed => return MappedRead::NotUsed,
+            Look::Faulted => {
                 // Cut in place under the mapping: what was read is partly zeros. Read whole
                 // through `pread`, which sees the short file; mapped again once it is sound.
                 f.map = None;
                 f.map_ctime = None;
                 return MappedRead::Faulted;
             }
-        }
+            Look::Seen {
+                trusted,
+                ctime,
+                mtime,
+            } => (trusted, ctime, mtime),
+        };
         if trusted {
             #[cfg(test)]
             {
@@ -374,7 +332,7 @@ impl DirState {
             }
             f.map_ctime = settled(ctime);
         }
-        f.mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        f.mtime = mtime;
         if !changed.is_empty() {
             take_changed_slots(
                 f,
@@ -386,6 +344,85 @@ impl DirState {
             );
         }
         MappedRead::Done
+    }
+
+    /// Looks at the round's mapped files on a second thread while this one looks at the
+    /// others, when there are enough value slots to be worth the thread
+    /// ([`DirState::look_ahead_min_slots`]): a cold scrape is bound by the latency of reading
+    /// the slots scattered over the mappings, and two cores have twice the reads in flight.
+    /// Only reads (nothing is recorded); returns each listed file's look by its index in
+    /// `listed`, empty when not worth it.
+    pub(super) fn look_ahead(&self, listed: &[ListedFile]) -> Vec<Option<Looked>> {
+        if self.look_ahead_min_slots == usize::MAX {
+            return Vec::new();
+        }
+        // The files `read_mapped` will read in place: not folded, not of a quiet worker
+        // (those may be skipped unread), mapped and kept open under the listed inode.
+        let mut todo: Vec<(usize, &FileState, u64)> = Vec::new();
+        let mut slots = 0usize;
+        for (at, listed_file) in listed.iter().enumerate() {
+            let name = listed_file.name.as_str();
+            if listed_file.pid == format::RETIRED_PID
+                || self.folded.contains_key(name)
+                || self
+                    .pids
+                    .get(listed_file.pid.as_str())
+                    .is_some_and(|st| st.quiet)
+            {
+                continue;
+            }
+            let Some(f) = self.files.get(name) else {
+                continue;
+            };
+            if let (Some(map), Some(_)) = (&f.map, &f.handle)
+                && f.ino == listed_file.ino
+            {
+                slots += map.slots.len();
+                todo.push((at, f, listed_file.ino));
+            }
+        }
+        if slots < self.look_ahead_min_slots || todo.len() < 2 {
+            return Vec::new();
+        }
+        // The second thread takes the first files up to half the slots.
+        let mut taken = 0usize;
+        let split = todo
+            .iter()
+            .position(|(_, f, _)| {
+                taken += f.offsets.len();
+                taken * 2 >= slots
+            })
+            .map_or(todo.len(), |i| i + 1)
+            .min(todo.len() - 1);
+        let (theirs, ours) = todo.split_at(split);
+        let round = self.round_number;
+        let look_all = |part: &[(usize, &FileState, u64)]| -> Vec<(usize, Looked)> {
+            part.iter()
+                .map(|&(at, f, ino)| {
+                    let mut changed = Vec::new();
+                    let look = look_mapped(f, ino, round, &mut changed);
+                    (at, Looked { look, changed })
+                })
+                .collect()
+        };
+        let (mine, other) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("multiprocess-look".into())
+                .stack_size(LOOK_AHEAD_STACK)
+                .spawn_scoped(scope, || look_all(theirs));
+            let mine = look_all(ours);
+            // A thread that cannot be had (or panicked): its files are read in the round.
+            let other = helper.ok().and_then(|h| h.join().ok()).unwrap_or_default();
+            (mine, other)
+        });
+        let mut out: Vec<Option<Looked>> = Vec::new();
+        out.resize_with(listed.len(), || None);
+        for (at, looked) in mine.into_iter().chain(other) {
+            if let Some(slot) = out.get_mut(at) {
+                *slot = Some(looked);
+            }
+        }
+        out
     }
 
     /// [`DirState::remap`], reporting a file cut under the mapping while it was compared.
@@ -510,6 +547,116 @@ impl DirState {
             f.corrupt = None;
         }
         f.mtime = ident.mtime;
+    }
+}
+
+/// Stack of the look-ahead thread: it only compares slots (no recursion, no large frames).
+const LOOK_AHEAD_STACK: usize = 64 << 10;
+
+/// What a read of a mapped file in place found, before anything was recorded.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Look {
+    /// Not usable this round (nothing read): the file is read whole.
+    NotUsed,
+    /// The file was cut in place while being read: it is read whole.
+    Faulted,
+    /// Read in place: by its value slots alone (`trusted`) or every byte, with the ctime
+    /// and mtime its `fstat` gave before the read.
+    Seen {
+        trusted: bool,
+        ctime: (i64, i64),
+        mtime: SystemTime,
+    },
+}
+
+/// A look taken ahead of the round's reads ([`DirState::look_ahead`]), with its changed
+/// slots (entry index, new bytes).
+#[derive(Debug)]
+pub(super) struct Looked {
+    look: Look,
+    changed: Vec<(u32, [u8; 16])>,
+}
+
+/// Reads a mapped file in place, changing nothing: when it is the same inode, not shorter,
+/// its `used` unchanged, it is compared with `raw` through the mapping and its changed value
+/// slots pushed to `changed`. While its ctime stands since the mapping was last checked
+/// whole (and it is not its [`FULL_READ_ROUNDS`] round), only its value slots are compared;
+/// otherwise every byte. Anything else, or any byte changed outside the value slots, is
+/// [`Look::NotUsed`]: the file is read whole through `pread`.
+fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut Vec<(u32, [u8; 16])>) -> Look {
+    let FileState {
+        raw,
+        offsets,
+        map,
+        handle,
+        ..
+    } = f;
+    let (Some(map), Some(handle)) = (map.as_ref(), handle.as_ref()) else {
+        return Look::NotUsed;
+    };
+    if f.ino != ino
+        || !f.good
+        || f.released
+        || f.corrupt.is_some()
+        || map.map.len() != raw.len()
+        || map.slots.len() != offsets.len()
+    {
+        return Look::NotUsed;
+    }
+    // Its round to be compared whole (see [`FULL_READ_ROUNDS`]): in place, like a file
+    // whose ctime moved.
+    let full_round = round.wrapping_add(ino).is_multiple_of(FULL_READ_ROUNDS);
+    let Ok(meta) = handle.metadata() else {
+        return Look::NotUsed;
+    };
+    if meta.ino() != f.ino || meta.dev() != f.dev || meta.len() < map.map.len() as u64 {
+        return Look::NotUsed;
+    }
+    let ctime = (meta.ctime(), meta.ctime_nsec());
+    let trusted = !full_round && f.map_ctime == Some(ctime);
+    // The length was checked just above; a cut in place since is caught by the guard.
+    let seen = map.map.guarded(|now_bytes| {
+        if format::read_used(now_bytes).ok() != Some(raw.len()) {
+            // Entries appended (or a damaged header): read whole.
+            return None;
+        }
+        // The changed slots are copied out inside the guard: a fault after this must not
+        // leave zeros in `raw`.
+        if trusted {
+            // The old values are read as one sequential stream (`slots`), the new ones at
+            // their offsets in the mapping.
+            for (i, (&o, old)) in offsets.iter().zip(&map.slots).enumerate() {
+                let new = slot_bytes(now_bytes, o)?;
+                if *old != new {
+                    changed.push((i as u32, new));
+                }
+            }
+        } else {
+            // Written to since the last check (the client's own value writes move the
+            // ctime too, when they dirty a clean page), checked too soon after a write to
+            // tell, or its full round: every byte but the value slots must still be the
+            // same, compared in place, and that compare already names the changed slots.
+            for i in changed_slots(raw, now_bytes, offsets)? {
+                let o = *offsets.get(i as usize)?;
+                changed.push((i, slot_bytes(now_bytes, o)?));
+            }
+        }
+        Some(())
+    });
+    match seen {
+        Ok(Some(())) => Look::Seen {
+            trusted,
+            ctime,
+            mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+        },
+        Ok(None) => {
+            changed.clear();
+            Look::NotUsed
+        }
+        Err(Faulted) => {
+            changed.clear();
+            Look::Faulted
+        }
     }
 }
 

@@ -148,7 +148,8 @@ impl<'r> Round<'r> {
         let state = &mut *self.state;
         let open = state.files.values().filter(|f| f.handle.is_some()).count();
         state.open_budget = MAX_OPEN_FILES.saturating_sub(open);
-        for file in &self.listing.files {
+        let mut looked = state.look_ahead(&self.listing.files);
+        for (at, file) in self.listing.files.iter().enumerate() {
             if file.pid == RETIRED_PID {
                 self.retired_present.insert(file.kind);
                 continue;
@@ -168,7 +169,8 @@ impl<'r> Round<'r> {
             if state.quiet_unchanged(name, &file.pid, file.ino, gone) {
                 continue;
             }
-            state.read_file(file, &mut self.ctx, &mut self.folds);
+            let looked = looked.get_mut(at).and_then(Option::take);
+            state.read_file(file, &mut self.ctx, &mut self.folds, looked);
         }
         let present = &self.present;
         state
