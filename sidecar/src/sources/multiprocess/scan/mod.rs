@@ -267,6 +267,8 @@ pub struct DirState {
     /// The round's mapped files are looked at on two threads from this many value slots on
     /// ([`DirState::look_ahead`]); `usize::MAX` when only one CPU is available.
     look_ahead_min_slots: usize,
+    /// Changed-slot buffers of the look-ahead, kept between rounds.
+    look_pool: Vec<Vec<(u32, [u8; 16])>>,
     retry_writes_at: Option<Instant>,
     retry_deletes_at: Option<Instant>,
     /// The store's epoch when its values were last applied (see [`Store::epoch`]).
@@ -350,6 +352,7 @@ impl DirState {
             } else {
                 usize::MAX
             },
+            look_pool: Vec::new(),
             retry_writes_at: None,
             retry_deletes_at: None,
             store_epoch: 0,

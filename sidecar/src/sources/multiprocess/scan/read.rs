@@ -5,7 +5,10 @@
 use super::fold::{decreased, reset_fold};
 use super::fs::{Faulted, ListedFile, Mapping, ident_of, layout, read_content, read_db};
 use super::round::RoundCtx;
-use super::{DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, PidState, QUIET_REREAD_ROUNDS};
+use super::{
+    DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, MAX_OPEN_FILES, PidState,
+    QUIET_REREAD_ROUNDS,
+};
 use crate::sources::multiprocess::Stats;
 use crate::sources::multiprocess::format;
 use crate::sources::multiprocess::merge::FxHashMap;
@@ -306,12 +309,20 @@ impl DirState {
             }
         };
         let (trusted, ctime, mtime) = match look {
-            Look::NotUsed => return MappedRead::NotUsed,
+            Look::NotUsed => {
+                if let Some(l) = looked {
+                    self.give_back(l);
+                }
+                return MappedRead::NotUsed;
+            }
             Look::Faulted => {
                 // Cut in place under the mapping: what was read is partly zeros. Read whole
                 // through `pread`, which sees the short file; mapped again once it is sound.
                 f.map = None;
                 f.map_ctime = None;
+                if let Some(l) = looked {
+                    self.give_back(l);
+                }
                 return MappedRead::Faulted;
             }
             Look::Seen {
@@ -343,7 +354,17 @@ impl DirState {
                 SystemTime::now(),
             );
         }
+        if let Some(l) = looked {
+            self.give_back(l);
+        }
         MappedRead::Done
+    }
+
+    /// Keeps a look-ahead buffer for the next round, unless it grew past a relayout's worth.
+    fn give_back(&mut self, looked: Looked) {
+        if looked.changed.capacity() <= LOOK_BUFFER_KEPT && self.look_pool.len() < MAX_OPEN_FILES {
+            self.look_pool.push(looked.changed);
+        }
     }
 
     /// Looks at the round's mapped files on a second thread while this one looks at the
@@ -352,7 +373,13 @@ impl DirState {
     /// the slots scattered over the mappings, and two cores have twice the reads in flight.
     /// Only reads (nothing is recorded); returns each listed file's look by its index in
     /// `listed`, empty when not worth it.
-    pub(super) fn look_ahead(&self, listed: &[ListedFile]) -> Vec<Option<Looked>> {
+    /// `pool`: buffers for the changed slots, given back by [`DirState::read_mapped`] (no
+    /// allocation per file and round in the steady state).
+    pub(super) fn look_ahead(
+        &self,
+        listed: &[ListedFile],
+        pool: &mut Vec<Vec<(u32, [u8; 16])>>,
+    ) -> Vec<Option<Looked>> {
         if self.look_ahead_min_slots == usize::MAX {
             return Vec::new();
         }
@@ -395,22 +422,27 @@ impl DirState {
             .map_or(todo.len(), |i| i + 1)
             .min(todo.len() - 1);
         let (theirs, ours) = todo.split_at(split);
+        let mut buffers = |n: usize| -> Vec<Vec<(u32, [u8; 16])>> {
+            (0..n).map(|_| pool.pop().unwrap_or_default()).collect()
+        };
+        let (their_buffers, our_buffers) = (buffers(theirs.len()), buffers(ours.len()));
         let round = self.round_number;
-        let look_all = |part: &[(usize, &FileState, u64)]| -> Vec<(usize, Looked)> {
+        let look_all = |part: &[(usize, &FileState, u64)], buffers: Vec<Vec<(u32, [u8; 16])>>| {
             part.iter()
-                .map(|&(at, f, ino)| {
-                    let mut changed = Vec::new();
+                .zip(buffers)
+                .map(|(&(at, f, ino), mut changed)| {
+                    changed.clear();
                     let look = look_mapped(f, ino, round, &mut changed);
                     (at, Looked { look, changed })
                 })
-                .collect()
+                .collect::<Vec<_>>()
         };
         let (mine, other) = std::thread::scope(|scope| {
             let helper = std::thread::Builder::new()
                 .name("multiprocess-look".into())
                 .stack_size(LOOK_AHEAD_STACK)
-                .spawn_scoped(scope, || look_all(theirs));
-            let mine = look_all(ours);
+                .spawn_scoped(scope, || look_all(theirs, their_buffers));
+            let mine = look_all(ours, our_buffers);
             // A thread that cannot be had (or panicked): its files are read in the round.
             let other = helper.ok().and_then(|h| h.join().ok()).unwrap_or_default();
             (mine, other)
@@ -552,6 +584,10 @@ impl DirState {
 
 /// Stack of the look-ahead thread: it only compares slots (no recursion, no large frames).
 const LOOK_AHEAD_STACK: usize = 64 << 10;
+
+/// Look-ahead buffers of at most this many changed slots are kept for the next round (a
+/// relayout's whole file is not).
+const LOOK_BUFFER_KEPT: usize = 4096;
 
 /// What a read of a mapped file in place found, before anything was recorded.
 #[derive(Debug, Clone, Copy)]

@@ -148,7 +148,9 @@ impl<'r> Round<'r> {
         let state = &mut *self.state;
         let open = state.files.values().filter(|f| f.handle.is_some()).count();
         state.open_budget = MAX_OPEN_FILES.saturating_sub(open);
-        let mut looked = state.look_ahead(&self.listing.files);
+        let mut pool = std::mem::take(&mut state.look_pool);
+        let mut looked = state.look_ahead(&self.listing.files, &mut pool);
+        state.look_pool = pool;
         for (at, file) in self.listing.files.iter().enumerate() {
             if file.pid == RETIRED_PID {
                 self.retired_present.insert(file.kind);
