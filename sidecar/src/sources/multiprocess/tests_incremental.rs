@@ -743,3 +743,59 @@ fn a_file_cut_under_its_mapping_is_read_again_whole() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&fresh);
 }
+
+/// The same cut, made under the look-ahead thread's read (each round's mapped files looked at
+/// on two threads): the fault is caught on that thread, that file alone is read again whole,
+/// and the other file's look, taken meanwhile on the scrape's thread, is kept.
+#[test]
+fn a_file_cut_under_the_look_ahead_threads_read_is_read_again_whole() {
+    let dir = scratch("cut-two");
+    let fresh = scratch("cut-two-fresh");
+    let files: Vec<ModelFile> = initial_files().into_iter().take(2).collect();
+    for f in &files {
+        write_new(&dir, f);
+    }
+    let (app, mut reader) = reader_on(&dir);
+    reader.scan(&app);
+    assert_eq!(lines(&app), full_read(&dir, &fresh, &files));
+    let faults = |r: &Reader| r.stats.mapped_read_faults.get();
+    let looked = |r: &mut Reader| r.dir_state().map_or(0, |d| d.looked_ahead);
+    // The second thread takes the first listed files up to half the slots: of two files of
+    // the same size, the first the directory lists.
+    let first = std::fs::read_dir(&dir)
+        .expect("list")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "db"))
+        .expect("a file");
+    let cut = first.clone();
+    let Some(state) = reader.dir_state() else {
+        panic!("no directory state after a scan");
+    };
+    state.force_look_ahead();
+    state.on_next_look_ahead_read(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cut)
+            .and_then(|f| f.set_len(0))
+            .expect("truncate in place");
+    });
+    reader.scan(&app);
+    assert_eq!(
+        std::fs::metadata(&first).expect("stat").len(),
+        0,
+        "the hook ran"
+    );
+    assert_eq!(
+        faults(&reader),
+        1,
+        "the cut was not caught on the look-ahead thread"
+    );
+    assert_eq!(looked(&mut reader), 2, "both files were looked at ahead");
+    assert_eq!(lines(&app), full_read(&dir, &fresh, &files));
+    reader.scan(&app);
+    assert_eq!(lines(&app), full_read(&dir, &fresh, &files));
+    assert_eq!(faults(&reader), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&fresh);
+}

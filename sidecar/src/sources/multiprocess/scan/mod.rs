@@ -291,6 +291,10 @@ pub struct DirState {
     /// Tests: files whose look was taken on two threads ([`DirState::look_ahead`]).
     #[cfg(test)]
     pub(crate) looked_ahead: u64,
+    /// Tests: run on the look-ahead thread inside its first guarded read (see
+    /// [`on_next_mapped_read`]).
+    #[cfg(test)]
+    look_ahead_hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// How a round went, for self-metrics.
@@ -367,6 +371,8 @@ impl DirState {
             crash_before_delete: false,
             #[cfg(test)]
             looked_ahead: 0,
+            #[cfg(test)]
+            look_ahead_hook: std::sync::Mutex::new(None),
         }
     }
 
@@ -375,6 +381,15 @@ impl DirState {
     #[cfg(test)]
     pub(crate) fn force_look_ahead(&mut self) {
         self.look_ahead_min_slots = 0;
+    }
+
+    /// Tests: runs `action` inside the look-ahead thread's next guarded read, after its
+    /// `fstat` (to cut a file under that thread's read).
+    #[cfg(test)]
+    pub(crate) fn on_next_look_ahead_read(&mut self, action: impl FnOnce() + Send + 'static) {
+        if let Ok(mut hook) = self.look_ahead_hook.lock() {
+            *hook = Some(Box::new(action));
+        }
     }
 
     /// Applies a (reloaded) liveness policy.

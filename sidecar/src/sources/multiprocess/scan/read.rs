@@ -437,11 +437,19 @@ impl DirState {
                 })
                 .collect::<Vec<_>>()
         };
+        #[cfg(test)]
+        let hook = self.look_ahead_hook.lock().ok().and_then(|mut h| h.take());
         let (mine, other) = std::thread::scope(|scope| {
             let helper = std::thread::Builder::new()
                 .name("multiprocess-look".into())
                 .stack_size(LOOK_AHEAD_STACK)
-                .spawn_scoped(scope, || look_all(theirs, their_buffers));
+                .spawn_scoped(scope, || {
+                    #[cfg(test)]
+                    if let Some(action) = hook {
+                        super::fs::test_hooks::on_next_read(action);
+                    }
+                    look_all(theirs, their_buffers)
+                });
             let mine = look_all(ours, our_buffers);
             // A thread that cannot be had (or panicked): its files are read in the round.
             let other = helper.ok().and_then(|h| h.join().ok()).unwrap_or_default();
