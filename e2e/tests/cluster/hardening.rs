@@ -551,6 +551,29 @@ async fn least_privilege(env: Env) {
     let as_operator_deployments: Api<Deployment> =
         Api::namespaced(as_operator.clone(), &app_namespace);
     let merge = |value: serde_json::Value| Patch::Merge(value);
+    let evil_image = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "evil:latest"}]}}}});
+    // The workload rule is a second policy, loaded by the apiserver on its own: wait for it too
+    // (seen once in CI: the ConfigMap rule refused while the image change still passed). A dry
+    // run changes nothing while it is not refused yet.
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    eventually(
+        "the workload policy to refuse an image change",
+        WAIT,
+        || async {
+            match as_operator_deployments
+                .patch("app", &dry_run, &merge(evil_image.clone()))
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.code == 403 => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
     let refused = [
         (
             "a ConfigMap in kube-system",
@@ -573,14 +596,7 @@ async fn least_privilege(env: Env) {
         (
             "a workload's image",
             as_operator_deployments
-                .patch(
-                    "app",
-                    &PatchParams::default(),
-                    &merge(
-                        serde_json::json!({"spec": {"template": {"spec": {"containers": [
-                        {"name": "app", "image": "evil:latest"}]}}}}),
-                    ),
-                )
+                .patch("app", &PatchParams::default(), &merge(evil_image.clone()))
                 .await
                 .map(drop),
         ),
