@@ -699,6 +699,17 @@ fn a_key_garbled_through_the_mapping_is_seen_by_the_full_round() {
 /// reader shows what a fresh reader shows; a rewrite afterwards is followed as usual.
 /// (The guard's own tests, with the page contents and the fault that is not ours, are in
 /// `scan::bus_guard`.)
+/// Truncates `path` to nothing in place (the inode stays), as `> file` does.
+fn cut_in_place(path: std::path::PathBuf) -> impl FnOnce() + Send + 'static {
+    move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0))
+            .expect("truncate in place");
+    }
+}
+
 #[test]
 fn a_file_cut_under_its_mapping_is_read_again_whole() {
     let dir = scratch("cut");
@@ -712,14 +723,7 @@ fn a_file_cut_under_its_mapping_is_read_again_whole() {
     assert_eq!(lines(&app), before);
     let faults = |r: &Reader| r.stats.mapped_read_faults.get();
     let path = dir.join(&files[0].name);
-    let cut = path.clone();
-    super::scan::on_next_mapped_read(move || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&cut)
-            .and_then(|f| f.set_len(0))
-            .expect("truncate in place");
-    });
+    super::scan::on_next_mapped_read(cut_in_place(path.clone()));
     // Whether this round checks the mapping's slots or reads the file whole and compares
     // the mapping to it, the hook cuts the file between the fstat and the read.
     reader.scan(&app);
@@ -768,18 +772,11 @@ fn a_file_cut_under_the_look_ahead_threads_read_is_read_again_whole() {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "db"))
         .expect("a file");
-    let cut = first.clone();
     let Some(state) = reader.dir_state() else {
         panic!("no directory state after a scan");
     };
     state.force_look_ahead();
-    state.on_next_look_ahead_read(move || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&cut)
-            .and_then(|f| f.set_len(0))
-            .expect("truncate in place");
-    });
+    state.on_next_look_ahead_read(cut_in_place(first.clone()));
     reader.scan(&app);
     assert_eq!(
         std::fs::metadata(&first).expect("stat").len(),
