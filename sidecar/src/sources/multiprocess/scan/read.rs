@@ -308,56 +308,50 @@ impl DirState {
                 (look_mapped(f, ino, round, own), own.as_slice())
             }
         };
-        let (trusted, ctime, mtime) = match look {
-            Look::NotUsed => {
-                if let Some(l) = looked {
-                    self.give_back(l);
-                }
-                return MappedRead::NotUsed;
-            }
+        let read = match look {
+            Look::NotUsed => MappedRead::NotUsed,
             Look::Faulted => {
                 // Cut in place under the mapping: what was read is partly zeros. Read whole
                 // through `pread`, which sees the short file; mapped again once it is sound.
                 f.map = None;
                 f.map_ctime = None;
-                if let Some(l) = looked {
-                    self.give_back(l);
-                }
-                return MappedRead::Faulted;
+                MappedRead::Faulted
             }
             Look::Seen {
                 trusted,
                 ctime,
                 mtime,
-            } => (trusted, ctime, mtime),
+            } => {
+                if trusted {
+                    #[cfg(test)]
+                    {
+                        self.slot_only_reads += 1;
+                    }
+                } else {
+                    #[cfg(test)]
+                    {
+                        self.mapped_whole_compares += 1;
+                    }
+                    f.map_ctime = settled(ctime);
+                }
+                f.mtime = mtime;
+                if !changed.is_empty() {
+                    take_changed_slots(
+                        f,
+                        &mut self.pids,
+                        compact,
+                        folds,
+                        changed,
+                        SystemTime::now(),
+                    );
+                }
+                MappedRead::Done
+            }
         };
-        if trusted {
-            #[cfg(test)]
-            {
-                self.slot_only_reads += 1;
-            }
-        } else {
-            #[cfg(test)]
-            {
-                self.mapped_whole_compares += 1;
-            }
-            f.map_ctime = settled(ctime);
-        }
-        f.mtime = mtime;
-        if !changed.is_empty() {
-            take_changed_slots(
-                f,
-                &mut self.pids,
-                compact,
-                folds,
-                changed,
-                SystemTime::now(),
-            );
-        }
         if let Some(l) = looked {
             self.give_back(l);
         }
-        MappedRead::Done
+        read
     }
 
     /// Keeps a look-ahead buffer for the next round, unless it grew past a relayout's worth.
@@ -373,6 +367,7 @@ impl DirState {
     /// the slots scattered over the mappings, and two cores have twice the reads in flight.
     /// Only reads (nothing is recorded); returns each listed file's look by its index in
     /// `listed`, empty when not worth it.
+    ///
     /// `pool`: buffers for the changed slots, given back by [`DirState::read_mapped`] (no
     /// allocation per file and round in the steady state).
     pub(super) fn look_ahead(
@@ -383,18 +378,16 @@ impl DirState {
         if self.look_ahead_min_slots == usize::MAX {
             return Vec::new();
         }
-        // The files `read_mapped` will read in place: not folded, not of a quiet worker
-        // (those may be skipped unread), mapped and kept open under the listed inode.
+        // The files `read_mapped` will read in place: not folded, not of a quiet worker the
+        // store holds (those may be skipped unread), mapped and kept open under the listed
+        // inode.
         let mut todo: Vec<(usize, &FileState, u64)> = Vec::new();
         let mut slots = 0usize;
         for (at, listed_file) in listed.iter().enumerate() {
             let name = listed_file.name.as_str();
             if listed_file.pid == format::RETIRED_PID
                 || self.folded.contains_key(name)
-                || self
-                    .pids
-                    .get(listed_file.pid.as_str())
-                    .is_some_and(|st| st.quiet)
+                || self.quiet_in_store(&listed_file.pid)
             {
                 continue;
             }
@@ -532,7 +525,7 @@ impl DirState {
     /// (and it is read anyway every [`QUIET_REREAD_ROUNDS`] rounds). Without this, thousands
     /// of dead workers' files would be read every second when compaction is off.
     pub(super) fn quiet_unchanged(&mut self, name: &str, pid: &str, ino: u64, gone: bool) -> bool {
-        if !self.pids.get(pid).is_some_and(|st| st.quiet && st.in_store) {
+        if !self.quiet_in_store(pid) {
             return false;
         }
         let Some(f) = self.files.get_mut(name) else {
@@ -557,6 +550,12 @@ impl DirState {
         }
         f.quiet_stat = Some(now);
         false
+    }
+
+    /// A worker found quiet (dead or stale) last round whose values the store holds: its
+    /// files may be skipped unread ([`DirState::quiet_unchanged`]).
+    fn quiet_in_store(&self, pid: &str) -> bool {
+        self.pids.get(pid).is_some_and(|st| st.quiet && st.in_store)
     }
 
     /// Reads a dead worker's file once more and keeps the content if it is valid and the same
