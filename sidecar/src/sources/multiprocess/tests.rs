@@ -783,6 +783,7 @@ pub(super) mod scanning {
             "multiprocessLiveness: mtime\nlimits: {maxMultiprocessFiles: 2}\n",
             LivenessPolicy::Auto,
         );
+        settle();
         reader.scan(&app);
         let s = summary(&reader);
         assert_eq!((s.files, s.skipped), (2, 3));
@@ -791,13 +792,116 @@ pub(super) mod scanning {
             Some(2.0),
             "only the files under the cap are read"
         );
+        settle();
         reader.scan(&app);
         assert_eq!(total(&app), Some(2.0), "the same two, not others");
+        assert_eq!(
+            reader.dir_state().map(|st| st.listings),
+            Some(2),
+            "a listing that skipped files is not reused (what it skips depends on what is tracked)"
+        );
         assert_eq!(
             reader.stats.file_reads.get(),
             4,
             "two files read per scan: the skipped ones are never opened"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Scans and returns how many times the directory was listed (not reused) in all.
+    fn scan_counting_listings(app: &App, reader: &mut Reader) -> u64 {
+        reader.scan(app);
+        reader.dir_state().map_or(0, |st| st.listings)
+    }
+
+    /// Waits until a change to `dir` is old enough that the next one is sure to move its
+    /// ctime (see `fs::settled`).
+    fn settle() {
+        std::thread::sleep(Duration::from_millis(80));
+    }
+
+    #[test]
+    fn a_standing_directory_is_listed_once_and_every_entry_change_is_seen() {
+        let dir = scratch("listing");
+        write_counter(&dir, DEAD, 1.0);
+        write_counter(&dir, DEAD - 1, 2.0);
+        let (app, mut reader) = start_with(
+            &dir,
+            "multiprocessLiveness: mtime\nmultiprocessCompact: false\n",
+            LivenessPolicy::Auto,
+        );
+        settle();
+        assert_eq!(scan_counting_listings(&app, &mut reader), 1);
+        assert_eq!(scan_counting_listings(&app, &mut reader), 1, "reused");
+        assert_eq!(total(&app), Some(3.0));
+
+        // Each change below is left to settle before the scan, so the directory's stamp is
+        // trusted again: it is the change of stamp that has the directory listed again.
+        // A new file.
+        write_counter(&dir, DEAD - 2, 4.0);
+        settle();
+        assert_eq!(scan_counting_listings(&app, &mut reader), 2);
+        assert_eq!(total(&app), Some(7.0), "the new worker is read");
+        assert_eq!(scan_counting_listings(&app, &mut reader), 2, "reused");
+
+        // A file replaced by a rename (another inode under the same name).
+        let staged = dir.join("staged");
+        std::fs::create_dir(&staged).expect("mkdir");
+        let replacement = write_counter(&staged, DEAD, 10.0);
+        std::fs::rename(
+            &replacement,
+            dir.join(FileKind::Counter.file_name(&DEAD.to_string())),
+        )
+        .expect("rename");
+        std::fs::remove_dir(&staged).expect("rmdir");
+        settle();
+        assert_eq!(scan_counting_listings(&app, &mut reader), 3);
+        assert_eq!(
+            total(&app),
+            Some(16.0),
+            "the replacement's value, not the old one's"
+        );
+
+        // A removed file.
+        std::fs::remove_file(dir.join(FileKind::Counter.file_name(&(DEAD - 1).to_string())))
+            .expect("rm");
+        settle();
+        assert_eq!(scan_counting_listings(&app, &mut reader), 4);
+        assert_eq!(
+            summary(&reader).files,
+            2,
+            "the removed file is no longer read"
+        );
+        assert_eq!(
+            total(&app),
+            Some(16.0),
+            "its counter is retired, not dropped: the total never goes back"
+        );
+
+        // A change scanned before it settled: listed again, and not kept for the next round.
+        write_counter(&dir, DEAD - 3, 8.0);
+        assert_eq!(scan_counting_listings(&app, &mut reader), 5);
+        assert_eq!(total(&app), Some(24.0));
+        assert_eq!(
+            scan_counting_listings(&app, &mut reader),
+            6,
+            "not trusted yet"
+        );
+        settle();
+
+        // Standing still, it is listed anyway once every FULL_READ_ROUNDS rounds.
+        settle();
+        let before = scan_counting_listings(&app, &mut reader);
+        let rounds = super::super::scan::FULL_READ_ROUNDS;
+        let mut after = before;
+        for _ in 0..rounds {
+            after = scan_counting_listings(&app, &mut reader);
+        }
+        assert!(
+            after == before + 1,
+            "one listing in {rounds} standing rounds: {before} -> {after}"
+        );
+        assert_eq!(total(&app), Some(24.0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

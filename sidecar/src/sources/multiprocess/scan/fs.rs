@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
 use std::path::Path;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Checks a file's layout (entries within `used`, keys UTF-8) and returns the value offsets.
 /// Keys are parsed when the worker's plan is built; one that is not valid JSON leaves out
@@ -113,6 +113,44 @@ fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result
         }
     }
     Ok(done)
+}
+
+/// A ctime older than this when it was seen can be trusted to move on the next change: the
+/// kernel stamps changes from a clock that lags real time by at most a tick.
+const CTIME_SETTLED: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `ctime` if it is old enough that a later change is certain to get a different one (a
+/// write in the same clock tick as the check would not); None otherwise.
+pub(super) fn settled(ctime: (i64, i64)) -> Option<(i64, i64)> {
+    let (secs, nanos) = ctime;
+    let stamp = UNIX_EPOCH.checked_add(std::time::Duration::new(
+        u64::try_from(secs).ok()?,
+        u32::try_from(nanos).ok()?,
+    ))?;
+    let age = SystemTime::now().duration_since(stamp).ok()?;
+    (age >= CTIME_SETTLED).then_some(ctime)
+}
+
+/// What says a directory's entries are the ones last listed: creating, removing or renaming
+/// an entry moves the directory's ctime, and a replaced directory has another inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DirStamp {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl DirStamp {
+    /// The directory's stamp now, if its ctime is [`settled`]: only then does any later
+    /// change give another stamp. None when it cannot be read or is too recent to tell.
+    pub(super) fn settled(dir: &Path) -> Option<DirStamp> {
+        let meta = std::fs::metadata(dir).ok()?;
+        Some(DirStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: settled((meta.ctime(), meta.ctime_nsec()))?,
+        })
+    }
 }
 
 /// The directory's `.db` files.

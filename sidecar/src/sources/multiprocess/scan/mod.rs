@@ -39,6 +39,7 @@ use super::merge::{FxHashMap, FxHashSet, Plan, Slot};
 use super::retired::{self, FoldedFile, Retired};
 use crate::app::App;
 use crate::store::{Source, Store, WorkerKey};
+use fs::Listing;
 use monasca_config::SidecarConfig;
 use round::{Round, RoundCtx};
 use std::path::PathBuf;
@@ -140,7 +141,7 @@ struct FileState {
     /// ([`DirState::read_mapped`]).
     map: Option<read::Mapped>,
     /// The file's ctime when `map` was last checked against `raw` byte for byte, if it was
-    /// old enough then to be sure to move on any later write (see `read::settled`). While it
+    /// old enough then to be sure to move on any later write (see `fs::settled`). While it
     /// stands, only the value slots are read: any other change than the client's (values
     /// written through its mapping, entries appended) moves it.
     map_ctime: Option<(i64, i64)>,
@@ -275,6 +276,12 @@ pub struct DirState {
     store_epoch: u64,
     /// Worker files over the cap in the last listing.
     skipped: usize,
+    /// The last listing, reused while the directory stands as it was (see
+    /// [`DirState::cached_listing`]).
+    listing_cache: Option<CachedListing>,
+    /// Tests: directory listings read (not reused).
+    #[cfg(test)]
+    pub(crate) listings: u64,
     /// Tests: files checked by their value slots alone (see [`FileState::map_ctime`]).
     #[cfg(test)]
     pub(crate) slot_only_reads: u64,
@@ -295,6 +302,13 @@ pub struct DirState {
     /// [`on_next_mapped_read`]).
     #[cfg(test)]
     look_ahead_hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+/// A listing and what it was taken under.
+struct CachedListing {
+    stamp: fs::DirStamp,
+    file_cap: usize,
+    listing: Listing,
 }
 
 /// How a round went, for self-metrics.
@@ -361,6 +375,9 @@ impl DirState {
             retry_deletes_at: None,
             store_epoch: 0,
             skipped: 0,
+            listing_cache: None,
+            #[cfg(test)]
+            listings: 0,
             #[cfg(test)]
             slot_only_reads: 0,
             #[cfg(test)]
@@ -438,23 +455,58 @@ impl DirState {
         };
         // List the directory; new files only up to the cap, counted before anything is read
         // or allocated for them.
-        let tracked = self.files.len() + self.folded.len();
-        let known = |name: &str| self.files.contains_key(name) || self.folded.contains_key(name);
-        let listing = match fs::list_dir(&self.dir, ctx.file_cap.saturating_sub(tracked), &known) {
-            Ok(l) => {
-                ctx.log.clear("list");
-                l
-            }
-            Err(e) => {
-                if ctx.log.first("list") {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list the multiprocess directory; keeping the last values");
+        // (The stamp comes first: a change while the directory is read moves it.)
+        let (stamp, file_cap) = (fs::DirStamp::settled(&self.dir), ctx.file_cap);
+        let listing = match self.cached_listing(stamp, file_cap) {
+            Some(listing) => listing,
+            None => {
+                #[cfg(test)]
+                {
+                    self.listings += 1;
                 }
-                stats.error("list");
-                apply::touch_all(app, &self.pids, self.retired_in_store);
-                return self.summary(0, 0, ctx.compact);
+                let tracked = self.files.len() + self.folded.len();
+                let known =
+                    |name: &str| self.files.contains_key(name) || self.folded.contains_key(name);
+                match fs::list_dir(&self.dir, file_cap.saturating_sub(tracked), &known) {
+                    Ok(l) => {
+                        ctx.log.clear("list");
+                        l
+                    }
+                    Err(e) => {
+                        if ctx.log.first("list") {
+                            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list the multiprocess directory; keeping the last values");
+                        }
+                        stats.error("list");
+                        apply::touch_all(app, &self.pids, self.retired_in_store);
+                        return self.summary(0, 0, ctx.compact);
+                    }
+                }
             }
         };
-        Round::new(self, ctx, &listing).run()
+        let summary = Round::new(self, ctx, &listing).run();
+        if let Some(stamp) = stamp
+            && listing.skipped == 0
+        {
+            self.listing_cache = Some(CachedListing {
+                stamp,
+                file_cap,
+                listing,
+            });
+        }
+        summary
+    }
+
+    /// The last listing, when it still describes the directory: the directory's settled
+    /// stamp is the one taken before it was read (any entry created, removed or renamed since
+    /// would have moved it), the cap is the same and it skipped no file (which files the cap
+    /// leaves out depends on what is tracked). Listed anyway every [`FULL_READ_ROUNDS`]
+    /// rounds, for file systems that do not keep a directory's ctime.
+    fn cached_listing(&mut self, stamp: Option<fs::DirStamp>, file_cap: usize) -> Option<Listing> {
+        let cached = self.listing_cache.take()?;
+        (stamp? == cached.stamp
+            && cached.file_cap == file_cap
+            && !self.round_number.is_multiple_of(FULL_READ_ROUNDS))
+        .then_some(cached.listing)
     }
 
     fn summary(&self, live: usize, dead: usize, compact: bool) -> RoundSummary {

@@ -3,7 +3,7 @@
 //! released worker's files read back.
 
 use super::fold::{decreased, reset_fold};
-use super::fs::{Faulted, ListedFile, Mapping, ident_of, layout, read_content, read_db};
+use super::fs::{Faulted, ListedFile, Mapping, ident_of, layout, read_content, read_db, settled};
 use super::round::RoundCtx;
 use super::{
     DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, MAX_OPEN_FILES, PidState,
@@ -785,22 +785,6 @@ fn shrunk_under_map(dir: &std::path::Path, name: &str, stats: &Stats) {
         "a multiprocess file shrank while it was read through its mapping; reading it again"
     );
     stats.mapped_read_faults.inc();
-}
-
-/// A ctime older than this when it was seen can be trusted to move on the next change: the
-/// kernel stamps changes from a clock that lags real time by at most a tick.
-const CTIME_SETTLED: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// `ctime` if it is old enough that a later change is certain to get a different one (a
-/// write in the same clock tick as the check would not); None otherwise.
-fn settled(ctime: (i64, i64)) -> Option<(i64, i64)> {
-    let (secs, nanos) = ctime;
-    let stamp = UNIX_EPOCH.checked_add(std::time::Duration::new(
-        u64::try_from(secs).ok()?,
-        u32::try_from(nanos).ok()?,
-    ))?;
-    let age = SystemTime::now().duration_since(stamp).ok()?;
-    (age >= CTIME_SETTLED).then_some(ctime)
 }
 
 /// The value slots whose 16 bytes differ between two contents of the same length, as
