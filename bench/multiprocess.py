@@ -96,15 +96,15 @@ class Sidecar:
                 pass
             time.sleep(0.005)
 
-    def scrape(self):
-        """One timed GET /metrics over a kept-alive HTTP/1.1 connection, as Prometheus scrapes
-        (no TCP handshake and no urllib set-up per request): (seconds, body)."""
+    def scrape(self, path="/metrics"):
+        """One timed GET of `path` (`/metrics`) over a kept-alive HTTP/1.1 connection, as
+        Prometheus scrapes (no TCP handshake and no urllib set-up per request): (seconds, body)."""
         t = time.perf_counter()
         for attempt in (1, 2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
             try:
-                self.conn.request("GET", "/metrics")
+                self.conn.request("GET", path)
                 response = self.conn.getresponse()
                 body = response.read()
                 break
@@ -115,7 +115,7 @@ class Sidecar:
                 if attempt == 2:
                     raise
         if response.status != 200:
-            raise RuntimeError(f"GET /metrics: {response.status}")
+            raise RuntimeError(f"GET {path}: {response.status}")
         return time.perf_counter() - t, body
 
     def stop(self):
@@ -258,6 +258,14 @@ def measure(runs, work):
             updater.close()
         out["python_changing"], out["sidecar_changing"] = py, sc
         out["changed_per_step"] = updater.changed_per_step
+        # The floor of any GET that follows a Python collect on this machine: the same sidecar
+        # answering `/healthz` (no scan, no render) after one, so the changing row's GETs can be
+        # read against what waking an idle process and its client costs here.
+        idle = []
+        for _ in range(runs):
+            python_collect(live)
+            idle.append(s.scrape("/healthz")[0])
+        out["healthz_after_collect"] = idle
     finally:
         s.stop()
 
