@@ -119,16 +119,31 @@ fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result
 /// kernel stamps changes from a clock that lags real time by at most a tick.
 const CTIME_SETTLED: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The same for a ctime with no sub-second part: the file system may keep whole seconds
+/// (ext4 with 128-byte inodes, some NFS servers; FAT keeps two), so a change in the same
+/// second or two would get the same ctime.
+const COARSE_CTIME_SETTLED: std::time::Duration = std::time::Duration::from_millis(2050);
+
 /// `ctime` if it is old enough that a later change is certain to get a different one (a
 /// write in the same clock tick as the check would not); None otherwise.
 pub(super) fn settled(ctime: (i64, i64)) -> Option<(i64, i64)> {
+    settled_at(ctime, SystemTime::now())
+}
+
+/// [`settled`] as of `now`.
+fn settled_at(ctime: (i64, i64), now: SystemTime) -> Option<(i64, i64)> {
     let (secs, nanos) = ctime;
     let stamp = UNIX_EPOCH.checked_add(std::time::Duration::new(
         u64::try_from(secs).ok()?,
         u32::try_from(nanos).ok()?,
     ))?;
-    let age = SystemTime::now().duration_since(stamp).ok()?;
-    (age >= CTIME_SETTLED).then_some(ctime)
+    let age = now.duration_since(stamp).ok()?;
+    let needed = if nanos == 0 {
+        COARSE_CTIME_SETTLED
+    } else {
+        CTIME_SETTLED
+    };
+    (age >= needed).then_some(ctime)
 }
 
 /// What says a directory's entries are the ones last listed: creating, removing or renaming
@@ -395,5 +410,33 @@ pub(super) mod test_hooks {
         if let Some(action) = BEFORE_READ.with(|h| h.borrow_mut().take()) {
             action();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settled_at;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_ctime_is_trusted_once_no_later_change_can_share_it() {
+        let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+        let fine = (1_000, 123_456_789);
+        assert_eq!(settled_at(fine, at(1_000, 143_456_789)), None, "20 ms old");
+        assert_eq!(
+            settled_at(fine, at(1_000, 183_456_789)),
+            Some(fine),
+            "60 ms old"
+        );
+        // Whole seconds: the file system may not keep more, so the same second (or two, for
+        // FAT) could give a later change the same ctime.
+        let coarse = (1_000, 0);
+        assert_eq!(settled_at(coarse, at(1_000, 900_000_000)), None);
+        assert_eq!(settled_at(coarse, at(1_001, 500_000_000)), None);
+        assert_eq!(settled_at(coarse, at(1_002, 100_000_000)), Some(coarse));
+        // A ctime in the future (clock stepped back) or out of range is never trusted.
+        assert_eq!(settled_at(fine, at(999, 0)), None);
+        assert_eq!(settled_at((-1, 0), at(1_000, 0)), None);
+        assert_eq!(settled_at((1_000, -1), at(2_000, 0)), None);
     }
 }
