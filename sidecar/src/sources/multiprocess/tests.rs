@@ -887,7 +887,6 @@ pub(super) mod scanning {
             6,
             "not trusted yet"
         );
-        settle();
 
         // Standing still, it is listed anyway once every FULL_READ_ROUNDS rounds.
         settle();

@@ -693,12 +693,6 @@ fn a_key_garbled_through_the_mapping_is_seen_by_the_full_round() {
     assert_eq!(lines(&t.app), full_read(&t.dir, &t.fresh, &t.files));
 }
 
-/// A file cut in place by another program right after the reader's `fstat` (the worst
-/// moment, set up through the test hook) faults under the mapping: the process lives on, the
-/// read is thrown away and counted, and the file is read again through `pread`, so the
-/// reader shows what a fresh reader shows; a rewrite afterwards is followed as usual.
-/// (The guard's own tests, with the page contents and the fault that is not ours, are in
-/// `scan::bus_guard`.)
 /// Truncates `path` to nothing in place (the inode stays), as `> file` does.
 fn cut_in_place(path: std::path::PathBuf) -> impl FnOnce() + Send + 'static {
     move || {
@@ -710,6 +704,12 @@ fn cut_in_place(path: std::path::PathBuf) -> impl FnOnce() + Send + 'static {
     }
 }
 
+/// A file cut in place by another program right after the reader's `fstat` (the worst
+/// moment, set up through the test hook) faults under the mapping: the process lives on, the
+/// read is thrown away and counted, and the file is read again through `pread`, so the
+/// reader shows what a fresh reader shows; a rewrite afterwards is followed as usual.
+/// (The guard's own tests, with the page contents and the fault that is not ours, are in
+/// `scan::bus_guard`.)
 #[test]
 fn a_file_cut_under_its_mapping_is_read_again_whole() {
     let dir = scratch("cut");
