@@ -72,15 +72,24 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_port(port, timeout=20):
+class ExitedEarly(RuntimeError):
+    """A server process ended before it listened."""
+
+
+def wait_port(port, timeout=20, server=None):
+    """Returns once something accepts on `port`; with `server` (a Server), fails at once if that
+    process ends first, with the end of what it wrote to stderr."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if server is not None and server.proc.poll() is not None:
+            raise ExitedEarly(f"{os.path.basename(server.argv[0])} exited with {server.proc.returncode} "
+                              f"before listening on {port}: {server.stderr_tail()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+    raise RuntimeError(f"nothing listens on {port}" + (f": {server.stderr_tail()}" if server else ""))
 
 
 def median(values):
@@ -142,34 +151,66 @@ class Report:
 
 
 class Server:
-    """A server process on loopback, killed on exit."""
+    """A server process on loopback, killed on exit. Its stderr is kept in a temporary file, to
+    say why it did not start."""
 
     def __init__(self, argv, port):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.argv = argv
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.stderr)
         self.port = port
-        wait_port(port)
+        try:
+            wait_port(port, server=self)
+        except Exception:
+            self.stop()
+            raise
+
+    def stderr_tail(self, limit=4000):
+        self.stderr.seek(0, os.SEEK_END)
+        size = self.stderr.tell()
+        self.stderr.seek(max(0, size - limit))
+        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+        # A Rust binary's `Error: ...` line, not the backtrace after it.
+        errors = [line for line in lines if line.startswith("Error")]
+        return (errors or lines or ["(nothing on stderr)"])[-1]
 
     def rss_kib(self):
         return rss_kib(self.proc.pid)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self.stderr.close()
 
 
 def sidecar(extra=""):
-    metrics, ingest, statsd = free_port(), free_port(), free_port()
-    cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    cfg.write(
-        f'listen: {{metrics: "127.0.0.1:{metrics}", ingest: "127.0.0.1:{ingest}", statsd: "127.0.0.1:{statsd}"}}\n'
-        "limits: {maxBodyBytes: 67108864, maxSeriesPerWorker: 1000000}\n" + extra
-    )
-    cfg.close()
-    s = Server([os.path.join(RELEASE, "monasca-sidecar"), "--config", cfg.name], ingest)
-    wait_port(metrics)
-    s.metrics_port = metrics
-    s.statsd_port = statsd
-    return s
+    """A release sidecar with every listener on a port of its own. A port another process took
+    between `free_port` and the sidecar's bind makes it exit at start: it is started again on new
+    ports (twice at most)."""
+    for attempt in (1, 2, 3):
+        metrics, ingest, statsd, otlp = free_port(), free_port(), free_port(), free_port()
+        cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        cfg.write(
+            f'listen: {{metrics: "127.0.0.1:{metrics}", ingest: "127.0.0.1:{ingest}", '
+            f'statsd: "127.0.0.1:{statsd}", otlp: "127.0.0.1:{otlp}"}}\n'
+            "limits: {maxBodyBytes: 67108864, maxSeriesPerWorker: 1000000}\n" + extra
+        )
+        cfg.close()
+        s = None
+        try:
+            s = Server([os.path.join(RELEASE, "monasca-sidecar"), "--config", cfg.name], ingest)
+            wait_port(metrics, server=s)
+        except ExitedEarly as e:
+            if s is not None:
+                s.stop()
+            if attempt == 3:
+                raise
+            log(f"{e}; starting it again on new ports")
+            continue
+        s.metrics_port = metrics
+        s.statsd_port = statsd
+        return s
 
 
 def pushgateway():
