@@ -78,7 +78,7 @@ class ExitedEarly(RuntimeError):
 
 def wait_port(port, timeout=20, server=None):
     """Returns once something accepts on `port`; with `server` (a Server), fails at once if that
-    process ends first, with the end of what it wrote to stderr."""
+    process ends first, with its error line (see `Server.stderr_tail`)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server is not None and server.proc.poll() is not None:
@@ -201,10 +201,10 @@ def sidecar(extra=""):
         try:
             s = Server([os.path.join(RELEASE, "monasca-sidecar"), "--config", cfg.name], ingest)
             wait_port(metrics, server=s)
-        except ExitedEarly as e:
+        except Exception as e:
             if s is not None:
-                s.stop()
-            if attempt == 3:
+                s.stop()  # (also when it still runs but never listened on `metrics`)
+            if not isinstance(e, ExitedEarly) or attempt == 3:
                 raise
             log(f"{e}; starting it again on new ports")
             continue
