@@ -406,6 +406,12 @@ pub(super) mod test_hooks {
         BEFORE_READ.with(|h| *h.borrow_mut() = Some(Box::new(action)));
     }
 
+    /// Drops an action that did not run, so it cannot fire in a later job of a thread that is
+    /// kept (the look-ahead thread).
+    pub(in crate::sources::multiprocess::scan) fn clear() {
+        BEFORE_READ.with(|h| h.borrow_mut().take());
+    }
+
     pub(super) fn before_read() {
         if let Some(action) = BEFORE_READ.with(|h| h.borrow_mut().take()) {
             action();
