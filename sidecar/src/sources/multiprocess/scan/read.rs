@@ -5,6 +5,7 @@
 use super::fold::{decreased, reset_fold};
 use super::fs::{Faulted, ListedFile, Mapping, ident_of, layout, read_content, read_db, settled};
 use super::round::RoundCtx;
+use super::share::share;
 use super::{
     DirState, FULL_READ_ROUNDS, FileState, Fold, Ident, MAX_OPEN_FILES, PidState,
     QUIET_REREAD_ROUNDS,
@@ -15,9 +16,7 @@ use crate::sources::multiprocess::merge::FxHashMap;
 use crate::sources::multiprocess::retired;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 impl DirState {
     /// Reads a released worker's files back from disk, so it can be applied or folded again.
@@ -370,13 +369,7 @@ impl DirState {
     /// Only reads (nothing is recorded); returns each listed file's look by its index in
     /// `listed`, empty when not worth it.
     ///
-    /// The helper is one thread kept for the process ([`look_ahead_thread`]): starting a
-    /// thread per scrape cost the scan ~0.1 ms to start it and ~0.13 ms to join it (measured
-    /// on a 2-vCPU VM). The two threads take the files one at a time from a shared counter,
-    /// so the helper's wake-up (~0.1 ms there) is not waited for: this thread looks at files
-    /// meanwhile, and neither is left with a fixed half. When no file is left, this thread
-    /// polls for the helper's end for a short while (it is finishing its last file, or
-    /// waking to find nothing left) instead of sleeping, whose wake-up costs as much again.
+    /// The files are shared file by file with the scan's kept helper thread ([`share`]).
     ///
     /// `pool`: buffers for the changed slots, given back by [`DirState::read_mapped`] (no
     /// allocation per file and round in the steady state).
@@ -416,76 +409,44 @@ impl DirState {
         }
         // Half the kept buffers each; a thread that runs out allocates.
         let kept = pool.len().min(todo.len());
-        let mut our_buffers = pool.split_off(pool.len() - kept);
-        let their_buffers = our_buffers.split_off(kept / 2);
+        let mut ours = pool.split_off(pool.len() - kept);
+        let theirs = ours.split_off(kept / 2);
         let round = self.round_number;
-        let next = AtomicUsize::new(0);
-        let look_claimed = |buffers: &mut Vec<SlotBuffer>| {
-            let mut looks = Vec::new();
-            while let Some(&(at, f, ino)) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+        #[cfg(test)]
+        let hook = self
+            .look_ahead_hook
+            .lock()
+            .ok()
+            .and_then(|mut h| h.take())
+            .map(|action| -> Box<dyn FnOnce() + Send> {
+                Box::new(move || super::fs::test_hooks::on_next_read(action))
+            });
+        #[cfg(not(test))]
+        let hook = None;
+        let shared = share(
+            todo.len(),
+            [ours, theirs],
+            |buffers: &mut Vec<SlotBuffer>, i| {
+                let (at, f, ino) = todo[i];
                 let mut changed = buffers.pop().unwrap_or_default();
                 changed.clear();
                 let look = look_mapped(f, ino, round, &mut changed);
-                looks.push((at, Looked { look, changed }));
-            }
-            looks
-        };
-        #[cfg(test)]
-        let hook = self.look_ahead_hook.lock().ok().and_then(|mut h| h.take());
-        #[cfg(test)]
-        let hooked = hook.is_some();
-        let Some(helper) = look_ahead_thread() else {
-            // No thread could be had: this one looks at every file.
-            let mut buffers = our_buffers;
-            buffers.extend(their_buffers);
-            let mine = look_claimed(&mut buffers);
+                (at, Looked { look, changed })
+            },
+            hook,
+        );
+        for mut buffers in shared.states {
             pool.append(&mut buffers);
-            return place(listed.len(), mine);
-        };
-        let done = AtomicBool::new(false);
-        // The helper's looks and buffers; `None` if it panicked (its files are then read in
-        // the round).
-        let mut theirs: Option<(Looks, Vec<SlotBuffer>)> = None;
-        let mut buffers = our_buffers;
-        let mine = helper.in_place_scope(|scope| {
-            let (theirs, done) = (&mut theirs, &done);
-            let look_claimed = &look_claimed;
-            scope.spawn(move |_| {
-                *theirs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    #[cfg(test)]
-                    if let Some(action) = hook {
-                        super::fs::test_hooks::on_next_read(action);
-                    }
-                    let mut buffers = their_buffers;
-                    let looks = look_claimed(&mut buffers);
-                    #[cfg(test)]
-                    super::fs::test_hooks::clear();
-                    (looks, buffers)
-                }))
-                .ok();
-                done.store(true, Ordering::Release);
-            });
-            // Tests: a hooked read must happen on the helper, so it takes every file.
-            #[cfg(test)]
-            if hooked {
-                return Vec::new();
+        }
+        // A file the helper did not look at (it panicked) is read in the round.
+        let mut out: Vec<Option<Looked>> = Vec::new();
+        out.resize_with(listed.len(), || None);
+        for (_, (at, looked)) in shared.done {
+            if let Some(slot) = out.get_mut(at) {
+                *slot = Some(looked);
             }
-            let mine = look_claimed(&mut buffers);
-            let polled = Instant::now();
-            while !done.load(Ordering::Acquire) && polled.elapsed() < JOIN_POLL {
-                std::hint::spin_loop();
-            }
-            mine
-        });
-        pool.append(&mut buffers);
-        let other = match theirs {
-            Some((looks, mut buffers)) => {
-                pool.append(&mut buffers);
-                looks
-            }
-            None => Vec::new(),
-        };
-        place(listed.len(), mine.into_iter().chain(other))
+        }
+        out
     }
 
     /// [`DirState::remap`], reporting a file cut under the mapping while it was compared.
@@ -619,50 +580,8 @@ impl DirState {
     }
 }
 
-/// Stack of the look-ahead thread: it only compares slots (no recursion, no large frames;
-/// the pool's own loop and a panic's unwinding fit well within it).
-const LOOK_AHEAD_STACK: usize = 256 << 10;
-
-/// The process's look-ahead thread, started on first use; `None` if it could not be started
-/// (the scan then looks at every file itself).
-fn look_ahead_thread() -> Option<&'static rayon_core::ThreadPool> {
-    static HELPER: OnceLock<Option<rayon_core::ThreadPool>> = OnceLock::new();
-    HELPER
-        .get_or_init(|| {
-            rayon_core::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(|_| "multiprocess-look".into())
-                .stack_size(LOOK_AHEAD_STACK)
-                .build()
-                .inspect_err(|e| {
-                    tracing::warn!(error = %e, "cannot start the multiprocess look-ahead thread; files are looked at on one thread");
-                })
-                .ok()
-        })
-        .as_ref()
-}
-
 /// A file's changed value slots: each slot's index in `offsets` and its new bytes.
 type SlotBuffer = Vec<(u32, [u8; 16])>;
-
-/// Looks taken, each with its file's index in the listing.
-type Looks = Vec<(usize, Looked)>;
-
-/// Each look at its listed file's index (`None` where no look was taken).
-fn place(listed: usize, looks: impl IntoIterator<Item = (usize, Looked)>) -> Vec<Option<Looked>> {
-    let mut out: Vec<Option<Looked>> = Vec::new();
-    out.resize_with(listed, || None);
-    for (at, looked) in looks {
-        if let Some(slot) = out.get_mut(at) {
-            *slot = Some(looked);
-        }
-    }
-    out
-}
-
-/// How long the scan thread polls for the look-ahead thread's end before it sleeps: longer
-/// than a file's look and the thread's wake-up, both well under this.
-const JOIN_POLL: Duration = Duration::from_micros(500);
 
 /// Look-ahead buffers of at most this many changed slots are kept for the next round (a
 /// relayout's whole file is not).
