@@ -8,6 +8,7 @@ use crate::sources::multiprocess::format::FileKind;
 use crate::sources::multiprocess::merge::{FxHashMap, Plan, Slot};
 use crate::sources::multiprocess::{LogOnce, Stats};
 use crate::store::{HeldSlots, HeldValue, Now, Store, WorkerKey};
+use std::cell::RefCell;
 
 /// What applying a pid's update did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub(super) enum Update<'p> {
 pub(super) struct HeldUpdate<'p> {
     pub(super) plan: &'p Plan,
     /// Where the plan's series are in the store: found by the store, kept by the worker.
-    pub(super) slots: &'p parking_lot::Mutex<HeldSlots>,
+    pub(super) slots: &'p RefCell<HeldSlots>,
     pub(super) values: Vec<HeldValue>,
     /// The changed series (sorted) and where their values are read, for the validated apply.
     pub(super) series: Vec<u32>,

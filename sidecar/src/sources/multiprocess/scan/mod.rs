@@ -77,11 +77,6 @@ pub(super) const FULL_READ_ROUNDS: u64 = 16;
 /// slots read from memory; 64,000 slots take ~1.0 ms on one thread and ~0.6 ms on two, cold).
 const LOOK_AHEAD_MIN_SLOTS: usize = 16_384;
 
-/// From this many changed values, a round builds its workers' updates on two threads: below,
-/// the helper's wake-up (~0.03-0.1 ms) costs more than half the building saves (~0.07 ms per
-/// 1,000 changed values on one thread, measured on a 2-vCPU VM).
-const SHARED_BUILD_MIN_CHANGES: usize = 2048;
-
 /// CPUs this process may use (its cgroup quota and affinity included), read once per
 /// directory: a sidecar limited to one CPU never starts the look-ahead thread.
 fn available_cpus() -> usize {
@@ -224,7 +219,7 @@ struct PidState {
     released: bool,
     /// Where the store holds the plan's series (see [`crate::store::HeldSlots`]); filled by
     /// the store while the plan is borrowed by the round's updates.
-    held: parking_lot::Mutex<crate::store::HeldSlots>,
+    held: std::cell::RefCell<crate::store::HeldSlots>,
 }
 
 /// Identity of a file on disk.
@@ -274,9 +269,6 @@ pub struct DirState {
     /// The round's mapped files are looked at on two threads from this many value slots on
     /// ([`DirState::look_ahead`]); `usize::MAX` when only one CPU is available.
     look_ahead_min_slots: usize,
-    /// The round's workers' updates are built on two threads from this many changed values
-    /// (`build_updates`); `usize::MAX` when only one CPU is available.
-    shared_build_min_changes: usize,
     /// Changed-slot buffers of the look-ahead, kept between rounds.
     look_pool: Vec<Vec<(u32, [u8; 16])>>,
     retry_writes_at: Option<Instant>,
@@ -360,7 +352,6 @@ impl NotCompacting {
 
 impl DirState {
     pub fn new(dir: PathBuf, policy: LivenessPolicy) -> Self {
-        let two_cpus = available_cpus() >= 2;
         DirState {
             dir,
             files: FxHashMap::default(),
@@ -375,13 +366,8 @@ impl DirState {
             legacy_layout: false,
             open_budget: 0,
             round_number: 0,
-            look_ahead_min_slots: if two_cpus {
+            look_ahead_min_slots: if available_cpus() >= 2 {
                 LOOK_AHEAD_MIN_SLOTS
-            } else {
-                usize::MAX
-            },
-            shared_build_min_changes: if two_cpus {
-                SHARED_BUILD_MIN_CHANGES
             } else {
                 usize::MAX
             },
@@ -409,12 +395,10 @@ impl DirState {
     }
 
     /// Tests: look at the mapped files on two threads whenever there are two (see
-    /// [`DirState::look_ahead`]), however few their slots, and build the workers' updates
-    /// on two threads whenever there are two workers, however few their changes.
+    /// [`DirState::look_ahead`]), however few their slots.
     #[cfg(test)]
     pub(crate) fn force_look_ahead(&mut self) {
         self.look_ahead_min_slots = 0;
-        self.shared_build_min_changes = 0;
     }
 
     /// Tests: runs `action` inside the look-ahead thread's next guarded read, after its

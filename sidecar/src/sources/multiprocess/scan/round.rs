@@ -9,7 +9,6 @@
 use super::apply::{FilesByRank, HeldUpdate, Outcome, Update, apply_fallback};
 use super::fold::build_plan;
 use super::fs::Listing;
-use super::share::share;
 use super::{
     DirState, FileState, Fold, MAX_OPEN_FILES, PARTIAL_MAX_SHARE, PidState, RETIRED_WORKER_ID,
     RoundSummary, retired_key, worker_id, worker_key,
@@ -394,12 +393,7 @@ impl<'r> Round<'r> {
         if bad_keys > 0 {
             stats.corrupt_keys(bad_keys as u64);
         }
-        let (updates, live, dead) = build_updates(
-            &state.pids,
-            &pid_files,
-            &self.alive,
-            state.shared_build_min_changes,
-        );
+        let (updates, live, dead) = build_updates(&state.pids, &pid_files, &self.alive);
         self.live = live;
         self.dead = dead;
         let gone: Vec<String> = state
@@ -543,96 +537,72 @@ fn plan_workers(
 type Updates<'p> = Vec<(&'p str, Update<'p>, bool)>;
 
 /// Each pid's update from its plan and its files' current values: whole, or only the
-/// series whose values changed. Also returns the counts of live and dead workers. With at
-/// least `shared_from` changed values (see [`DirState::shared_build_min_changes`]), the
-/// workers are shared with the scan's helper thread ([`share`]).
+/// series whose values changed. Also returns the counts of live and dead workers.
 fn build_updates<'p>(
     pids: &'p FxHashMap<String, PidState>,
     pid_files: &FxHashMap<&'p str, Vec<&'p FileState>>,
     alive: &FxHashMap<String, bool>,
-    shared_from: usize,
 ) -> (Updates<'p>, usize, usize) {
-    let workers: Vec<(&'p str, &[&'p FileState], bool)> = pid_files
-        .iter()
-        .map(|(pid, files)| {
-            let is_alive = alive.get(*pid).copied().unwrap_or(true);
-            (*pid, files.as_slice(), is_alive)
-        })
-        .collect();
-    let live = workers.iter().filter(|(_, _, is_alive)| *is_alive).count();
-    let dead = workers.len() - live;
-    let build = |i: usize| {
-        let (pid, files, is_alive) = workers[i];
-        build_update(pids.get(pid)?, files, is_alive).map(|u| (pid, u, is_alive))
-    };
-    let changed: usize = workers
-        .iter()
-        .filter_map(|(pid, _, _)| pids.get(*pid))
-        .map(|st| st.changed.len())
-        .sum();
-    let updates = if changed >= shared_from && workers.len() >= 2 {
-        let mut done = share(workers.len(), [(), ()], |_, i| build(i), None).done;
-        // In the listing's order, as on one thread. A worker the helper did not build (it
-        // panicked) keeps its changes for the next round.
-        done.sort_unstable_by_key(|(i, _)| *i);
-        done.into_iter().filter_map(|(_, u)| u).collect()
-    } else {
-        (0..workers.len()).filter_map(build).collect()
-    };
+    let (mut live, mut dead) = (0, 0);
+    let mut updates: Updates<'p> = Vec::new();
+    for (pid, files) in pid_files {
+        let is_alive = alive.get(*pid).copied().unwrap_or(true);
+        if is_alive {
+            live += 1;
+        } else {
+            dead += 1;
+        }
+        let Some(st) = pids.get(*pid) else {
+            continue;
+        };
+        let Some(plan) = &st.plan else { continue };
+        let by_rank = FilesByRank::new(files);
+        let value_of = |s: Slot| by_rank.value(s);
+        if st.failed && st.changed.is_empty() {
+            // Rejected last time and nothing changed since: the same update would be
+            // rejected again (a series limit, a type conflict held by another source).
+            continue;
+        }
+        if st.full {
+            let families = plan.families(None, !is_alive, &value_of);
+            updates.push((pid, Update::Full(families), is_alive));
+        } else if !st.changed.is_empty() {
+            // (Sized up front: a collect from `filter_map` grows by doubling.)
+            let mut series: Vec<u32> = Vec::with_capacity(st.changed.len());
+            series.extend(st.changed.iter().filter_map(|&(rank, i)| {
+                // Only entries of a file still readable.
+                by_rank.file(rank as usize)?;
+                let series = *st.entry_series.get(rank as usize)?.get(i as usize)?;
+                (series != u32::MAX).then_some(series)
+            }));
+            series.sort_unstable();
+            series.dedup();
+            if series.is_empty() {
+                continue;
+            }
+            if series.len() * PARTIAL_MAX_SHARE > plan.len() {
+                let families = plan.families(None, !is_alive, &value_of);
+                updates.push((pid, Update::Full(families), is_alive));
+            } else {
+                let mut values = Vec::with_capacity(series.len());
+                values.extend(
+                    series
+                        .iter()
+                        .filter_map(|&s| plan.held_value(s, !is_alive, &value_of)),
+                );
+                let held = HeldUpdate {
+                    plan,
+                    slots: &st.held,
+                    values,
+                    series,
+                    files: by_rank,
+                    skip_live: !is_alive,
+                };
+                updates.push((pid, Update::Held(held), is_alive));
+            }
+        }
+    }
     (updates, live, dead)
-}
-
-/// One worker's update: whole, only its changed series, or `None` when there is nothing to
-/// apply.
-fn build_update<'p>(
-    st: &'p PidState,
-    files: &[&'p FileState],
-    is_alive: bool,
-) -> Option<Update<'p>> {
-    let plan = st.plan.as_ref()?;
-    let by_rank = FilesByRank::new(files);
-    let value_of = |s: Slot| by_rank.value(s);
-    if st.failed && st.changed.is_empty() {
-        // Rejected last time and nothing changed since: the same update would be rejected
-        // again (a series limit, a type conflict held by another source).
-        return None;
-    }
-    if st.full {
-        return Some(Update::Full(plan.families(None, !is_alive, &value_of)));
-    }
-    if st.changed.is_empty() {
-        return None;
-    }
-    // (Sized up front: a collect from `filter_map` grows by doubling.)
-    let mut series: Vec<u32> = Vec::with_capacity(st.changed.len());
-    series.extend(st.changed.iter().filter_map(|&(rank, i)| {
-        // Only entries of a file still readable.
-        by_rank.file(rank as usize)?;
-        let series = *st.entry_series.get(rank as usize)?.get(i as usize)?;
-        (series != u32::MAX).then_some(series)
-    }));
-    series.sort_unstable();
-    series.dedup();
-    if series.is_empty() {
-        return None;
-    }
-    if series.len() * PARTIAL_MAX_SHARE > plan.len() {
-        return Some(Update::Full(plan.families(None, !is_alive, &value_of)));
-    }
-    let mut values = Vec::with_capacity(series.len());
-    values.extend(
-        series
-            .iter()
-            .filter_map(|&s| plan.held_value(s, !is_alive, &value_of)),
-    );
-    Some(Update::Held(HeldUpdate {
-        plan,
-        slots: &st.held,
-        values,
-        series,
-        files: by_rank,
-        skip_live: !is_alive,
-    }))
 }
 
 /// Everything a round puts into the store, built before the lock is taken.
@@ -709,7 +679,7 @@ fn store_batch(
             }
             Update::Held(held) if held.values.is_empty() => Outcome::Applied,
             Update::Held(held) => {
-                let mut slots = held.slots.lock();
+                let mut slots = held.slots.borrow_mut();
                 match store.update_held(&worker, &held.values, held.plan, &mut slots, now) {
                     Ok(_) => {
                         #[cfg(test)]
