@@ -6,19 +6,30 @@ pub use crate::scratch_dir;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A running sidecar; killed on drop.
+/// What [`Sidecar::spawn`] started: the process, its listeners, its log.
+type Started = (
+    ProcessGroup,
+    HashMap<String, SocketAddr>,
+    Arc<Mutex<String>>,
+);
+
+/// A running sidecar; its process (and whatever a wrapper forked) is killed and reaped on drop,
+/// on a restart, and when a start fails half-way.
 pub struct Sidecar {
-    child: Child,
+    process: ProcessGroup,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub addrs: HashMap<String, SocketAddr>,
     pub log: Arc<Mutex<String>>,
+    env: Vec<(String, String)>,
+    wrapper: Vec<String>,
 }
 
 impl Sidecar {
@@ -46,25 +57,39 @@ impl Sidecar {
         }
         text.push_str(config);
         std::fs::write(&config_path, text).expect("write config");
-        Sidecar::spawn(dir, config_path, env, wrapper)
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let wrapper: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
+        let (process, addrs, log) = Sidecar::spawn(&config_path, &env, &wrapper);
+        Sidecar {
+            process,
+            dir,
+            config_path,
+            addrs,
+            log,
+            env,
+            wrapper,
+        }
     }
 
-    /// Starts another sidecar process over the same directory and config (a restart).
+    /// Starts another sidecar process over the same directory and config, with the same
+    /// environment and wrapper (a restart). The old process is SIGKILLed and reaped first.
     pub fn restart(mut self) -> Sidecar {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = self.dir.clone();
-        let config_path = self.config_path.clone();
-        std::mem::forget(self);
-        Sidecar::spawn(dir, config_path, &[], &[])
+        self.process.kill();
+        // Should the new one fail to start, `self` is dropped while unwinding: the directory
+        // goes, and `spawn` has already killed what it started.
+        let (process, addrs, log) = Sidecar::spawn(&self.config_path, &self.env, &self.wrapper);
+        self.process = process;
+        self.addrs = addrs;
+        self.log = log;
+        self
     }
 
-    fn spawn(
-        dir: PathBuf,
-        config_path: PathBuf,
-        env: &[(&str, &str)],
-        wrapper: &[&str],
-    ) -> Sidecar {
+    /// Spawns the process and waits until it is ready. The [`ProcessGroup`] guard exists from
+    /// the moment the process does, so every panic below kills and reaps it.
+    fn spawn(config_path: &Path, env: &[(String, String)], wrapper: &[String]) -> Started {
         let binary = crate::workspace_binary("monasca-sidecar", "monasca-sidecar");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -75,7 +100,7 @@ impl Sidecar {
             None => Command::new(binary),
         };
         cmd.arg("--config")
-            .arg(&config_path)
+            .arg(config_path)
             .env("RUST_LOG", "info")
             .env_remove("PROMETHEUS_MULTIPROC_DIR")
             .env_remove("DECAY_SECONDS")
@@ -85,8 +110,8 @@ impl Sidecar {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start monasca-sidecar");
-        let stderr = child.stderr.take().expect("stderr");
+        let mut process = ProcessGroup::spawn(cmd).expect("start monasca-sidecar");
+        let stderr = process.child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel::<(String, SocketAddr)>();
         {
@@ -105,12 +130,13 @@ impl Sidecar {
                             let _ = tx.send((l, addr));
                         }
                     }
-                    let mut log = log.lock().unwrap();
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
                     log.push_str(&line);
                     log.push('\n');
                 }
             });
         }
+        let log_text = || log.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut addrs = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(addrs.contains_key("metrics") && addrs.contains_key("ingest")) {
@@ -120,8 +146,8 @@ impl Sidecar {
                     addrs.insert(l, a);
                 }
                 Err(_) => {
-                    let _ = child.kill();
-                    panic!("sidecar did not start; log:\n{}", log.lock().unwrap());
+                    process.kill();
+                    panic!("sidecar did not start; log:\n{}", log_text());
                 }
             }
         }
@@ -133,24 +159,18 @@ impl Sidecar {
         // Ready (every listener bound) before any test talks to it.
         while http(addrs["metrics"], "GET", "/readyz", &[], b"").status != 200 {
             if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("sidecar never became ready; log:\n{}", log.lock().unwrap());
+                process.kill();
+                panic!("sidecar never became ready; log:\n{}", log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Sidecar {
-            child,
-            dir,
-            config_path,
-            addrs,
-            log,
-        }
+        (process, addrs, log)
     }
 
     /// The pid of the `monasca-sidecar` process itself: the child, or the first descendant
     /// running the binary when it was started through a wrapper that forks (`unshare --fork`).
     pub fn process_id(&self) -> Option<u32> {
-        let mut pending = vec![self.child.id()];
+        let mut pending = vec![self.process.child.id()];
         while let Some(pid) = pending.pop() {
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
             if exe.is_some_and(|e| e.file_name().is_some_and(|n| n == "monasca-sidecar")) {
@@ -221,19 +241,17 @@ impl Sidecar {
         self.log.lock().unwrap().clone()
     }
 
-    /// Sends SIGTERM and waits for exit; returns the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+    /// Sends SIGTERM (to the sidecar and any wrapper: `unshare --fork` blocks it itself and
+    /// exits with the sidecar) and waits for exit; returns the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.process.signal(libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
+            if self.process.exited() {
+                return self.process.kill().expect("the sidecar's exit status");
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                self.process.kill();
                 panic!("sidecar did not exit after SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -243,10 +261,121 @@ impl Sidecar {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A child started in its own process group, so that whatever it forks (`unshare --fork` runs
+/// the sidecar as its child, which SIGKILLing `unshare` alone leaves running under init) goes
+/// with it. [`ProcessGroup::kill`] (also on drop) SIGKILLs the whole group, then reaps the
+/// child. The child also gets `PR_SET_PDEATHSIG` = SIGKILL, for when the test binary dies
+/// without unwinding (a timeout's SIGKILL, an abort).
+struct ProcessGroup {
+    child: Child,
+    /// Set once the child is reaped: its pid (the group id) may then belong to another process.
+    reaped: bool,
+    status: Option<ExitStatus>,
+}
+
+impl ProcessGroup {
+    /// Spawns `cmd` as the leader of a new process group, from the [`launcher`] thread.
+    fn spawn(mut cmd: Command) -> std::io::Result<ProcessGroup> {
+        let parent = std::process::id() as libc::pid_t;
+        cmd.process_group(0);
+        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The test binary died before the prctl: nothing would kill this process.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let child = launcher(cmd)?;
+        Ok(ProcessGroup {
+            child,
+            reaped: false,
+            status: None,
+        })
+    }
+
+    /// Sends `signal` to every process of the group, while the leader is not reaped yet (so
+    /// the group id is still ours).
+    fn signal(&self, signal: libc::c_int) {
+        if !self.reaped {
+            // SAFETY: kill(2) with a negative pid signals the process group we created.
+            unsafe { libc::kill(-(self.child.id() as libc::pid_t), signal) };
+        }
+    }
+
+    /// Whether the leader has exited, without reaping it (`WNOWAIT`).
+    fn exited(&self) -> bool {
+        if self.reaped {
+            return true;
+        }
+        // SAFETY: a zeroed siginfo_t is valid; waitid only writes into it.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let r = libc::waitid(
+                libc::P_PID,
+                self.child.id() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            r == 0 && info.si_pid() != 0
+        }
+    }
+
+    /// SIGKILLs the group (what is left of it) and reaps the leader; returns its exit status.
+    /// Idempotent.
+    fn kill(&mut self) -> Option<ExitStatus> {
+        if !self.reaped {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+            self.reaped = true;
+        }
+        self.status
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawns `cmd` from one thread that lives as long as the test binary. `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked the child ends, so a sidecar started from a short-lived
+/// thread (a helper thread, a tokio blocking thread) and kept longer would be killed early;
+/// started from here, it is killed only when the test binary itself dies.
+fn launcher(cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static JOBS: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let jobs = JOBS.get_or_init(|| {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sidecar-launcher".into())
+            .spawn(move || {
+                for (mut cmd, reply) in queue {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the sidecar launcher thread");
+        Mutex::new(jobs)
+    });
+    let (reply, answer) = mpsc::channel();
+    let gone = || std::io::Error::other("the sidecar launcher thread is gone");
+    jobs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
 }
 
 /// Finds `series` (e.g. `requests_total{path="/a"}` or `up`) in an exposition and parses its

@@ -38,10 +38,13 @@ const MAX_REQUESTS: &str = "20";
 /// SIGKILLed workers per scenario (gunicorn respawns them).
 const KILLS: usize = 3;
 
-/// `setpriv` to the sidecar's uid and gid, no supplementary groups.
+/// `setpriv` to the sidecar's uid and gid, no supplementary groups. `--pdeathsig keep`: the
+/// kernel clears the parent-death signal on a uid change, which would leave the sidecar
+/// running under init if the test binary (and so `unshare --kill-child`) were SIGKILLed.
 fn as_sidecar_user() -> Vec<String> {
     vec![
         "setpriv".into(),
+        "--pdeathsig=keep".into(),
         format!("--reuid={SIDECAR_UID}"),
         format!("--regid={SIDECAR_UID}"),
         "--clear-groups".into(),
