@@ -73,8 +73,10 @@ const QUIET_REREAD_ROUNDS: u64 = 10;
 pub(super) const FULL_READ_ROUNDS: u64 = 16;
 
 /// From this many value slots in mapped files, a round reads them on two threads: below, the
-/// thread costs more than it saves (measured: a thread start is about the cost of 4,000
-/// slots read from memory; 64,000 slots take ~1.0 ms on one thread and ~0.6 ms on two, cold).
+/// thread costs more than it saves (measured when a thread was started per scrape: a start
+/// cost about 4,000 slots read from memory; 64,000 slots take ~1.0 ms on one thread and
+/// ~0.6 ms on two, cold). The kept helper's wake-up ([`share`]) costs less; the threshold
+/// was not measured again.
 const LOOK_AHEAD_MIN_SLOTS: usize = 16_384;
 
 /// CPUs this process may use (its cgroup quota and affinity included), read once per
