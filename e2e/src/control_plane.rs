@@ -9,10 +9,9 @@
 //! and stops them all on drop. No kubelet and no scheduler: pods stay Pending, which is all the
 //! operator's tests need (they read what the apiserver stores).
 //!
-//! Every process runs in its own process group and gets `SIGKILL` when the thread that started
-//! it (the control plane's launcher thread) dies (`PR_SET_PDEATHSIG`), so a test binary killed
-//! outright leaves no orphans behind; on an ordinary exit or a panic, [`Drop`] stops them
-//! (SIGTERM, then SIGKILL). [`ControlPlane::stop_apiserver`] and
+//! Every process runs in its own process group and gets `SIGKILL` when the test binary dies
+//! ([`crate::process::spawn_guarded`]), so a test binary killed outright leaves no orphans
+//! behind; on an ordinary exit or a panic, [`Drop`] stops them (SIGTERM, then SIGKILL). [`ControlPlane::stop_apiserver`] and
 //! [`ControlPlane::start_apiserver`] make an apiserver outage on the same etcd and port.
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -22,7 +21,6 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use std::fs::File;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -139,18 +137,8 @@ impl Process {
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it only asks
-        // the kernel to SIGKILL the child when the spawning thread dies.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
+            .stderr(err);
+        let child = crate::process::spawn_guarded(command)
             .map_err(|e| format!("starting {}: {e}", binary.display()))?;
         Ok(Process { name, child, log })
     }
@@ -190,50 +178,6 @@ impl Process {
     }
 }
 
-/// The one thread that starts every process of a control plane, living as long as it does.
-/// `PR_SET_PDEATHSIG` fires when the *thread* that spawned a child ends, so a process started
-/// from a short-lived thread (a tokio worker or blocking-pool thread of one test, restarting the
-/// apiserver) would be killed when that thread goes; started from here, it lives until the
-/// control plane is dropped (or the test binary dies).
-struct Launcher {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
-}
-
-impl Launcher {
-    fn new() -> Result<Launcher, String> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        std::thread::Builder::new()
-            .name("control-plane-launcher".into())
-            .spawn(move || {
-                for job in queue {
-                    job();
-                }
-            })
-            .map_err(|e| format!("starting the launcher thread: {e}"))?;
-        Ok(Launcher { jobs })
-    }
-
-    /// [`Process::spawn`] on the launcher thread.
-    fn spawn(
-        &self,
-        name: &'static str,
-        binary: &Path,
-        args: &[String],
-        dir: &Path,
-    ) -> Result<Process, String> {
-        let (binary, args, dir) = (binary.to_path_buf(), args.to_vec(), dir.to_path_buf());
-        let (reply, answer) = std::sync::mpsc::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = reply.send(Process::spawn(name, &binary, &args, &dir));
-            }))
-            .map_err(|_| "the launcher thread is gone".to_string())?;
-        answer
-            .recv()
-            .map_err(|_| "the launcher thread is gone".to_string())?
-    }
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -254,8 +198,6 @@ pub struct ControlPlane {
     processes: Vec<Process>,
     /// How the apiserver was started, to start it again ([`ControlPlane::start_apiserver`]).
     apiserver: Option<(PathBuf, Vec<String>)>,
-    /// The thread every process is started from (see [`Launcher`]).
-    launcher: Launcher,
     dir: PathBuf,
     kubeconfig: PathBuf,
     server: String,
@@ -264,7 +206,8 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Starts a control plane from `binaries` and waits until it serves. Not from within an
-    /// async runtime (it blocks); the processes are started from a thread of its own.
+    /// async runtime (it blocks); the processes are started from the tests' launcher thread
+    /// ([`crate::process::spawn_guarded`]).
     pub fn start(binaries: &Binaries) -> Result<ControlPlane, String> {
         ControlPlane::start_with(binaries, &[])
     }
@@ -280,7 +223,6 @@ impl ControlPlane {
         let mut plane = ControlPlane {
             processes: Vec::new(),
             apiserver: None,
-            launcher: Launcher::new()?,
             kubeconfig: dir.join("admin.kubeconfig"),
             dir,
             server: String::new(),
@@ -320,9 +262,7 @@ impl ControlPlane {
             "--unsafe-no-fsync=true".to_string(),
             "--log-level=warn".to_string(),
         ];
-        let etcd = self
-            .launcher
-            .spawn("etcd", &binaries.etcd, &etcd_args, &dir)?;
+        let etcd = Process::spawn("etcd", &binaries.etcd, &etcd_args, &dir)?;
         self.processes.push(etcd);
 
         let mut apiserver_args = vec![
@@ -360,7 +300,7 @@ impl ControlPlane {
             format!("--root-ca-file={}", file("ca.crt")),
             "--use-service-account-credentials=false".to_string(),
         ];
-        let controller_manager = self.launcher.spawn(
+        let controller_manager = Process::spawn(
             "kube-controller-manager",
             &binaries.controller_manager,
             &controller_manager_args,
@@ -406,9 +346,7 @@ impl ControlPlane {
             .apiserver
             .clone()
             .ok_or("the apiserver was never started")?;
-        let apiserver = self
-            .launcher
-            .spawn("kube-apiserver", &binary, &args, &self.dir)?;
+        let apiserver = Process::spawn("kube-apiserver", &binary, &args, &self.dir)?;
         // After etcd, before the controller-manager: `processes` stays in start order for Drop.
         let at = self.processes.len().min(1);
         self.processes.insert(at, apiserver);

@@ -8,6 +8,7 @@ pub mod control_plane;
 pub mod dockerfile;
 pub mod exposition;
 pub mod http;
+pub mod process;
 pub mod prometheus;
 pub mod push_worker;
 pub mod sidecar;

@@ -6,11 +6,10 @@ pub use crate::scratch_dir;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What [`Sidecar::spawn`] started: the process, its listeners, its log.
@@ -279,24 +278,9 @@ struct ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Spawns `cmd` as the leader of a new process group, from the [`launcher`] thread.
-    fn spawn(mut cmd: Command) -> std::io::Result<ProcessGroup> {
-        let parent = std::process::id() as libc::pid_t;
-        cmd.process_group(0);
-        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The test binary died before the prctl: nothing would kill this process.
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-        let child = launcher(cmd)?;
+    /// Spawns `cmd` as the leader of a new process group ([`crate::process::spawn_guarded`]).
+    fn spawn(cmd: Command) -> std::io::Result<ProcessGroup> {
+        let child = crate::process::spawn_guarded(cmd)?;
         Ok(ProcessGroup {
             child,
             reaped: false,
@@ -348,34 +332,6 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Spawns `cmd` from one thread that lives as long as the test binary. `PR_SET_PDEATHSIG`
-/// fires when the *thread* that forked the child ends, so a sidecar started from a short-lived
-/// thread (a helper thread, a tokio blocking thread) and kept longer would be killed early;
-/// started from here, it is killed only when the test binary itself dies.
-fn launcher(cmd: Command) -> std::io::Result<Child> {
-    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static JOBS: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let jobs = JOBS.get_or_init(|| {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("sidecar-launcher".into())
-            .spawn(move || {
-                for (mut cmd, reply) in queue {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("start the sidecar launcher thread");
-        Mutex::new(jobs)
-    });
-    let (reply, answer) = mpsc::channel();
-    let gone = || std::io::Error::other("the sidecar launcher thread is gone");
-    jobs.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, reply))
-        .map_err(|_| gone())?;
-    answer.recv().map_err(|_| gone())?
 }
 
 /// Finds `series` (e.g. `requests_total{path="/a"}` or `up`) in an exposition and parses its
