@@ -66,7 +66,10 @@ ROWS = [
             (f"sum by (reason) (rate(monasca_sidecar_statsd_errors_total{SIDECAR}[5m]))", "error {{reason}}"),
             (f"sum by (reason) (rate(monasca_sidecar_statsd_dropped_total{SIDECAR}[5m]))", "dropped {{reason}}"),
         ]),
-        ("Counter resets absorbed /s", "ops", [(f"sum by (namespace, pod) (rate(monasca_sidecar_counter_resets_total{SIDECAR}[5m]))", "{{namespace}}/{{pod}}")]),
+        ("Counter resets absorbed /s", "ops", [
+            (f"sum by (namespace, pod) (rate(monasca_sidecar_counter_resets_total{SIDECAR}[5m]))", "{{namespace}}/{{pod}}"),
+            (f"sum by (namespace, pod) (rate(monasca_sidecar_worker_restarts_total{SIDECAR}[5m]))", "pushing workers restarted {{namespace}}/{{pod}}"),
+        ]),
     ]),
     ("Multiprocess", [
         ("Multiprocess files and workers", "none", [

@@ -258,28 +258,34 @@ impl Model {
         update: &[(Sid, Vec<f64>, Option<GaugeMode>)],
         now: u64,
     ) {
-        let mut restarted = false;
+        let held_before = |model: &Model, sid: &Sid| {
+            model
+                .workers
+                .get(&w)
+                .and_then(|mw| mw.held.get(sid))
+                .map(|h| h.values.clone())
+        };
+        // One counter-like value that went down shows the pushing process restarted.
+        let restarted = update.iter().any(|(sid, values, _)| {
+            held_before(self, sid).is_some_and(|old| match sid.0 {
+                0 => values[0] < old[0],
+                // A bucket or the count went down; `_sum` alone may.
+                2 => values[0] < old[0] || values[1] < old[1],
+                _ => false,
+            })
+        });
         for (sid, values, mode) in update {
             if !self.exists(*sid) {
                 let s = self.series.entry(*sid).or_default();
                 s.mode = *mode;
             }
-            let old = self
-                .workers
-                .get(&w)
-                .and_then(|mw| mw.held.get(sid))
-                .map(|h| h.values.clone());
-            if let Some(old) = old {
-                let reset = match sid.0 {
-                    0 => values[0] < old[0],
-                    // A bucket or the count went down; `_sum` alone may.
-                    2 => values[0] < old[0] || values[1] < old[1],
-                    _ => false,
-                };
-                if reset {
-                    self.retire(*sid, &old);
-                    restarted = true;
-                }
+            // After a restart every counter-like value the worker held is its previous
+            // life's, whether the new value is below it or not.
+            if restarted
+                && sid.0 != 1
+                && let Some(old) = held_before(self, sid)
+            {
+                self.retire(*sid, &old);
             }
             let mw = self.workers.entry(w).or_default();
             mw.held.insert(
@@ -310,12 +316,12 @@ impl Model {
             }
             !(left_out && sid.0 == 1)
         });
-        // A reset means the worker restarted: what it left out belongs to its previous life
-        // and is retired, so a return counts anew.
+        // A reset means the worker restarted: what it left out (dropped, or not covered by
+        // the method) belongs to its previous life and is retired, so a return counts anew.
         if restarted {
             let (gone, kept) = std::mem::take(&mut mw.held)
                 .into_iter()
-                .partition(|(_, h)| h.dropped);
+                .partition(|(sid, h)| h.dropped || (sid.0 != 1 && !in_update.contains(sid)));
             mw.held = kept;
             for (sid, held) in gone {
                 self.retire(sid, &held.values);

@@ -75,7 +75,7 @@ fn all_mode_never_repeats_a_grouping_key_label() {
 }
 
 // 3. A series left out of one PUT and pushed again at the same value continues; below it,
-//    it restarted.
+//    the worker restarted, and all its counters count anew.
 #[test]
 fn series_left_out_of_a_put_continues_when_it_comes_back() {
     let s = Sidecar::start("");
@@ -94,16 +94,18 @@ fn series_left_out_of_a_put_continues_when_it_comes_back() {
     assert_eq!(s.value("c_total{a=\"1\",job=\"j\"}"), Some(10.0));
     put_ok(&s, path, &body(&[("1", 12), ("2", 1)]));
     assert_eq!(s.value("c_total{a=\"1\",job=\"j\"}"), Some(12.0));
-    // Left out, then back below its last value: the worker restarted.
+    // Left out, then back below its last value: the worker restarted. Its other counter,
+    // back at its old value, is the new process's count: it adds to the previous life's.
     put_ok(&s, path, &body(&[("2", 1)]));
     put_ok(&s, path, &body(&[("1", 3), ("2", 1)]));
     assert_eq!(s.value("c_total{a=\"1\",job=\"j\"}"), Some(15.0));
+    assert_eq!(s.value("c_total{a=\"2\",job=\"j\"}"), Some(2.0));
     // The same across DELETE: a worker that returns continuing its counters is not counted
     // twice.
     s.push_text("DELETE", path, "");
     put_ok(&s, path, &body(&[("1", 4), ("2", 1)]));
     assert_eq!(s.value("c_total{a=\"1\",job=\"j\"}"), Some(16.0));
-    assert_eq!(s.value("c_total{a=\"2\",job=\"j\"}"), Some(1.0));
+    assert_eq!(s.value("c_total{a=\"2\",job=\"j\"}"), Some(2.0));
     // Every render valid, in both formats (promtool and client_python).
     s.checked_metrics();
 }

@@ -749,6 +749,77 @@ push_to_gateway(gateway, job='api', registry=reg, grouping_key={'instance': 'wor
     s.checked_metrics();
 }
 
+/// A pushing worker restarts under the same grouping key (real prometheus_client processes,
+/// one per life). By its first push the new process has counted a rare outcome back up to
+/// its old value, and observed as many latencies as before: only `outcome="ok"` went down.
+/// Every count of both lives must show (the Java client's e2e test once lost one here).
+#[test]
+fn a_restarted_python_worker_counts_both_lives() {
+    let s = Sidecar::start("");
+    let script = r#"
+import sys
+from prometheus_client import CollectorRegistry, Counter, Histogram, push_to_gateway
+gateway, ok, failed, observed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+reg = CollectorRegistry()
+c = Counter('orders_processed', 'Orders.', ['outcome'], registry=reg)
+h = Histogram('order_seconds', 'Latency.', buckets=(0.1, 1.0), registry=reg)
+c.labels('ok').inc(ok)
+c.labels('failed').inc(failed)
+for _ in range(observed):
+    h.observe(0.05)
+push_to_gateway(gateway, job='orders', registry=reg, grouping_key={'instance': 'worker-1'})
+"#;
+    let life = |ok: u32, failed: u32, observed: u32| {
+        let status = common::python(&["prometheus_client"])
+            .arg("-c")
+            .arg(script)
+            .arg(s.ingest_url())
+            .args([ok, failed, observed].map(|n| n.to_string()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    life(69, 1, 3);
+    life(10, 1, 4);
+    let m = s.metrics();
+    for (series, expected) in [
+        (
+            "orders_processed_total{job=\"orders\",outcome=\"ok\"}",
+            79.0,
+        ),
+        (
+            "orders_processed_total{job=\"orders\",outcome=\"failed\"}",
+            2.0,
+        ),
+        ("order_seconds_count{job=\"orders\"}", 7.0),
+        ("order_seconds_bucket{job=\"orders\",le=\"0.1\"}", 7.0),
+    ] {
+        assert_eq!(sample_value(&m, series), Some(expected), "{series}\n{m}");
+    }
+    assert_eq!(
+        sample_value(&m, "monasca_sidecar_worker_restarts_total"),
+        Some(1.0),
+        "{m}"
+    );
+    // The new life continues from there.
+    life(11, 2, 4);
+    let m = s.metrics();
+    assert_eq!(
+        sample_value(
+            &m,
+            "orders_processed_total{job=\"orders\",outcome=\"failed\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample_value(&m, "monasca_sidecar_worker_restarts_total"),
+        Some(1.0),
+        "{m}"
+    );
+    s.checked_metrics();
+}
+
 #[test]
 fn health_endpoints_and_unknown_paths() {
     let s = Sidecar::start("");

@@ -140,6 +140,12 @@ impl Collector for ServerStats {
         )?;
         const_counter(
             &mut encoder,
+            "worker_restarts",
+            "Pushes that showed their worker restarted (a counter went down): all its counters were retired",
+            store.worker_restarts as f64,
+        )?;
+        const_counter(
+            &mut encoder,
             "histogram_layout_mismatches",
             "Histogram updates refused because their bucket bounds differ from the series'",
             store.layout_mismatches as f64,

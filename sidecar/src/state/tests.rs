@@ -51,14 +51,15 @@ fn populated(now: Now) -> Arc<App> {
         "# TYPE rq_total counter\nrq_total{path=\"/x\"} 5\n# TYPE temp gauge\ntemp{_aggregate=\"max\"} 9\n",
         now,
     );
-    // b leaves (departed, values kept); a restarts one counter (retired) and drops another.
+    // b leaves (departed, values kept); a restarts (all its counter-like values retired: its
+    // histogram starts again too) and drops one counter.
     app.store.write().remove_worker("push:job=api,instance=b");
     apply(
         &app,
         &push_worker("a"),
         &format!(
             "# TYPE rq_total counter\nrq_total{{path=\"/x\"}} 1\n# TYPE temp gauge\ntemp{{_aggregate=\"max\"}} 3\n# TYPE s summary\ns_sum 1\ns_count 2\n{}",
-            hist(6)
+            hist(1)
         ),
         now,
     );

@@ -87,6 +87,28 @@ pub(super) struct Updated {
     pub(super) before: Held,
     /// A counter-like value went down: the old value was retired (a worker restart).
     pub(super) reset: bool,
+    /// The counter-like value this one continued (it was at or above it), handed back
+    /// instead of dropped: a restart seen later in the same update retires it
+    /// ([`retire_continued`]).
+    pub(super) continued: Option<Continued>,
+}
+
+/// A worker's counter-like value that an update replaced without retiring it.
+#[derive(Debug)]
+pub(super) enum Continued {
+    Scalar(f64),
+    Dist(Box<[f64]>),
+}
+
+/// Retires a value the worker's update had continued: the update turned out to come from a
+/// restarted process, so the old value belongs to its previous life.
+pub(super) fn retire_continued(series: &mut SeriesState, old: Continued) {
+    match (&mut series.data, old) {
+        (SeriesData::Scalar { retired, .. }, Continued::Scalar(v)) => *retired += v,
+        (SeriesData::Dist(d), Continued::Dist(values)) => add_into(&mut d.retired, &values),
+        // A series keeps its shape for its life.
+        _ => {}
+    }
 }
 
 /// No entry index known (see [`entry_index`]).
@@ -134,14 +156,20 @@ pub(super) fn update_entry(
         ) => match entry_index(entries, hint, |e| e.worker == worker).map(|i| &mut entries[i]) {
             Some(e) => {
                 let before = held(e.generation);
-                let reset = kind == MetricKind::Counter && *v < e.value;
+                let counter = kind == MetricKind::Counter;
+                let reset = counter && *v < e.value;
                 if reset {
                     *retired += e.value;
                 }
+                let continued = (counter && !reset).then_some(Continued::Scalar(e.value));
                 e.value = *v;
                 e.ts = ts;
                 e.generation = generation;
-                Updated { before, reset }
+                Updated {
+                    before,
+                    reset,
+                    continued,
+                }
             }
             None => {
                 entries.push(ScalarEntry {
@@ -153,6 +181,7 @@ pub(super) fn update_entry(
                 Updated {
                     before: Held::No,
                     reset: false,
+                    continued: None,
                 }
             }
         },
@@ -168,9 +197,13 @@ pub(super) fn update_entry(
                     if reset {
                         add_into(retired, &e.values);
                     }
-                    e.values = values;
+                    let old = std::mem::replace(&mut e.values, values);
                     e.generation = generation;
-                    Updated { before, reset }
+                    Updated {
+                        before,
+                        reset,
+                        continued: (!reset).then_some(Continued::Dist(old)),
+                    }
                 }
                 None => {
                     // A series' first worker is often its only one: no room for three more.
@@ -185,6 +218,7 @@ pub(super) fn update_entry(
                     Updated {
                         before: Held::No,
                         reset: false,
+                        continued: None,
                     }
                 }
             }
@@ -193,6 +227,7 @@ pub(super) fn update_entry(
         (SeriesData::Scalar { .. }, _) => Updated {
             before: Held::Live,
             reset: false,
+            continued: None,
         },
     }
 }

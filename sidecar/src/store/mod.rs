@@ -100,6 +100,22 @@ impl Source {
             Source::Otlp => "otlp",
         }
     }
+
+    /// Whether a counter-like value going down shows that the whole worker restarted, so
+    /// that every counter-like value it held belongs to its previous life (see
+    /// [`Store::apply`]). True where a worker is one process sending its whole registry
+    /// under an id that outlives it: a Pushgateway grouping key. A process that restarts
+    /// counts everything from zero again, and a counter that is back at or above its old
+    /// value by the first push after the restart (a rarely counted outcome) would otherwise
+    /// continue and lose the previous life's count.
+    ///
+    /// Not for a scrape target, whose exporter may mirror outside counters that reset one at
+    /// a time (a network interface made again), nor for the JSON API's and StatsD's
+    /// series-by-series updates; OTLP and multiprocess files know a process's life exactly
+    /// (start times, pids).
+    pub fn restart_spans_worker(self) -> bool {
+        matches!(self, Source::Push)
+    }
 }
 
 /// Who is sending: one source identity (a grouping key, a pid, a scrape target, an `_id`).
@@ -176,6 +192,9 @@ pub struct ApplyStats {
     pub resets: usize,
     /// Series the worker no longer has (retired or forgotten).
     pub removed: usize,
+    /// The update showed that the worker restarted ([`Source::restart_spans_worker`]):
+    /// everything counter-like it held before was retired.
+    pub restarted: bool,
 }
 
 /// How many of a worker's values a family holds.
@@ -430,6 +449,8 @@ pub struct Store {
     pub layout_mismatches: u64,
     /// Counter-like series whose value went down (a worker restart), over the store's life.
     pub resets: u64,
+    /// Updates that showed their worker restarted ([`ApplyStats::restarted`]).
+    pub worker_restarts: u64,
     /// Incremented by [`Store::clear`].
     epoch: u64,
     /// Incremented by every change of values (see [`Store::version`]).
@@ -454,6 +475,7 @@ impl Store {
             generation: 0,
             layout_mismatches: 0,
             resets: 0,
+            worker_restarts: 0,
             epoch: 0,
             version: 0,
             last_family_id: 0,
@@ -544,6 +566,11 @@ impl Store {
     /// layouts, non-finite counters, gauge mode conflicts, the series limit); a rejected update
     /// changes nothing. A departed worker that applies again under the same id comes back:
     /// its counters continue (or reset, when they went down) and its gauges are replaced.
+    ///
+    /// For a source whose worker is one process ([`Source::restart_spans_worker`]), one
+    /// counter-like value going down means the process restarted: every counter-like value
+    /// the worker held before the update is retired, those the update continued and those it
+    /// left out alike, and the update's values count from zero.
     pub fn apply(
         &mut self,
         worker: &WorkerKey,
@@ -569,7 +596,12 @@ impl Store {
         };
         // Per family of the update: how the worker's entries changed.
         let mut touched: Vec<Touched> = vec![Touched::default(); families.len()];
-        for p in &prepared {
+        // Values the update continued, by prepared index: retired if it shows a restart.
+        // Sized once (no regrowth copies); pages nobody writes are never touched.
+        let spans = worker.source.restart_spans_worker();
+        let mut continued: Vec<(usize, Continued)> =
+            Vec::with_capacity(if spans { prepared.len() } else { 0 });
+        for (index, p) in prepared.iter().enumerate() {
             let family = &families[p.family_index];
             let ts = p.ts.unwrap_or(now.wall);
             let state = match self.families.get_mut(&*family.name) {
@@ -615,8 +647,25 @@ impl Store {
             if update.reset {
                 stats.resets += 1;
             }
+            if spans && let Some(old) = update.continued {
+                continued.push((index, old));
+            }
         }
         self.resets += stats.resets as u64;
+        stats.restarted = spans && stats.resets > 0;
+        if stats.restarted {
+            self.worker_restarts += 1;
+            for (index, old) in continued {
+                let p = &prepared[index];
+                if let Some(f) = self.families.get_mut(&*families[p.family_index].name) {
+                    let f = Arc::make_mut(f);
+                    if let Some(series) = f.series.position(&p.key).and_then(|i| f.series.at_mut(i))
+                    {
+                        retire_continued(series, old);
+                    }
+                }
+            }
+        }
 
         // Work out, per family, how many series the worker now holds, sweeping out the
         // entries the update replaced but did not mention.
@@ -632,7 +681,8 @@ impl Store {
                 .map_or((0, 0), |f| (f.series, f.dropped));
             let mut live = before + t.inserted + t.revived;
             let mut dropped = before_dropped - t.revived;
-            if scope != Scope::Series && t.updated < before {
+            let left_out = t.updated < before;
+            if left_out && (scope != Scope::Series || self.restart_covers(stats, &family.name)) {
                 stats.removed += self
                     .sweep_family(&family.name, worker_id, generation)
                     .settle(&mut live, &mut dropped);
@@ -646,7 +696,7 @@ impl Store {
                 continue;
             }
             let (mut live, mut dropped) = (wf.series, wf.dropped);
-            if scope == Scope::Worker && live > 0 {
+            if live > 0 && (scope == Scope::Worker || self.restart_covers(stats, &wf.name)) {
                 stats.removed += self
                     .sweep_family(&wf.name, worker_id, generation)
                     .settle(&mut live, &mut dropped);
@@ -674,13 +724,26 @@ impl Store {
         // new ones (rotating label values) must not grow without bound. A reset in this update
         // means the worker restarted: what it dropped belongs to its previous life, so a return
         // must count anew (a child the new process creates later starts from zero, and
-        // continuing the old value would lose what the new process counts up to it).
+        // continuing the old value would lose what the new process counts up to it). For a
+        // worker that is one process, what the update left out was swept into the dropped
+        // ones above, whatever the scope.
         if (stats.resets > 0 && total_dropped > 0)
             || total_dropped > self.settings.max_series_per_worker.max(MIN_DROPPED_KEPT)
         {
             self.retire_dropped(worker_id);
         }
         Ok(stats)
+    }
+
+    /// Whether a restart shown by the update ([`ApplyStats::restarted`]) takes the worker's
+    /// entries of `family` that the update did not set out of the live set, whatever the
+    /// scope: counter-like ones belong to the previous life. Gauges stay as the scope says.
+    fn restart_covers(&self, stats: ApplyStats, family: &str) -> bool {
+        stats.restarted
+            && self
+                .families
+                .get(family)
+                .is_some_and(|f| f.kind.is_counter_like())
     }
 
     /// Takes the worker's entries of `family` that the current update did not set out of the

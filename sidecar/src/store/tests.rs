@@ -189,6 +189,126 @@ fn series_dropped_without_a_restart_continues_when_it_returns() {
     );
 }
 
+/// The failure seen in CI with the Java client: a pushing worker restarts, and by its first
+/// push it has already counted a rare outcome back up to its old value. Its other counter went
+/// down, so the process restarted: the rare one's old value belongs to the previous life too.
+#[test]
+fn a_restart_retires_the_counters_that_came_back_at_or_above_their_old_value() {
+    for (failed_before, failed_after) in [(1.0, 1.0), (1.0, 3.0)] {
+        let mut s = store();
+        let now = t0();
+        push_orders(&mut s, now, 69.0, Some(failed_before));
+        let restart = push_orders(&mut s, now, 10.0, Some(failed_after));
+        assert_eq!(restart.resets, 1);
+        assert!(restart.restarted);
+        assert_eq!(
+            sorted_samples(&s, now),
+            [
+                format!(
+                    "orders_total{{outcome=\"failed\"}} {}",
+                    failed_before + failed_after
+                ),
+                "orders_total{outcome=\"ok\"} 79".to_string(),
+            ]
+        );
+        // The new life continues as usual.
+        let next = push_orders(&mut s, now, 12.0, Some(failed_after + 1.0));
+        assert!(!next.restarted);
+        assert_eq!(
+            sorted_samples(&s, now),
+            [
+                format!(
+                    "orders_total{{outcome=\"failed\"}} {}",
+                    failed_before + failed_after + 1.0
+                ),
+                "orders_total{outcome=\"ok\"} 81".to_string(),
+            ]
+        );
+        assert_eq!(s.worker_restarts, 1);
+    }
+}
+
+/// The restart may show in a histogram (a bucket went down) while a counter came back above
+/// its old value, or the other way round; and a family a `POST` left out belongs to the
+/// previous life as well.
+#[test]
+fn a_restart_shown_by_any_family_retires_the_whole_worker() {
+    let bounds = [0.1, 1.0, f64::INFINITY];
+    // A histogram bucket goes down; the counter is above its old value.
+    let mut s = store();
+    let now = t0();
+    let first = [counter(2.0), histogram(&bounds, &[3.0, 5.0, 6.0], 4.0)];
+    s.apply(&worker("w1"), &first, Scope::Worker, now).unwrap();
+    let again = [counter(4.0), histogram(&bounds, &[1.0, 5.0, 7.0], 4.5)];
+    let stats = s.apply(&worker("w1"), &again, Scope::Worker, now).unwrap();
+    assert!(stats.restarted);
+    let shown = text(&s, now);
+    for line in [
+        "requests_total{path=\"/a\"} 6",
+        "latency_seconds_bucket{le=\"0.1\"} 4",
+        "latency_seconds_bucket{le=\"1.0\"} 10",
+        "latency_seconds_bucket{le=\"+Inf\"} 13",
+        "latency_seconds_sum 8.5",
+        "latency_seconds_count 13",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line} not in\n{shown}");
+    }
+
+    // The counter goes down in a POST of its family alone: the histogram, not in the POST,
+    // was the previous life's and is retired; the new process later sends it from zero, and
+    // that (at or above the old value) counts anew.
+    let mut s = store();
+    let gauge = scalar("queue", MetricKind::Gauge, &[], 4.0);
+    let first = [
+        counter(9.0),
+        histogram(&bounds, &[1.0, 1.0, 1.0], 0.5),
+        gauge,
+    ];
+    s.apply(&worker("w1"), &first, Scope::Worker, now).unwrap();
+    let stats = s
+        .apply(&worker("w1"), &[counter(1.0)], Scope::Families, now)
+        .unwrap();
+    assert!(stats.restarted);
+    let later = [histogram(&bounds, &[1.0, 2.0, 2.0], 0.75)];
+    s.apply(&worker("w1"), &later, Scope::Families, now)
+        .unwrap();
+    let shown = text(&s, now);
+    for line in [
+        "requests_total{path=\"/a\"} 10",
+        "latency_seconds_count 3",
+        "latency_seconds_sum 1.25",
+        // POST keeps the gauge of a family it does not name.
+        "queue 4",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line} not in\n{shown}");
+    }
+}
+
+/// Where a worker is not one process (a scrape target's exporter, StatsD, the JSON API), a
+/// counter that goes down restarts alone: the others continue, counted once.
+#[test]
+fn outside_push_a_reset_is_per_series() {
+    for source in [Source::Scrape, Source::Json, Source::Statsd] {
+        let mut s = store();
+        let now = t0();
+        let w = WorkerKey::new(source, "w1", vec![]);
+        s.apply(&w, &[orders(69.0, Some(1.0))], Scope::Worker, now)
+            .unwrap();
+        let stats = s
+            .apply(&w, &[orders(10.0, Some(2.0))], Scope::Worker, now)
+            .unwrap();
+        assert_eq!((stats.resets, stats.restarted), (1, false));
+        assert_eq!(
+            sorted_samples(&s, now),
+            [
+                "orders_total{outcome=\"failed\"} 2",
+                "orders_total{outcome=\"ok\"} 79"
+            ],
+            "{source:?}"
+        );
+    }
+}
+
 #[test]
 fn counter_survives_staleness_and_forgetting() {
     let mut s = store();
