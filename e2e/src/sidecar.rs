@@ -47,6 +47,9 @@ impl Sidecar {
     /// as Kubernetes runs it: another uid, another pid namespace.
     pub fn start_wrapped(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Sidecar {
         let dir = scratch_dir("sidecar");
+        // Until the `Sidecar` exists (and removes it on drop), a start that panics (a stale
+        // binary, a process that never listens) removes the directory here.
+        let mut dir_guard = RemoveOnDrop(Some(dir.clone()));
         let config_path = dir.join("config.yaml");
         let mut text = String::new();
         if !config.contains("listen:") {
@@ -62,6 +65,7 @@ impl Sidecar {
             .collect();
         let wrapper: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
         let (process, addrs, log) = Sidecar::spawn(&config_path, &env, &wrapper);
+        dir_guard.0 = None;
         Sidecar {
             process,
             dir,
@@ -262,6 +266,17 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes a directory on drop, unless its path was taken out first.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

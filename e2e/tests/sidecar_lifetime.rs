@@ -28,6 +28,36 @@ fn assert_dies(pid: u32, what: &str) {
     );
 }
 
+/// A start that fails (here a wrapper that exits at once instead of running the sidecar)
+/// panics, and leaves neither a process nor its scratch directory.
+#[test]
+fn a_failed_start_leaves_no_scratch_directory() {
+    let seen = std::env::temp_dir().join(format!(
+        "monasca-e2e-failed-start-{}.path",
+        std::process::id()
+    ));
+    let seen_text = seen.display().to_string();
+    // The wrapper gets `<binary> --config <path>`: it writes the path down and fails.
+    let wrapper = [
+        "sh",
+        "-c",
+        "printf %s \"$3\" > \"$0\"; exit 3",
+        seen_text.as_str(),
+    ];
+    let started = std::panic::catch_unwind(|| Sidecar::start_wrapped("", &[], &wrapper));
+    assert!(started.is_err(), "a sidecar that never ran was started");
+    let config = std::fs::read_to_string(&seen).expect("the wrapper ran");
+    let _ = std::fs::remove_file(&seen);
+    let dir = std::path::Path::new(&config)
+        .parent()
+        .expect("the config's directory");
+    assert!(
+        dir.starts_with(std::env::temp_dir()),
+        "unexpected config path {config}"
+    );
+    assert!(!dir.exists(), "{} is left", dir.display());
+}
+
 #[test]
 fn dropping_the_handle_kills_the_sidecar() {
     let sidecar = Sidecar::start("");
