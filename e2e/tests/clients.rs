@@ -603,7 +603,10 @@ fn java_push_worker_example() -> Result<(), Failed> {
         steady: &["worker-0", "worker-2"],
         rounds: 20,
         victim: "worker-1",
-        victim_pause: 5,
+        // A restart shows when one of the worker's counters goes down. After 8 rounds of
+        // 1-20 orders the victim has counted more than the new process's first push can
+        // (at most 20) but for a chance of about 5e-6, so the restart always shows.
+        victim_pause: 8,
         victim_again: 8,
         lost: "worker-3",
         lost_pause: 3,
