@@ -150,6 +150,8 @@ fn multiprocess_histogram_sum_going_down_is_not_a_reset() {
     w.finish();
     // Every render valid, in both formats (promtool and client_python).
     s.checked_metrics();
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // 6. `POST /v1/clear` with a multiprocess directory: the directory is the truth, so its whole
@@ -179,6 +181,8 @@ fn clear_reapplies_the_whole_multiprocess_directory() {
     live.finish();
     // Every render valid, in both formats (promtool and client_python).
     s.checked_metrics();
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // 7. A worker whose files are named by a custom process identifier (not its pid) is alive
@@ -216,6 +220,8 @@ fn proc_liveness_keeps_files_of_a_custom_process_identifier() {
     w.finish();
     // Every render valid, in both formats (promtool and client_python).
     s.checked_metrics();
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // 8. Non-finite counter, bucket and count values are refused: they would poison the retired

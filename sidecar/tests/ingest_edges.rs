@@ -376,6 +376,7 @@ print("sent")
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(exited && !out.status.success(), "{stderr}");
     assert!(stderr.contains("dialect"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

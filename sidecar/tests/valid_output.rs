@@ -387,4 +387,6 @@ fn self_metrics_render_in_both_formats() {
     }
     // Renders are counted by the library's counter: two renders before the last one.
     assert!(sample_value(&om, "monasca_sidecar_metrics_renders_total") >= Some(2.0));
+    drop(s);
+    let _ = std::fs::remove_dir_all(&state);
 }
