@@ -749,6 +749,25 @@ push_to_gateway(gateway, job='api', registry=reg, grouping_key={'instance': 'wor
     s.checked_metrics();
 }
 
+/// Runs a prometheus_client script with the sidecar's push URL and `args`; it must succeed.
+fn run_push_script(s: &Sidecar, script: &str, args: &[String]) {
+    let status = common::python(&["prometheus_client"])
+        .arg("-c")
+        .arg(script)
+        .arg(s.ingest_url())
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Each series has its value in the exposition `m`.
+fn assert_samples(m: &str, expected: &[(&str, f64)]) {
+    for (series, value) in expected {
+        assert_eq!(sample_value(m, series), Some(*value), "{series}\n{m}");
+    }
+}
+
 /// A pushing worker restarts under the same grouping key (real prometheus_client processes,
 /// one per life). By its first push the new process has counted a rare outcome back up to
 /// its old value, and observed as many latencies as before: only `outcome="ok"` went down.
@@ -770,32 +789,26 @@ for _ in range(observed):
 push_to_gateway(gateway, job='orders', registry=reg, grouping_key={'instance': 'worker-1'})
 "#;
     let life = |ok: u32, failed: u32, observed: u32| {
-        let status = common::python(&["prometheus_client"])
-            .arg("-c")
-            .arg(script)
-            .arg(s.ingest_url())
-            .args([ok, failed, observed].map(|n| n.to_string()))
-            .status()
-            .unwrap();
-        assert!(status.success());
+        run_push_script(&s, script, &[ok, failed, observed].map(|n| n.to_string()));
     };
     life(69, 1, 3);
     life(10, 1, 4);
     let m = s.metrics();
-    for (series, expected) in [
-        (
-            "orders_processed_total{job=\"orders\",outcome=\"ok\"}",
-            79.0,
-        ),
-        (
-            "orders_processed_total{job=\"orders\",outcome=\"failed\"}",
-            2.0,
-        ),
-        ("order_seconds_count{job=\"orders\"}", 7.0),
-        ("order_seconds_bucket{job=\"orders\",le=\"0.1\"}", 7.0),
-    ] {
-        assert_eq!(sample_value(&m, series), Some(expected), "{series}\n{m}");
-    }
+    assert_samples(
+        &m,
+        &[
+            (
+                "orders_processed_total{job=\"orders\",outcome=\"ok\"}",
+                79.0,
+            ),
+            (
+                "orders_processed_total{job=\"orders\",outcome=\"failed\"}",
+                2.0,
+            ),
+            ("order_seconds_count{job=\"orders\"}", 7.0),
+            ("order_seconds_bucket{job=\"orders\",le=\"0.1\"}", 7.0),
+        ],
+    );
     assert_eq!(
         sample_value(&m, "monasca_sidecar_worker_restarts_total"),
         Some(1.0),
@@ -816,6 +829,65 @@ push_to_gateway(gateway, job='orders', registry=reg, grouping_key={'instance': '
         sample_value(&m, "monasca_sidecar_worker_restarts_total"),
         Some(1.0),
         "{m}"
+    );
+    s.checked_metrics();
+}
+
+/// The same with the process collector in the registry (as the default registry has): a
+/// restarted worker whose every counter is already back at or above its old value by its
+/// first push is told by its new `process_start_time_seconds`.
+#[test]
+fn a_restarted_python_worker_with_a_process_collector_counts_both_lives() {
+    let s = Sidecar::start("");
+    let script = r#"
+import sys, time
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector, push_to_gateway
+gateway, ok, failed, cpu = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+# Work until the process has used `cpu` seconds of CPU: its process_cpu_seconds_total.
+while time.process_time() < cpu:
+    pass
+reg = CollectorRegistry()
+ProcessCollector(registry=reg)
+c = Counter('orders_processed', 'Orders.', ['outcome'], registry=reg)
+c.labels('ok').inc(ok)
+c.labels('failed').inc(failed)
+push_to_gateway(gateway, job='orders', registry=reg, grouping_key={'instance': 'worker-1'})
+"#;
+    let life = |ok: u32, failed: u32, cpu: f64| {
+        run_push_script(
+            &s,
+            script,
+            &[ok.to_string(), failed.to_string(), cpu.to_string()],
+        );
+    };
+    life(5, 1, 0.0);
+    let m = s.metrics();
+    assert!(
+        sample_value(&m, "process_start_time_seconds{job=\"orders\"}").is_some(),
+        "the process collector pushed no start time:\n{m}"
+    );
+    // prometheus_client gives the start time in whole clock ticks (1/100 s): make sure the
+    // second process does not start in the same tick.
+    std::thread::sleep(Duration::from_millis(50));
+    // The new process uses more CPU than the first before it pushes, so that no counter at
+    // all goes down (process_cpu_seconds_total included): only the start time tells.
+    let first_cpu = sample_value(&m, "process_cpu_seconds_total{job=\"orders\"}")
+        .expect("process_cpu_seconds_total");
+    life(6, 1, first_cpu + 0.3);
+    assert_samples(
+        &s.metrics(),
+        &[
+            (
+                "orders_processed_total{job=\"orders\",outcome=\"ok\"}",
+                11.0,
+            ),
+            (
+                "orders_processed_total{job=\"orders\",outcome=\"failed\"}",
+                2.0,
+            ),
+            ("monasca_sidecar_worker_restarts_total", 1.0),
+            ("monasca_sidecar_counter_resets_total", 0.0),
+        ],
     );
     s.checked_metrics();
 }

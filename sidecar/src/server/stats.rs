@@ -141,7 +141,7 @@ impl Collector for ServerStats {
         const_counter(
             &mut encoder,
             "worker_restarts",
-            "Pushes that showed their worker restarted (a counter went down): all its counters were retired",
+            "Pushes that showed their worker restarted (a counter went down, or a new process start time): all its counters were retired",
             store.worker_restarts as f64,
         )?;
         const_counter(

@@ -42,6 +42,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The gauge client libraries' process collectors export: the process's start time, which
+/// changes only when the process starts again (see [`Source::restart_spans_worker`]).
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 /// Label carrying a per-series gauge mode (`_aggregate`); never part of series identity.
 pub const AGGREGATE_LABEL: &str = "_aggregate";
 /// Prefix reserved for the sidecar's own metrics.
@@ -101,13 +104,13 @@ impl Source {
         }
     }
 
-    /// Whether a counter-like value going down shows that the whole worker restarted, so
-    /// that every counter-like value it held belongs to its previous life (see
-    /// [`Store::apply`]). True where a worker is one process sending its whole registry
-    /// under an id that outlives it: a Pushgateway grouping key. A process that restarts
-    /// counts everything from zero again, and a counter that is back at or above its old
-    /// value by the first push after the restart (a rarely counted outcome) would otherwise
-    /// continue and lose the previous life's count.
+    /// Whether a counter-like value going down, or a new [`PROCESS_START_TIME`], shows that
+    /// the whole worker restarted, so that every counter-like value it held belongs to its
+    /// previous life (see [`Store::apply`]). True where a worker is one process sending its
+    /// whole registry under an id that outlives it: a Pushgateway grouping key. A process
+    /// that restarts counts everything from zero again, and a counter that is back at or
+    /// above its old value by the first push after the restart (a rarely counted outcome)
+    /// would otherwise continue and lose the previous life's count.
     ///
     /// Not for a scrape target, whose exporter may mirror outside counters that reset one at
     /// a time (a network interface made again), nor for the JSON API's and StatsD's
@@ -568,9 +571,10 @@ impl Store {
     /// its counters continue (or reset, when they went down) and its gauges are replaced.
     ///
     /// For a source whose worker is one process ([`Source::restart_spans_worker`]), one
-    /// counter-like value going down means the process restarted: every counter-like value
-    /// the worker held before the update is retired, those the update continued and those it
-    /// left out alike, and the update's values count from zero.
+    /// counter-like value going down, or a new [`PROCESS_START_TIME`], means the process
+    /// restarted: every counter-like value the worker held before the update is retired,
+    /// those the update continued and those it left out alike, and the update's values count
+    /// from zero.
     pub fn apply(
         &mut self,
         worker: &WorkerKey,
@@ -599,6 +603,7 @@ impl Store {
         // Values the update continued, by prepared index: retired if it shows a restart.
         // Sized once (no regrowth copies); pages nobody writes are never touched.
         let spans = worker.source.restart_spans_worker();
+        let new_start_time = spans && self.start_time_changed(worker_id, families, &prepared);
         let mut continued: Vec<(usize, Continued)> =
             Vec::with_capacity(if spans { prepared.len() } else { 0 });
         for (index, p) in prepared.iter().enumerate() {
@@ -652,7 +657,7 @@ impl Store {
             }
         }
         self.resets += stats.resets as u64;
-        stats.restarted = spans && stats.resets > 0;
+        stats.restarted = spans && (stats.resets > 0 || new_start_time);
         if stats.restarted {
             self.worker_restarts += 1;
             for (index, old) in continued {
@@ -727,12 +732,41 @@ impl Store {
         // continuing the old value would lose what the new process counts up to it). For a
         // worker that is one process, what the update left out was swept into the dropped
         // ones above, whatever the scope.
-        if (stats.resets > 0 && total_dropped > 0)
+        if ((stats.resets > 0 || stats.restarted) && total_dropped > 0)
             || total_dropped > self.settings.max_series_per_worker.max(MIN_DROPPED_KEPT)
         {
             self.retire_dropped(worker_id);
         }
         Ok(stats)
+    }
+
+    /// Whether the update carries the worker's [`PROCESS_START_TIME`] with another value than
+    /// the one the worker holds: the process started again, even if none of its counters
+    /// went down (every one already back at or above its old value).
+    fn start_time_changed(
+        &self,
+        worker: u32,
+        families: &[Family<'_>],
+        prepared: &[validate::Prepared<'_>],
+    ) -> bool {
+        let Some(state) = self.families.get(PROCESS_START_TIME) else {
+            return false;
+        };
+        prepared.iter().any(|p| {
+            let (true, Value::Scalar(new)) = (
+                *families[p.family_index].name == *PROCESS_START_TIME,
+                p.value,
+            ) else {
+                return false;
+            };
+            let old = state.series.get(&p.key).and_then(|s| match &s.data {
+                SeriesData::Scalar { entries, .. } => {
+                    entries.iter().find(|e| e.worker == worker).map(|e| e.value)
+                }
+                SeriesData::Dist(_) => None,
+            });
+            old.is_some_and(|old| old.is_finite() && new.is_finite() && old != *new)
+        })
     }
 
     /// Whether a restart shown by the update ([`ApplyStats::restarted`]) takes the worker's

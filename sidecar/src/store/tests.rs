@@ -284,6 +284,49 @@ fn a_restart_shown_by_any_family_retires_the_whole_worker() {
     }
 }
 
+/// A pushing worker that sends a new `process_start_time_seconds` restarted, even when every
+/// counter is already back at or above its old value; the same start time again, or the
+/// first one, is no restart. A scrape target's start time (an exporter mirroring outside
+/// counters) is not taken as one.
+#[test]
+fn a_new_process_start_time_is_a_restart_of_a_pushing_worker() {
+    let with_start = |ok: f64, failed: f64, start: f64| {
+        [
+            orders(ok, Some(failed)),
+            scalar(PROCESS_START_TIME, MetricKind::Gauge, &[], start),
+        ]
+    };
+    for source in [Source::Push, Source::Scrape] {
+        let mut s = store();
+        let now = t0();
+        let w = WorkerKey::new(source, "w1", vec![]);
+        let first = s
+            .apply(&w, &with_start(5.0, 1.0, 1000.5), Scope::Worker, now)
+            .unwrap();
+        assert!(!first.restarted);
+        let same = s
+            .apply(&w, &with_start(6.0, 1.0, 1000.5), Scope::Worker, now)
+            .unwrap();
+        assert!(!same.restarted);
+        let again = s
+            .apply(&w, &with_start(7.0, 2.0, 2000.25), Scope::Worker, now)
+            .unwrap();
+        assert_eq!(again.resets, 0);
+        let push = source == Source::Push;
+        assert_eq!(again.restarted, push, "{source:?}");
+        let (ok, failed) = if push { (13, 3) } else { (7, 2) };
+        let shown = sorted_samples(&s, now);
+        assert_eq!(
+            shown[..2],
+            [
+                format!("orders_total{{outcome=\"failed\"}} {failed}"),
+                format!("orders_total{{outcome=\"ok\"}} {ok}"),
+            ],
+            "{source:?}"
+        );
+    }
+}
+
 /// Where a worker is not one process (a scrape target's exporter, StatsD, the JSON API), a
 /// counter that goes down restarts alone: the others continue, counted once.
 #[test]
