@@ -752,21 +752,25 @@ impl Store {
         let Some(state) = self.families.get(PROCESS_START_TIME) else {
             return false;
         };
-        prepared.iter().any(|p| {
-            let (true, Value::Scalar(new)) = (
-                *families[p.family_index].name == *PROCESS_START_TIME,
-                p.value,
-            ) else {
-                return false;
-            };
-            let old = state.series.get(&p.key).and_then(|s| match &s.data {
-                SeriesData::Scalar { entries, .. } => {
-                    entries.iter().find(|e| e.worker == worker).map(|e| e.value)
-                }
-                SeriesData::Dist(_) => None,
-            });
-            old.is_some_and(|old| old.is_finite() && new.is_finite() && old != *new)
-        })
+        // `prepare` refused an update that names a family twice.
+        let Some(family) = families.iter().position(|f| *f.name == *PROCESS_START_TIME) else {
+            return false;
+        };
+        prepared
+            .iter()
+            .filter(|p| p.family_index == family)
+            .any(|p| {
+                let Value::Scalar(new) = p.value else {
+                    return false;
+                };
+                let old = state.series.get(&p.key).and_then(|s| match &s.data {
+                    SeriesData::Scalar { entries, .. } => {
+                        entries.iter().find(|e| e.worker == worker).map(|e| e.value)
+                    }
+                    SeriesData::Dist(_) => None,
+                });
+                old.is_some_and(|old| old.is_finite() && new.is_finite() && old != *new)
+            })
     }
 
     /// Whether a restart shown by the update ([`ApplyStats::restarted`]) takes the worker's
