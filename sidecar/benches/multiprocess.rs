@@ -237,6 +237,18 @@ fn fresh_copy(from: &Path, to: &Path) {
 
 /// Bumps the first `n` counter values in every worker's counter file (as 64 busy workers
 /// would between two scans).
+/// More than the last-level cache of the machines we bench on.
+const EVICT_BYTES: usize = 64 << 20;
+
+/// Writes every cache line of `buffer`: what the reader held in the CPU caches is evicted,
+/// as another process's work between two scrapes does.
+fn evict_caches(buffer: &mut [u64]) {
+    for (i, word) in buffer.iter_mut().enumerate().step_by(8) {
+        *word = word.wrapping_add(i as u64);
+    }
+    black_box(buffer);
+}
+
 fn touch_all_workers(dir: &Path, round: u64, n: usize) {
     for w in 0..LIVE_WORKERS {
         let path = dir.join(format!("counter_{}.db", 100_000 + w));
@@ -310,6 +322,23 @@ fn benches(c: &mut Criterion) {
                 touch_all_workers(&work, round, 100);
                 r.scan(&app)
             })
+        });
+        // The scrape a live app gets: values changed since the last one and the CPU caches
+        // taken by other work in between (bench/multiprocess.py's changing row, in process).
+        let mut other_work = vec![0u64; EVICT_BYTES / 8];
+        g.bench_function("rescan_and_render_10pct_changed_cold/64x1000", |b| {
+            b.iter_batched(
+                || {
+                    round += 1;
+                    touch_all_workers(&work, round, 100);
+                    evict_caches(&mut other_work);
+                },
+                |()| {
+                    r.scan(&app);
+                    render_text(&app)
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
 
