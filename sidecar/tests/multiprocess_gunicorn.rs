@@ -65,6 +65,17 @@ impl Watcher {
     }
 }
 
+/// A test that fails before [`Watcher::finish`] still stops the scraping thread, which holds
+/// the sidecar (and so its process) for as long as it runs.
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The scenario, against any way of reading the sidecar's `/metrics`.
 fn scenario(dir: &Path, metrics: Arc<dyn Fn() -> String + Send + Sync>) {
     let gunicorn = Gunicorn::start(dir, &[]);
