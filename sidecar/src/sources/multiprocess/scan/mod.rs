@@ -260,7 +260,7 @@ pub struct DirState {
     scratch: Vec<u8>,
     /// The changed value slots of the file being read in place (entry index, new bytes);
     /// reused from file to file.
-    slot_changes: Vec<(u32, [u8; 16])>,
+    slot_changes: read::SlotBuffer,
     /// A worker file was in prometheus_client's layout before 0.17 (no timestamps): the
     /// retired files are then written in it too. Sticky: one directory, one client version.
     legacy_layout: bool,
@@ -272,7 +272,7 @@ pub struct DirState {
     /// ([`DirState::look_ahead`]); `usize::MAX` when only one CPU is available.
     look_ahead_min_slots: usize,
     /// Changed-slot buffers of the look-ahead, kept between rounds.
-    look_pool: Vec<Vec<(u32, [u8; 16])>>,
+    look_pool: Vec<read::SlotBuffer>,
     retry_writes_at: Option<Instant>,
     retry_deletes_at: Option<Instant>,
     /// The store's epoch when its values were last applied (see [`Store::epoch`]).

@@ -188,7 +188,7 @@ impl DirState {
                 }
                 // Every other byte is the same: take the changed slots only, and keep the
                 // scratch buffer at its size (no zero-filling for the next, larger file).
-                let changes: Vec<(u32, [u8; 16])> = changed
+                let changes: SlotBuffer = changed
                     .into_iter()
                     .filter_map(|i| {
                         let o = *f.offsets.get(i as usize)?;
@@ -581,7 +581,7 @@ impl DirState {
 }
 
 /// A file's changed value slots: each slot's index in `offsets` and its new bytes.
-type SlotBuffer = Vec<(u32, [u8; 16])>;
+pub(super) type SlotBuffer = Vec<(u32, [u8; 16])>;
 
 /// Look-ahead buffers of at most this many changed slots are kept for the next round (a
 /// relayout's whole file is not).
@@ -608,7 +608,7 @@ pub(super) enum Look {
 #[derive(Debug)]
 pub(super) struct Looked {
     look: Look,
-    changed: Vec<(u32, [u8; 16])>,
+    changed: SlotBuffer,
 }
 
 /// Reads a mapped file in place, changing nothing: when it is the same inode, not shorter,
@@ -617,7 +617,7 @@ pub(super) struct Looked {
 /// whole (and it is not its [`FULL_READ_ROUNDS`] round), only its value slots are compared;
 /// otherwise every byte. Anything else, or any byte changed outside the value slots, is
 /// [`Look::NotUsed`]: the file is read whole through `pread`.
-fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut Vec<(u32, [u8; 16])>) -> Look {
+fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut SlotBuffer) -> Look {
     let FileState {
         raw,
         offsets,
