@@ -218,6 +218,50 @@ def timed_checked(runs, fetch, what, probe):
     return times
 
 
+def changing(s, updater, live, runs, written_back):
+    """`runs` timings of each side reading the directory right after one update step:
+    (python, sidecar, redone). `written_back`: the kernel writes the dirty pages back before
+    each update (`sync`), as it does within ~30 s on a disk-backed volume, so the update's
+    first write to each page moves its file's ctime and the sidecar compares every changed
+    file whole, as it must after such a change; otherwise most pages are still dirty from the
+    previous step and their writes leave the ctime alone."""
+    py, sc = [], []
+    scans = scan_count(s.scrape()[1])
+    redone = 0
+    # One update, then both sides read that same directory: each sees exactly 10% of every
+    # worker's series changed since its previous scrape. (Updating again between the two
+    # scrapes gave the sidecar two steps, 20%, per scrape: its cost follows the number of
+    # changed values, Python's does not.) Which side reads first alternates, so neither always
+    # finds the other's reads in the caches.
+    i = 0
+    while len(sc) < runs:
+        if written_back:
+            os.sync()
+        updater.step()
+        probe = updater.probe()
+        timed = {}
+        sides = [(lambda: python_collect(live), "python"), (s.scrape, "sidecar")]
+        for fetch, who in (sides if i % 2 == 0 else sides[::-1]):
+            t, body = fetch()
+            check_same(f"{who}, changing", body, probe)
+            timed[who] = t
+            if who == "sidecar":
+                before, scans = scans, scan_count(body)
+        i += 1
+        # The sidecar also scans in the background (every second, unless a scan started in
+        # the last half second): one that ran since the last GET may have taken the update
+        # before this GET did. Only GETs that were the one scan since the previous GET are
+        # timed; the others are measured again.
+        if scans != before + 1:
+            redone += 1
+            if redone > 3 * runs:
+                raise RuntimeError("background scans kept running between the GETs")
+            continue
+        py.append(timed["python"])
+        sc.append(timed["sidecar"])
+    return py, sc, redone
+
+
 def measure(runs, work):
     """Every case's timings (seconds), as a dict for bench/run.py."""
     out = {"runs": runs, "workers": LIVE_WORKERS, "series": LIVE_SERIES, "dead_pids": DEAD_PIDS}
@@ -247,43 +291,15 @@ def measure(runs, work):
         out["sidecar_unchanged"] = [s.scrape()[0] for _ in range(runs)]
 
         updater = Updater(live)
-        py, sc = [], []
-        scans = scan_count(s.scrape()[1])
-        redone = 0
         try:
-            # One update, then both sides read that same directory: each sees exactly 10% of
-            # every worker's series changed since its previous scrape. (Updating again between
-            # the two scrapes gave the sidecar two steps, 20%, per scrape: its cost follows
-            # the number of changed values, Python's does not.) Which side reads first
-            # alternates, so neither always finds the other's reads in the caches.
-            i = 0
-            while len(sc) < runs:
-                updater.step()
-                probe = updater.probe()
-                timed = {}
-                sides = [(lambda: python_collect(live), "python"), (s.scrape, "sidecar")]
-                for fetch, who in (sides if i % 2 == 0 else sides[::-1]):
-                    t, body = fetch()
-                    check_same(f"{who}, changing", body, probe)
-                    timed[who] = t
-                    if who == "sidecar":
-                        before, scans = scans, scan_count(body)
-                i += 1
-                # The sidecar also scans in the background (every second, unless a scan
-                # started in the last half second): one that ran since the last GET may have
-                # taken the update before this GET did. Only GETs that were the one scan since
-                # the previous GET are timed; the others are measured again.
-                if scans != before + 1:
-                    redone += 1
-                    if redone > 3 * runs:
-                        raise RuntimeError("background scans kept running between the GETs")
-                    continue
-                py.append(timed["python"])
-                sc.append(timed["sidecar"])
+            py, sc, redone = changing(s, updater, live, runs, written_back=False)
+            out["python_changing"], out["sidecar_changing"] = py, sc
+            out["changing_redone"] = redone
+            py, sc, redone = changing(s, updater, live, runs, written_back=True)
+            out["python_written_back"], out["sidecar_written_back"] = py, sc
+            out["written_back_redone"] = redone
         finally:
             updater.close()
-        out["python_changing"], out["sidecar_changing"] = py, sc
-        out["changing_redone"] = redone
         out["changed_per_step"] = updater.changed_per_step
         # The floor of any GET that follows a Python collect on this machine: the same sidecar
         # answering `/healthz` (no scan, no render) after one, so the changing row's GETs can be
