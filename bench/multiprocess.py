@@ -8,6 +8,9 @@ Every case puts both sides on the SAME directory, written by the real prometheus
 - unchanged: 64 live workers x 1,000 series, nothing written between scrapes;
 - changing: the same directory, every worker updates 10% of its series, then both sides
   read it (a live app's steady state: each side sees one update between its scrapes);
+- written back: the same, with the files written back (`sync`) before each update, as the
+  kernel does within ~30 s on a disk-backed volume: every update moves each changed file's
+  ctime, so the sidecar compares each whole;
 - churned: 2,000 files of 500 dead pids, before compaction (`multiprocessLiveness: mtime`, as
   the operator sets it without a shared pid namespace: nothing is deleted) and after the sidecar compacted them (`proc`, a shared pid
   namespace; both sides then read what is left); the pile-up (Python on the 2,000 files) is the user's alternative to compaction;

@@ -235,8 +235,6 @@ fn fresh_copy(from: &Path, to: &Path) {
     }
 }
 
-/// Bumps the first `n` counter values in every worker's counter file (as 64 busy workers
-/// would between two scans).
 /// More than the last-level cache of the machines we bench on.
 const EVICT_BYTES: usize = 64 << 20;
 
@@ -249,6 +247,8 @@ fn evict_caches(buffer: &mut [u64]) {
     black_box(buffer);
 }
 
+/// Bumps the first `n` counter values in every worker's counter file (as 64 busy workers
+/// would between two scans).
 fn touch_all_workers(dir: &Path, round: u64, n: usize) {
     for w in 0..LIVE_WORKERS {
         let path = dir.join(format!("counter_{}.db", 100_000 + w));
