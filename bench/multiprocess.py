@@ -228,6 +228,7 @@ def changing(s, updater, live, runs, written_back):
     first write to each page moves its file's ctime and the sidecar compares every changed
     file whole, as it must after such a change; otherwise most pages are still dirty from the
     previous step and their writes leave the ctime alone."""
+    case = "written back" if written_back else "changing"
     py, sc = [], []
     scans = scan_count(s.scrape()[1])
     redone = 0
@@ -246,7 +247,7 @@ def changing(s, updater, live, runs, written_back):
         sides = [(lambda: python_collect(live), "python"), (s.scrape, "sidecar")]
         for fetch, who in (sides if i % 2 == 0 else sides[::-1]):
             t, body = fetch()
-            check_same(f"{who}, changing", body, probe)
+            check_same(f"{who}, {case}", body, probe)
             timed[who] = t
             if who == "sidecar":
                 before, scans = scans, scan_count(body)
