@@ -73,16 +73,27 @@ class Sidecar:
     folded and deleted), `mtime` without one (nothing is deleted)."""
 
     def __init__(self, directory, liveness="mtime"):
+        self.directory, self.liveness = directory, liveness
+        self.conn = None
+        self.config = None
+        self.starts = 0
+        self.start()
+
+    def start(self):
+        """Starts the sidecar on ports of its own (free a moment ago: another process may take
+        one before the sidecar binds it, and then the sidecar exits at start)."""
+        self.starts += 1
+        if self.config is not None:
+            os.unlink(self.config.name)
         self.port = free_port()
         self.config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         self.config.write(
             f'listen: {{metrics: "127.0.0.1:{self.port}", ingest: "127.0.0.1:{free_port()}", '
             f'statsd: "127.0.0.1:{free_port()}", otlp: "127.0.0.1:{free_port()}"}}\n'
-            f'multiprocessDir: {directory}\n'
-            f"multiprocessLiveness: {liveness}\nlimits: {{maxSeriesPerWorker: 1000000}}\n")
+            f'multiprocessDir: {self.directory}\n'
+            f"multiprocessLiveness: {self.liveness}\nlimits: {{maxSeriesPerWorker: 1000000}}\n")
         self.config.close()
         self.started = time.perf_counter()
-        self.conn = None
         self.proc = subprocess.Popen([SIDECAR, "--config", self.config.name],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -90,7 +101,12 @@ class Sidecar:
         """Seconds from process start until `complete(body)` holds for a GET /metrics."""
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError("monasca-sidecar exited")
+                # Before its first view it can only have lost a port race: started again on
+                # new ports (twice at most), the time counted from the new start.
+                if self.starts == 3:
+                    raise RuntimeError("monasca-sidecar exited (started 3 times)")
+                self.start()
+                continue
             try:
                 _, body = get(self.port)
                 if complete(body):
