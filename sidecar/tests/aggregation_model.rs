@@ -469,6 +469,7 @@ fn worker_key(w: usize) -> WorkerKey {
             ("job".into(), "j".into()),
             ("instance".into(), format!("w{w}")),
         ],
+        one_process: true,
     }
 }
 

@@ -35,6 +35,15 @@ fn free_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free ports");
 }
 
+/// The runtime the scrape source runs on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn render(app: &App) -> String {
     let mut out = Vec::new();
     let own = app.self_families();
@@ -91,11 +100,7 @@ fn four_workers_one_killed_totals_never_decrease() {
         assert_eq!(w.first_line, "ready");
     }
     let sockets = scratch("scrape-sockets");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let _guard = runtime.enter();
     let accept = Arc::new(Mutex::new(String::new()));
     let listener =
@@ -202,4 +207,88 @@ fn four_workers_one_killed_totals_never_decrease() {
     drop(_scraper);
     drop(workers);
     let _ = std::fs::remove_dir_all(&sockets);
+}
+
+/// A target that is one process (`oneProcessPerTarget`), restarted with a rare counter
+/// already back at its old value by its first scrape: the restart shows in its
+/// `process_start_time_seconds` (prometheus_client's process collector) or in another counter
+/// going down, and every counter of the previous life is kept. Beside it, a sidecar with the
+/// per-series default scrapes the same target: it cannot tell the first restart from a
+/// process that counted nothing since.
+#[test]
+fn one_process_targets_keep_every_count_across_restarts() {
+    let port = free_ports(1);
+    let start = |before: &[&str]| {
+        let mut args = vec![port.to_string()];
+        args.extend(before.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let w = PyProcess::plain("scrape_worker.py", &args);
+        assert_eq!(w.first_line, "ready");
+        w
+    };
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let sidecar = |one_process: bool| {
+        let config = SidecarConfig::from_yaml(&format!(
+            "scrape: {{targets: [\"127.0.0.1:{port}\"], interval: 100ms, timeout: 2s, oneProcessPerTarget: {one_process}}}\n"
+        ))
+        .expect("config");
+        let app = App::new(config);
+        let scraper = scrape::spawn(&SourceContext::standalone(&app));
+        (app, scraper)
+    };
+    let (whole, _whole_scraper) = sidecar(true);
+    let (per_series, _per_series_scraper) = sidecar(false);
+    let up = format!("monasca_sidecar_scrape_up{{target=\"127.0.0.1:{port}\"}}");
+    let counts = |app: &App| {
+        let shown = samples(&render(app));
+        let get = |name: &str| shown.get(name).copied().unwrap_or(f64::NAN);
+        (get(JOBS), get("failures_total"))
+    };
+    let until = |app: &App, want: (f64, f64)| {
+        assert!(
+            wait_until(Duration::from_secs(15), || counts(app) == want),
+            "never reached {want:?}:\n{}",
+            render(app)
+        );
+    };
+    // Each sidecar has seen the target fail since the kill, then answer again.
+    let restart = |worker: &mut PyProcess, before: &[&str]| {
+        worker.kill();
+        for app in [&whole, &per_series] {
+            assert!(wait_until(Duration::from_secs(10), || {
+                self_metric(&render(app), &up) == Some(0.0)
+            }));
+        }
+        *worker = start(before);
+        for app in [&whole, &per_series] {
+            assert!(wait_until(Duration::from_secs(10), || {
+                self_metric(&render(app), &up) == Some(1.0)
+            }));
+        }
+    };
+
+    let mut worker = start(&["inc", "10", "fail", "1"]);
+    until(&whole, (10.0, 1.0));
+    until(&per_series, (10.0, 1.0));
+
+    // Restarted, both counters back at their old values by the first scrape: only the start
+    // time shows it.
+    restart(&mut worker, &["inc", "10", "fail", "1"]);
+    until(&whole, (20.0, 2.0));
+    // The per-series sidecar has scraped the new process (up again) and sees a continuation.
+    assert_eq!(counts(&per_series), (10.0, 1.0));
+
+    // Restarted again, jobs below their old value this time: per series, jobs alone restart;
+    // the rare failure (back at 1) continues there, and is counted anew by the whole worker.
+    restart(&mut worker, &["inc", "3", "fail", "1"]);
+    until(&whole, (23.0, 3.0));
+    until(&per_series, (13.0, 1.0));
+    // (`monasca_sidecar_worker_restarts_total` on the sidecar's /metrics.)
+    assert_eq!(whole.store.read().worker_restarts, 2);
+    assert_eq!(per_series.store.read().worker_restarts, 0);
+
+    // The new life counts on as usual.
+    worker.command("fail 1");
+    until(&whole, (23.0, 4.0));
 }

@@ -104,6 +104,8 @@ impl GroupingKey {
             source: Source::Push,
             labels,
             common_labels: self.labels.clone(),
+            // A grouping key is one process pushing its whole registry.
+            one_process: true,
         }
     }
 }

@@ -160,6 +160,8 @@ impl Store {
                 source,
                 labels,
                 common_labels,
+                // Only an update's key decides how a restart is read.
+                one_process: false,
             };
             let new = store.add_worker(&key, now);
             let age = (now.wall - last_seen_wall).max(0.0);

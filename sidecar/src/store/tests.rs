@@ -284,22 +284,28 @@ fn a_restart_shown_by_any_family_retires_the_whole_worker() {
     }
 }
 
-/// A pushing worker that sends a new `process_start_time_seconds` restarted, even when every
-/// counter is already back at or above its old value; the same start time again, or the
-/// first one, is no restart. A scrape target's start time (an exporter mirroring outside
-/// counters) is not taken as one.
+/// A worker that is one process (a pushing worker, a scrape target with
+/// `oneProcessPerTarget`) and sends a new `process_start_time_seconds` restarted, even when
+/// every counter is already back at or above its old value; the same start time again, or the
+/// first one, is no restart. Any other scrape target's start time (an exporter mirroring
+/// outside counters) is not taken as one.
 #[test]
-fn a_new_process_start_time_is_a_restart_of_a_pushing_worker() {
+fn a_new_process_start_time_is_a_restart_of_a_one_process_worker() {
     let with_start = |ok: f64, failed: f64, start: f64| {
         [
             orders(ok, Some(failed)),
             scalar(PROCESS_START_TIME, MetricKind::Gauge, &[], start),
         ]
     };
-    for source in [Source::Push, Source::Scrape] {
+    let keys = [
+        WorkerKey::new(Source::Push, "w1", vec![]),
+        WorkerKey::new(Source::Scrape, "w1", vec![]),
+        WorkerKey::new(Source::Scrape, "w1", vec![]).one_process(true),
+    ];
+    for w in keys {
+        let source = (w.source, w.one_process);
         let mut s = store();
         let now = t0();
-        let w = WorkerKey::new(source, "w1", vec![]);
         let first = s
             .apply(&w, &with_start(5.0, 1.0, 1000.5), Scope::Worker, now)
             .unwrap();
@@ -312,9 +318,9 @@ fn a_new_process_start_time_is_a_restart_of_a_pushing_worker() {
             .apply(&w, &with_start(7.0, 2.0, 2000.25), Scope::Worker, now)
             .unwrap();
         assert_eq!(again.resets, 0);
-        let push = source == Source::Push;
-        assert_eq!(again.restarted, push, "{source:?}");
-        let (ok, failed) = if push { (13, 3) } else { (7, 2) };
+        let one_process = w.one_process;
+        assert_eq!(again.restarted, one_process, "{source:?}");
+        let (ok, failed) = if one_process { (13, 3) } else { (7, 2) };
         let shown = sorted_samples(&s, now);
         assert_eq!(
             shown[..2],
@@ -327,27 +333,36 @@ fn a_new_process_start_time_is_a_restart_of_a_pushing_worker() {
     }
 }
 
-/// Where a worker is not one process (a scrape target's exporter, StatsD, the JSON API), a
-/// counter that goes down restarts alone: the others continue, counted once.
+/// Where a worker is not known to be one process (a scrape target by default, StatsD, the
+/// JSON API), a counter that goes down restarts alone: the others continue, counted once. A
+/// scrape target with `oneProcessPerTarget` restarts whole, as a pushing worker does: the
+/// rare counter that the new process counted up past its old value (1, then 2) counts both
+/// lives.
 #[test]
-fn outside_push_a_reset_is_per_series() {
-    for source in [Source::Scrape, Source::Json, Source::Statsd] {
+fn a_reset_is_per_series_unless_the_worker_is_one_process() {
+    let keys = [
+        WorkerKey::new(Source::Scrape, "w1", vec![]),
+        WorkerKey::new(Source::Json, "w1", vec![]),
+        WorkerKey::new(Source::Statsd, "w1", vec![]),
+        WorkerKey::new(Source::Scrape, "w1", vec![]).one_process(true),
+    ];
+    for w in keys {
         let mut s = store();
         let now = t0();
-        let w = WorkerKey::new(source, "w1", vec![]);
         s.apply(&w, &[orders(69.0, Some(1.0))], Scope::Worker, now)
             .unwrap();
         let stats = s
             .apply(&w, &[orders(10.0, Some(2.0))], Scope::Worker, now)
             .unwrap();
-        assert_eq!((stats.resets, stats.restarted), (1, false));
+        assert_eq!((stats.resets, stats.restarted), (1, w.one_process));
+        let failed = if w.one_process { 3 } else { 2 };
         assert_eq!(
             sorted_samples(&s, now),
             [
-                "orders_total{outcome=\"failed\"} 2",
-                "orders_total{outcome=\"ok\"} 79"
+                format!("orders_total{{outcome=\"failed\"}} {failed}"),
+                "orders_total{outcome=\"ok\"} 79".to_string()
             ],
-            "{source:?}"
+            "{w:?}"
         );
     }
 }

@@ -211,6 +211,8 @@ impl Resource {
             source: Source::Otlp,
             labels,
             common_labels: self.common.clone(),
+            // Its start time is part of the id: a restart is another worker.
+            one_process: false,
         };
         (
             id,

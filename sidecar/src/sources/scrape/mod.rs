@@ -1,7 +1,8 @@
 //! Scrape mode: workers that each expose `/metrics` on their own port or unix socket
 //! (`scrape.targets`). Every target is one worker (`instance` label), replaced as a whole by
 //! each successful scrape (`Scope::Worker`), so the store's usual semantics apply: a worker
-//! that restarts (values drop) has its old counters retired; a target that fails keeps its
+//! that restarts (values drop) has its old counters retired, per series or, with
+//! `scrape.oneProcessPerTarget`, all of them (`WorkerKey::one_process`); a target that fails keeps its
 //! last values and goes stale after `staleAfter` (its live gauges disappear), then is
 //! forgotten after `forgetAfter` with its counters retired, never dropped.
 //!
@@ -95,6 +96,7 @@ async fn run(app: Weak<App>, shared: Arc<Shared>) {
         let path: Arc<str> = config.scrape.path.as_str().into();
         let timeout = config.scrape.timeout.as_std();
         let max_body = usize::try_from(config.limits.max_body_bytes).unwrap_or(usize::MAX);
+        let one_process = config.scrape.one_process_per_target;
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
         let mut set = JoinSet::new();
         for target in targets {
@@ -104,7 +106,16 @@ async fn run(app: Weak<App>, shared: Arc<Shared>) {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
-                scrape_one(&app, &shared, &target, &path, timeout, max_body).await;
+                scrape_one(
+                    &app,
+                    &shared,
+                    &target,
+                    &path,
+                    timeout,
+                    max_body,
+                    one_process,
+                )
+                .await;
             });
         }
         while set.join_next().await.is_some() {}
@@ -121,12 +132,13 @@ async fn scrape_one(
     path: &str,
     timeout: Duration,
     max_body: usize,
+    one_process: bool,
 ) {
     let id = target.id();
     let started = Instant::now();
     let fetched = client::fetch(target, path, timeout, max_body).await;
     let Some(app) = app.upgrade() else { return };
-    let result = fetched.and_then(|scraped| apply(&app, &id, &scraped));
+    let result = fetched.and_then(|scraped| apply(&app, &id, one_process, &scraped));
     let duration = started.elapsed().as_secs_f64();
     let mut stats = shared.stats.lock();
     stats.scrapes += 1;
@@ -160,7 +172,12 @@ async fn scrape_one(
 }
 
 /// Parses a scraped body and replaces the target's values. Returns the number of series.
-fn apply(app: &App, id: &str, scraped: &client::Scraped) -> Result<usize, ScrapeError> {
+fn apply(
+    app: &App,
+    id: &str,
+    one_process: bool,
+    scraped: &client::Scraped,
+) -> Result<usize, ScrapeError> {
     let families = text::parse_bytes(&scraped.body, scraped.openmetrics).map_err(|e| {
         tracing::debug!(target = %id, error = %e, "scraped body does not parse");
         ScrapeError::Parse
@@ -170,7 +187,8 @@ fn apply(app: &App, id: &str, scraped: &client::Scraped) -> Result<usize, Scrape
         Source::Scrape,
         worker_id(id),
         vec![("instance".to_string(), id.to_string())],
-    );
+    )
+    .one_process(one_process);
     let now = app.now();
     let mut store = app.store.write();
     let mut rejected = false;
