@@ -693,6 +693,28 @@ fn a_key_garbled_through_the_mapping_is_seen_by_the_full_round() {
     assert_eq!(lines(&t.app), full_read(&t.dir, &t.fresh, &t.files));
 }
 
+/// Two counter keys of the same length swapped in place through a writer's mapping of pages
+/// already dirtied, each value moving with its key (the ctime need not move): one value slot
+/// now holds a lower value. The reader checks the keys before it takes that fall as a reset,
+/// so it shows at once, and from then on, exactly what a fresh reader shows (no value pinned
+/// to the wrong key, no false reset retired for good).
+#[test]
+fn keys_swapped_through_the_mapping_are_seen_at_the_first_fall() {
+    let mut t = Trusted::new("mapped-swap");
+    assert_eq!(t.files[0].kind, FileKind::Counter);
+    let last = t.files[0].entries.len() - 1;
+    t.files[0].entries.swap(0, last);
+    let (low, high) = (t.files[0].entries[last].1, t.files[0].entries[0].1);
+    assert!(low < high, "the first slot must now hold the higher value");
+    let bytes = t.files[0].encode();
+    t.maps[0].as_mut().expect("mapped by MapSet").write(&bytes);
+    for round in 0..=super::scan::FULL_READ_ROUNDS {
+        t.reader.scan(&t.app);
+        let fresh_view = full_read(&t.dir, &t.fresh, &t.files);
+        assert_eq!(lines(&t.app), fresh_view, "after {round} more scans");
+    }
+}
+
 /// Truncates `path` to nothing in place (the inode stays), as `> file` does.
 fn cut_in_place(path: std::path::PathBuf) -> impl FnOnce() + Send + 'static {
     move || {

@@ -614,8 +614,8 @@ pub(super) struct Looked {
 /// Reads a mapped file in place, changing nothing: when it is the same inode, not shorter,
 /// its `used` unchanged, it is compared with `raw` through the mapping and its changed value
 /// slots pushed to `changed`. While its ctime stands since the mapping was last checked
-/// whole (and it is not its [`FULL_READ_ROUNDS`] round), only its value slots are compared;
-/// otherwise every byte. Anything else, or any byte changed outside the value slots, is
+/// whole (and it is not its [`FULL_READ_ROUNDS`] round), only its value slots are compared,
+/// unless a cumulative value went down; otherwise every byte. Anything else, or any byte changed outside the value slots, is
 /// [`Look::NotUsed`]: the file is read whole through `pread`.
 fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut SlotBuffer) -> Look {
     let FileState {
@@ -648,6 +648,7 @@ fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut SlotBuffer) ->
     }
     let ctime = (meta.ctime(), meta.ctime_nsec());
     let trusted = !full_round && f.map_ctime == Some(ctime);
+    let cumulative = f.kind.is_cumulative();
     // The length was checked just above; a cut in place since is caught by the guard.
     let seen = map.map.guarded(|now_bytes| {
         if format::read_used(now_bytes).ok() != Some(raw.len()) {
@@ -656,16 +657,29 @@ fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut SlotBuffer) ->
         }
         // The changed slots are copied out inside the guard: a fault after this must not
         // leave zeros in `raw`.
+        let mut compare_whole = !trusted;
         if trusted {
             // The old values are read as one sequential stream (`slots`), the new ones at
             // their offsets in the mapping.
             for (i, (&o, old)) in offsets.iter().zip(&map.slots).enumerate() {
                 let new = slot_bytes(now_bytes, o)?;
                 if *old != new {
+                    if cumulative && went_down(old, &new) {
+                        // prometheus_client never lowers a cumulative value in place (a
+                        // process reusing its file continues its values): before the fall is
+                        // taken as a reset, the keys are checked to stand, as after a ctime
+                        // move. Keys moved in place, values following them, then make the
+                        // file read whole, instead of values pinned to the wrong keys and a
+                        // false reset retired for good.
+                        changed.clear();
+                        compare_whole = true;
+                        break;
+                    }
                     changed.push((i as u32, new));
                 }
             }
-        } else {
+        }
+        if compare_whole {
             // Written to since the last check (the client's own value writes move the
             // ctime too, when they dirty a clean page), checked too soon after a write to
             // tell, or its full round: every byte but the value slots must still be the
@@ -675,11 +689,11 @@ fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut SlotBuffer) ->
                 changed.push((i, slot_bytes(now_bytes, o)?));
             }
         }
-        Some(())
+        Some(compare_whole)
     });
     match seen {
-        Ok(Some(())) => Look::Seen {
-            trusted,
+        Ok(Some(compared_whole)) => Look::Seen {
+            trusted: !compared_whole,
             ctime,
             mtime: meta.modified().unwrap_or(UNIX_EPOCH),
         },
@@ -702,6 +716,14 @@ fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut SlotBuffer) ->
 pub(super) struct Mapped {
     pub(super) map: Mapping,
     pub(super) slots: Vec<[u8; 16]>,
+}
+
+/// Whether a value slot's value is lower than before (NaN never is).
+fn went_down(old: &[u8; 16], new: &[u8; 16]) -> bool {
+    match (format::value_at(old, 0), format::value_at(new, 0)) {
+        (Some((old, _)), Some((new, _))) => new < old,
+        _ => false,
+    }
 }
 
 /// The 16-byte value slot (value and timestamp) at `offset`, if `bytes` hold it whole.
