@@ -2,9 +2,9 @@
 //! (`scrape.targets`). Every target is one worker (`instance` label), replaced as a whole by
 //! each successful scrape (`Scope::Worker`), so the store's usual semantics apply: a worker
 //! that restarts (values drop) has its old counters retired, per series or, with
-//! `scrape.oneProcessPerTarget`, all of them (`WorkerKey::one_process`); a target that fails keeps its
-//! last values and goes stale after `staleAfter` (its live gauges disappear), then is
-//! forgotten after `forgetAfter` with its counters retired, never dropped.
+//! `scrape.oneProcessPerTarget`, all of them (`WorkerKey::one_process`); a target that fails
+//! keeps its last values and goes stale after `staleAfter` (its live gauges disappear), then
+//! is forgotten after `forgetAfter` with its counters retired, never dropped.
 //!
 //! Targets are scraped concurrently, each within `scrape.timeout`; the target list (ranges
 //! and unix-socket globs) is expanded again every `scrape.interval`, and the config is re-read

@@ -615,8 +615,9 @@ pub(super) struct Looked {
 /// its `used` unchanged, it is compared with `raw` through the mapping and its changed value
 /// slots pushed to `changed`. While its ctime stands since the mapping was last checked
 /// whole (and it is not its [`FULL_READ_ROUNDS`] round), only its value slots are compared,
-/// unless a cumulative value went down; otherwise every byte. Anything else, or any byte changed outside the value slots, is
-/// [`Look::NotUsed`]: the file is read whole through `pread`.
+/// unless a cumulative value went down; otherwise every byte. Anything else, or any byte
+/// changed outside the value slots, is [`Look::NotUsed`]: the file is read whole through
+/// `pread`.
 fn look_mapped(f: &FileState, ino: u64, round: u64, changed: &mut SlotBuffer) -> Look {
     let FileState {
         raw,
