@@ -749,18 +749,18 @@ fn take_changed_slots(
         // The old value from the mapping's copy of the slots when there is one (read in
         // order), else from `raw`: the two are kept the same.
         let slots = f.map.as_ref().map(|m| m.slots.as_slice());
-        let went_down: Vec<usize> = changes
+        let fell: Vec<usize> = changes
             .iter()
             .filter_map(|(i, new)| {
-                let o = *f.offsets.get(*i as usize)? as usize;
+                let o = *f.offsets.get(*i as usize)?;
                 let old = match slots.and_then(|s| s.get(*i as usize)) {
-                    Some(slot) => format::value_at(slot, 0)?.0,
-                    None => format::value_at(&f.raw, o)?.0,
+                    Some(slot) => *slot,
+                    None => slot_bytes(&f.raw, o)?,
                 };
-                (format::value_at(new, 0)?.0 < old).then_some(o)
+                went_down(&old, new).then_some(o as usize)
             })
             .collect();
-        if let Some(fold) = reset_fold(kind, &f.raw, went_down) {
+        if let Some(fold) = reset_fold(kind, &f.raw, fell) {
             folds.push((f.pid.clone(), fold));
         }
     }
