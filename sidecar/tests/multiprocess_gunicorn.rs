@@ -53,15 +53,18 @@ impl Watcher {
         while self.seen.lock().expect("lock").len() < 4 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("watcher thread");
-        }
+        self.stop_thread().expect("watcher thread");
         let seen = self.seen.lock().expect("lock").clone();
         for w in seen.windows(2) {
             assert!(w[1] >= w[0], "the counter went down: {} -> {}", w[0], w[1]);
         }
         seen
+    }
+
+    /// Stops the scraping thread and waits for it (once): its result.
+    fn stop_thread(&mut self) -> std::thread::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().map_or(Ok(()), |t| t.join())
     }
 }
 
@@ -69,10 +72,7 @@ impl Watcher {
 /// the sidecar (and so its process) for as long as it runs.
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.stop_thread();
     }
 }
 
