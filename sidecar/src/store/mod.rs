@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The gauge client libraries' process collectors export: the process's start time, which
-/// changes only when the process starts again (see [`WorkerKey::restart_spans_worker`]).
+/// changes only when the process starts again (see [`WorkerKey::one_process`]).
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 /// Label carrying a per-series gauge mode (`_aggregate`); never part of series identity.
 pub const AGGREGATE_LABEL: &str = "_aggregate";
@@ -116,8 +116,19 @@ pub struct WorkerKey {
     /// Labels added to every series of this worker, overriding labels of the same name in the
     /// series (Pushgateway's grouping-key labels such as `job`).
     pub common_labels: Vec<(String, String)>,
-    /// The worker is one process sending its whole registry under an id that outlives it, so
-    /// a restart spans the whole worker ([`WorkerKey::restart_spans_worker`]).
+    /// Whether a counter-like value going down, or a new [`PROCESS_START_TIME`], shows that
+    /// the whole worker restarted, so that every counter-like value it held belongs to its
+    /// previous life (see [`Store::apply`]). True where the worker is one process sending its
+    /// whole registry under an id that outlives it: a Pushgateway grouping key, and a scrape
+    /// target with `scrape.oneProcessPerTarget`. A process that restarts counts everything
+    /// from zero again, and a counter that is back at or above its old value by the first
+    /// update after the restart (a rarely counted outcome) would otherwise continue and lose
+    /// the previous life's count.
+    ///
+    /// Not for a scrape target by default, whose exporter may mirror outside counters that
+    /// reset one at a time (a network interface made again), nor for the JSON API's and
+    /// StatsD's series-by-series updates; OTLP and multiprocess files know a process's life
+    /// exactly (start times, pids).
     pub one_process: bool,
 }
 
@@ -133,27 +144,10 @@ impl WorkerKey {
         }
     }
 
-    /// Marks the worker as one process ([`WorkerKey::restart_spans_worker`]).
-    pub fn one_process(mut self, yes: bool) -> Self {
+    /// Sets [`WorkerKey::one_process`].
+    pub fn with_one_process(mut self, yes: bool) -> Self {
         self.one_process = yes;
         self
-    }
-
-    /// Whether a counter-like value going down, or a new [`PROCESS_START_TIME`], shows that
-    /// the whole worker restarted, so that every counter-like value it held belongs to its
-    /// previous life (see [`Store::apply`]). True where the worker is one process sending its
-    /// whole registry under an id that outlives it: a Pushgateway grouping key, and a scrape
-    /// target with `scrape.oneProcessPerTarget`. A process that restarts counts everything
-    /// from zero again, and a counter that is back at or above its old value by the first
-    /// update after the restart (a rarely counted outcome) would otherwise continue and lose
-    /// the previous life's count.
-    ///
-    /// Not for a scrape target by default, whose exporter may mirror outside counters that
-    /// reset one at a time (a network interface made again), nor for the JSON API's and
-    /// StatsD's series-by-series updates; OTLP and multiprocess files know a process's life
-    /// exactly (start times, pids).
-    pub fn restart_spans_worker(&self) -> bool {
-        self.one_process
     }
 }
 
@@ -206,7 +200,7 @@ pub struct ApplyStats {
     pub resets: usize,
     /// Series the worker no longer has (retired or forgotten).
     pub removed: usize,
-    /// The update showed that the worker restarted ([`WorkerKey::restart_spans_worker`]):
+    /// The update showed that the worker restarted ([`WorkerKey::one_process`]):
     /// everything counter-like it held before was retired.
     pub restarted: bool,
 }
@@ -581,7 +575,7 @@ impl Store {
     /// changes nothing. A departed worker that applies again under the same id comes back:
     /// its counters continue (or reset, when they went down) and its gauges are replaced.
     ///
-    /// For a source whose worker is one process ([`WorkerKey::restart_spans_worker`]), one
+    /// For a source whose worker is one process ([`WorkerKey::one_process`]), one
     /// counter-like value going down, or a new [`PROCESS_START_TIME`], means the process
     /// restarted: every counter-like value the worker held before the update is retired,
     /// those the update continued and those it left out alike, and the update's values count
@@ -613,7 +607,7 @@ impl Store {
         let mut touched: Vec<Touched> = vec![Touched::default(); families.len()];
         // Values the update continued, by prepared index: retired if it shows a restart.
         // Sized once (no regrowth copies); pages nobody writes are never touched.
-        let spans = worker.restart_spans_worker();
+        let spans = worker.one_process;
         let new_start_time = spans && self.start_time_changed(worker_id, families, &prepared);
         let mut continued: Vec<(usize, Continued)> =
             Vec::with_capacity(if spans { prepared.len() } else { 0 });

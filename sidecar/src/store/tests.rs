@@ -300,7 +300,7 @@ fn a_new_process_start_time_is_a_restart_of_a_one_process_worker() {
     let keys = [
         WorkerKey::new(Source::Push, "w1", vec![]),
         WorkerKey::new(Source::Scrape, "w1", vec![]),
-        WorkerKey::new(Source::Scrape, "w1", vec![]).one_process(true),
+        WorkerKey::new(Source::Scrape, "w1", vec![]).with_one_process(true),
     ];
     for w in keys {
         let source = (w.source, w.one_process);
@@ -344,7 +344,7 @@ fn a_reset_is_per_series_unless_the_worker_is_one_process() {
         WorkerKey::new(Source::Scrape, "w1", vec![]),
         WorkerKey::new(Source::Json, "w1", vec![]),
         WorkerKey::new(Source::Statsd, "w1", vec![]),
-        WorkerKey::new(Source::Scrape, "w1", vec![]).one_process(true),
+        WorkerKey::new(Source::Scrape, "w1", vec![]).with_one_process(true),
     ];
     for w in keys {
         let mut s = store();

@@ -188,7 +188,7 @@ fn apply(
         worker_id(id),
         vec![("instance".to_string(), id.to_string())],
     )
-    .one_process(one_process);
+    .with_one_process(one_process);
     let now = app.now();
     let mut store = app.store.write();
     let mut rejected = false;
