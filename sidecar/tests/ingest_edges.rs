@@ -298,10 +298,14 @@ print("sent")
 "#;
     let port = statsd_addr(&s).port().to_string();
     assert!(run_python(&["monascastatsd"], script, &[&port]).contains("sent"));
-    let text = metrics_when(&s, "all monasca lines", |t| {
+    // Lines are counted when received and values reach the store at the next flush: wait for
+    // the last value of each series itself (seen in CI: a flush between the two timings showed
+    // 0.5 with all 6 lines counted). An etsy-style reading would time out here.
+    let text = metrics_when(&s, "the last monasca values", |t| {
         sample_value(t, "monasca_sidecar_statsd_lines_total") == Some(6.0)
-            && sample_value(t, "demo_db_seconds{service=\"x\"}").is_some()
-            && sample_value(t, "demo_queue_delta{service=\"x\"}").is_some()
+            && sample_value(t, "demo_queue_depth{service=\"x\"}") == Some(-5.0)
+            && sample_value(t, "demo_queue_delta{service=\"x\"}") == Some(2.0)
+            && sample_value(t, "demo_db_seconds{service=\"x\"}") == Some(-0.25)
     });
     assert_eq!(
         sample_value(&text, "demo_queue_depth{service=\"x\"}"),
