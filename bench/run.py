@@ -154,8 +154,9 @@ class Server:
     """A server process on loopback, killed on exit. Its stderr is kept in a temporary file, to
     say why it did not start."""
 
-    def __init__(self, argv, port):
+    def __init__(self, argv, port, files=()):
         self.argv = argv
+        self.files = list(files)  # removed at stop: the server reads them while it runs
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.stderr)
         self.port = port
@@ -182,6 +183,9 @@ class Server:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.stderr.close()
+        for path in self.files:
+            os.unlink(path)
+        self.files = []
 
 
 def sidecar(extra=""):
@@ -199,7 +203,8 @@ def sidecar(extra=""):
         cfg.close()
         s = None
         try:
-            s = Server([os.path.join(RELEASE, "monasca-sidecar"), "--config", cfg.name], ingest)
+            s = Server([os.path.join(RELEASE, "monasca-sidecar"), "--config", cfg.name], ingest,
+                       files=[cfg.name])
             wait_port(metrics, server=s)
         except Exception as e:
             if s is not None:

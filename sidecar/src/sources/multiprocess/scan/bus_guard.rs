@@ -264,15 +264,19 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Set in the child run of [`a_fault_outside_every_mapping_still_kills_the_process`].
+    /// Set in the child run of [`a_fault_outside_every_mapping_still_kills_the_process`]: the
+    /// scratch directory it works in.
     const CHILD_ENV: &str = "MONASCA_BUS_GUARD_CHILD";
 
     #[test]
     fn a_fault_outside_every_mapping_still_kills_the_process() {
-        if std::env::var_os(CHILD_ENV).is_some() {
-            child_reads_an_unguarded_cut_mapping();
+        if let Some(dir) = std::env::var_os(CHILD_ENV) {
+            child_reads_an_unguarded_cut_mapping(std::path::Path::new(&dir));
             return;
         }
+        // The child dies by SIGBUS and cannot clean up: its scratch directory is made and
+        // removed here.
+        let dir = scratch("bus-guard-child");
         let exe = std::env::current_exe().expect("test binary");
         let status = std::process::Command::new(exe)
             .args([
@@ -281,11 +285,12 @@ mod tests {
                 "--test-threads=1",
                 "--nocapture",
             ])
-            .env(CHILD_ENV, "1")
+            .env(CHILD_ENV, &dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
             .expect("run the child");
+        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             status.signal(),
             Some(libc::SIGBUS),
@@ -295,10 +300,9 @@ mod tests {
 
     /// Installs the guard (a registered mapping), then reads a mapping of its own that is not
     /// registered past the end of its file: the guard must leave that fault alone.
-    fn child_reads_an_unguarded_cut_mapping() {
-        let dir = scratch("bus-guard-child");
+    fn child_reads_an_unguarded_cut_mapping(dir: &std::path::Path) {
         let len = PAGES * page();
-        let guarded = filled_file(&dir, len);
+        let guarded = filled_file(dir, len);
         let _installed = Mapping::new(&guarded, len).expect("map");
         let path = dir.join("other.db");
         std::fs::write(&path, vec![1u8; len]).expect("write");
