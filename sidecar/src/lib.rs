@@ -10,6 +10,7 @@ pub mod codec;
 pub mod component;
 pub mod config_file;
 pub mod expose;
+pub mod hashing;
 pub mod lifecycle;
 pub mod model;
 pub mod self_metrics;

@@ -9,8 +9,9 @@
 //! is dead. Order is insertion order, kept by removal (`retain`), as `/metrics` renders it.
 
 use super::SeriesState;
+use crate::hashing::HashState;
 use hashbrown::HashTable;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 
 /// The most key text a family holds: offsets are `u32`.
 pub(super) const MAX_KEY_TEXT: usize = u32::MAX as usize;
@@ -31,7 +32,7 @@ pub(crate) struct SeriesMap {
     slots: Vec<Slot>,
     /// Indices into `slots`, hashed by key text.
     index: HashTable<u32>,
-    hasher: RandomState,
+    hasher: HashState,
     /// Bytes of `text` no slot refers to.
     dead_text: usize,
     /// Changes whenever a removal moves slots (see [`SeriesMap::layout`]).

@@ -6,6 +6,7 @@ use super::series_map::MAX_KEY_TEXT;
 use super::{
     DROPPED, SELF_PREFIX, Scope, SeriesData, SeriesName, Store, StoreError, WorkerKey, resolve_mode,
 };
+use crate::hashing::HashState;
 use crate::model::{Family, MetricKind, Value};
 use monasca_config::GaugeMode;
 use std::collections::HashSet;
@@ -29,7 +30,8 @@ impl Store {
         scope: Scope,
     ) -> Result<Vec<Prepared<'f>>, StoreError> {
         let mut prepared = Vec::with_capacity(families.iter().map(|f| f.series.len()).sum());
-        let mut seen_families: HashSet<&str> = HashSet::with_capacity(families.len());
+        let mut seen_families: HashSet<&str, HashState> =
+            HashSet::with_capacity_and_hasher(families.len(), HashState::default());
         let worker_state = existing_worker.and_then(|w| self.workers.get(w as usize)?.as_ref());
         // Series this worker would hold afterwards.
         let mut resulting = match (scope, worker_state) {
@@ -125,7 +127,8 @@ impl Store {
                     ts: series.timestamp,
                 });
             }
-            let mut keys_in_family: HashSet<&str> = HashSet::with_capacity(prepared.len() - first);
+            let mut keys_in_family: HashSet<&str, HashState> =
+                HashSet::with_capacity_and_hasher(prepared.len() - first, HashState::default());
             // Key text the family would hold at most (new keys counted whether new or not).
             let mut key_text = existing.map_or(0, |f| f.series.key_text_len());
             for p in &prepared[first..] {

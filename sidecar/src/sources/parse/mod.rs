@@ -9,11 +9,12 @@
 //! Errors carry a fixed [`ParseErrorKind`] (usable as a self-metric label: bounded
 //! cardinality) and a short, one-line human detail (usable as an HTTP 400 reason).
 
+use crate::hashing::HashState;
 use crate::model::{Label, Series};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use smallvec::SmallVec;
 
@@ -299,9 +300,9 @@ impl Hasher for IdHasher {
 const LINEAR_SERIES: usize = 16;
 
 /// Finds the series of a family with a given label set in O(1), to detect duplicates and to
-/// group histogram/summary samples. Hashes are order-independent (a wrapping sum of keyed
-/// per-label SipHashes) so that label order does not matter, and keyed so that a hostile body
-/// cannot force every series into one bucket.
+/// group histogram/summary samples. Hashes are order-independent (a wrapping sum of per-label
+/// hashes) so that label order does not matter, and keyed ([`HashState`]) so that a hostile
+/// body cannot force every series into one bucket.
 pub(crate) struct SeriesIndex {
     hashes: Vec<u64>,
     map: Option<HashMap<u64, SmallVec<[u32; 1]>, BuildHasherDefault<IdHasher>>>,
@@ -317,7 +318,7 @@ impl SeriesIndex {
 
     /// The order-independent hash of `labels`, skipping a label named `skip` (`le` for
     /// histogram buckets).
-    pub(crate) fn hash(state: &RandomState, labels: &[Label<'_>], skip: Option<&str>) -> u64 {
+    pub(crate) fn hash(state: &HashState, labels: &[Label<'_>], skip: Option<&str>) -> u64 {
         labels
             .iter()
             .filter(|l| Some(&*l.name) != skip)

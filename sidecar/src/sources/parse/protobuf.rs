@@ -11,11 +11,11 @@ use super::{
     ParseError, ParseErrorKind as K, Position, SeriesIndex, is_label_name, is_metric_name,
     repeated_label,
 };
+use crate::hashing::HashState;
 use crate::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
 use prost::Message;
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::hash::RandomState;
 
 /// The largest single message accepted. The ingest layer caps the whole body far below this;
 /// the cap is a second line of defence for callers that do not.
@@ -170,7 +170,7 @@ pub mod proto {
 /// does not decode or has no name, and applies the same family rules as the text parser
 /// (valid names, no duplicate labels, series or families, `+Inf` bucket present).
 pub fn decode<'a>(body: &[u8]) -> Result<Vec<Family<'a>>, ParseError> {
-    let state = RandomState::new();
+    let state = HashState::default();
     let mut families = Vec::new();
     let mut names = HashSet::new();
     let mut rest = body;
@@ -254,7 +254,7 @@ fn one_line(s: &str) -> String {
 
 fn convert<'a>(
     mf: proto::MetricFamily,
-    state: &RandomState,
+    state: &HashState,
     at: Position,
 ) -> Result<Family<'a>, ParseError> {
     let err = |kind, detail: String| ParseError::new(kind, at, detail);

@@ -135,9 +135,8 @@ impl Counts {
 }
 
 /// The accumulator's maps (StatsD names, families, series keys: three lookups per line) use
-/// foldhash, seeded per process: several times cheaper than SipHash on these short keys, with
-/// enough seeding that a sender cannot precompute colliding names.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// [`HashState`](crate::hashing::HashState).
+type FastMap<K, V> = HashMap<K, V, crate::hashing::HashState>;
 
 /// The labels of one accumulated series, shared with flush snapshots.
 pub type SeriesLabels = Arc<[(Box<str>, Box<str>)]>;

@@ -2,9 +2,9 @@
 //! its series assembled (histogram buckets grouped, `+Inf` required) into a model family.
 
 use super::super::{ParseError, ParseErrorKind as K, Position, SeriesIndex, excerpt};
+use crate::hashing::HashState;
 use crate::model::{Family, HistogramValue, Label, Labels, MetricKind, Series, Value};
 use std::borrow::Cow;
-use std::hash::RandomState;
 
 /// A `# TYPE` as written, before mapping to the model's [`MetricKind`]: `info` and `stateset`
 /// name their samples differently from gauges but aggregate like them.
@@ -151,7 +151,7 @@ impl<'a> Current<'a> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn add(
         &mut self,
-        state: &RandomState,
+        state: &HashState,
         role: Role,
         name: &str,
         mut labels: Labels<'a>,

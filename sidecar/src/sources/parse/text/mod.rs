@@ -16,12 +16,12 @@ mod cursor;
 mod family;
 
 use super::{ParseError, ParseErrorKind as K, Position, excerpt, is_metric_name, is_name_continue};
+use crate::hashing::HashState;
 use crate::model::{Family, Labels, MetricKind};
 use cursor::Cursor;
 use family::*;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::hash::RandomState;
 
 /// Parses a text exposition body.
 ///
@@ -90,7 +90,7 @@ pub fn parse_bytes(body: &[u8], openmetrics: bool) -> Result<Vec<Family<'_>>, Pa
 struct Builder<'a> {
     openmetrics: bool,
     /// Keys the series hashes; per parse so that collisions cannot be precomputed.
-    state: RandomState,
+    state: HashState,
     families: Vec<Family<'a>>,
     /// First line of each family in `families`.
     lines: Vec<usize>,
@@ -103,7 +103,7 @@ impl<'a> Builder<'a> {
     fn new(openmetrics: bool) -> Self {
         Builder {
             openmetrics,
-            state: RandomState::new(),
+            state: HashState::default(),
             families: Vec::new(),
             lines: Vec::new(),
             seen: HashMap::new(),
