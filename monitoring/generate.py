@@ -69,6 +69,7 @@ ROWS = [
         ("Counter resets absorbed /s", "ops", [
             (f"sum by (namespace, pod) (rate(monasca_sidecar_counter_resets_total{SIDECAR}[5m]))", "{{namespace}}/{{pod}}"),
             (f"sum by (namespace, pod) (rate(monasca_sidecar_worker_restarts_total{SIDECAR}[5m]))", "pushing workers restarted {{namespace}}/{{pod}}"),
+            (f"sum by (namespace, pod) (rate(monasca_sidecar_worker_start_time_regressions_total{SIDECAR}[5m]))", "start time went back (two processes under one key?) {{namespace}}/{{pod}}"),
         ]),
     ]),
     ("Multiprocess", [

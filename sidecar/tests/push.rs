@@ -866,9 +866,21 @@ push_to_gateway(gateway, job='orders', registry=reg, grouping_key={'instance': '
         sample_value(&m, "process_start_time_seconds{job=\"orders\"}").is_some(),
         "the process collector pushed no start time:\n{m}"
     );
-    // prometheus_client gives the start time in whole clock ticks (1/100 s): make sure the
-    // second process does not start in the same tick.
-    std::thread::sleep(Duration::from_millis(50));
+    // A start time within the sidecar's jitter allowance of the first is the same process
+    // (Go's moves by a second in a live process): the second one starts well past it.
+    let first_start = sample_value(&m, "process_start_time_seconds{job=\"orders\"}")
+        .expect("process_start_time_seconds");
+    let due = first_start + monasca_sidecar::store::START_TIME_JITTER_SECONDS + 0.5;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64();
+        if now >= due {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs_f64((due - now).min(1.0)));
+    }
     // The new process uses more CPU than the first before it pushes, so that no counter at
     // all goes down (process_cpu_seconds_total included): only the start time tells.
     let first_cpu = sample_value(&m, "process_cpu_seconds_total{job=\"orders\"}")
@@ -890,6 +902,43 @@ push_to_gateway(gateway, job='orders', registry=reg, grouping_key={'instance': '
         ],
     );
     s.checked_metrics();
+}
+
+/// Go's client re-reads the boot time at every collect, so a live process's start time moves
+/// by a second now and then: its counters continue. Two processes pushing under one grouping
+/// key show a start time that goes back: counted and named, not taken as a restart.
+#[test]
+fn a_start_time_that_jitters_is_one_process_and_one_that_goes_back_is_counted() {
+    let s = Sidecar::start("");
+    let body = |jobs: u32, start: f64| {
+        format!(
+            "{COUNTER}{jobs}\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}\n"
+        )
+    };
+    let path = "/metrics/job/api/instance/w1";
+    for (jobs, start) in [(5, 1.7e9 + 0.25), (6, 1.7e9 + 1.25), (7, 1.7e9 + 0.25)] {
+        assert_eq!(push(&s, "PUT", path, &body(jobs, start)).status, 200);
+    }
+    let m = s.metrics();
+    for (name, value) in [
+        ("requests_total{job=\"api\",path=\"/a\"}", 7.0),
+        ("monasca_sidecar_worker_restarts_total", 0.0),
+        ("monasca_sidecar_worker_start_time_regressions_total", 0.0),
+    ] {
+        assert_eq!(sample_value(&m, name), Some(value), "{name} in\n{m}");
+    }
+    // Another process under the same key, started an hour before the first.
+    assert_eq!(
+        push(&s, "PUT", path, &body(100, 1.7e9 - 3600.0)).status,
+        200
+    );
+    let m = s.metrics();
+    for (name, value) in [
+        ("monasca_sidecar_worker_restarts_total", 0.0),
+        ("monasca_sidecar_worker_start_time_regressions_total", 1.0),
+    ] {
+        assert_eq!(sample_value(&m, name), Some(value), "{name} in\n{m}");
+    }
 }
 
 #[test]

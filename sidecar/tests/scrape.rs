@@ -15,7 +15,7 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const JOBS: &str = "jobs_total{queue=\"q\"}";
@@ -252,8 +252,14 @@ fn one_process_targets_keep_every_count_across_restarts() {
             render(app)
         );
     };
-    // Each sidecar has seen the target fail since the kill, then answer again.
-    let restart = |worker: &mut PyProcess, before: &[&str]| {
+    // Each sidecar has seen the target fail since the kill, then answer again. A start time
+    // within the sidecar's jitter allowance of the last one is the same process (Go's moves
+    // by a second in a live process): the old process lives past it first.
+    let life = Duration::from_secs_f64(monasca_sidecar::store::START_TIME_JITTER_SECONDS + 0.5);
+    let restart = |worker: &mut PyProcess, born: &mut Instant, before: &[&str]| {
+        if let Some(left) = life.checked_sub(born.elapsed()) {
+            std::thread::sleep(left);
+        }
         worker.kill();
         for app in [&whole, &per_series] {
             assert!(wait_until(Duration::from_secs(10), || {
@@ -261,6 +267,7 @@ fn one_process_targets_keep_every_count_across_restarts() {
             }));
         }
         *worker = start(before);
+        *born = Instant::now();
         for app in [&whole, &per_series] {
             assert!(wait_until(Duration::from_secs(10), || {
                 self_metric(&render(app), &up) == Some(1.0)
@@ -269,19 +276,20 @@ fn one_process_targets_keep_every_count_across_restarts() {
     };
 
     let mut worker = start(&["inc", "10", "fail", "1"]);
+    let mut born = Instant::now();
     until(&whole, (10.0, 1.0));
     until(&per_series, (10.0, 1.0));
 
     // Restarted, both counters back at their old values by the first scrape: only the start
     // time shows it.
-    restart(&mut worker, &["inc", "10", "fail", "1"]);
+    restart(&mut worker, &mut born, &["inc", "10", "fail", "1"]);
     until(&whole, (20.0, 2.0));
     // The per-series sidecar has scraped the new process (up again) and sees a continuation.
     assert_eq!(counts(&per_series), (10.0, 1.0));
 
     // Restarted again, jobs below their old value this time: per series, jobs alone restart;
     // the rare failure (back at 1) continues there, and is counted anew by the whole worker.
-    restart(&mut worker, &["inc", "3", "fail", "1"]);
+    restart(&mut worker, &mut born, &["inc", "3", "fail", "1"]);
     until(&whole, (23.0, 3.0));
     until(&per_series, (13.0, 1.0));
     // (`monasca_sidecar_worker_restarts_total` on the sidecar's /metrics.)

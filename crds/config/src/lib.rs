@@ -143,10 +143,10 @@ pub struct Scrape {
     /// Per-target scrape timeout.
     pub timeout: Duration,
     /// Every target is one process exposing its own registry (an app worker on its own port),
-    /// not an exporter of outside counters: a counter-like value going down, or a new
-    /// `process_start_time_seconds`, shows that the process restarted, so all the counters the
-    /// target held are retired, also those the new process has already counted back up to
-    /// their old value (counting per series would lose those). Off by default: an exporter's
+    /// not an exporter of outside counters: a counter-like value going down, or a
+    /// `process_start_time_seconds` more than 2 s later, shows that the process restarted, so
+    /// all the counters the target held are retired, also those the new process has already
+    /// counted back up to their old value (counting per series would lose those). Off by default: an exporter's
     /// counters may reset one at a time, and a target answered by several processes in turn (a
     /// pre-fork server's workers taking its `/metrics` requests by turns) changes start times
     /// from scrape to scrape.

@@ -6,6 +6,7 @@ use crate::component::SelfMetrics;
 use crate::self_metrics::{
     Counter, Registry, SecondsCounter, SecondsGauge, const_counter, const_gauge, register_listed,
 };
+use crate::store::START_TIME_JITTER_SECONDS;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -141,8 +142,18 @@ impl Collector for ServerStats {
         const_counter(
             &mut encoder,
             "worker_restarts",
-            "Pushes that showed their worker restarted (a counter went down, or a new process start time): all its counters were retired",
+            &format!(
+                "Pushes that showed their worker restarted (a counter went down, or a process start time more than {START_TIME_JITTER_SECONDS} s later): all its counters were retired"
+            ),
             store.worker_restarts as f64,
+        )?;
+        const_counter(
+            &mut encoder,
+            "worker_start_time_regressions",
+            &format!(
+                "Updates of a one-process worker whose process start time went more than {START_TIME_JITTER_SECONDS} s back: two processes under one worker id, or a clock step (not taken as a restart)"
+            ),
+            store.start_time_regressions as f64,
         )?;
         const_counter(
             &mut encoder,

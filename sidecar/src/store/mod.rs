@@ -45,6 +45,14 @@ use std::time::{Duration, Instant};
 /// The gauge client libraries' process collectors export: the process's start time, which
 /// changes only when the process starts again (see [`WorkerKey::one_process`]).
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+
+/// How far a worker's [`PROCESS_START_TIME`] may move without meaning another process.
+/// Clients that add the boot time of `/proc/stat` to the process's start ticks at every
+/// collect (Go's `procfs`) see it move by a whole second now and then, in either direction,
+/// while the process lives on (client_golang#289); taking that for a restart would count every
+/// counter of the worker twice. A process that restarts sooner than this after the previous
+/// one started is still caught by a counter going down.
+pub const START_TIME_JITTER_SECONDS: f64 = 2.0;
 /// Label carrying a per-series gauge mode (`_aggregate`); never part of series identity.
 pub const AGGREGATE_LABEL: &str = "_aggregate";
 /// Prefix reserved for the sidecar's own metrics.
@@ -116,8 +124,8 @@ pub struct WorkerKey {
     /// Labels added to every series of this worker, overriding labels of the same name in the
     /// series (Pushgateway's grouping-key labels such as `job`).
     pub common_labels: Vec<(String, String)>,
-    /// Whether a counter-like value going down, or a new [`PROCESS_START_TIME`], shows that
-    /// the whole worker restarted, so that every counter-like value it held belongs to its
+    /// Whether a counter-like value going down, or a later [`PROCESS_START_TIME`] (see
+    /// [`START_TIME_JITTER_SECONDS`]), shows that the whole worker restarted, so that every counter-like value it held belongs to its
     /// previous life (see [`Store::apply`]). True where the worker is one process sending its
     /// whole registry under an id that outlives it: a Pushgateway grouping key, and a scrape
     /// target with `scrape.oneProcessPerTarget`. A process that restarts counts everything
@@ -205,6 +213,30 @@ pub struct ApplyStats {
     pub restarted: bool,
 }
 
+/// How a one-process worker's [`PROCESS_START_TIME`] moved in an update. Ordered so that
+/// the most telling of several (one per label set) wins: a restart over a regression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum StartTimeMove {
+    /// The same (within [`START_TIME_JITTER_SECONDS`]), or nothing to compare.
+    Same,
+    /// Earlier by more than the jitter: no process starts before the one it replaces.
+    Earlier,
+    /// Later by more than the jitter: another process.
+    Later,
+}
+
+impl StartTimeMove {
+    pub(crate) fn between(old: f64, new: f64) -> StartTimeMove {
+        if new > old + START_TIME_JITTER_SECONDS {
+            StartTimeMove::Later
+        } else if new < old - START_TIME_JITTER_SECONDS {
+            StartTimeMove::Earlier
+        } else {
+            StartTimeMove::Same
+        }
+    }
+}
+
 /// How many of a worker's values a family holds.
 #[derive(Clone, Debug)]
 struct WorkerFamily {
@@ -232,6 +264,8 @@ pub(crate) struct WorkerState {
     /// or replaces them instead of adding to them. Folded into the retired totals by
     /// [`Store::sweep`].
     pub(crate) departed: bool,
+    /// A start time that went back was logged for this worker ([`Store::apply`]).
+    start_time_regression_logged: bool,
 }
 
 /// A departed worker's gauge value, kept for the non-live modes.
@@ -459,6 +493,9 @@ pub struct Store {
     pub resets: u64,
     /// Updates that showed their worker restarted ([`ApplyStats::restarted`]).
     pub worker_restarts: u64,
+    /// Updates of a one-process worker whose [`PROCESS_START_TIME`] was earlier than the one
+    /// it held ([`StartTimeMove::Earlier`]).
+    pub start_time_regressions: u64,
     /// Incremented by [`Store::clear`].
     epoch: u64,
     /// Incremented by every change of values (see [`Store::version`]).
@@ -484,6 +521,7 @@ impl Store {
             layout_mismatches: 0,
             resets: 0,
             worker_restarts: 0,
+            start_time_regressions: 0,
             epoch: 0,
             version: 0,
             last_family_id: 0,
@@ -576,10 +614,12 @@ impl Store {
     /// its counters continue (or reset, when they went down) and its gauges are replaced.
     ///
     /// For a source whose worker is one process ([`WorkerKey::one_process`]), one
-    /// counter-like value going down, or a new [`PROCESS_START_TIME`], means the process
-    /// restarted: every counter-like value the worker held before the update is retired,
-    /// those the update continued and those it left out alike, and the update's values count
-    /// from zero.
+    /// counter-like value going down, or a [`PROCESS_START_TIME`] later than the held one by
+    /// more than [`START_TIME_JITTER_SECONDS`], means the process restarted: every
+    /// counter-like value the worker held before the update is retired, those the update
+    /// continued and those it left out alike, and the update's values count from zero. An
+    /// earlier start time is no restart (a new process never started before the old one):
+    /// it is counted ([`Store::start_time_regressions`]) and logged once per worker.
     pub fn apply(
         &mut self,
         worker: &WorkerKey,
@@ -608,7 +648,14 @@ impl Store {
         // Values the update continued, by prepared index: retired if it shows a restart.
         // Sized once (no regrowth copies); pages nobody writes are never touched.
         let spans = worker.one_process;
-        let new_start_time = spans && self.start_time_changed(worker_id, families, &prepared);
+        let start_time = if spans {
+            self.start_time_move(worker_id, families, &prepared)
+        } else {
+            StartTimeMove::Same
+        };
+        if start_time == StartTimeMove::Earlier {
+            self.note_start_time_regression(worker_id);
+        }
         let mut continued: Vec<(usize, Continued)> =
             Vec::with_capacity(if spans { prepared.len() } else { 0 });
         for (index, p) in prepared.iter().enumerate() {
@@ -662,7 +709,7 @@ impl Store {
             }
         }
         self.resets += stats.resets as u64;
-        stats.restarted = spans && (stats.resets > 0 || new_start_time);
+        stats.restarted = spans && (stats.resets > 0 || start_time == StartTimeMove::Later);
         if stats.restarted {
             self.worker_restarts += 1;
             for (index, old) in continued {
@@ -745,28 +792,28 @@ impl Store {
         Ok(stats)
     }
 
-    /// Whether the update carries the worker's [`PROCESS_START_TIME`] with another value than
-    /// the one the worker holds: the process started again, even if none of its counters
-    /// went down (every one already back at or above its old value).
-    fn start_time_changed(
+    /// How the worker's [`PROCESS_START_TIME`] in the update compares with the one it holds
+    /// (see [`START_TIME_JITTER_SECONDS`]). `Later` means the process started again, even
+    /// if none of its counters went down (every one already back at or above its old value).
+    fn start_time_move(
         &self,
         worker: u32,
         families: &[Family<'_>],
         prepared: &[validate::Prepared<'_>],
-    ) -> bool {
+    ) -> StartTimeMove {
         let Some(state) = self.families.get(PROCESS_START_TIME) else {
-            return false;
+            return StartTimeMove::Same;
         };
         // `prepare` refused an update that names a family twice.
         let Some(family) = families.iter().position(|f| *f.name == *PROCESS_START_TIME) else {
-            return false;
+            return StartTimeMove::Same;
         };
         prepared
             .iter()
             .filter(|p| p.family_index == family)
-            .any(|p| {
-                let Value::Scalar(new) = p.value else {
-                    return false;
+            .map(|p| {
+                let Value::Scalar(new) = *p.value else {
+                    return StartTimeMove::Same;
                 };
                 let old = state.series.get(&p.key).and_then(|s| match &s.data {
                     SeriesData::Scalar { entries, .. } => {
@@ -774,8 +821,33 @@ impl Store {
                     }
                     SeriesData::Dist(_) => None,
                 });
-                old.is_some_and(|old| old.is_finite() && new.is_finite() && old != *new)
+                match old {
+                    Some(old) if old.is_finite() && new.is_finite() => {
+                        StartTimeMove::between(old, new)
+                    }
+                    _ => StartTimeMove::Same,
+                }
             })
+            .max()
+            .unwrap_or(StartTimeMove::Same)
+    }
+
+    /// Counts a start time that went back, and says so once per worker: two processes
+    /// update under one worker id (a shared push grouping key, a port answered by several
+    /// processes in turn), or the clock was stepped back.
+    fn note_start_time_regression(&mut self, worker: u32) {
+        self.start_time_regressions += 1;
+        if let Some(Some(w)) = self.workers.get_mut(worker as usize)
+            && !w.start_time_regression_logged
+        {
+            w.start_time_regression_logged = true;
+            tracing::warn!(
+                worker = %w.key.id,
+                "{PROCESS_START_TIME} went back: two processes seem to update under this one \
+                 worker id (its counters cannot be aggregated right), or the clock was stepped \
+                 back; not taken as a restart"
+            );
+        }
     }
 
     /// Whether a restart shown by the update ([`ApplyStats::restarted`]) takes the worker's
@@ -869,6 +941,7 @@ impl Store {
             families: Vec::new(),
             series: 0,
             departed: false,
+            start_time_regression_logged: false,
         };
         let id = match self.free_workers.pop() {
             Some(id) => {

@@ -285,10 +285,10 @@ fn a_restart_shown_by_any_family_retires_the_whole_worker() {
 }
 
 /// A worker that is one process (a pushing worker, a scrape target with
-/// `oneProcessPerTarget`) and sends a new `process_start_time_seconds` restarted, even when
-/// every counter is already back at or above its old value; the same start time again, or the
-/// first one, is no restart. Any other scrape target's start time (an exporter mirroring
-/// outside counters) is not taken as one.
+/// `oneProcessPerTarget`) and sends a `process_start_time_seconds` later by more than the
+/// jitter allowance restarted, even when every counter is already back at or above its old
+/// value; the same start time again, or the first one, is no restart. Any other scrape
+/// target's start time (an exporter mirroring outside counters) is not taken as one.
 #[test]
 fn a_new_process_start_time_is_a_restart_of_a_one_process_worker() {
     let with_start = |ok: f64, failed: f64, start: f64| {
@@ -330,6 +330,66 @@ fn a_new_process_start_time_is_a_restart_of_a_one_process_worker() {
             ],
             "{source:?}"
         );
+    }
+}
+
+/// Go's client adds `/proc/stat`'s boot time to the process's start ticks at every collect, so
+/// a live process's start time moves by a whole second now and then, either way: that is the
+/// same process, whose counters continue (taking it for a restart would count them twice).
+/// A start time more than the jitter earlier is no restart either (no process starts before
+/// the one it replaces), and is counted; more than the jitter later is a restart.
+#[test]
+fn a_start_time_that_jitters_or_goes_back_is_no_restart() {
+    let with_start = |ok: f64, start: f64| {
+        [
+            orders(ok, Some(1.0)),
+            scalar(PROCESS_START_TIME, MetricKind::Gauge, &[], start),
+        ]
+    };
+    let w = WorkerKey::new(Source::Push, "w1", vec![]);
+    let mut s = store();
+    let now = t0();
+    let mut push = |ok: f64, start: f64| s.apply(&w, &with_start(ok, start), Scope::Worker, now);
+    for (ok, start) in [
+        (5.0, 1000.25),
+        (6.0, 1001.25),
+        (7.0, 1000.25),
+        (8.0, 999.25),
+    ] {
+        let stats = push(ok, start).unwrap();
+        assert!(!stats.restarted, "start time {start}");
+    }
+    assert_eq!((s.worker_restarts, s.start_time_regressions), (0, 0));
+    assert_eq!(
+        sorted_samples(&s, now)[..2],
+        [
+            "orders_total{outcome=\"failed\"} 1".to_string(),
+            "orders_total{outcome=\"ok\"} 8".to_string(),
+        ]
+    );
+    // Two processes under one id: going back is counted, going forward is a restart.
+    let mut push = |ok: f64, start: f64| s.apply(&w, &with_start(ok, start), Scope::Worker, now);
+    let back = push(9.0, 990.0).unwrap();
+    assert!(!back.restarted);
+    let forward = push(10.0, 999.25).unwrap();
+    assert!(forward.restarted);
+    assert_eq!((s.worker_restarts, s.start_time_regressions), (1, 1));
+}
+
+#[test]
+fn start_time_moves_past_the_jitter_only() {
+    use StartTimeMove::{Earlier, Later, Same};
+    let j = START_TIME_JITTER_SECONDS;
+    for (old, new, expected) in [
+        (1000.0, 1000.0, Same),
+        (1000.0, 1000.0 + j, Same),
+        (1000.0, 1000.0 - j, Same),
+        (1000.0, 1000.01 + j, Later),
+        (1000.0, 999.99 - j, Earlier),
+        (1.7e9, 1.7e9 + 1.0, Same),
+        (1.7e9, 1.7e9 + 3600.0, Later),
+    ] {
+        assert_eq!(StartTimeMove::between(old, new), expected, "{old} -> {new}");
     }
 }
 
