@@ -237,7 +237,7 @@ fn a_histogram_without_sum_gets_no_invented_sum() {
 /// Every self-metric family of a running sidecar (with `stateDir`, so all components report),
 /// with its type: the names, types and label names dashboards, rules and tests use. Every
 /// family is listed from the start, also those by reasons created on first use.
-const SELF_FAMILIES: [(&str, &str); 58] = [
+const SELF_FAMILIES: [(&str, &str); 59] = [
     ("allocator_trims_total", "counter"),
     ("config_last_reload_successful", "gauge"),
     ("config_reload_errors_total", "counter"),
@@ -295,6 +295,7 @@ const SELF_FAMILIES: [(&str, &str); 58] = [
     ("statsd_tcp_connections_total", "counter"),
     ("worker_restarts_total", "counter"),
     ("worker_series", "gauge"),
+    ("worker_start_time_regressions_total", "counter"),
     ("workers", "gauge"),
 ];
 

@@ -146,10 +146,10 @@ pub struct Scrape {
     /// not an exporter of outside counters: a counter-like value going down, or a
     /// `process_start_time_seconds` more than 2 s later, shows that the process restarted, so
     /// all the counters the target held are retired, also those the new process has already
-    /// counted back up to their old value (counting per series would lose those). Off by default: an exporter's
-    /// counters may reset one at a time, and a target answered by several processes in turn (a
-    /// pre-fork server's workers taking its `/metrics` requests by turns) changes start times
-    /// from scrape to scrape.
+    /// counted back up to their old value (counting per series would lose those). Off by
+    /// default: an exporter's counters may reset one at a time, and a target answered by
+    /// several processes in turn (a pre-fork server's workers taking its `/metrics` requests
+    /// by turns) changes start times from scrape to scrape.
     pub one_process_per_target: bool,
 }
 

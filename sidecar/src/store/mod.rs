@@ -125,13 +125,13 @@ pub struct WorkerKey {
     /// series (Pushgateway's grouping-key labels such as `job`).
     pub common_labels: Vec<(String, String)>,
     /// Whether a counter-like value going down, or a later [`PROCESS_START_TIME`] (see
-    /// [`START_TIME_JITTER_SECONDS`]), shows that the whole worker restarted, so that every counter-like value it held belongs to its
-    /// previous life (see [`Store::apply`]). True where the worker is one process sending its
-    /// whole registry under an id that outlives it: a Pushgateway grouping key, and a scrape
-    /// target with `scrape.oneProcessPerTarget`. A process that restarts counts everything
-    /// from zero again, and a counter that is back at or above its old value by the first
-    /// update after the restart (a rarely counted outcome) would otherwise continue and lose
-    /// the previous life's count.
+    /// [`START_TIME_JITTER_SECONDS`]), shows that the whole worker restarted, so that every
+    /// counter-like value it held belongs to its previous life (see [`Store::apply`]). True
+    /// where the worker is one process sending its whole registry under an id that outlives
+    /// it: a Pushgateway grouping key, and a scrape target with `scrape.oneProcessPerTarget`.
+    /// A process that restarts counts everything from zero again, and a counter that is back
+    /// at or above its old value by the first update after the restart (a rarely counted
+    /// outcome) would otherwise continue and lose the previous life's count.
     ///
     /// Not for a scrape target by default, whose exporter may mirror outside counters that
     /// reset one at a time (a network interface made again), nor for the JSON API's and
