@@ -247,16 +247,20 @@ fn evict_caches(buffer: &mut [u64]) {
     black_box(buffer);
 }
 
+/// Worker `w`'s counter file, opened for reading and writing.
+fn open_counter_file(dir: &Path, w: usize) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(format!("counter_{}.db", 100_000 + w)))
+        .expect("open")
+}
+
 /// Bumps the first `n` counter values in every worker's counter file (as 64 busy workers
 /// would between two scans).
 fn touch_all_workers(dir: &Path, round: u64, n: usize) {
     for w in 0..LIVE_WORKERS {
-        let path = dir.join(format!("counter_{}.db", 100_000 + w));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("open");
+        let f = open_counter_file(dir, w);
         let mut pos = 8u64;
         for _ in 0..n {
             let mut len = [0u8; 4];
@@ -266,6 +270,79 @@ fn touch_all_workers(dir: &Path, round: u64, n: usize) {
             f.write_all_at(&(1e9 + round as f64).to_ne_bytes(), value_at)
                 .expect("write");
             pos = value_at + 16;
+        }
+    }
+}
+
+/// Every worker's counter file mapped shared and writable, as prometheus_client's
+/// `MmapedDict` maps it: values written through it land in page-cache pages, and a write to a
+/// page already dirty leaves the file's ctime alone, so the reader checks such files by their
+/// value slots alone (the steady state of a live app between two write-backs).
+struct WriterMaps {
+    files: Vec<(*mut u8, usize, Vec<usize>)>,
+}
+
+impl WriterMaps {
+    fn open(dir: &Path) -> WriterMaps {
+        let files = (0..LIVE_WORKERS)
+            .map(|w| {
+                let path = dir.join(format!("counter_{}.db", 100_000 + w));
+                let f = open_counter_file(dir, w);
+                let len = f.metadata().expect("stat").len() as usize;
+                // SAFETY: a fresh shared mapping of a file this bench owns, unmapped in `drop`.
+                let ptr = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        std::os::fd::AsRawFd::as_raw_fd(&f),
+                        0,
+                    )
+                };
+                assert_ne!(ptr, libc::MAP_FAILED, "mmap {}", path.display());
+                let bytes = std::fs::read(&path).expect("read");
+                let used = u32::from_ne_bytes(bytes[..4].try_into().expect("header")) as usize;
+                let mut values = Vec::new();
+                let mut pos = 8;
+                while pos + 4 <= used {
+                    let k =
+                        u32::from_ne_bytes(bytes[pos..pos + 4].try_into().expect("len")) as usize;
+                    let value_at = pos + 4 + k + (8 - (k + 4) % 8);
+                    values.push(value_at);
+                    pos = value_at + 16;
+                }
+                (ptr.cast::<u8>(), len, values)
+            })
+            .collect();
+        WriterMaps { files }
+    }
+
+    /// Writes `share` of every worker's counter values through the mappings, a different
+    /// slice each round (as `bench/multiprocess.py`'s updater does).
+    fn touch(&self, round: u64, share: f64) {
+        for (ptr, len, values) in &self.files {
+            let n = ((values.len() as f64 * share) as usize).max(1);
+            let start = (round as usize * n) % values.len();
+            for j in 0..n {
+                let at = values[(start + j) % values.len()];
+                assert!(at + 8 <= *len);
+                // SAFETY: inside the mapping (checked above), which lives as long as `self`.
+                unsafe {
+                    ptr.add(at)
+                        .cast::<[u8; 8]>()
+                        .write_unaligned((1e9 + round as f64).to_ne_bytes())
+                };
+            }
+        }
+    }
+}
+
+impl Drop for WriterMaps {
+    fn drop(&mut self) {
+        for (ptr, len, _) in &self.files {
+            // SAFETY: mapped in `open` with this length, unmapped once.
+            unsafe { libc::munmap(ptr.cast(), *len) };
         }
     }
 }
@@ -340,6 +417,26 @@ fn benches(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        // The same, with the values written through a shared mapping, as prometheus_client
+        // writes them: the pages stay dirty, the ctime stands, and only value slots are read.
+        let writer = WriterMaps::open(&work);
+        g.bench_function(
+            "rescan_and_render_10pct_changed_in_place_cold/64x1000",
+            |b| {
+                b.iter_batched(
+                    || {
+                        round += 1;
+                        writer.touch(round, 0.1);
+                        evict_caches(&mut other_work);
+                    },
+                    |()| {
+                        r.scan(&app);
+                        render_text(&app)
+                    },
+                    BatchSize::PerIteration,
+                )
+            },
+        );
     }
 
     g.bench_function("cold_scan/2000_dead_files", |b| {
