@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
 /// Spawns `cmd` as the leader of a new process group with `PR_SET_PDEATHSIG` = SIGKILL, from
-/// the [`launcher`] thread. Refuses to start it if the test binary died before the signal was
+/// the `launcher` thread. Refuses to start it if the test binary died before the signal was
 /// set (nothing would kill it then).
 pub fn spawn_guarded(mut cmd: Command) -> std::io::Result<Child> {
     let parent = std::process::id() as libc::pid_t;

@@ -3,7 +3,7 @@
 //! finds all sidecars cluster-wide from one URL, without kubernetes_sd relabeling recipes.
 //!
 //! Pure: built from the operator's pod store (its one pod watch, kept as
-//! [`PodEntry`](crate::pod_entry::PodEntry)s), filtered by the sidecar label; the port is the one
+//! [`PodEntry`]s), filtered by the sidecar label; the port is the one
 //! the pod declares,
 //! so a `MetricsSidecar` moved to another port never points Prometheus at pods still on the old.
 

@@ -32,7 +32,7 @@
 //! for the encoding or the disk. An update of a family that a capture being encoded still
 //! holds copies that family first (at most once per family and write). A `/metrics` response
 //! waits for the writer only when it shows values not yet on disk (for the write that holds
-//! them, at most [`MAX_DURABLE_WAIT`]); that wait is what keeps a SIGKILL from taking back a
+//! them, at most `MAX_DURABLE_WAIT`); that wait is what keeps a SIGKILL from taking back a
 //! scraped value. The StatsD accumulator and the OTLP streams are encoded under their own
 //! locks (their size follows their own series).
 
@@ -510,7 +510,7 @@ impl Persister {
 
     /// Waits until the store at `version` (or later) is written, so that a `/metrics`
     /// response never shows a value a SIGKILL could take back. Bounded by
-    /// [`MAX_DURABLE_WAIT`]; a failed write releases the waiters too (it is counted).
+    /// `MAX_DURABLE_WAIT`; a failed write releases the waiters too (it is counted).
     pub async fn durable(&self, version: u64) {
         if *self.done.borrow() >= version {
             return;

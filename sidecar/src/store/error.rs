@@ -87,7 +87,7 @@ impl StoreError {
     }
 
     /// The family the error is about, when it is about one: lets a source leave out just that
-    /// family and apply the rest (see [`Store::apply_resilient`]).
+    /// family and apply the rest (see [`Store::apply_resilient`](super::Store::apply_resilient)).
     pub fn family(&self) -> Option<&str> {
         match self {
             StoreError::TypeConflict { family, .. } => Some(family),

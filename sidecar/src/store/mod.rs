@@ -494,7 +494,7 @@ pub struct Store {
     /// Updates that showed their worker restarted ([`ApplyStats::restarted`]).
     pub worker_restarts: u64,
     /// Updates of a one-process worker whose [`PROCESS_START_TIME`] was earlier than the one
-    /// it held ([`StartTimeMove::Earlier`]).
+    /// it held (`StartTimeMove::Earlier`).
     pub start_time_regressions: u64,
     /// Incremented by [`Store::clear`].
     epoch: u64,

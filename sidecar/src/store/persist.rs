@@ -87,7 +87,7 @@ impl Store {
     /// O(workers + families): families are shared (`Arc`), not copied, so the caller holds the
     /// store's lock only for this and encodes the capture after releasing it
     /// ([`StoreCapture::encode`]). An update of a family the capture still holds copies that
-    /// family first (see [`FamilyState`]); the capture never sees it.
+    /// family first (see `FamilyState`); the capture never sees it.
     pub fn capture(&self) -> StoreCapture {
         let mut keep = vec![false; self.workers.len()];
         let workers = self

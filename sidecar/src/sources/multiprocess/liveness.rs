@@ -128,7 +128,7 @@ impl Liveness {
     }
 
     /// Looks for the app in `/proc` (Auto policy, while not found yet, at most every
-    /// [`REDETECT_EVERY`]). `pids` are the pids of the directory's files, tried first.
+    /// `REDETECT_EVERY`). `pids` are the pids of the directory's files, tried first.
     /// Returns true when the mode just changed.
     pub fn detect<'p>(&mut self, dir: &Path, pids: impl Iterator<Item = &'p str>) -> bool {
         if self.policy != LivenessPolicy::Auto || self.mode == LivenessMode::Proc {

@@ -2,8 +2,8 @@
 //! `PROMETHEUS_MULTIPROC_DIR` (`*.db` files, one set per worker pid) directly, and keeps the
 //! directory bounded.
 //!
-//! - [`format`]: the file layout, parsed from bytes (fuzzable) and written (for the sidecar's
-//!   own files); checked against the real client in `tests/multiprocess*.rs`.
+//! - [`format`](mod@format): the file layout, parsed from bytes (fuzzable) and written (for
+//!   the sidecar's own files); checked against the real client in `tests/multiprocess*.rs`.
 //! - [`merge`]: one worker's entries as ingest-model families, the way MultiProcessCollector
 //!   merges them; each pid is one store worker (`pid` label), applied with `Scope::Worker`.
 //! - [`liveness`]: `/proc` when the app's processes are visible, file changes otherwise.

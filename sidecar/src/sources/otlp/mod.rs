@@ -1,11 +1,11 @@
 //! OTLP metrics ingest: OpenTelemetry SDK workers become one Prometheus target.
 //!
 //! Pipeline: [`decode`] reads an `ExportMetricsServiceRequest` (protobuf or OTLP/JSON, the
-//! `opentelemetry-proto` types); [`translate`] validates every data point and ties it to a
-//! worker and a Prometheus family (names per the OpenTelemetry/Prometheus compatibility
-//! specification, see [`names`]); [`Streams::apply`] turns points into each worker's latest
-//! cumulative values and applies them to the store with [`Scope::Series`]. The HTTP edge
-//! (`POST /v1/metrics` on `listen.otlp`) is in `server::routes`.
+//! `opentelemetry-proto` types); [`translate`](mod@translate) validates every data point and
+//! ties it to a worker and a Prometheus family (names per the OpenTelemetry/Prometheus
+//! compatibility specification, see [`names`]); [`Streams::apply`] turns points into each
+//! worker's latest cumulative values and applies them to the store with [`Scope::Series`]. The
+//! HTTP edge (`POST /v1/metrics` on `listen.otlp`) is in `server::routes`.
 //!
 //! # Worker identity
 //! A worker is a resource: all its attributes, canonically sorted, form the store worker id.

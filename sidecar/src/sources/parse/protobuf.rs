@@ -165,10 +165,11 @@ pub mod proto {
 /// `'static` included; it is generic because `Family` is invariant in its lifetime, and a
 /// `Family<'static>` could not be returned where a `Family<'body>` is expected).
 ///
-/// Rejects with [`ParseErrorKind`]`::Truncated` a body that ends inside a length prefix or
-/// message, `TooLarge` a prefix above [`MAX_MESSAGE_BYTES`], `InvalidProtobuf` a message that
-/// does not decode or has no name, and applies the same family rules as the text parser
-/// (valid names, no duplicate labels, series or families, `+Inf` bucket present).
+/// Rejects with [`ParseErrorKind::Truncated`](super::ParseErrorKind::Truncated) a body that
+/// ends inside a length prefix or message, `TooLarge` a prefix above [`MAX_MESSAGE_BYTES`],
+/// `InvalidProtobuf` a message that does not decode or has no name, and applies the same
+/// family rules as the text parser (valid names, no duplicate labels, series or families,
+/// `+Inf` bucket present).
 pub fn decode<'a>(body: &[u8]) -> Result<Vec<Family<'a>>, ParseError> {
     let state = HashState::default();
     let mut families = Vec::new();

@@ -6,7 +6,7 @@
 //! assembling samples straight into the aggregation model (histogram buckets grouped per
 //! series, `_created` dropped, counter family names normalised to `<name>_total`), and rejecting
 //! the inputs that would corrupt aggregation (interleaved families, duplicate series,
-//! histograms without `+Inf`) with a fixed [`ParseErrorKind`].
+//! histograms without `+Inf`) with a fixed [`ParseErrorKind`](super::ParseErrorKind).
 //!
 //! Leniency follows the Go parser where that is harmless: runs of spaces or tabs between
 //! tokens, blank lines, CRLF line ends, free comments, `# TYPE` names in either format's
