@@ -18,7 +18,7 @@ use monasca_config::SidecarConfig;
 use monasca_sidecar::app::App;
 use monasca_sidecar::expose::{Format, render};
 use monasca_sidecar::sources::multiprocess::format::{
-    encode_entry, encode_key, finish_file, start_file,
+    encode_entry, encode_key, entries, finish_file, start_file,
 };
 use monasca_sidecar::sources::multiprocess::{LivenessPolicy, Options, Reader};
 use std::hint::black_box;
@@ -302,16 +302,10 @@ impl WriterMaps {
                 };
                 assert_ne!(ptr, libc::MAP_FAILED, "mmap {}", path.display());
                 let bytes = std::fs::read(&path).expect("read");
-                let used = u32::from_ne_bytes(bytes[..4].try_into().expect("header")) as usize;
-                let mut values = Vec::new();
-                let mut pos = 8;
-                while pos + 4 <= used {
-                    let k =
-                        u32::from_ne_bytes(bytes[pos..pos + 4].try_into().expect("len")) as usize;
-                    let value_at = pos + 4 + k + (8 - (k + 4) % 8);
-                    values.push(value_at);
-                    pos = value_at + 16;
-                }
+                let values = entries(&bytes)
+                    .expect("header")
+                    .map(|e| e.expect("entry").value_offset)
+                    .collect();
                 (ptr.cast::<u8>(), len, values)
             })
             .collect();
