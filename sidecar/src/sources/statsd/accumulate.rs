@@ -47,7 +47,7 @@
 //! - **Type conflicts** (the same family name as counter and then gauge, not forced by a
 //!   mapping) keep the first type; the later samples are dropped and counted.
 
-use super::line::{self, Line, LineError, SampleType, TagStyle};
+use super::line::{self, Line, LineError, Sample, SampleType, TagStyle};
 use super::mapping::{Mapped, MappedName, Mapper, MappingError};
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::model::{Family, HistogramValue, Label, MetricKind, Series, Value};
@@ -194,6 +194,51 @@ pub struct Accumulator {
     /// The time stamped on updated series; set per receive batch ([`Accumulator::set_clock`])
     /// rather than read per line.
     clock: Instant,
+    /// What each recently seen line shape resolves to (see [`Shape`]); `None` only while a
+    /// cached line is applied.
+    shapes: Option<FastMap<Box<[u8]>, Shape>>,
+    /// Scratch buffer for shape keys.
+    shape_key: Vec<u8>,
+    /// Most shapes cached before the cache is emptied.
+    shape_limit: usize,
+}
+
+/// Line shapes cached at most (then the cache is emptied, as the mapping cache is): far more
+/// than the distinct lines of an instrumented service (a series per call site and tag set),
+/// at a few hundred bytes each (about 4 MiB when full). A client that puts ids or timestamps
+/// in names or tags only misses the cache.
+const SHAPE_CACHE_LIMIT: usize = 16_384;
+
+/// A line's shape: the line without its value (its name, tags, type and rate), and what
+/// every line of that shape resolves to. The slow path parses a line, maps its name,
+/// sanitizes, filters and sorts its tags and builds the series key; a line whose shape was
+/// seen before only has its value parsed, and lands where the first one did. Only lines of
+/// one sample are cached; the cache is emptied when the configuration changes.
+#[derive(Debug)]
+struct Shape {
+    kind: SampleType,
+    rate: f64,
+    /// Tag errors the line counts each time.
+    tag_errors: u64,
+    target: Target,
+}
+
+/// Where one sample lands.
+#[derive(Debug)]
+enum Target {
+    Dropped(DropReason),
+    Series(SeriesTarget),
+}
+
+/// One accumulated series, by family name and key.
+#[derive(Debug)]
+struct SeriesTarget {
+    family: Box<str>,
+    kind: MetricKind,
+    key: Box<str>,
+    labels: SeriesLabels,
+    /// Gauges are absolute (the monasca-statsd dialect).
+    monasca: bool,
 }
 
 /// One family's changed series, owned, so the store can be updated without holding the
@@ -253,7 +298,22 @@ impl Accumulator {
             counts: Counts::default(),
             all_monasca: false,
             clock: Instant::now(),
+            shapes: Some(FastMap::default()),
+            shape_key: Vec::with_capacity(256),
+            shape_limit: SHAPE_CACHE_LIMIT,
         }
+    }
+
+    /// Tests: an accumulator that caches at most `limit` line shapes (0: parses and resolves
+    /// every line, the reference the cache is checked against).
+    #[cfg(test)]
+    pub(crate) fn with_shape_limit(
+        config: &SidecarConfig,
+        limit: usize,
+    ) -> Result<Accumulator, MappingError> {
+        let mut acc = Accumulator::new(config)?;
+        acc.shape_limit = limit;
+        Ok(acc)
     }
 
     /// Sets the time stamped on the series updated from now on (the receivers call it once
@@ -274,6 +334,9 @@ impl Accumulator {
         self.mapper = mapper;
         self.name_index.clear();
         self.mapped.clear();
+        if let Some(shapes) = &mut self.shapes {
+            shapes.clear();
+        }
         let mut bounds: Vec<f64> = config.statsd.buckets.clone();
         bounds.push(f64::INFINITY);
         self.bounds = bounds.into();
@@ -322,8 +385,42 @@ impl Accumulator {
     /// Accumulates one line (already split and trimmed), counting the outcome.
     pub fn ingest_line(&mut self, raw: &[u8]) {
         self.counts.lines += 1;
+        let span = line::value_span(raw);
+        if let Some((start, end)) = span {
+            self.shape_key.clear();
+            self.shape_key.extend_from_slice(&raw[..start]);
+            // (0xFF never occurs in UTF-8: the key cannot be read two ways.)
+            self.shape_key.push(0xFF);
+            self.shape_key.extend_from_slice(&raw[end..]);
+            if let Some(shapes) = self.shapes.take() {
+                let hit =
+                    shapes
+                        .get(self.shape_key.as_slice())
+                        .map(|shape| {
+                            match line::sample_of_shape(&raw[start..end], shape.kind, shape.rate) {
+                                Ok(sample) => self.apply_shape(shape, &sample),
+                                Err(e) => self.count_error(e),
+                            }
+                        });
+                self.shapes = Some(shapes);
+                if hit.is_some() {
+                    return;
+                }
+            }
+        }
         match line::parse_line(raw) {
-            Ok(parsed) => self.apply_line(&parsed),
+            Ok(parsed) => {
+                let shape = self.apply_parsed(&parsed);
+                // `shape_key` still holds this line's key: `apply_parsed` does not touch it.
+                if let (Some(shape), Some(_), Some(shapes)) = (shape, span, &mut self.shapes)
+                    && self.shape_limit > 0
+                {
+                    if shapes.len() >= self.shape_limit {
+                        shapes.clear();
+                    }
+                    shapes.insert(self.shape_key.as_slice().into(), shape);
+                }
+            }
             Err(e) => self.count_error(e),
         }
     }
@@ -359,16 +456,39 @@ impl Accumulator {
 
     /// Applies a parsed line.
     pub fn apply_line(&mut self, line: &Line<'_>) {
+        self.apply_parsed(line);
+    }
+
+    /// Applies a parsed line; returns its [`Shape`] when it can be cached (one sample).
+    fn apply_parsed(&mut self, line: &Line<'_>) -> Option<Shape> {
+        let (tag_errors, targets) = self.resolve(line);
+        self.counts.tag_errors += tag_errors;
+        for (sample, target) in line.samples.iter().zip(&targets) {
+            self.apply_sample(target, sample);
+        }
+        match (line.samples.as_slice(), targets.into_inner()) {
+            ([sample], Ok([target])) => Some(Shape {
+                kind: sample.kind,
+                rate: sample.rate,
+                tag_errors,
+                target,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Applies a line of a cached shape.
+    fn apply_shape(&mut self, shape: &Shape, sample: &Sample) {
+        self.counts.tag_errors += shape.tag_errors;
+        self.apply_sample(&shape.target, sample);
+    }
+
+    /// Where each sample of a line lands, and the line's tag errors.
+    fn resolve(&mut self, line: &Line<'_>) -> (u64, SmallVec<[Target; 1]>) {
         let index = self.mapping(&line.name);
         let mapped: &MappedName = match &self.mapped[index] {
-            Mapped::Drop => {
-                self.drop_samples(DropReason::Mapping, line.samples.len());
-                return;
-            }
-            Mapped::Map(m) if m.reserved => {
-                self.drop_samples(DropReason::ReservedName, line.samples.len());
-                return;
-            }
+            Mapped::Drop => return (0, dropped(DropReason::Mapping, line)),
+            Mapped::Map(m) if m.reserved => return (0, dropped(DropReason::ReservedName, line)),
             Mapped::Map(m) => m,
         };
 
@@ -413,125 +533,148 @@ impl Accumulator {
                 i += 1;
             }
         }
-        self.counts.tag_errors += tag_errors;
         self.key.clear();
         for (name, value) in labels.iter() {
             push_label(&mut self.key, name, value);
         }
-
+        let key: Box<str> = self.key.as_str().into();
+        let owned: SeriesLabels = labels
+            .iter()
+            .map(|(n, v)| (Box::from(&**n), Box::from(*v)))
+            .collect();
         let monasca = self.all_monasca || line.style == TagStyle::Monasca;
-        for sample in &line.samples {
-            let kind = target_kind(sample.kind, mapped.kind);
-            let family_name: &str = if kind == MetricKind::Counter {
-                &mapped.counter_name
-            } else {
-                &mapped.name
-            };
-            let delta = sample.scaled();
-            if kind == MetricKind::Counter && delta < 0.0 {
-                self.counts.dropped[DropReason::NegativeCounter.index()] += 1;
-                continue;
+        let targets = line
+            .samples
+            .iter()
+            .map(|sample| {
+                let kind = target_kind(sample.kind, mapped.kind);
+                let family = if kind == MetricKind::Counter {
+                    &mapped.counter_name
+                } else {
+                    &mapped.name
+                };
+                Target::Series(SeriesTarget {
+                    family: family.clone(),
+                    kind,
+                    key: key.clone(),
+                    labels: owned.clone(),
+                    monasca,
+                })
+            })
+            .collect();
+        (tag_errors, targets)
+    }
+
+    /// Applies one sample where it lands.
+    fn apply_sample(&mut self, target: &Target, sample: &Sample) {
+        let target = match target {
+            Target::Dropped(reason) => {
+                self.drop_samples(*reason, 1);
+                return;
             }
-            let family = match self.families.get_mut(family_name) {
-                Some(f) => f,
-                None => self
-                    .families
-                    .entry(family_name.into())
-                    .or_insert_with(|| FamilyAcc {
-                        kind,
-                        series: FastMap::default(),
-                        dirty: false,
-                    }),
-            };
-            if family.kind != kind {
-                self.counts.dropped[DropReason::TypeConflict.index()] += 1;
-                continue;
-            }
-            let series = match family.series.get_mut(self.key.as_str()) {
-                Some(s) => s,
-                None => {
-                    if self.series >= self.max_series {
-                        self.counts.dropped[DropReason::SeriesLimit.index()] += 1;
-                        if family.series.is_empty() {
-                            self.families.remove(family_name);
-                        }
-                        continue;
-                    }
-                    self.series += 1;
-                    let owned: SeriesLabels = labels
-                        .iter()
-                        .map(|(n, v)| (Box::from(&**n), Box::from(*v)))
-                        .collect();
-                    let value = match kind {
-                        MetricKind::Histogram => AccValue::Histogram {
-                            bounds: self.bounds.clone(),
-                            counts: vec![0.0; self.bounds.len()].into_boxed_slice(),
-                            sum: 0.0,
-                            count: 0.0,
-                        },
-                        _ => AccValue::Scalar(0.0),
-                    };
-                    family
-                        .series
-                        .entry(self.key.as_str().into())
-                        .or_insert(SeriesAcc {
-                            labels: owned,
-                            value,
-                            dirty: false,
-                            updated: self.clock,
-                        })
-                }
-            };
-            // Every new value is computed first and stored only if finite, so a sample that
-            // would overflow leaves the series exactly as it was.
-            let applied = match (&mut series.value, kind) {
-                (AccValue::Scalar(v), MetricKind::Counter) => set_finite(v, *v + delta),
-                (AccValue::Scalar(v), _) => {
-                    let adjust = match sample.kind {
-                        SampleType::Counter => true,
-                        SampleType::Gauge => sample.signed && !monasca,
-                        _ => false,
-                    };
-                    if adjust {
-                        set_finite(v, *v + delta)
-                    } else {
-                        set_finite(v, sample.observation())
-                    }
-                }
-                (
-                    AccValue::Histogram {
-                        bounds,
-                        counts,
-                        sum,
-                        count,
-                    },
-                    _,
-                ) => {
-                    let x = sample.observation();
-                    let weight = 1.0 / sample.effective_rate();
-                    let bucket = bounds.partition_point(|b| *b < x).min(counts.len() - 1);
-                    let new_sum = *sum + x * weight;
-                    let new_count = *count + weight;
-                    let new_bucket = counts[bucket] + weight;
-                    if new_sum.is_finite() && new_count.is_finite() && new_bucket.is_finite() {
-                        counts[bucket] = new_bucket;
-                        *sum = new_sum;
-                        *count = new_count;
-                        true
-                    } else {
-                        false
-                    }
-                }
-            };
-            if !applied {
-                self.counts.dropped[DropReason::NonFinite.index()] += 1;
-                continue;
-            }
-            series.dirty = true;
-            series.updated = self.clock;
-            family.dirty = true;
-            self.counts.samples += 1;
+            Target::Series(t) => t,
+        };
+        let kind = target.kind;
+        let delta = sample.scaled();
+        if kind == MetricKind::Counter && delta < 0.0 {
+            self.counts.dropped[DropReason::NegativeCounter.index()] += 1;
+            return;
         }
+        let family = match self.families.get_mut(&*target.family) {
+            Some(f) => f,
+            None => self
+                .families
+                .entry(target.family.clone())
+                .or_insert_with(|| FamilyAcc {
+                    kind,
+                    series: FastMap::default(),
+                    dirty: false,
+                }),
+        };
+        if family.kind != kind {
+            self.counts.dropped[DropReason::TypeConflict.index()] += 1;
+            return;
+        }
+        let series = match family.series.get_mut(&*target.key) {
+            Some(s) => s,
+            None => {
+                if self.series >= self.max_series {
+                    self.counts.dropped[DropReason::SeriesLimit.index()] += 1;
+                    if family.series.is_empty() {
+                        self.families.remove(&*target.family);
+                    }
+                    return;
+                }
+                self.series += 1;
+                let value = match kind {
+                    MetricKind::Histogram => AccValue::Histogram {
+                        bounds: self.bounds.clone(),
+                        counts: vec![0.0; self.bounds.len()].into_boxed_slice(),
+                        sum: 0.0,
+                        count: 0.0,
+                    },
+                    _ => AccValue::Scalar(0.0),
+                };
+                family
+                    .series
+                    .entry(target.key.clone())
+                    .or_insert(SeriesAcc {
+                        labels: target.labels.clone(),
+                        value,
+                        dirty: false,
+                        updated: self.clock,
+                    })
+            }
+        };
+        // Every new value is computed first and stored only if finite, so a sample that
+        // would overflow leaves the series exactly as it was.
+        let applied = match (&mut series.value, kind) {
+            (AccValue::Scalar(v), MetricKind::Counter) => set_finite(v, *v + delta),
+            (AccValue::Scalar(v), _) => {
+                let adjust = match sample.kind {
+                    SampleType::Counter => true,
+                    SampleType::Gauge => sample.signed && !target.monasca,
+                    _ => false,
+                };
+                if adjust {
+                    set_finite(v, *v + delta)
+                } else {
+                    set_finite(v, sample.observation())
+                }
+            }
+            (
+                AccValue::Histogram {
+                    bounds,
+                    counts,
+                    sum,
+                    count,
+                },
+                _,
+            ) => {
+                let x = sample.observation();
+                let weight = 1.0 / sample.effective_rate();
+                let bucket = bounds.partition_point(|b| *b < x).min(counts.len() - 1);
+                let new_sum = *sum + x * weight;
+                let new_count = *count + weight;
+                let new_bucket = counts[bucket] + weight;
+                if new_sum.is_finite() && new_count.is_finite() && new_bucket.is_finite() {
+                    counts[bucket] = new_bucket;
+                    *sum = new_sum;
+                    *count = new_count;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if !applied {
+            self.counts.dropped[DropReason::NonFinite.index()] += 1;
+            return;
+        }
+        series.dirty = true;
+        series.updated = self.clock;
+        family.dirty = true;
+        self.counts.samples += 1;
     }
 
     /// Takes every series changed since the last call, as cumulative values.
@@ -607,6 +750,14 @@ impl Accumulator {
             }
         }
     }
+}
+
+/// Every sample of `line` dropped for `reason`.
+fn dropped(reason: DropReason, line: &Line<'_>) -> SmallVec<[Target; 1]> {
+    line.samples
+        .iter()
+        .map(|_| Target::Dropped(reason))
+        .collect()
 }
 
 /// Stores `new` in `slot` if it is finite; false (and `slot` unchanged) otherwise.

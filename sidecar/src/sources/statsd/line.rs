@@ -207,7 +207,7 @@ pub fn parse_str(line: &str) -> Result<Line<'_>, LineError> {
     if line.starts_with("_e{") || line.starts_with("_sc|") {
         return Err(LineError::UnsupportedEvent);
     }
-    let colon = name_end(line).ok_or(LineError::InvalidLine)?;
+    let colon = name_end(line.as_bytes()).ok_or(LineError::InvalidLine)?;
     let (name_part, mut rest) = (&line[..colon], &line[colon + 1..]);
     let mut parsed = Line {
         name: Cow::Borrowed(""),
@@ -233,7 +233,7 @@ pub fn parse_str(line: &str) -> Result<Line<'_>, LineError> {
         };
         rest = &rest[type_end..];
         let value = parse_value(value_text)?;
-        let signed = value_text.starts_with(['+', '-']);
+        let signed = is_signed(value_text);
         let mut rate = 1.0;
         while let Some(section) = rest.strip_prefix('|') {
             if let Some(r) = section.strip_prefix('@') {
@@ -271,16 +271,12 @@ pub fn parse_str(line: &str) -> Result<Line<'_>, LineError> {
                 return Err(LineError::InvalidLine);
             }
         }
-        let sample = Sample {
+        parsed.samples.push(finite_sample(Sample {
             value,
             signed,
             kind,
             rate,
-        };
-        if !sample.scaled().is_finite() || !(1.0 / sample.effective_rate()).is_finite() {
-            return Err(LineError::NonFinite);
-        }
-        parsed.samples.push(sample);
+        })?);
         match rest.strip_prefix(':') {
             Some(next) => rest = next,
             None if rest.is_empty() => return Ok(parsed),
@@ -289,11 +285,48 @@ pub fn parse_str(line: &str) -> Result<Line<'_>, LineError> {
     }
 }
 
+/// A sample whose scaled value and weight are finite (an overflow is refused, not stored).
+fn finite_sample(sample: Sample) -> Result<Sample, LineError> {
+    if !sample.scaled().is_finite() || !(1.0 / sample.effective_rate()).is_finite() {
+        return Err(LineError::NonFinite);
+    }
+    Ok(sample)
+}
+
+/// A value with an explicit sign (relative for etsy gauges).
+fn is_signed(value_text: &str) -> bool {
+    value_text.starts_with(['+', '-'])
+}
+
+/// Where the first value of a raw line (split and trimmed as [`lines`] does) sits, as byte
+/// offsets `(start, end)`: after the `:` that ends the name part, up to the next `|`, found
+/// as [`parse_str`] finds them. The rest of the line is its shape: two lines with the same
+/// bytes before and after their value parse alike except for the value (the accumulator
+/// caches what a shape resolves to).
+pub fn value_span(line: &[u8]) -> Option<(usize, usize)> {
+    let start = name_end(line)? + 1;
+    let len = line[start..].iter().position(|&b| b == b'|')?;
+    Some((start, start + len))
+}
+
+/// The sample of a line whose shape parsed before as one sample of type `kind` at `rate`,
+/// with `text` (the bytes at [`value_span`]) as its value: the checks [`parse_line`] makes
+/// on such a line, in its order (UTF-8, the value, then finiteness).
+pub fn sample_of_shape(text: &[u8], kind: SampleType, rate: f64) -> Result<Sample, LineError> {
+    let text = std::str::from_utf8(text).map_err(|_| LineError::InvalidUtf8)?;
+    finite_sample(Sample {
+        value: parse_value(text)?,
+        signed: is_signed(text),
+        kind,
+        rate,
+    })
+}
+
 /// The index of the `:` that ends the name part: the first one outside a SignalFX bracket
 /// group.
-fn name_end(line: &str) -> Option<usize> {
+fn name_end(line: &[u8]) -> Option<usize> {
     let mut depth = 0u32;
-    for (i, b) in line.bytes().enumerate() {
+    for (i, &b) in line.iter().enumerate() {
         match b {
             b'[' => depth += 1,
             b']' => depth = depth.saturating_sub(1),

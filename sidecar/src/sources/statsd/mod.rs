@@ -4,7 +4,8 @@
 //! Pipeline: the listener receives datagrams (batched `recvmmsg` on a dedicated thread) and
 //! TCP lines; [`mod@line`] parses each line without allocating; [`mapping`] maps StatsD names to
 //! Prometheus names and labels (`statsd.mappings`); [`accumulate`] turns the delta stream
-//! into cumulative values; every [`FLUSH_INTERVAL`] the changed series are applied to the
+//! into cumulative values (a line whose shape, everything but its value, was seen before
+//! skips the mapping and the label work: see the accumulator's shape cache); every [`FLUSH_INTERVAL`] the changed series are applied to the
 //! store as the single worker [`WORKER_ID`] with [`Scope::Series`]. The semantic choices
 //! (negative counter deltas, monasca timers sent as gauges, sets, `_total`) are documented on
 //! [`accumulate`]; sets (`|s`) are not supported and are counted as

@@ -1016,3 +1016,188 @@ fn expire_returns_the_remaining_series_of_touched_families() {
     assert!(expired[1].series.is_empty(), "b lost its only series");
     assert!(h.acc.take_changes().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// The line-shape cache
+
+/// Lines of every dialect and outcome, as templates: `{v}` is replaced by a value.
+const SHAPES: &[&str] = &[
+    "plain.count:{v}|c",
+    "plain.count:{v}|c|@0.1",
+    "plain.count:{v}|c|@0.0001",
+    "plain.gauge:{v}|g",
+    "plain.timer:{v}|ms|@0.5",
+    "plain.hist:{v}|h",
+    "plain.dist:{v}|d|#env:prod",
+    "dog.req:{v}|c|#env:prod,service:api,endpoint:/v2.0/metrics",
+    "dog.req:{v}|c|#service:api,env:prod,endpoint:/v2.0/metrics",
+    "dog.req:{v}|c|#env:prod,env:dev,pid:7,le:1,__x:y,bad,:z,_aggregate:no",
+    "dog.req:{v}|c|#env:prod|c:container1|T1700000000",
+    "monasca.req:{v}|c|#{'service': 'monitoring', 'hostname': 'h1', 'code': 204}",
+    "monasca.db_seconds:{v}|g|#{'service': 'monitoring'}",
+    "influx.queue,env=prod,queue=q1:{v}|g",
+    "librato.latency#env=prod,service=api:{v}|ms",
+    "signalfx.db[env=prod,db=mysql].query:{v}|g",
+    "signalfx.db[env=prod,db=mysql:1].query:{v}|g",
+    "conflict.name:{v}|c",
+    "conflict.name_total:{v}|g",
+    "drop.me:{v}|c",
+    "monasca_sidecar.reserved:{v}|c",
+    "relabel.users.get:{v}|c|#service:ignored,zone:a",
+    "forced.gauge:{v}|c",
+    "multi:{v}|c:{v}|g",
+    "limit.a:{v}|c",
+    "limit.b:{v}|c",
+    "limit.c:{v}|c",
+    "bad.type:{v}|x",
+    "bad.rate:{v}|c|@2",
+    "  spaced.name  :{v}|c",
+    "unicode.tags:{v}|c|#ré:été,名前:値",
+];
+
+/// Values, good and bad: signed, fractional, overflowing, not numbers, empty, spaced.
+const VALUES: &[&str] = &[
+    "1", "2.5", "-1", "+3", "0", "1e308", "-1e308", "nan", "inf", "abc", "", " 1", "1 ", "0x10",
+    "1:2", "1e400", "\u{e9}",
+];
+
+fn shape_cache_config() -> SidecarConfig {
+    let mut c = config();
+    c.limits.max_series_per_worker = 24;
+    c.statsd.buckets = vec![0.1, 1.0, 10.0];
+    c.statsd.mappings.push(mapping("drop.*", None));
+    c.statsd.mappings.last_mut().unwrap().action = MappingAction::Drop;
+    let mut rule = mapping("relabel.*.*", Some("relabeled"));
+    rule.labels.insert("service".into(), "$1".into());
+    rule.labels
+        .insert("pid".into(), "dropped-worker-label".into());
+    c.statsd.mappings.push(rule);
+    let mut forced = mapping("forced.*", Some("forced_gauge"));
+    forced.metric_type = Some(StatsdMetricType::Gauge);
+    c.statsd.mappings.push(forced);
+    c
+}
+
+/// Every line through the cache lands exactly where the parser and resolver put it: the same
+/// counts (lines, samples, every error and drop reason, tag errors) and the same accumulated
+/// values, over every dialect, fuzz-style values (overflow, `nan`, not numbers, invalid
+/// UTF-8), the series limit, type conflicts and mapping rules, with flushes between batches.
+#[test]
+fn shape_cache_changes_nothing() {
+    let config = shape_cache_config();
+    let mut cached = Accumulator::new(&config).expect("mappings");
+    // A cache emptied every 5 shapes (as the full-size one is when it fills).
+    let mut small = Accumulator::with_shape_limit(&config, 5).expect("mappings");
+    let mut reference = Accumulator::with_shape_limit(&config, 0).expect("mappings");
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for shape in SHAPES {
+        for value in VALUES {
+            lines.push(shape.replace("{v}", value).into_bytes());
+        }
+        // Invalid UTF-8 in the value, and in the shape itself.
+        lines.push(
+            shape
+                .replace("{v}", "1\u{0}")
+                .replace('\u{0}', "\u{FFFD}")
+                .into_bytes(),
+        );
+        let mut bad = shape.replace("{v}", "1").into_bytes();
+        if let Some(colon) = bad.iter().position(|&b| b == b':') {
+            bad.insert(colon + 1, 0xFF);
+        }
+        lines.push(bad);
+        lines.push(shape.replace("{v}", "1").replacen("|", "", 1).into_bytes());
+    }
+    lines.extend(datagrams("monasca-statsd-datagrams.txt"));
+    lines.extend(datagrams("statsd-dialects-datagrams.txt"));
+    // A fixed pseudo-random order, fed three times over: most lines meet a cached shape
+    // after their first pass, some first in a line of another value.
+    let mut order: Vec<usize> = (0..lines.len()).collect();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..3 {
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for (n, &i) in order.iter().enumerate() {
+            cached.ingest_datagram(&lines[i]);
+            small.ingest_datagram(&lines[i]);
+            reference.ingest_datagram(&lines[i]);
+            if n % 97 == 0 {
+                let expected = changes(&mut reference);
+                assert_eq!(changes(&mut cached), expected, "round {round}");
+                assert_eq!(changes(&mut small), expected, "round {round}, small cache");
+            }
+        }
+        let counts = reference.take_counts();
+        assert_eq!(cached.take_counts(), counts, "round {round}");
+        assert_eq!(small.take_counts(), counts, "round {round}, small cache");
+        let expected = changes(&mut reference);
+        assert_eq!(changes(&mut cached), expected, "round {round}");
+        assert_eq!(changes(&mut small), expected, "round {round}, small cache");
+        // Not vacuous: every outcome was met.
+        for reason in [
+            DropReason::Mapping,
+            DropReason::NegativeCounter,
+            DropReason::TypeConflict,
+            DropReason::SeriesLimit,
+            DropReason::ReservedName,
+            DropReason::NonFinite,
+        ] {
+            assert!(
+                counts.drop_count(reason) > 0,
+                "no {reason:?} in round {round}"
+            );
+        }
+        for error in [
+            LineError::InvalidUtf8,
+            LineError::InvalidValue,
+            LineError::NonFinite,
+            LineError::InvalidType,
+        ] {
+            assert!(counts.error(error) > 0, "no {error:?} in round {round}");
+        }
+        assert!(counts.tag_errors > 0 && counts.samples > 0);
+        assert_eq!(cached.series_count(), reference.series_count());
+    }
+    // Not vacuous: the lines reached series, errors, drops and tag errors.
+    cached.mark_all_dirty();
+    assert!(cached.take_changes().len() >= 10);
+    assert_eq!(cached.series_count(), 24, "the series limit was reached");
+}
+
+/// The changed series, each family's in label order (a family's series come in hash order).
+fn changes(acc: &mut Accumulator) -> Vec<super::accumulate::FamilyChange> {
+    let mut changes = acc.take_changes();
+    for family in &mut changes {
+        family.series.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    changes
+}
+
+/// A new configuration empties the cache: a line whose shape was cached follows the new
+/// mapping rules at once.
+#[test]
+fn shape_cache_follows_reconfiguration() {
+    let mut acc = Accumulator::new(&config()).expect("mappings");
+    acc.ingest_datagram(b"api.calls:1|c");
+    acc.ingest_datagram(b"api.calls:2|c");
+    let mut c = config();
+    c.statsd.mappings.push(mapping("api.*", Some("renamed")));
+    acc.reconfigure(&c).expect("mappings");
+    acc.ingest_datagram(b"api.calls:4|c");
+    let changes = acc.take_changes();
+    let totals: Vec<(&str, f64)> = changes
+        .iter()
+        .map(|f| match f.series[0].1 {
+            crate::model::Value::Scalar(v) => (&*f.name, v),
+            _ => panic!("a counter"),
+        })
+        .collect();
+    assert_eq!(
+        totals,
+        vec![("api_calls_total", 3.0), ("renamed_total", 4.0)]
+    );
+}
