@@ -55,6 +55,7 @@ use crate::store::{AGGREGATE_LABEL, push_label};
 use monasca_config::{SidecarConfig, StatsdDialect, StatsdMetricType, is_label_name};
 use smallvec::SmallVec;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -138,6 +139,11 @@ impl Counts {
 /// [`HashState`](crate::hashing::HashState).
 type FastMap<K, V> = HashMap<K, V, crate::hashing::HashState>;
 
+/// Families and series keep their positions while nothing is removed (an insert appends), so a
+/// cached line shape reaches its series by position instead of two lookups; every removal
+/// moves the [`Accumulator::layout`] on, which makes the cached positions stale.
+type IndexedMap<K, V> = indexmap::IndexMap<K, V, crate::hashing::HashState>;
+
 /// The labels of one accumulated series, shared with flush snapshots.
 pub type SeriesLabels = Arc<[(Box<str>, Box<str>)]>;
 
@@ -166,7 +172,7 @@ struct SeriesAcc {
 #[derive(Debug)]
 struct FamilyAcc {
     kind: MetricKind,
-    series: FastMap<Box<str>, SeriesAcc>,
+    series: IndexedMap<Box<str>, SeriesAcc>,
     dirty: bool,
 }
 
@@ -180,7 +186,10 @@ pub struct Accumulator {
     mapper: Mapper,
     name_index: FastMap<Box<str>, u32>,
     mapped: Vec<Mapped>,
-    families: FastMap<Box<str>, FamilyAcc>,
+    families: IndexedMap<Box<str>, FamilyAcc>,
+    /// Moves on with every removal of a family or series (their positions change then): a
+    /// [`SeriesTarget`]'s cached position is used only while it was found in this layout.
+    layout: u64,
     /// Histogram bounds for new series: `statsd.buckets` plus `+Inf`.
     bounds: Arc<[f64]>,
     worker_labels: Vec<String>,
@@ -239,7 +248,12 @@ struct SeriesTarget {
     labels: SeriesLabels,
     /// Gauges are absolute (the monasca-statsd dialect).
     monasca: bool,
+    /// Where the series was last found: `(layout, family position, series position)`.
+    at: Cell<(u64, u32, u32)>,
 }
+
+/// No position known.
+const NOWHERE: (u64, u32, u32) = (u64::MAX, 0, 0);
 
 /// One family's changed series, owned, so the store can be updated without holding the
 /// accumulator's lock.
@@ -289,7 +303,8 @@ impl Accumulator {
             mapper: Mapper::default(),
             name_index: FastMap::default(),
             mapped: Vec::new(),
-            families: FastMap::default(),
+            families: IndexedMap::default(),
+            layout: 0,
             bounds: Arc::from([f64::INFINITY]),
             worker_labels: Vec::new(),
             max_series: usize::MAX,
@@ -365,12 +380,17 @@ impl Accumulator {
     pub fn reset(&mut self) {
         self.families.clear();
         self.series = 0;
+        self.layout += 1;
     }
 
     /// Forgets one family (the store refused it); returns how many series it held.
     pub fn forget_family(&mut self, name: &str) -> usize {
-        let n = self.families.remove(name).map_or(0, |f| f.series.len());
+        let n = self
+            .families
+            .swap_remove(name)
+            .map_or(0, |f| f.series.len());
         self.series -= n;
+        self.layout += 1;
         n
     }
 
@@ -559,6 +579,7 @@ impl Accumulator {
                     key: key.clone(),
                     labels: owned.clone(),
                     monasca,
+                    at: Cell::new(NOWHERE),
                 })
             })
             .collect();
@@ -580,51 +601,31 @@ impl Accumulator {
             self.counts.dropped[DropReason::NegativeCounter.index()] += 1;
             return;
         }
-        let family = match self.families.get_mut(&*target.family) {
-            Some(f) => f,
-            None => self
-                .families
-                .entry(target.family.clone())
-                .or_insert_with(|| FamilyAcc {
-                    kind,
-                    series: FastMap::default(),
-                    dirty: false,
-                }),
-        };
-        if family.kind != kind {
-            self.counts.dropped[DropReason::TypeConflict.index()] += 1;
-            return;
-        }
-        let series = match family.series.get_mut(&*target.key) {
-            Some(s) => s,
-            None => {
-                if self.series >= self.max_series {
-                    self.counts.dropped[DropReason::SeriesLimit.index()] += 1;
-                    if family.series.is_empty() {
-                        self.families.remove(&*target.family);
-                    }
-                    return;
+        let (layout, f, i) = target.at.get();
+        let (f, i) = if layout == self.layout {
+            (f as usize, i as usize)
+        } else {
+            match self.find_or_add(target) {
+                Some((f, i)) => {
+                    target.at.set((self.layout, f as u32, i as u32));
+                    (f, i)
                 }
-                self.series += 1;
-                let value = match kind {
-                    MetricKind::Histogram => AccValue::Histogram {
-                        bounds: self.bounds.clone(),
-                        counts: vec![0.0; self.bounds.len()].into_boxed_slice(),
-                        sum: 0.0,
-                        count: 0.0,
-                    },
-                    _ => AccValue::Scalar(0.0),
-                };
-                family
-                    .series
-                    .entry(target.key.clone())
-                    .or_insert(SeriesAcc {
-                        labels: target.labels.clone(),
-                        value,
-                        dirty: false,
-                        updated: self.clock,
-                    })
+                None => return,
             }
+        };
+        // (Positions found in this layout always hold: nothing was removed since.)
+        let Some((_, family)) = self.families.get_index_mut(f) else {
+            debug_assert!(false, "a family position outlived its layout");
+            return;
+        };
+        let FamilyAcc {
+            series,
+            dirty: family_dirty,
+            ..
+        } = family;
+        let Some((_, series)) = series.get_index_mut(i) else {
+            debug_assert!(false, "a series position outlived its layout");
+            return;
         };
         // Every new value is computed first and stored only if finite, so a sample that
         // would overflow leaves the series exactly as it was.
@@ -673,8 +674,67 @@ impl Accumulator {
         }
         series.dirty = true;
         series.updated = self.clock;
-        family.dirty = true;
+        *family_dirty = true;
         self.counts.samples += 1;
+    }
+
+    /// The positions of a target's family and series, found by name and key, either created
+    /// if new; `None` (and the sample counted as dropped) on a type conflict or at the series
+    /// limit.
+    fn find_or_add(&mut self, target: &SeriesTarget) -> Option<(usize, usize)> {
+        let kind = target.kind;
+        let f = match self.families.get_index_of(&*target.family) {
+            Some(f) => f,
+            None if self.series >= self.max_series => {
+                // (A new family would be a new series: not created, so nothing moves.)
+                self.counts.dropped[DropReason::SeriesLimit.index()] += 1;
+                return None;
+            }
+            None => {
+                self.families
+                    .insert_full(
+                        target.family.clone(),
+                        FamilyAcc {
+                            kind,
+                            series: IndexedMap::default(),
+                            dirty: false,
+                        },
+                    )
+                    .0
+            }
+        };
+        let family = &mut self.families[f];
+        if family.kind != kind {
+            self.counts.dropped[DropReason::TypeConflict.index()] += 1;
+            return None;
+        }
+        if let Some(i) = family.series.get_index_of(&*target.key) {
+            return Some((f, i));
+        }
+        if self.series >= self.max_series {
+            self.counts.dropped[DropReason::SeriesLimit.index()] += 1;
+            return None;
+        }
+        self.series += 1;
+        let value = match kind {
+            MetricKind::Histogram => AccValue::Histogram {
+                bounds: self.bounds.clone(),
+                counts: vec![0.0; self.bounds.len()].into_boxed_slice(),
+                sum: 0.0,
+                count: 0.0,
+            },
+            _ => AccValue::Scalar(0.0),
+        };
+        let (i, _) = family.series.insert_full(
+            target.key.clone(),
+            SeriesAcc {
+                labels: target.labels.clone(),
+                value,
+                dirty: false,
+                updated: self.clock,
+            },
+        );
+        Some((f, i))
     }
 
     /// Takes every series changed since the last call, as cumulative values.
@@ -737,6 +797,9 @@ impl Accumulator {
             !family.series.is_empty()
         });
         self.series -= removed_total;
+        if removed_total > 0 {
+            self.layout += 1;
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -812,7 +875,7 @@ fn value_of(v: &AccValue) -> Value {
 /// The accumulated series read back from a state file, installed by [`Accumulator::restore`].
 #[derive(Debug, Default)]
 pub struct Restored {
-    families: FastMap<Box<str>, FamilyAcc>,
+    families: IndexedMap<Box<str>, FamilyAcc>,
     series: usize,
 }
 
@@ -860,7 +923,7 @@ impl Accumulator {
             let name: Box<str> = d.str()?.into();
             let kind = crate::store::persist::kind_from(d.u8()?)?;
             let ns = d.len(8)?;
-            let mut series = FastMap::with_capacity_and_hasher(ns, Default::default());
+            let mut series = IndexedMap::with_capacity_and_hasher(ns, Default::default());
             for _ in 0..ns {
                 let key: Box<str> = d.str()?.into();
                 let labels: SeriesLabels = d
@@ -924,5 +987,6 @@ impl Accumulator {
     pub fn restore(&mut self, restored: Restored) {
         self.families = restored.families;
         self.series = restored.series;
+        self.layout += 1;
     }
 }

@@ -1110,11 +1110,17 @@ fn shape_cache_changes_nothing() {
     }
     lines.extend(datagrams("monasca-statsd-datagrams.txt"));
     lines.extend(datagrams("statsd-dialects-datagrams.txt"));
-    // A fixed pseudo-random order, fed three times over: most lines meet a cached shape
-    // after their first pass, some first in a line of another value.
+    // A fixed pseudo-random order, fed four times over: most lines meet a cached shape
+    // after their first pass, some first in a line of another value. Between the rounds
+    // families and series are removed (a forgotten family, expiry, a reset), which moves the
+    // others' positions: cached positions must not outlive that.
     let mut order: Vec<usize> = (0..lines.len()).collect();
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    for round in 0..3 {
+    let base = std::time::Instant::now();
+    for round in 0..4u64 {
+        for acc in [&mut cached, &mut small, &mut reference] {
+            acc.set_clock(base + std::time::Duration::from_secs(round));
+        }
         for i in (1..order.len()).rev() {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -1122,6 +1128,10 @@ fn shape_cache_changes_nothing() {
             order.swap(i, (seed % (i as u64 + 1)) as usize);
         }
         for (n, &i) in order.iter().enumerate() {
+            if round == 1 && i % 2 == 1 {
+                // Round 1 leaves half the lines out: their series expire after it.
+                continue;
+            }
             cached.ingest_datagram(&lines[i]);
             small.ingest_datagram(&lines[i]);
             reference.ingest_datagram(&lines[i]);
@@ -1137,6 +1147,36 @@ fn shape_cache_changes_nothing() {
         let expected = changes(&mut reference);
         assert_eq!(changes(&mut cached), expected, "round {round}");
         assert_eq!(changes(&mut small), expected, "round {round}, small cache");
+        assert_eq!(cached.series_count(), reference.series_count());
+        match round {
+            0 => {
+                let forgotten = reference.forget_family("plain_count_total");
+                assert!(forgotten > 0);
+                assert_eq!(cached.forget_family("plain_count_total"), forgotten);
+                assert_eq!(small.forget_family("plain_count_total"), forgotten);
+            }
+            1 => {
+                let cutoff = base + std::time::Duration::from_secs(1);
+                let sorted = |mut c: Vec<super::accumulate::FamilyChange>| {
+                    c.iter_mut()
+                        .for_each(|f| f.series.sort_by(|a, b| a.0.cmp(&b.0)));
+                    c
+                };
+                let expired = sorted(reference.expire(cutoff));
+                assert!(!expired.is_empty(), "nothing expired");
+                assert_eq!(sorted(cached.expire(cutoff)), expired);
+                assert_eq!(sorted(small.expire(cutoff)), expired);
+            }
+            2 => {
+                for acc in [&mut cached, &mut small, &mut reference] {
+                    acc.reset();
+                }
+            }
+            _ => {}
+        }
+        if round == 1 {
+            continue;
+        }
         // Not vacuous: every outcome was met.
         for reason in [
             DropReason::Mapping,
@@ -1160,7 +1200,6 @@ fn shape_cache_changes_nothing() {
             assert!(counts.error(error) > 0, "no {error:?} in round {round}");
         }
         assert!(counts.tag_errors > 0 && counts.samples > 0);
-        assert_eq!(cached.series_count(), reference.series_count());
     }
     // Not vacuous: the lines reached series, errors, drops and tag errors.
     cached.mark_all_dirty();
@@ -1200,4 +1239,82 @@ fn shape_cache_follows_reconfiguration() {
         totals,
         vec![("api_calls_total", 3.0), ("renamed_total", 4.0)]
     );
+}
+
+/// A cached line reaches its series by position; every removal (expiry, a forgotten family, a
+/// reset, a restored state) moves positions, and the lines that follow still land on their
+/// own series, as they do without the cache.
+#[test]
+fn shape_cache_positions_follow_removals() {
+    use crate::codec::{Dec, Enc};
+    use std::time::Duration;
+    let config = config();
+    let mut cached = Accumulator::new(&config).expect("mappings");
+    let mut reference = Accumulator::with_shape_limit(&config, 0).expect("mappings");
+    let now = crate::store::Now::now();
+    let t0 = now.mono;
+    let t1 = t0 + Duration::from_secs(1);
+    let both = |cached: &mut Accumulator, reference: &mut Accumulator, data: &[u8]| {
+        cached.ingest_datagram(data);
+        reference.ingest_datagram(data);
+        let expected = changes(reference);
+        assert_eq!(
+            changes(cached),
+            expected,
+            "after {}",
+            String::from_utf8_lossy(data)
+        );
+        assert_eq!(cached.take_counts(), reference.take_counts());
+    };
+    let all = b"a:1|c\nb:1|c\nc:1|c\nx:1|c|#k:a\nx:1|c|#k:b\nx:1|c|#k:c";
+    for acc in [&mut cached, &mut reference] {
+        acc.set_clock(t0);
+    }
+    both(&mut cached, &mut reference, all);
+    both(&mut cached, &mut reference, all);
+    // Expiry: `a` (the first family) and `x{k="a"}` (a family's first series) go, the
+    // others move down.
+    for acc in [&mut cached, &mut reference] {
+        acc.set_clock(t1);
+    }
+    both(
+        &mut cached,
+        &mut reference,
+        b"b:2|c\nc:3|c\nx:2|c|#k:b\nx:3|c|#k:c",
+    );
+    assert_eq!(cached.expire(t1).len(), reference.expire(t1).len());
+    both(
+        &mut cached,
+        &mut reference,
+        b"c:5|c\nb:7|c\nx:5|c|#k:c\nx:7|c|#k:b\na:1|c",
+    );
+    // A forgotten family: the last one takes its place.
+    assert_eq!(
+        cached.forget_family("b_total"),
+        reference.forget_family("b_total")
+    );
+    both(
+        &mut cached,
+        &mut reference,
+        b"c:1|c\nx:1|c|#k:c\na:1|c\nb:1|c",
+    );
+    // A restored state, in another order than the one the positions were found in.
+    let mut other = Accumulator::new(&config).expect("mappings");
+    other.set_clock(t1);
+    other.ingest_datagram(b"x:10|c|#k:c\nc:10|c\nx:10|c|#k:b\nb:10|c");
+    for acc in [&mut cached, &mut reference] {
+        let mut e = Enc::default();
+        other.encode_state(now, &mut e);
+        let restored = Accumulator::decode_state(&mut Dec::new(&e.buf), now).expect("decodes");
+        acc.restore(restored);
+    }
+    both(
+        &mut cached,
+        &mut reference,
+        b"c:1|c\nb:2|c\nx:3|c|#k:b\nx:4|c|#k:c\na:5|c",
+    );
+    // A reset.
+    cached.reset();
+    reference.reset();
+    both(&mut cached, &mut reference, b"x:1|c|#k:b\nc:2|c\na:3|c");
 }
