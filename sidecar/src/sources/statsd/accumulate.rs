@@ -413,17 +413,16 @@ impl Accumulator {
             self.shape_key.push(0xFF);
             self.shape_key.extend_from_slice(&raw[end..]);
             if let Some(shapes) = self.shapes.take() {
-                let hit =
-                    shapes
-                        .get(self.shape_key.as_slice())
-                        .map(|shape| {
-                            match line::sample_of_shape(&raw[start..end], shape.kind, shape.rate) {
-                                Ok(sample) => self.apply_shape(shape, &sample),
-                                Err(e) => self.count_error(e),
-                            }
-                        });
+                let shape = shapes.get(self.shape_key.as_slice());
+                if let Some(shape) = shape {
+                    match line::sample_of_shape(&raw[start..end], shape.kind, shape.rate) {
+                        Ok(sample) => self.apply_shape(shape, &sample),
+                        Err(e) => self.count_error(e),
+                    }
+                }
+                let hit = shape.is_some();
                 self.shapes = Some(shapes);
-                if hit.is_some() {
+                if hit {
                     return;
                 }
             }
