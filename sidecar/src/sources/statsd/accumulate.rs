@@ -195,7 +195,8 @@ pub struct Accumulator {
     worker_labels: Vec<String>,
     max_series: usize,
     series: usize,
-    /// Scratch buffer for canonical series keys (reused: no per-line allocation).
+    /// Scratch buffer for canonical series keys (reused; a resolved line copies its key out
+    /// once, into its target).
     key: String,
     counts: Counts,
     /// `statsd.dialect`: every line is monasca-statsd (absolute gauges).
@@ -454,10 +455,6 @@ impl Accumulator {
         self.counts.errors[e.index()] += 1;
     }
 
-    fn drop_samples(&mut self, reason: DropReason, n: usize) {
-        self.counts.dropped[reason.index()] += n as u64;
-    }
-
     /// Index of the cached mapping of a StatsD name.
     fn mapping(&mut self, name: &str) -> usize {
         if let Some(&i) = self.name_index.get(name) {
@@ -471,11 +468,6 @@ impl Accumulator {
         let i = self.mapped.len() - 1;
         self.name_index.insert(name.into(), i as u32);
         i
-    }
-
-    /// Applies a parsed line.
-    pub fn apply_line(&mut self, line: &Line<'_>) {
-        self.apply_parsed(line);
     }
 
     /// Applies a parsed line; returns its [`Shape`] when it can be cached (one sample).
@@ -589,7 +581,7 @@ impl Accumulator {
     fn apply_sample(&mut self, target: &Target, sample: &Sample) {
         let target = match target {
             Target::Dropped(reason) => {
-                self.drop_samples(*reason, 1);
+                self.counts.dropped[reason.index()] += 1;
                 return;
             }
             Target::Series(t) => t,

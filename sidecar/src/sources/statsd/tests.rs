@@ -1157,15 +1157,10 @@ fn shape_cache_changes_nothing() {
             }
             1 => {
                 let cutoff = base + std::time::Duration::from_secs(1);
-                let sorted = |mut c: Vec<super::accumulate::FamilyChange>| {
-                    c.iter_mut()
-                        .for_each(|f| f.series.sort_by(|a, b| a.0.cmp(&b.0)));
-                    c
-                };
-                let expired = sorted(reference.expire(cutoff));
+                let expired = by_labels(reference.expire(cutoff));
                 assert!(!expired.is_empty(), "nothing expired");
-                assert_eq!(sorted(cached.expire(cutoff)), expired);
-                assert_eq!(sorted(small.expire(cutoff)), expired);
+                assert_eq!(by_labels(cached.expire(cutoff)), expired);
+                assert_eq!(by_labels(small.expire(cutoff)), expired);
             }
             2 => {
                 for acc in [&mut cached, &mut small, &mut reference] {
@@ -1209,11 +1204,17 @@ fn shape_cache_changes_nothing() {
 
 /// The changed series, each family's in label order (a family's series come in hash order).
 fn changes(acc: &mut Accumulator) -> Vec<super::accumulate::FamilyChange> {
-    let mut changes = acc.take_changes();
-    for family in &mut changes {
+    by_labels(acc.take_changes())
+}
+
+/// Each family's series in label order.
+fn by_labels(
+    mut families: Vec<super::accumulate::FamilyChange>,
+) -> Vec<super::accumulate::FamilyChange> {
+    for family in &mut families {
         family.series.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    changes
+    families
 }
 
 /// A new configuration empties the cache: a line whose shape was cached follows the new
