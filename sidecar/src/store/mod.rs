@@ -658,9 +658,12 @@ impl Store {
         }
         let mut continued: Vec<(usize, Continued)> =
             Vec::with_capacity(if spans { prepared.len() } else { 0 });
-        for (index, p) in prepared.iter().enumerate() {
-            let family = &families[p.family_index];
-            let ts = p.ts.unwrap_or(now.wall);
+        // `prepare` keeps a family's samples together, so each family is looked up once.
+        let mut first = 0;
+        for group in prepared.chunk_by(|a, b| a.family_index == b.family_index) {
+            let group_start = first;
+            first += group.len();
+            let family = &families[group[0].family_index];
             let state = match self.families.get_mut(&*family.name) {
                 Some(f) => {
                     let f = Arc::make_mut(f);
@@ -684,28 +687,35 @@ impl Store {
                 ),
             };
             let kind = state.kind;
-            let made = state.series.get_or_insert_with(&p.key, || SeriesState {
-                data: SeriesData::empty_for(p.mode, p.value),
-            });
-            // `prepare` refused an update whose keys would not fit.
-            let Some((series, new)) = made else {
-                continue;
-            };
-            if new {
-                stats.new_series += 1;
-            }
-            let counts = &mut touched[p.family_index];
-            let update = update_entry(series, kind, worker_id, generation, p.value, ts, NO_HINT);
-            match update.before {
-                Held::No => counts.inserted += 1,
-                Held::Live => counts.updated += 1,
-                Held::Dropped => counts.revived += 1,
-            }
-            if update.reset {
-                stats.resets += 1;
-            }
-            if spans && let Some(old) = update.continued {
-                continued.push((index, old));
+            let counts = &mut touched[group[0].family_index];
+            for (offset, p) in group.iter().enumerate() {
+                let ts = p.ts.unwrap_or(now.wall);
+                let made = match p.position {
+                    Some(i) => state.series.at_mut(i).map(|series| (series, false)),
+                    None => state.series.get_or_insert_with(&p.key, || SeriesState {
+                        data: SeriesData::empty_for(p.mode, p.value),
+                    }),
+                };
+                // `prepare` refused an update whose keys would not fit.
+                let Some((series, new)) = made else {
+                    continue;
+                };
+                if new {
+                    stats.new_series += 1;
+                }
+                let update =
+                    update_entry(series, kind, worker_id, generation, p.value, ts, NO_HINT);
+                match update.before {
+                    Held::No => counts.inserted += 1,
+                    Held::Live => counts.updated += 1,
+                    Held::Dropped => counts.revived += 1,
+                }
+                if update.reset {
+                    stats.resets += 1;
+                }
+                if spans && let Some(old) = update.continued {
+                    continued.push((group_start + offset, old));
+                }
             }
         }
         self.resets += stats.resets as u64;

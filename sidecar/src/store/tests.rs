@@ -758,10 +758,26 @@ fn worker_labels_collapse_into_duplicates_are_rejected() {
             timestamp: None,
         });
     }
+    let now = t0();
     let err = s
-        .apply(&worker("w1"), &[f], Scope::Worker, t0())
+        .apply(&worker("w1"), std::slice::from_ref(&f), Scope::Worker, now)
         .unwrap_err();
     assert_eq!(err.reason(), "duplicate_series");
+    // The same when the store already holds the series (found by position, not by text),
+    // and the held value is left as it was.
+    s.apply(
+        &worker("w1"),
+        &[scalar("x_total", MetricKind::Counter, &[], 5.0)],
+        Scope::Worker,
+        now,
+    )
+    .unwrap();
+    let err = s
+        .apply(&worker("w1"), &[f], Scope::Worker, now)
+        .unwrap_err();
+    assert_eq!(err.reason(), "duplicate_series");
+    assert!(err.to_string().contains("x_total"), "{err}");
+    assert_eq!(samples(&s, now), ["x_total 5"]);
 }
 
 #[test]

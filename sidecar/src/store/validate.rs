@@ -15,6 +15,9 @@ use std::collections::HashSet;
 pub(super) struct Prepared<'a> {
     pub(super) family_index: usize,
     pub(super) key: String,
+    /// Where the family holds this series now, if it does: apply reaches it without hashing
+    /// the key again (nothing is removed between `prepare` and apply, so it stays valid).
+    pub(super) position: Option<u32>,
     pub(super) mode: Option<GaugeMode>,
     pub(super) value: &'a Value,
     pub(super) ts: Option<f64>,
@@ -70,7 +73,8 @@ impl Store {
                     .key_builder
                     .build(&series.labels, &worker.common_labels)
                     .map_err(StoreError::InvalidAggregate)?;
-                let held = existing.and_then(|f| f.series.get(key.as_str()));
+                let position = existing.and_then(|f| f.series.position(key.as_str()));
+                let held = existing.zip(position).and_then(|(f, i)| f.series.at(i));
                 if let (Some(held), Value::Histogram(h)) = (held, &series.value)
                     && let SeriesData::Dist(d) = &held.data
                     && !same_bounds(&d.bounds, &h.bounds)
@@ -122,23 +126,38 @@ impl Store {
                 prepared.push(Prepared {
                     family_index,
                     key,
+                    position,
                     mode,
                     value: &series.value,
                     ts: series.timestamp,
                 });
             }
-            let mut keys_in_family: HashSet<&str, HashState> =
-                HashSet::with_capacity_and_hasher(prepared.len() - first, HashState::default());
+            // A series twice in one family: held keys compare by position (no second hash),
+            // new keys by text.
+            let mut held_positions: Vec<u32> = Vec::new();
+            let mut new_keys: HashSet<&str, HashState> = HashSet::default();
             // Key text the family would hold at most (new keys counted whether new or not).
             let mut key_text = existing.map_or(0, |f| f.series.key_text_len());
             for p in &prepared[first..] {
-                if !keys_in_family.insert(p.key.as_str()) {
-                    return Err(StoreError::DuplicateSeries(SeriesName::new(
-                        &family.name,
-                        &p.key,
-                    )));
+                let repeated = match p.position {
+                    Some(i) => {
+                        held_positions.push(i);
+                        false
+                    }
+                    None => !new_keys.insert(p.key.as_str()),
+                };
+                if repeated {
+                    return Err(duplicate_series(&family.name, &p.key));
                 }
                 key_text += p.key.len();
+            }
+            held_positions.sort_unstable();
+            if let Some(twice) = held_positions.windows(2).find(|w| w[0] == w[1]) {
+                let key = prepared[first..]
+                    .iter()
+                    .find(|p| p.position == Some(twice[0]))
+                    .map_or("", |p| p.key.as_str());
+                return Err(duplicate_series(&family.name, key));
             }
             if key_text > MAX_KEY_TEXT {
                 return Err(StoreError::FamilyTooLarge {
@@ -193,6 +212,10 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn duplicate_series(family: &str, key: &str) -> StoreError {
+    StoreError::DuplicateSeries(SeriesName::new(family, key))
 }
 
 pub(super) fn same_bounds(a: &[f64], b: &[f64]) -> bool {
