@@ -696,7 +696,8 @@ impl Store {
                         data: SeriesData::empty_for(p.mode, p.value),
                     }),
                 };
-                // `prepare` refused an update whose keys would not fit.
+                // `prepare` refused an update whose keys would not fit (a held position is
+                // always in range: nothing was removed since `prepare` found it).
                 let Some((series, new)) = made else {
                     continue;
                 };
@@ -726,8 +727,8 @@ impl Store {
                 let p = &prepared[index];
                 if let Some(f) = self.families.get_mut(&*families[p.family_index].name) {
                     let f = Arc::make_mut(f);
-                    if let Some(series) = f.series.position(&p.key).and_then(|i| f.series.at_mut(i))
-                    {
+                    let position = p.position.or_else(|| f.series.position(&p.key));
+                    if let Some(series) = position.and_then(|i| f.series.at_mut(i)) {
                         retire_continued(series, old);
                     }
                 }

@@ -135,7 +135,13 @@ impl Store {
             // A series twice in one family: held keys compare by position (no second hash),
             // new keys by text.
             let mut held_positions: Vec<u32> = Vec::new();
-            let mut new_keys: HashSet<&str, HashState> = HashSet::default();
+            let all_new = if existing.is_none() {
+                prepared.len() - first
+            } else {
+                0
+            };
+            let mut new_keys: HashSet<&str, HashState> =
+                HashSet::with_capacity_and_hasher(all_new, HashState::default());
             // Key text the family would hold at most (new keys counted whether new or not).
             let mut key_text = existing.map_or(0, |f| f.series.key_text_len());
             for p in &prepared[first..] {
