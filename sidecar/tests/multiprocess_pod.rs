@@ -323,16 +323,21 @@ fn gunicorn_with_the_sidecar_in_its_own_pid_namespace_is_exact_and_memory_bounde
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// 2,400 worker lifetimes (real prometheus_client processes forked by `mp_churn.py`, each
+/// 4,800 worker lifetimes (real prometheus_client processes forked by `mp_churn.py`, each
 /// with its own files) through the sidecar under its own uid with `proc` liveness. RSS is
-/// sampled after 400 lifetimes and after all of them, both times with the directory
-/// compacted and the totals exact.
+/// sampled after each batch of 200, with the directory compacted and the totals exact. What
+/// the last 2,400 lifetimes add to RSS must stay under 1 KiB per lifetime. A leak grows with
+/// every lifetime; the allocator does not: it rises in the first ~2,000 lifetimes and then in
+/// rare steps (the high-water mark of the busiest scan, up to ~2 MB when a loaded machine lets
+/// files pile up between scans), and 9,600 lifetimes measured flat after that. Hence the
+/// baseline after half the lifetimes and a bound that one such step stays within.
 #[test]
-fn sidecar_rss_stays_flat_over_2400_worker_lifetimes() {
+fn sidecar_rss_stays_flat_over_4800_worker_lifetimes() {
     require_root();
     const BATCH: usize = 200;
-    const BATCHES: usize = 12;
-    const EARLY: usize = 2;
+    const BATCHES: usize = 24;
+    const BASELINE: usize = BATCHES / 2;
+    const MAX_BYTES_PER_LIFETIME: f64 = 1024.0;
     let dir = pod_dir("pod-soak");
     let sidecar = start_sidecar(&dir, "", "proc", false);
     let mut churn = PyProcess::start("mp_churn.py", &dir, &[]);
@@ -341,7 +346,7 @@ fn sidecar_rss_stays_flat_over_2400_worker_lifetimes() {
         .and_then(|v| v["parent"].as_u64())
         .and_then(|p| u32::try_from(p).ok())
         .expect("parent pid");
-    let mut early = None;
+    let mut baseline = None;
     for batch in 1..=BATCHES {
         churn.command(&format!("batch {BATCH}"));
         let done = (batch * BATCH) as f64;
@@ -362,23 +367,25 @@ fn sidecar_rss_stays_flat_over_2400_worker_lifetimes() {
             batch * BATCH,
             rss.map(|r| r / 1024)
         );
-        if batch == EARLY {
-            early = rss;
+        if batch == BASELINE {
+            baseline = rss;
         }
     }
     let late = sidecar.rss_bytes().expect("VmRSS");
-    let early = early.expect("VmRSS");
+    let baseline = baseline.expect("VmRSS");
+    let lifetimes = (BATCH * (BATCHES - BASELINE)) as f64;
+    let per_lifetime = (late as f64 - baseline as f64) / lifetimes;
     eprintln!(
-        "soak: {} worker lifetimes; sidecar VmRSS {} KiB after {}, {} KiB after all ({:+.1}%)",
+        "soak: {} worker lifetimes; sidecar VmRSS {} KiB after {}, {} KiB after all \
+         ({per_lifetime:+.0} bytes per lifetime since)",
         BATCH * BATCHES,
-        early / 1024,
-        BATCH * EARLY,
+        baseline / 1024,
+        BATCH * BASELINE,
         late / 1024,
-        (late as f64 / early as f64 - 1.0) * 100.0
     );
     assert!(
-        (late as f64) <= early as f64 * 1.10,
-        "RSS grew from {early} to {late} bytes"
+        per_lifetime <= MAX_BYTES_PER_LIFETIME,
+        "RSS grew from {baseline} to {late} bytes over the last {lifetimes} lifetimes"
     );
     churn.finish();
     let _ = std::fs::remove_dir_all(&dir);
