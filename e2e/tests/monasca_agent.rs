@@ -313,6 +313,7 @@ fn injected_pod(native_sidecar: &str) -> serde_json::Value {
         operator_namespace: "monasca-system".into(),
         sidecar_image: "monasca-sidecar:test".into(),
         native_sidecars: NativeSidecars::Available.into(),
+        sidecar_checks: Default::default(),
     };
     let request = PodRequest {
         operation: &kube::core::admission::Operation::Create,

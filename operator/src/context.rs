@@ -262,6 +262,7 @@ mod tests {
             operator_namespace: "monasca-system".into(),
             sidecar_image: "monasca/monasca-sidecar:test".into(),
             native_sidecars: crate::inject::NativeSidecars::Unknown.into(),
+            sidecar_checks: Default::default(),
         };
         let ctx = Context::new(
             settings,

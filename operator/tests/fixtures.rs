@@ -216,6 +216,47 @@ fn dry_run_gets_the_same_patch() {
     assert_eq!(dry.patch, real.patch);
 }
 
+/// The webhook keeps each `MetricsSidecar`'s check and config hash per object; an edit (a new
+/// object from the informer, same name and metadata) is injected with its own hash at once,
+/// an edit that makes it invalid stops injection, and the fix brings it back.
+#[test]
+fn an_edited_sidecar_is_injected_with_its_new_hash_at_once() {
+    let mut cluster = Cluster::fixtures();
+    let config_hash = |answer: &Answer| {
+        let patched = apply(&request_object(&fixture(REPLICASET)), answer.patch.as_ref()?);
+        patched["metadata"]["annotations"]["monasca.openstack.org/config-hash"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let (first, _, _) = run(&cluster, REPLICASET);
+    assert_eq!(
+        config_hash(&first),
+        Some(hash(&MetricsSidecarSpec::default()))
+    );
+
+    let mut edited = MetricsSidecarSpec::default();
+    edited.config.stale_after = monasca_crds::config::Duration::from_secs(90);
+    cluster.sidecar(MetricsSidecar::fixture("demo", "default", edited.clone()));
+    let (second, _, _) = run(&cluster, REPLICASET);
+    assert_eq!(config_hash(&second), Some(hash(&edited)));
+    assert_ne!(config_hash(&second), config_hash(&first));
+
+    let mut broken = edited.clone();
+    broken.config.listen.metrics = "localhost:9102".into();
+    cluster.sidecar(MetricsSidecar::fixture("demo", "default", broken));
+    let (third, _, _) = run(&cluster, REPLICASET);
+    assert!(third.patch.is_none(), "{:?}", third.patch);
+    assert!(
+        third.warnings.iter().any(|w| w.contains("\"default\"")),
+        "{:?}",
+        third.warnings
+    );
+
+    cluster.sidecar(MetricsSidecar::fixture("demo", "default", edited.clone()));
+    let (fourth, _, _) = run(&cluster, REPLICASET);
+    assert_eq!(config_hash(&fourth), Some(hash(&edited)));
+}
+
 #[test]
 fn named_sidecar_with_multiprocess_native_sidecar_and_prometheus_annotations() {
     // The recorded review, answered as on a server with native sidecars (1.29+); on the

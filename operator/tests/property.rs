@@ -343,6 +343,7 @@ fn settings() -> impl Strategy<Value = Settings> {
         operator_namespace: "monasca-system".into(),
         sidecar_image: "monasca/monasca-sidecar:test".into(),
         native_sidecars: native.into(),
+        sidecar_checks: Default::default(),
     })
 }
 

@@ -230,6 +230,7 @@ impl Harness {
                 operator_namespace: "monasca-system".into(),
                 sidecar_image: "monasca/monasca-sidecar:test".into(),
                 native_sidecars: crate::inject::NativeSidecars::Unknown.into(),
+                sidecar_checks: Default::default(),
             },
             sidecars.as_reader(),
             namespaces.as_reader(),

@@ -14,6 +14,7 @@
 //! gets the multiprocess env and mount).
 
 mod build;
+mod checks;
 mod update;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -31,6 +32,7 @@ pub use build::{
     PORT_INGEST, PORT_METRICS, PORT_STATSD, SIDECAR_GID, SIDECAR_UID, STATE_VOLUME,
     native_fallback_note, native_sidecar,
 };
+pub use checks::{Checked, SidecarChecks};
 pub use update::{container_metrics_port, declared_metrics_port, keep_rewrite, metrics_port};
 
 /// The namespace whose pods are never injected, whatever they ask: the control plane must not
@@ -47,6 +49,8 @@ pub struct Settings {
     /// Whether the apiserver accepts native sidecars, as last detected (see
     /// [`crate::features`]); read once per decision.
     pub native_sidecars: NativeSupport,
+    /// Each `MetricsSidecar`'s validity and config hash, worked out once per object version.
+    pub sidecar_checks: SidecarChecks,
 }
 
 impl Settings {
@@ -59,6 +63,7 @@ impl Settings {
             operator_namespace: "monasca-system".into(),
             sidecar_image: "monasca/monasca-sidecar:test".into(),
             native_sidecars: native.into(),
+            sidecar_checks: SidecarChecks::default(),
         }
     }
 }
@@ -419,10 +424,9 @@ fn has_sidecar_container(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
 fn in_namespace<'s>(
     sidecars: &'s [Arc<MetricsSidecar>],
     namespace: &str,
-) -> Vec<&'s MetricsSidecar> {
+) -> Vec<&'s Arc<MetricsSidecar>> {
     sidecars
         .iter()
-        .map(|s| s.as_ref())
         .filter(|s| {
             s.metadata
                 .namespace
@@ -456,14 +460,16 @@ pub fn requested_sidecar<'s>(
             .map(String::as_str)
     })?;
     let wanted = parse_inject(raw)?;
-    select(&wanted, &in_namespace(sidecars, namespace)).ok()
+    select(&wanted, &in_namespace(sidecars, namespace))
+        .ok()
+        .map(AsRef::as_ref)
 }
 
 /// Finds the `MetricsSidecar` an annotation asks for.
 fn select<'s>(
     wanted: &Wanted<'_>,
-    sidecars: &[&'s MetricsSidecar],
-) -> Result<&'s MetricsSidecar, Decision> {
+    sidecars: &[&'s Arc<MetricsSidecar>],
+) -> Result<&'s Arc<MetricsSidecar>, Decision> {
     let named = |name: &str| {
         sidecars
             .iter()

@@ -65,6 +65,7 @@ impl Running {
             operator_namespace: namespace.clone(),
             sidecar_image: args.sidecar_image.clone(),
             native_sidecars,
+            sidecar_checks: Default::default(),
         };
         let ctx = watch::start(client.clone(), settings, leadership.clone());
 

@@ -7,6 +7,7 @@ mod container;
 use app::*;
 use container::*;
 
+use super::checks::Checked;
 use super::{Decision, NativeSidecars, Settings, SkipReason};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
@@ -25,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Pod volume holding the sidecar's ConfigMap.
 pub const CONFIG_VOLUME: &str = "monasca-sidecar-config";
@@ -160,7 +162,7 @@ impl Ops {
 struct Plan<'a> {
     name: &'a str,
     spec: &'a MetricsSidecarSpec,
-    hash: String,
+    hash: Arc<str>,
     metrics: SocketAddr,
     multiproc_dir: Option<String>,
     /// The sidecar config's `stateDir`, backed by an emptyDir: it survives container restarts,
@@ -239,17 +241,34 @@ fn invalid(name: &str, why: impl std::fmt::Display) -> Decision {
     )
 }
 
+/// What injection needs of the `MetricsSidecar` alone, whatever the pod: the same check the
+/// controller reports as `InvalidConfig` and the sidecar refuses at start (a pod whose declared
+/// ports and probes disagree with what runs is never admitted), and the config hash. Kept per
+/// object in [`Settings::sidecar_checks`].
+fn check(sidecar: &MetricsSidecar) -> Checked {
+    sidecar
+        .validate()
+        .map_err(|e| format!("is invalid ({e})"))
+        .and_then(|()| {
+            sidecar
+                .spec
+                .config_hash()
+                .map_err(|e| format!("cannot be rendered: {e}"))
+        })
+        .map(Into::into)
+        .map_err(Into::into)
+}
+
 fn plan<'a>(
-    sidecar: &'a MetricsSidecar,
+    sidecar: &'a Arc<MetricsSidecar>,
     pod: &PodSpec,
     settings: &Settings,
 ) -> Result<Plan<'a>, Decision> {
     let name = sidecar.metadata.name.as_deref().unwrap_or_default();
-    // The same check the controller reports as `InvalidConfig` and the sidecar refuses at start:
-    // a pod whose declared ports and probes disagree with what runs is never admitted.
-    if let Err(e) = sidecar.validate() {
-        return Err(invalid(name, format_args!("is invalid ({e})")));
-    }
+    let hash = settings
+        .sidecar_checks
+        .get(sidecar, check)
+        .map_err(|why| invalid(name, why))?;
     let spec = &sidecar.spec;
     let metrics: SocketAddr = spec.config.listen.metrics.parse().map_err(|_| {
         invalid(
@@ -260,9 +279,6 @@ fn plan<'a>(
             ),
         )
     })?;
-    let hash = spec
-        .config_hash()
-        .map_err(|e| invalid(name, format_args!("cannot be rendered: {e}")))?;
     let multiproc_dir = spec.multiprocess.then(|| {
         spec.config
             .multiprocess_dir
@@ -334,7 +350,7 @@ fn same_path(a: &str, b: &str) -> bool {
 pub(super) fn build(
     pod: &Pod,
     spec: &PodSpec,
-    sidecar: &MetricsSidecar,
+    sidecar: &Arc<MetricsSidecar>,
     reinvocation: bool,
     settings: &Settings,
 ) -> Decision {
