@@ -646,10 +646,19 @@ SECTIONS_BY_NAME = {
 }
 
 
+def host_speed():
+    """Seconds a fixed single-thread CPU workload takes here now (best of 3, each in a fresh
+    Python): the absolute rates of the goals table scale with it, so two runs' figures can be
+    compared only alongside it."""
+    loop = "import time\nt = time.perf_counter()\ns = 0\nfor i in range(10_000_000): s += i\nprint(time.perf_counter() - t)"
+    return min(float(sh(sys.executable, "-c", loop)) for _ in range(3))
+
+
 def main():
     started = time.time()
     if os.environ.get("BUILD", "1") != "0":  # BUILD=0: use the release binaries already built
         build()
+    speed_before = host_speed()
     r = Report()
     failed = []
     # The sections that build benches with cargo first, so no compile runs beside a measurement
@@ -667,6 +676,7 @@ def main():
             failed.append(name)
             r.add(f"## {name}: not measured\n\nThe section failed in this run: `{str(e)[:300]}`.\n")
         log(f"== {name}: {time.time() - section_started:.0f} s")
+    speed_after = host_speed()
     minutes = (time.time() - started) / 60
     partial = "" if set(SECTIONS) >= set(ALL_SECTIONS) else f" Partial run: only {', '.join(SECTIONS)}."
     if failed:
@@ -679,6 +689,9 @@ def main():
         f"medians. Criterion figures: criterion's median estimate, run by the same script.{partial}\n",
         "## Machine and versions\n",
         f"- {os.cpu_count()} CPUs: {cpu_model()}; {mem_total()} memory; Linux {platform.release()} (shared machine: other work may run)",
+        f"- Host speed: 10 million integer additions in a Python loop (one thread, best of 3) took "
+        f"{speed_before:.2f} s before the measurements and {speed_after:.2f} s after them; absolute rates "
+        "(samples/s, lines/s, latencies) scale with it, ratios measured in the same run do not",
         f"- {sh('rustc', '--version').strip()}",
         f"- {pushgateway_version()}",
         f"- prometheus_client {python_pkg_version('prometheus_client')}, Python {platform.python_version()}\n",
