@@ -223,7 +223,10 @@ fn dry_run_gets_the_same_patch() {
 fn an_edited_sidecar_is_injected_with_its_new_hash_at_once() {
     let mut cluster = Cluster::fixtures();
     let config_hash = |answer: &Answer| {
-        let patched = apply(&request_object(&fixture(REPLICASET)), answer.patch.as_ref()?);
+        let patched = apply(
+            &request_object(&fixture(REPLICASET)),
+            answer.patch.as_ref()?,
+        );
         patched["metadata"]["annotations"]["monasca.openstack.org/config-hash"]
             .as_str()
             .map(str::to_string)
