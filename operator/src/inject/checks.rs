@@ -39,9 +39,9 @@ impl SidecarChecks {
         check: impl FnOnce(&MetricsSidecar) -> Checked,
     ) -> Checked {
         let address = Arc::as_ptr(sidecar) as usize;
-        if let Some(entry) = self.lock().get(&address)
-            && Weak::as_ptr(&entry.object) == Arc::as_ptr(sidecar)
-        {
+        // An entry at this address was made from this very object: its `Weak` has kept the
+        // allocation from being freed and reused since.
+        if let Some(entry) = self.lock().get(&address) {
             return entry.checked.clone();
         }
         // Outside the lock: other reviews go on while this one renders.
@@ -59,13 +59,8 @@ impl SidecarChecks {
     }
 
     /// How many objects have a result kept.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether no result is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Entry>> {
