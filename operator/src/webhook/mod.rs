@@ -12,6 +12,7 @@
 //! ([`server::Limits::WEBHOOK`]) bound how many of these run at once.
 
 pub mod events;
+pub mod pod_review;
 pub mod review;
 
 use crate::Context;

@@ -6,6 +6,7 @@ use crate::conflicts::ConflictEvent;
 use crate::context::Context;
 use crate::inject::{Decision, PodRequest, SkipReason, inject, keep_rewrite};
 use crate::metrics::Outcome;
+use crate::webhook::pod_review::{self, AdmittedPod};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Pod;
@@ -72,15 +73,13 @@ pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
     }
     // The typed parse is the fast path. When it fails, a generic parse tells a review of
     // something that is not a valid Pod (admit unchanged) from a body that is no review (400).
-    let request: AdmissionRequest<Pod> = match serde_json::from_slice::<AdmissionReview<Pod>>(body)
-    {
-        Ok(review) => review
-            .try_into()
-            .map_err(|_| InvalidReview("AdmissionReview has no request".into()))?,
+    let request: AdmissionRequest<AdmittedPod> = match pod_review::parse(body) {
+        Ok(Some(request)) => request,
+        Ok(None) => return Err(InvalidReview("AdmissionReview has no request".into())),
         Err(pod_error) => return review_not_a_pod(body, &pod_error),
     };
 
-    let Some(pod) = request.object.as_ref() else {
+    let Some(AdmittedPod(pod)) = request.object.as_ref() else {
         return respond(
             &request,
             Decision::Skip {
@@ -109,7 +108,7 @@ pub fn review(body: &[u8], ctx: &Context) -> Result<Reviewed, InvalidReview> {
     let namespace_opt_in = namespace_opt_in(namespace_meta.as_deref().map(|ns| &ns.metadata));
     let decision = match (&request.operation, request.old_object.as_ref()) {
         // An UPDATE never injects; it only keeps the rewrite of an injected pod.
-        (Operation::Update, Some(old)) => keep_rewrite(old, pod),
+        (Operation::Update, Some(AdmittedPod(old))) => keep_rewrite(old, pod),
         _ => inject(
             &PodRequest {
                 operation: &request.operation,
@@ -416,7 +415,12 @@ fn respond<K: kube::Resource>(
     })
 }
 
-fn log_decision(request: &AdmissionRequest<Pod>, namespace: &str, pod: &Pod, decision: &Decision) {
+fn log_decision(
+    request: &AdmissionRequest<AdmittedPod>,
+    namespace: &str,
+    pod: &Pod,
+    decision: &Decision,
+) {
     let name = pod
         .metadata
         .name
