@@ -144,6 +144,18 @@ fn namespace_terminating(status: &kube::core::Status) -> bool {
 /// `Result` with the operator's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The real AdmissionReviews captured from a kube-apiserver that unit tests read:
+/// `../shared/fixtures/admission` beside the repository (override: `MONASCA_FIXTURES_DIR`, as in
+/// the integration tests).
+#[cfg(test)]
+pub(crate) fn admission_fixtures_dir() -> std::path::PathBuf {
+    std::env::var_os("MONASCA_FIXTURES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/admission")
+        })
+}
+
 #[cfg(test)]
 mod reason_tests {
     use super::*;

@@ -472,17 +472,10 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
     use serde_json::{Value, json};
 
-    /// The pod JSON of a real AdmissionReview captured from a kube-apiserver, from
-    /// `../shared/fixtures/admission` beside the repository (override: `MONASCA_FIXTURES_DIR`,
-    /// as in the integration tests).
+    /// The pod JSON of a real AdmissionReview captured from a kube-apiserver
+    /// ([`crate::admission_fixtures_dir`]).
     fn fixture_pod_json(name: &str) -> Value {
-        let dir = std::env::var_os("MONASCA_FIXTURES_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../shared/fixtures/admission")
-            });
-        let path = dir.join(format!("{name}.json"));
+        let path = crate::admission_fixtures_dir().join(format!("{name}.json"));
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let review: Value = serde_json::from_str(&text).expect("review JSON");

@@ -193,15 +193,10 @@ mod tests {
     use kube::core::TypeMeta;
     use serde_json::{Value, json};
 
-    /// Every real AdmissionReview captured from a kube-apiserver (`../shared/fixtures/admission`
-    /// beside the repository; override: `MONASCA_FIXTURES_DIR`), by file name.
+    /// Every real AdmissionReview captured from a kube-apiserver
+    /// ([`crate::admission_fixtures_dir`]), by file name.
     fn fixtures() -> Vec<(String, Vec<u8>)> {
-        let dir = std::env::var_os("MONASCA_FIXTURES_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../shared/fixtures/admission")
-            });
+        let dir = crate::admission_fixtures_dir();
         let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .filter_map(|e| e.ok().map(|e| e.path()))
