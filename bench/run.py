@@ -366,12 +366,13 @@ def statsd_once(rate, per_datagram):
             text = metrics_text(s.metrics_port)
             received = sum(samples(text, r"monasca_sidecar_statsd_lines_total"))
             flushed = sum(samples(text, r"loss_[a-z]+_c[0-9]+_total"))
+            dropped = sum(samples(text, r"monasca_sidecar_statsd_datagrams_dropped_total"))
             if (received, flushed) == previous:
                 break
             previous = (received, flushed)
         cpu = cpu_seconds(s.proc.pid) - cpu_before
         return {"sent": sent["lines_sent"], "received": received, "counters_sent": sent["counter_increments"],
-                "counters_flushed": flushed, "cpu": cpu}
+                "counters_flushed": flushed, "kernel_dropped": dropped, "cpu": cpu}
     finally:
         s.stop()
 
@@ -386,8 +387,9 @@ def section_statsd(r):
         unflushed = [x["counters_sent"] - x["counters_flushed"] for x in runs]
         per_core = [x["received"] / x["cpu"] for x in runs if x["cpu"] > 0]
         cpu_share = [x["cpu"] * 100 / STATSD_SECONDS for x in runs]
-        rows.append(f"| {rate:,} | {per_datagram} | {fmt(lost, ' %', 1, 4)} | {int(max(unflushed)):,} | "
-                    f"{fmt(cpu_share, ' %')} | {fmt(per_core)} |")
+        kernel_dropped = max(x["kernel_dropped"] for x in runs)
+        rows.append(f"| {rate:,} | {per_datagram} | {fmt(lost, ' %', 1, 4)} | {int(kernel_dropped):,} | "
+                    f"{int(max(unflushed)):,} | {fmt(cpu_share, ' %')} | {fmt(per_core)} |")
         per_core_at[(rate, per_datagram)] = per_core
         lost_at[(rate, per_datagram)] = (lost, unflushed)
         log(f"statsd {rate} x{per_datagram}: lost {lost} per core {per_core}")
@@ -409,10 +411,13 @@ def section_statsd(r):
         "timers over 1,000 series). Lost = lines sent - `monasca_sidecar_statsd_lines_total`; "
         "unflushed = counter increments sent - the sum of those counters in the sidecar's `/metrics` "
         "(worst run), so a line is counted only once it went through receive, map, accumulate and "
-        "flush. CPU = the whole sidecar process's user + system time (every thread) during the send "
+        "flush. Kernel drops = the sidecar's own `monasca_sidecar_statsd_datagrams_dropped_total` "
+        "(datagrams the kernel dropped with the socket buffer full; worst run). "
+        "CPU = the whole sidecar process's user + system time (every thread) during the send "
         "and drain, as a share of one core over the sending time; lines/s per core = lines received / CPU seconds.\n\n"
-        "| lines/s sent | lines per datagram | lost | unflushed | sidecar CPU | lines/s per core |\n"
-        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+        "| lines/s sent | lines per datagram | lost | kernel drops (datagrams) | unflushed | sidecar CPU | "
+        "lines/s per core |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
     )
 
 

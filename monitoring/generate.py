@@ -65,6 +65,8 @@ ROWS = [
         ("StatsD errors and drops /s", "ops", [
             (f"sum by (reason) (rate(monasca_sidecar_statsd_errors_total{SIDECAR}[5m]))", "error {{reason}}"),
             (f"sum by (reason) (rate(monasca_sidecar_statsd_dropped_total{SIDECAR}[5m]))", "dropped {{reason}}"),
+            (f"sum by (namespace, pod) (rate(monasca_sidecar_statsd_datagrams_dropped_total{SIDECAR}[5m]))",
+             "datagrams dropped by the kernel (socket buffer full) {{namespace}}/{{pod}}"),
         ]),
         ("Counter resets absorbed /s", "ops", [
             (f"sum by (namespace, pod) (rate(monasca_sidecar_counter_resets_total{SIDECAR}[5m]))", "{{namespace}}/{{pod}}"),

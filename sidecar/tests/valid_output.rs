@@ -237,7 +237,7 @@ fn a_histogram_without_sum_gets_no_invented_sum() {
 /// Every self-metric family of a running sidecar (with `stateDir`, so all components report),
 /// with its type: the names, types and label names dashboards, rules and tests use. Every
 /// family is listed from the start, also those by reasons created on first use.
-const SELF_FAMILIES: [(&str, &str); 59] = [
+const SELF_FAMILIES: [(&str, &str); 60] = [
     ("allocator_trims_total", "counter"),
     ("config_last_reload_successful", "gauge"),
     ("config_reload_errors_total", "counter"),
@@ -284,6 +284,7 @@ const SELF_FAMILIES: [(&str, &str); 59] = [
     ("state_write_errors_total", "counter"),
     ("state_write_last_seconds", "gauge"),
     ("state_writes_total", "counter"),
+    ("statsd_datagrams_dropped_total", "counter"),
     ("statsd_datagrams_total", "counter"),
     ("statsd_dropped_total", "counter"),
     ("statsd_errors_total", "counter"),

@@ -9,6 +9,10 @@
 //! that blocks is a context switch): after a call that emptied the queue, the thread pauses
 //! briefly ([`coalescing_pause`]) so the next call takes a full batch, as long as the socket
 //! buffer can hold what arrives meanwhile many times over.
+//!
+//! What the buffer cannot hold, the kernel drops before any line is read. On Linux the socket
+//! asks for the kernel's drop count with every datagram (`SO_RXQ_OVFL`), so those losses are a
+//! self-metric (`statsd_datagrams_dropped_total`) rather than a silent gap.
 
 use super::Shared;
 use super::line::{self, LineError};
@@ -73,6 +77,7 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<(UdpSocket, usize)> {
         tracing::warn!(error = %e, "cannot enlarge the StatsD UDP receive buffer");
     }
     force_recv_buffer(&socket);
+    report_drops(&socket);
     socket.set_read_timeout(Some(POLL))?;
     socket.bind(&addr.into())?;
     let effective = socket.recv_buffer_size().unwrap_or(0);
@@ -84,28 +89,76 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<(UdpSocket, usize)> {
 /// buffer absorbs longer scheduling stalls of the receiver thread without loss.
 #[cfg(target_os = "linux")]
 fn force_recv_buffer(socket: &socket2::Socket) {
-    use std::os::fd::AsRawFd;
     if socket.recv_buffer_size().unwrap_or(0) >= RECV_BUFFER_BYTES {
         return;
     }
-    let size = RECV_BUFFER_BYTES as libc::c_int;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "SO_RCVBUFFORCE not permitted");
+    if let Err(e) = set_socket_option(socket, libc::SO_RCVBUFFORCE, RECV_BUFFER_BYTES as _) {
+        tracing::debug!(error = %e, "SO_RCVBUFFORCE not permitted");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 fn force_recv_buffer(_socket: &socket2::Socket) {}
+
+/// Asks the kernel to attach its count of datagrams dropped on this socket (receive buffer
+/// full) to every datagram received (`SO_RXQ_OVFL`, Linux 2.6.33+). Without it the loss is
+/// only visible host-wide, in `/proc/net/udp`.
+#[cfg(target_os = "linux")]
+pub(crate) fn report_drops(socket: &impl std::os::fd::AsRawFd) {
+    if let Err(e) = set_socket_option(socket, libc::SO_RXQ_OVFL, 1) {
+        tracing::warn!(
+            error = %e,
+            "the kernel will not report StatsD datagrams it drops (SO_RXQ_OVFL)"
+        );
+    }
+}
+
+/// `setsockopt(SOL_SOCKET, option, value)` for an integer option.
+#[cfg(target_os = "linux")]
+fn set_socket_option(
+    socket: &impl std::os::fd::AsRawFd,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn report_drops<S>(_socket: &S) {}
+
+/// Turns the kernel's drop count, as seen on each datagram, into datagrams dropped since the
+/// last one. The count is the socket's running total (a `u32` that wraps) when that datagram
+/// was queued, so it never decreases in queue order.
+#[derive(Debug, Default)]
+pub(crate) struct DropCount {
+    last: u32,
+}
+
+impl DropCount {
+    /// Datagrams dropped since the previous report; `None` (no report) means none: the kernel
+    /// attaches the count only once something was dropped.
+    pub(crate) fn observe(&mut self, reported: Option<u32>) -> u64 {
+        let Some(total) = reported else {
+            return 0;
+        };
+        let new = total.wrapping_sub(self.last);
+        self.last = total;
+        u64::from(new)
+    }
+}
 
 /// Binds the TCP listener.
 pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -121,11 +174,16 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// The UDP receive loop; returns when `shared.stop` is set.
 pub(crate) fn udp_loop(socket: UdpSocket, buffer_bytes: usize, shared: Arc<Shared>) {
     let mut receiver = Receiver::new();
+    let mut drops = DropCount::default();
     while !shared.stop.load(Ordering::Relaxed) {
         match receiver.recv(&socket) {
             Ok(0) => {}
             Ok(n) => {
                 shared.metrics.datagrams.inc_by(n as u64);
+                let dropped: u64 = (0..n).map(|i| drops.observe(receiver.drops(i))).sum();
+                if dropped > 0 {
+                    shared.metrics.datagrams_dropped.inc_by(dropped);
+                }
                 let mut acc = shared.acc.lock();
                 acc.set_clock(std::time::Instant::now());
                 for i in 0..n {
@@ -178,11 +236,19 @@ mod batch {
     /// it; the extra line spreads them over the sets.
     const SLOT: usize = DATAGRAM_BUFFER + 64;
 
-    /// Buffers for one `recvmmsg` call. The iovecs and headers point into `data`, which is
-    /// allocated once and never resized, so the pointers stay valid for the receiver's life.
+    /// Control data per datagram: room for one `SO_RXQ_OVFL` message (a `u32`), in `u64`
+    /// words so that the buffer is aligned for `cmsghdr`.
+    // SAFETY: CMSG_SPACE only computes a size.
+    const CONTROL_BYTES: usize = unsafe { libc::CMSG_SPACE(4) } as usize;
+    const CONTROL_WORDS: usize = CONTROL_BYTES.div_ceil(8);
+
+    /// Buffers for one `recvmmsg` call. The iovecs, control buffers and headers point into
+    /// `data` and `control`, which are allocated once and never resized, so the pointers stay
+    /// valid for the receiver's life.
     pub(crate) struct Receiver {
         data: Box<[u8]>,
         iovecs: Box<[libc::iovec]>,
+        control: Box<[u64]>,
         headers: Box<[libc::mmsghdr]>,
     }
 
@@ -204,6 +270,8 @@ mod batch {
                 })
                 .collect();
             let iov_base = iovecs.as_mut_ptr();
+            let mut control = vec![0u64; BATCH * CONTROL_WORDS].into_boxed_slice();
+            let control_base = control.as_mut_ptr();
             let headers: Box<[libc::mmsghdr]> = (0..BATCH)
                 .map(|i| {
                     // SAFETY: an all-zero msghdr is valid (null name, no control data).
@@ -211,6 +279,8 @@ mod batch {
                     // SAFETY: `i < BATCH`, the length of `iovecs`.
                     hdr.msg_iov = unsafe { iov_base.add(i) };
                     hdr.msg_iovlen = 1;
+                    // SAFETY: `i * CONTROL_WORDS + CONTROL_WORDS` is within `control`.
+                    hdr.msg_control = unsafe { control_base.add(i * CONTROL_WORDS) }.cast();
                     libc::mmsghdr {
                         msg_hdr: hdr,
                         msg_len: 0,
@@ -220,6 +290,7 @@ mod batch {
             Receiver {
                 data,
                 iovecs,
+                control,
                 headers,
             }
         }
@@ -230,8 +301,11 @@ mod batch {
             for h in self.headers.iter_mut() {
                 h.msg_len = 0;
                 h.msg_hdr.msg_flags = 0;
+                // The kernel sets it to what it wrote.
+                h.msg_hdr.msg_controllen = (CONTROL_WORDS * 8) as _;
             }
             debug_assert_eq!(self.iovecs.len(), BATCH);
+            debug_assert_eq!(self.control.len(), BATCH * CONTROL_WORDS);
             // SAFETY: `headers` holds BATCH initialized mmsghdr whose iovecs point into
             // `data` with the right lengths; the kernel writes at most `iov_len` bytes each.
             let n = unsafe {
@@ -259,6 +333,28 @@ mod batch {
                 &self.data[start..start + len],
                 h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             )
+        }
+
+        /// The kernel's running count of datagrams dropped on the socket, as attached to
+        /// datagram `i` of the last batch (absent until the first drop).
+        pub(crate) fn drops(&self, i: usize) -> Option<u32> {
+            let hdr = &self.headers.get(i)?.msg_hdr;
+            // SAFETY: `hdr` is a msghdr the kernel filled: its control pointer and the length
+            // it set describe our own `control` slot; the CMSG macros stay within that length.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                        && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL
+                    {
+                        return Some(std::ptr::read_unaligned(
+                            libc::CMSG_DATA(cmsg).cast::<u32>(),
+                        ));
+                    }
+                    cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+                }
+            }
+            None
         }
     }
 }
@@ -294,6 +390,11 @@ mod batch {
         pub(crate) fn datagram(&self, _i: usize) -> (&[u8], bool) {
             let len = self.len.min(DATAGRAM_BUFFER);
             (&self.data[..len], self.len > DATAGRAM_BUFFER)
+        }
+
+        /// Kernel drop counts are Linux-only.
+        pub(crate) fn drops(&self, _i: usize) -> Option<u32> {
+            None
         }
     }
 }
@@ -382,6 +483,28 @@ async fn tcp_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()
             discarding = true;
             buf.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod drop_count_tests {
+    use super::DropCount;
+
+    #[test]
+    fn no_report_means_no_drop() {
+        let mut d = DropCount::default();
+        assert_eq!(d.observe(None), 0);
+        assert_eq!(d.observe(Some(5)), 5);
+        assert_eq!(d.observe(None), 0);
+        assert_eq!(d.observe(Some(5)), 0);
+        assert_eq!(d.observe(Some(12)), 7);
+    }
+
+    #[test]
+    fn the_kernel_count_wraps() {
+        let mut d = DropCount::default();
+        assert_eq!(d.observe(Some(u32::MAX - 1)), u64::from(u32::MAX - 1));
+        assert_eq!(d.observe(Some(2)), 4);
     }
 }
 

@@ -70,6 +70,7 @@ impl crate::component::StatePart for Shared {
 /// by reason are created per enum variant up front, so an update takes no lock.
 pub(crate) struct Metrics {
     datagrams: Counter,
+    datagrams_dropped: Counter,
     tcp_connections: Counter,
     tcp_open: AtomicU64,
     lines: Counter,
@@ -85,6 +86,7 @@ impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
             datagrams: Counter::default(),
+            datagrams_dropped: Counter::default(),
             tcp_connections: Counter::default(),
             tcp_open: AtomicU64::new(0),
             lines: Counter::default(),
@@ -342,6 +344,11 @@ impl SelfMetrics for Shared {
                 &m.datagrams,
                 "statsd_datagrams",
                 "StatsD UDP datagrams received",
+            ),
+            (
+                &m.datagrams_dropped,
+                "statsd_datagrams_dropped",
+                "StatsD UDP datagrams the kernel dropped because the receive buffer was full",
             ),
             (
                 &m.tcp_connections,

@@ -838,6 +838,19 @@ fn clear_restarts_accumulation_from_zero() {
     assert_value(&text, "c_total", 1.0);
 }
 
+/// The app's `/metrics` text: the store and the self-metrics.
+fn render_with_self_metrics(app: &App) -> String {
+    let mut out = Vec::new();
+    render(
+        &app.store.read(),
+        Format::Text,
+        app.now().mono,
+        &app.self_families(),
+        &mut out,
+    );
+    String::from_utf8(out).unwrap()
+}
+
 #[test]
 fn self_metrics_name_every_reason() {
     let app = App::new(config());
@@ -851,15 +864,7 @@ fn self_metrics_name_every_reason() {
         acc.ingest_datagram(b"a:1|c\nbad\nb:-1|c");
         shared.absorb(&mut acc);
     }
-    let mut out = Vec::new();
-    render(
-        &app.store.read(),
-        Format::Text,
-        app.now().mono,
-        &app.self_families(),
-        &mut out,
-    );
-    let text = String::from_utf8(out).unwrap();
+    let text = render_with_self_metrics(&app);
     assert_value(&text, "monasca_sidecar_statsd_lines_total", 3.0);
     assert_value(&text, "monasca_sidecar_statsd_samples_total", 1.0);
     assert_value(
@@ -878,6 +883,96 @@ fn self_metrics_name_every_reason() {
         1.0,
     );
     assert_value(&text, "monasca_sidecar_statsd_series", 1.0);
+}
+
+/// Datagrams the kernel drops while the receive thread is held up (here: by the accumulator's
+/// lock) are counted, through a real UDP socket and the real receive loop: every line sent is
+/// either received or counted as dropped, none is missing from both.
+#[cfg(target_os = "linux")]
+#[test]
+fn datagrams_the_kernel_drops_are_counted() {
+    use super::listener::{report_drops, udp_loop};
+    use std::net::UdpSocket;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    // A small buffer (no SO_RCVBUFFORCE), so that a short burst overflows it.
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    report_drops(&socket);
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let socket: UdpSocket = socket.into();
+    let target = socket.local_addr().unwrap();
+    let buffer = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+
+    let app = App::new(config());
+    let shared = Arc::new(Shared::new(
+        Accumulator::new(&config()).unwrap(),
+        app.config(),
+    ));
+    app.register(shared.clone());
+    let loop_shared = shared.clone();
+    let receiver = std::thread::spawn(move || udp_loop(socket, buffer, loop_shared));
+
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let burst = 5_000u64;
+    {
+        // The receive thread blocks on this lock after its next batch; the socket fills.
+        let _held = shared.acc.lock();
+        for i in 0..burst {
+            sender
+                .send_to(format!("burst:{}|c", i % 7 + 1).as_bytes(), target)
+                .unwrap();
+        }
+    }
+    // The kernel reports drops with the next datagram it queues: send markers until one gets
+    // through and the books balance.
+    let (mut sent, deadline) = (burst, Instant::now() + Duration::from_secs(20));
+    let (lines, dropped) = loop {
+        sender.send_to(b"marker:1|c", target).unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(20));
+        let m = &shared.metrics;
+        let (lines, dropped) = (m.lines.get(), m.datagrams_dropped.get());
+        if lines + dropped == sent || Instant::now() > deadline {
+            break (lines, dropped);
+        }
+    };
+    shared.stop.store(true, Ordering::Relaxed);
+    receiver.join().unwrap();
+
+    assert_eq!(
+        lines + dropped,
+        sent,
+        "every datagram received or counted as dropped"
+    );
+    assert!(
+        dropped > 0,
+        "a {buffer}-byte buffer held all {burst} datagrams"
+    );
+    assert!(lines > 0);
+    assert_eq!(shared.metrics.datagrams.get(), lines);
+    let text = render_with_self_metrics(&app);
+    assert_value(
+        &text,
+        "monasca_sidecar_statsd_datagrams_dropped_total",
+        dropped as f64,
+    );
 }
 
 // ---------------------------------------------------------------------------------------
