@@ -1686,3 +1686,143 @@ fn protobuf_counter_family_names_end_in_total() {
     let fams = protobuf::decode(&body).expect("decodes");
     assert_eq!(names(&fams), ["jobs_total", "done_total", "temp"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Names repeated from the previous line (taken without a scan): only an exact repeat counts
+
+/// Label names of every series of every family, in body order.
+fn label_names<'a>(fams: &'a [Family<'_>]) -> Vec<Vec<&'a str>> {
+    fams.iter()
+        .flat_map(|f| &f.series)
+        .map(|s| s.labels.iter().map(|l| &*l.name).collect())
+        .collect()
+}
+
+#[test]
+fn names_like_the_previous_lines_are_read_whole() {
+    // A longer name that starts with the previous one is another name.
+    let fams = ok("a{x=\"1\"} 1\nab{x=\"1\"} 1\nab{xy=\"1\"} 2\n", false);
+    assert_eq!(names(&fams), ["a", "ab"]);
+    assert_eq!(label_names(&fams), [vec!["x"], vec!["x"], vec!["xy"]]);
+    // `:` continues a metric name (not a label name).
+    let fams = ok("m 1\nm:x 2\n", false);
+    assert_eq!(names(&fams), ["m", "m:x"]);
+    // Same names in another order, fewer, more, none.
+    let fams = ok(
+        "m{a=\"1\",b=\"2\"} 1\nm{b=\"3\",a=\"4\"} 1\nm{b=\"5\"} 1\nm{b=\"6\",a=\"7\",c=\"8\"} 1\nm 1\nm{ a = \"9\" } 1\n",
+        false,
+    );
+    assert_eq!(
+        label_names(&fams),
+        [
+            vec!["a", "b"],
+            vec!["b", "a"],
+            vec!["b"],
+            vec!["b", "a", "c"],
+            vec![],
+            vec!["a"]
+        ]
+    );
+}
+
+#[test]
+fn repeated_names_after_a_valid_line_are_still_refused() {
+    for (body, kind, line) in [
+        (
+            "m{a=\"1\",b=\"2\"} 1\nm{a=\"1\",a=\"2\"} 1\n",
+            K::DuplicateLabel,
+            2,
+        ),
+        ("m{a=\"1\"} 1\nm{a=\"2\",a=\"3\"} 1\n", K::DuplicateLabel, 2),
+        (
+            "m{a=\"1\",b=\"2\"} 1\nm{a=\"1\",b=\"2\",b=\"3\"} 1\n",
+            K::DuplicateLabel,
+            2,
+        ),
+        ("m{a=\"1\"} 1\nm{a-b=\"2\"} 1\n", K::InvalidName, 2),
+        ("m{a=\"1\"} 1\nm{a\"2\"} 1\n", K::InvalidName, 2),
+        ("m{a=\"1\"} 1\nm{a \"2\"} 1\n", K::InvalidLabel, 2),
+        ("m{a=\"1\"} 1\nm-x{a=\"2\"} 1\n", K::InvalidName, 2),
+        ("m 1\nm", K::InvalidSample, 2),
+    ] {
+        let e = fail(body, false);
+        assert_eq!((e.kind, e.line()), (kind, Some(line)), "{body}");
+    }
+}
+
+/// Sample lines of one family drawn from names that extend, repeat and break each other.
+fn arb_sample_line() -> impl Strategy<Value = String> {
+    let label = (
+        prop::sample::select(vec!["a", "ab", "b", "a_b", "a-b", "1a", "le", ""]),
+        prop::sample::select(vec!["=", " = ", "=\t", ""]),
+    );
+    (
+        prop::sample::select(vec!["m", "m", "m", "mx", "m:x", "m-"]),
+        prop::collection::vec(label, 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(name, labels, braces)| {
+            let set: Vec<String> = labels
+                .iter()
+                .map(|(n, eq)| format!("{n}{eq}\"v\""))
+                .collect();
+            if braces || !set.is_empty() {
+                format!("{name}{{{}}}", set.join(","))
+            } else {
+                name.to_string()
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A body parses line for line as each of its lines parses alone: the same label names,
+    /// or the error of the first line that fails alone, on that line. Lines get distinct
+    /// values (no duplicate series) and their names come grouped (no interleaving).
+    #[test]
+    fn each_line_parses_as_it_does_alone(mut lines in prop::collection::vec(arb_sample_line(), 1..12)) {
+        lines.sort_by_key(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string());
+        let lines: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{} {i}", l.replace("\"v\"", &format!("\"v{i}\""))))
+            .collect();
+        let body = lines.join("\n");
+        let alone: Vec<Result<Vec<Vec<String>>, ParseError>> = lines
+            .iter()
+            .map(|l| {
+                text::parse(l, false).map(|f| {
+                    label_names(&f).iter().map(|s| s.iter().map(|n| n.to_string()).collect()).collect()
+                })
+            })
+            .collect();
+        match alone.iter().position(Result::is_err) {
+            Some(first) => {
+                let Err(expected) = &alone[first] else { unreachable!() };
+                let e = text::parse(&body, false).expect_err("a line fails alone");
+                // Unless two lines before it have no labels (the same series twice).
+                if e.kind != K::DuplicateSeries || e.line() > Some(first + 1) {
+                    prop_assert_eq!((e.kind, e.line()), (expected.kind, Some(first + 1)), "{}", body);
+                }
+            }
+            None => {
+                let fams = match text::parse(&body, false) {
+                    Ok(f) => f,
+                    // Only what a line cannot show alone: two lines without labels (the same
+                    // series twice).
+                    Err(e) => {
+                        prop_assert_eq!(e.kind, K::DuplicateSeries, "{}", body);
+                        return Ok(());
+                    }
+                };
+                let expected: Vec<Vec<String>> = alone.into_iter().flat_map(|r| r.unwrap_or_default()).collect();
+                let got: Vec<Vec<String>> = label_names(&fams)
+                    .iter()
+                    .map(|s| s.iter().map(|n| n.to_string()).collect())
+                    .collect();
+                prop_assert_eq!(got, expected, "{}", body);
+            }
+        }
+    }
+}

@@ -72,6 +72,20 @@ impl<'a> Cursor<'a> {
         self.slice(start, self.pos)
     }
 
+    /// Takes `known` (a name already validated on an earlier line) if the rest starts with it
+    /// followed by a byte `ends` accepts: the name a scan would take, without the scan.
+    #[inline]
+    pub(super) fn known_name(&mut self, known: &'a str, ends: impl Fn(u8) -> bool) -> bool {
+        let rest = self.s.as_bytes().get(self.pos..).unwrap_or_default();
+        let hit = !known.is_empty()
+            && rest.starts_with(known.as_bytes())
+            && rest.get(known.len()).is_some_and(|&b| ends(b));
+        if hit {
+            self.pos += known.len();
+        }
+        hit
+    }
+
     /// Up to the next space or tab.
     #[inline]
     pub(super) fn token(&mut self) -> &'a str {
@@ -88,7 +102,17 @@ impl<'a> Cursor<'a> {
 
     /// Reads `name="value", ...}` after the opening brace. Accepts a trailing comma and
     /// spaces around tokens; rejects a repeated label name.
-    pub(super) fn label_set(&mut self, labels: &mut Labels<'a>) -> Result<(), ParseError> {
+    ///
+    /// `known` are the label names of the previous sample line, in order: a name found at the
+    /// same place is taken without scanning it again, and a set of exactly those names needs
+    /// no check for a repeated name (the previous line passed it). Lines of one family nearly
+    /// always repeat their label names. Returns whether the names were exactly `known`.
+    pub(super) fn label_set(
+        &mut self,
+        labels: &mut Labels<'a>,
+        known: &[&'a str],
+    ) -> Result<bool, ParseError> {
+        let mut all_known = true;
         loop {
             self.skip_ws();
             match self.peek() {
@@ -100,16 +124,24 @@ impl<'a> Cursor<'a> {
                 Some(_) => {}
             }
             let start = self.pos;
-            let name = self.take_while(is_name_continue);
-            if !is_label_name(name) || !matches!(self.peek(), None | Some(b' ' | b'\t' | b'=')) {
-                return Err(self.err(
-                    K::InvalidName,
-                    format!(
-                        "invalid label name at {}",
-                        excerpt(self.slice(start, self.s.len()))
-                    ),
-                ));
-            }
+            let known_here = known.get(labels.len()).copied().unwrap_or_default();
+            let name = if self.known_name(known_here, |b| matches!(b, b' ' | b'\t' | b'=')) {
+                known_here
+            } else {
+                all_known = false;
+                let name = self.take_while(is_name_continue);
+                if !is_label_name(name) || !matches!(self.peek(), None | Some(b' ' | b'\t' | b'='))
+                {
+                    return Err(self.err(
+                        K::InvalidName,
+                        format!(
+                            "invalid label name at {}",
+                            excerpt(self.slice(start, self.s.len()))
+                        ),
+                    ));
+                }
+                name
+            };
             self.skip_ws();
             if !self.eat(b'=') {
                 return Err(match self.at_end() {
@@ -151,20 +183,23 @@ impl<'a> Cursor<'a> {
                 }
             }
         }
+        if all_known && labels.len() == known.len() {
+            return Ok(true);
+        }
         if let Some(name) = repeated_label(labels) {
             return Err(self.err(
                 K::DuplicateLabel,
                 format!("label {name} appears twice in one label set"),
             ));
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Reads a label value after its opening quote. Borrowed unless it has escapes.
     pub(super) fn quoted(&mut self, label: &str) -> Result<Cow<'a, str>, ParseError> {
         let start = self.pos;
         let tail = self.s.as_bytes().get(start..).unwrap_or_default();
-        let Some(i) = tail.iter().position(|&b| b == b'"' || b == b'\\') else {
+        let Some(i) = memchr::memchr2(b'"', b'\\', tail) else {
             return Err(self.unterminated(&format!("value of label {label}")));
         };
         if tail.get(i) == Some(&b'"') {
@@ -204,8 +239,10 @@ impl<'a> Cursor<'a> {
                     self.bump();
                 }
                 Some(_) => {
-                    let chunk = self.take_while(|b| b != b'"' && b != b'\\');
-                    out.push_str(chunk);
+                    let rest = self.s.as_bytes().get(self.pos..).unwrap_or_default();
+                    let len = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                    out.push_str(self.slice(self.pos, self.pos + len));
+                    self.pos += len;
                 }
             }
         }
@@ -222,7 +259,7 @@ impl<'a> Cursor<'a> {
             ));
         }
         let mut labels = Labels::new();
-        self.label_set(&mut labels)?;
+        self.label_set(&mut labels, &[])?;
         self.skip_ws();
         let value = self.token();
         if value.parse::<f64>().is_err() {

@@ -20,6 +20,7 @@ use crate::hashing::HashState;
 use crate::model::{Family, Labels, MetricKind};
 use cursor::Cursor;
 use family::*;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
@@ -36,7 +37,14 @@ pub fn parse(body: &str, openmetrics: bool) -> Result<Vec<Family<'_>>, ParseErro
     let mut saw_eof = false;
     while !rest.is_empty() {
         line_no += 1;
-        let (raw, next) = rest.split_once('\n').unwrap_or((rest, ""));
+        let (raw, next) = match memchr::memchr(b'\n', rest.as_bytes()) {
+            // A line feed is ASCII: both cuts are on character boundaries.
+            Some(end) => (
+                rest.get(..end).unwrap_or_default(),
+                rest.get(end + 1..).unwrap_or_default(),
+            ),
+            None => (rest, ""),
+        };
         rest = next;
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.trim_end_matches([' ', '\t']) == "# EOF" {
@@ -97,6 +105,10 @@ struct Builder<'a> {
     /// Families already finished, by their `# TYPE` name, to detect interleaving.
     seen: HashMap<&'a str, TextKind>,
     cur: Option<Current<'a>>,
+    /// The previous sample line's name and label names, validated: the next line most likely
+    /// repeats them, and [`Cursor::known_name`] then takes them without a scan.
+    last_name: &'a str,
+    last_label_names: SmallVec<[&'a str; 8]>,
 }
 
 impl<'a> Builder<'a> {
@@ -108,6 +120,8 @@ impl<'a> Builder<'a> {
             lines: Vec::new(),
             seen: HashMap::new(),
             cur: None,
+            last_name: "",
+            last_label_names: SmallVec::new(),
         }
     }
 
@@ -238,18 +252,33 @@ impl<'a> Builder<'a> {
 
     fn sample(&mut self, t: &'a str, no: usize) -> Result<(), ParseError> {
         let mut c = Cursor::new(t, no);
-        let name = c.take_while(|b| is_name_continue(b) || b == b':');
-        if !is_metric_name(name) || !matches!(c.peek(), None | Some(b' ' | b'\t' | b'{')) {
-            return Err(c.err(
-                K::InvalidName,
-                format!("invalid metric name at {}", excerpt(t)),
-            ));
-        }
+        let name = if c.known_name(self.last_name, |b| matches!(b, b' ' | b'\t' | b'{')) {
+            self.last_name
+        } else {
+            let name = c.take_while(|b| is_name_continue(b) || b == b':');
+            if !is_metric_name(name) || !matches!(c.peek(), None | Some(b' ' | b'\t' | b'{')) {
+                return Err(c.err(
+                    K::InvalidName,
+                    format!("invalid metric name at {}", excerpt(t)),
+                ));
+            }
+            self.last_name = name;
+            name
+        };
         c.skip_ws();
         let mut labels = Labels::new();
+        let mut same_names = self.last_label_names.is_empty();
         if c.eat(b'{') {
-            c.label_set(&mut labels)?;
+            same_names = c.label_set(&mut labels, &self.last_label_names)?;
             c.skip_ws();
+        }
+        if !same_names {
+            self.last_label_names.clear();
+            self.last_label_names
+                .extend(labels.iter().map_while(|l| match l.name {
+                    Cow::Borrowed(name) => Some(name),
+                    Cow::Owned(_) => None,
+                }));
         }
         let tok = c.token();
         if tok.is_empty() {
