@@ -2,6 +2,7 @@
 //! break an exposition, values that cannot be cumulative, layouts and modes that differ from
 //! what the store holds. An update that fails here changes nothing.
 
+use super::key::KeyPlan;
 use super::series_map::MAX_KEY_TEXT;
 use super::{
     DROPPED, SELF_PREFIX, Scope, SeriesData, SeriesName, Store, StoreError, WorkerKey, resolve_mode,
@@ -37,6 +38,9 @@ impl Store {
             HashSet::with_capacity_and_hasher(families.len(), HashState::default());
         let worker_state = existing_worker.and_then(|w| self.workers.get(w as usize)?.as_ref());
         // Series this worker would hold afterwards.
+        // Series of one family nearly always have the same label names: work out once which
+        // of them make the key, in which order.
+        let mut key_plan = KeyPlan::default();
         let mut resulting = match (scope, worker_state) {
             (_, None) | (Scope::Worker, _) => 0,
             (_, Some(w)) => w.series,
@@ -71,7 +75,7 @@ impl Store {
             for series in &family.series {
                 let (key, mode) = self
                     .key_builder
-                    .build(&series.labels, &worker.common_labels)
+                    .build_planned(&series.labels, &worker.common_labels, &mut key_plan)
                     .map_err(StoreError::InvalidAggregate)?;
                 let position = existing.and_then(|f| f.series.position(key.as_str()));
                 let held = existing.zip(position).and_then(|(f, i)| f.series.at(i));
