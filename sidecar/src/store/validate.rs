@@ -37,10 +37,10 @@ impl Store {
         let mut seen_families: HashSet<&str, HashState> =
             HashSet::with_capacity_and_hasher(families.len(), HashState::default());
         let worker_state = existing_worker.and_then(|w| self.workers.get(w as usize)?.as_ref());
-        // Series this worker would hold afterwards.
         // Series of one family nearly always have the same label names: work out once which
         // of them make the key, in which order.
         let mut key_plan = KeyPlan::default();
+        // Series this worker would hold afterwards.
         let mut resulting = match (scope, worker_state) {
             (_, None) | (Scope::Worker, _) => 0,
             (_, Some(w)) => w.series,

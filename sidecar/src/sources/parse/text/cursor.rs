@@ -7,6 +7,20 @@ use super::super::{
 use crate::model::{Label, Labels};
 use std::borrow::Cow;
 
+/// A byte that may follow a label name (spaces, then its `=`). The scan and the repeat of the
+/// previous line's name ([`Cursor::known_name`]) both end a name here, so they take the same.
+#[inline]
+pub(super) fn ends_label_name(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'=')
+}
+
+/// A byte that may follow a sample's metric name (spaces, then its labels or value); as
+/// [`ends_label_name`], for both ways of reading the name.
+#[inline]
+pub(super) fn ends_metric_name(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'{')
+}
+
 /// A position in one line. Every slice is cut at ASCII delimiters, so `str::get` never
 /// fails; it is used anyway so that no input can panic the parser.
 pub(super) struct Cursor<'a> {
@@ -125,13 +139,12 @@ impl<'a> Cursor<'a> {
             }
             let start = self.pos;
             let known_here = known.get(labels.len()).copied().unwrap_or_default();
-            let name = if self.known_name(known_here, |b| matches!(b, b' ' | b'\t' | b'=')) {
+            let name = if self.known_name(known_here, ends_label_name) {
                 known_here
             } else {
                 all_known = false;
                 let name = self.take_while(is_name_continue);
-                if !is_label_name(name) || !matches!(self.peek(), None | Some(b' ' | b'\t' | b'='))
-                {
+                if !is_label_name(name) || !self.peek().is_none_or(ends_label_name) {
                     return Err(self.err(
                         K::InvalidName,
                         format!(

@@ -18,7 +18,7 @@ mod family;
 use super::{ParseError, ParseErrorKind as K, Position, excerpt, is_metric_name, is_name_continue};
 use crate::hashing::HashState;
 use crate::model::{Family, Labels, MetricKind};
-use cursor::Cursor;
+use cursor::{Cursor, ends_metric_name};
 use family::*;
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -252,11 +252,11 @@ impl<'a> Builder<'a> {
 
     fn sample(&mut self, t: &'a str, no: usize) -> Result<(), ParseError> {
         let mut c = Cursor::new(t, no);
-        let name = if c.known_name(self.last_name, |b| matches!(b, b' ' | b'\t' | b'{')) {
+        let name = if c.known_name(self.last_name, ends_metric_name) {
             self.last_name
         } else {
             let name = c.take_while(|b| is_name_continue(b) || b == b':');
-            if !is_metric_name(name) || !matches!(c.peek(), None | Some(b' ' | b'\t' | b'{')) {
+            if !is_metric_name(name) || !c.peek().is_none_or(ends_metric_name) {
                 return Err(c.err(
                     K::InvalidName,
                     format!("invalid metric name at {}", excerpt(t)),
